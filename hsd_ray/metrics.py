@@ -1,0 +1,86 @@
+"""Every metric the system exports, in one place (Ray's Prometheus endpoint / dashboard; names get a `ray_` prefix
+there). Metrics are created lazily per process, so importing this module costs nothing and works without Ray.
+
+Funnel: replies recorded → turns captured / unmatched / expired → queue depth → dropped → scored → trained.
+"""
+
+from __future__ import annotations
+
+import threading
+
+# name -> (kind, description, tag keys)
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # serve
+    "hsd_chat_requests_total": ("counter", "chat completion requests answered", ("status",)),
+    "hsd_chat_latency_s": ("histogram", "chat completion latency (seconds, whole reply)", ()),
+    "hsd_replica_policy_version": ("gauge", "policy version each serving replica is using", ("replica",)),
+    # capture
+    "hsd_replies_recorded_total": ("counter", "served replies recorded in the ledger", ()),
+    "hsd_turns_captured_total": ("counter", "follow-ups matched to a served reply (turns emitted)", ()),
+    "hsd_turns_unmatched_total": ("counter", "follow-ups whose previous reply is not ours (edited or foreign)", ()),
+    "hsd_replies_expired_total": ("counter", "served replies that got no follow-up within the TTL", ()),
+    "hsd_capture_errors_total": ("counter", "capture calls that failed or timed out (chat still answered)", ()),
+    # queue
+    "hsd_queue_depth": ("gauge", "turns in the queue by stage", ("stage",)),
+    "hsd_turns_dropped_total": ("counter", "turns dropped (overflow or unscorable)", ("reason",)),
+    "hsd_turns_redelivered_total": ("counter", "turns re-delivered after an expired teacher lease", ()),
+    # teacher
+    "hsd_teacher_tokens_scored_total": ("counter", "prompt+reply tokens scored by teachers", ()),
+    "hsd_teacher_turns_scored_total": ("counter", "turns scored by teachers", ()),
+    "hsd_teacher_batch_s": ("histogram", "teacher scoring time per batch (seconds)", ()),
+    # learner
+    "hsd_learner_steps_total": ("counter", "optimizer steps", ()),
+    "hsd_learner_tokens_total": ("counter", "reply tokens trained on", ()),
+    "hsd_learner_turns_total": ("counter", "turns trained on", ()),
+    "hsd_learner_loss": ("gauge", "loss of the last step", ()),
+    "hsd_staleness_versions": ("histogram", "learner version minus the version that produced the reply", ()),
+    "hsd_staleness_s": ("histogram", "seconds between the reply and the step that trained on it", ()),
+    # broadcast
+    "hsd_policy_version": ("gauge", "latest published policy version", ("adapter",)),
+    "hsd_broadcast_s": ("histogram", "time to export and publish a weight set (seconds)", ()),
+    "hsd_weight_load_s": ("histogram", "time for a replica/teacher to load a new weight set (seconds)", ("role",)),
+    "hsd_weight_load_failures_total": ("counter", "weight sets a replica/teacher rejected", ("role",)),
+}
+
+_BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
+_lock = threading.Lock()
+_made: dict[str, object] = {}
+
+
+def _get(name: str):
+    with _lock:
+        if name not in _made:
+            from ray.util import metrics as rm
+
+            kind, desc, tags = METRICS[name]
+            if kind == "counter":
+                _made[name] = rm.Counter(name, description=desc, tag_keys=tags)
+            elif kind == "gauge":
+                _made[name] = rm.Gauge(name, description=desc, tag_keys=tags)
+            else:
+                _made[name] = rm.Histogram(name, description=desc, boundaries=_BOUNDARIES, tag_keys=tags)
+        return _made[name]
+
+
+def inc(name: str, value: float = 1.0, **tags: str) -> None:
+    """Count; never raises (metrics must not break the path they observe)."""
+    if value <= 0:
+        return
+    try:
+        _get(name).inc(value, tags=tags or None)
+    except Exception:  # noqa: BLE001 - no Ray / metrics agent: metrics are best effort
+        pass
+
+
+def set_gauge(name: str, value: float, **tags: str) -> None:
+    try:
+        _get(name).set(value, tags=tags or None)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def observe(name: str, value: float, **tags: str) -> None:
+    try:
+        _get(name).observe(value, tags=tags or None)
+    except Exception:  # noqa: BLE001
+        pass

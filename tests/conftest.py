@@ -1,0 +1,52 @@
+"""Shared fixtures: cached tiny model, one local Ray per test session (started lazily, stopped at the end)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir():
+    from hsd_ray.models import resolve_model
+
+    return resolve_model("tiny-random")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray (2 cores here; logical CPUs are over-declared so fractional actors and Train workers fit)."""
+    import ray
+
+    from hsd_ray.loop import NAMESPACE
+
+    temp = tempfile.mkdtemp(prefix="hsdray-", dir="/tmp")  # short path: Ray's unix sockets have a length limit
+    ray.init(
+        address="local",
+        num_cpus=8,
+        include_dashboard=False,
+        object_store_memory=256 * 2**20,
+        namespace=NAMESPACE,
+        _temp_dir=temp,
+        log_to_driver=True,
+    )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

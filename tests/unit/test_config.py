@@ -1,0 +1,73 @@
+"""Config: every YAML in the repo loads; overrides parse; bad input names the field."""
+
+from pathlib import Path
+
+import pytest
+
+from hsd_ray.config import Config, ConfigError, parse_overrides
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+YAMLS = sorted(p for p in ROOT.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts)
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(ROOT)) for p in YAMLS])
+def test_every_config_file_loads(path):
+    Config.load(path)
+
+
+def test_found_the_cluster_configs():
+    names = {p.name for p in YAMLS}
+    assert {"local.yaml", "gpu.yaml"} <= names
+
+
+def test_overrides_both_syntaxes_and_types():
+    cfg = Config.load(overrides=["--learner.lr", "3e-4", "loss.kind=topk", "--learner.lora.enabled", "serve.port=9001"])
+    assert cfg.learner.lr == 3e-4 and cfg.loss.kind == "topk" and cfg.learner.lora.enabled and cfg.serve.port == 9001
+    assert parse_overrides(["a.b=x y"]) == [("a.b", "x y")]
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("learner.lr=-1", "learner.lr"), ("loss.kind=magic", "loss.kind"), ("serve.nope=1", "serve.nope"),
+     ("teacher.num_workers=0", "teacher.num_workers")],
+)
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        Config.load(overrides=[override])
+
+
+def test_bad_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        Config.load(p)
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.load(tmp_path / "missing.yaml")
+
+
+def test_roundtrip_yaml(tmp_path):
+    cfg = Config.load(overrides=["learner.lora.r=4"])
+    p = tmp_path / "c.yaml"
+    p.write_text(cfg.to_yaml())
+    assert Config.load(p) == cfg
+
+
+def test_config_imports_without_heavy_deps():
+    import subprocess
+    import sys
+
+    code = "import sys, hsd_ray.config; bad = {'torch', 'ray', 'vllm'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_core_never_imports_ray_or_vllm():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hsd_ray.core.turns, hsd_ray.core.hindsight, hsd_ray.core.losses, hsd_ray.core.batch, "
+        "hsd_ray.core.step, hsd_ray.core.policy, hsd_ray.models, hsd_ray.engines.hf; "
+        "bad = {'ray', 'vllm'} & set(sys.modules); assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,116 @@
+"""Learner steps on a fixed set of turns move the student toward the hindsight teacher (full fine-tune and LoRA)."""
+
+import copy
+
+import pytest
+import torch
+
+from hsd_ray.config import Config
+from hsd_ray.core import losses
+from hsd_ray.core.batch import HindsightBatch, pack_sequences, reply_logits
+from hsd_ray.core.policy import ReferencePolicy, apply_lora, export_weights, make_optimizer
+from hsd_ray.core.step import learner_step, score_turns
+from hsd_ray.core.turns import Turn
+from hsd_ray.engines.hf import HFEngine
+
+pytestmark = pytest.mark.unit
+
+TURNS = [
+    ("What is the capital of France?", "The capital of France is Paris, a city on the Seine.", "Too long, one word."),
+    ("Name a color.", "Blue is a color that many people like a lot.", "Just the color please."),
+    ("How are you?", "I am fine thank you, how about you today?", "Say it in lowercase."),
+]
+
+
+def _turns():
+    return [Turn(context=[{"role": "user", "content": q}], reply=r, followup=o) for q, r, o in TURNS]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine(tiny_model_dir)
+
+
+def _teacher_logits(engine, turns, cfg):
+    """Frozen hindsight-teacher logits aligned with the student batch's target positions."""
+    from hsd_ray.core.hindsight import build_example
+
+    h = cfg.hindsight
+    ex = [
+        build_example(engine.tokenizer, t, template=h.template_text(), max_context_tokens=h.max_context_tokens,
+                      max_reply_tokens=h.max_reply_tokens)
+        for t in turns
+    ]
+    packed = pack_sequences([e.teacher_prompt_ids for e in ex], [e.target_ids for e in ex], engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return reply_logits(engine.model, packed).float()
+
+
+def _exact_kl(model, batch, teacher_logits):
+    with torch.no_grad():
+        student = reply_logits(model, batch.packed).float()
+    return float(losses.exact_divergence(student, teacher_logits, batch.mask_B_T, "reverse_kl", 0.5))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("kind", ["sampled_token", "topk"])
+def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, kind):
+    """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
+    trained, then steps. The exact mean KL(student ‖ hindsight teacher) over the reply tokens must fall."""
+    cfg = Config.load(overrides=[
+        f"loss.kind={kind}", "loss.baseline=student", "loss.center_advantages=false", "loss.top_k=100",
+        f"learner.lr={3e-3 if lora else 1e-3}", "learner.warmup_steps=0", "learner.lora.r=8",
+    ])
+    torch.manual_seed(0)
+    model = copy.deepcopy(engine.model)
+    if lora:
+        model = apply_lora(model, cfg.learner.lora)
+    optimizer, scheduler = make_optimizer(model, cfg.learner)
+    scorer = copy.copy(engine)  # same tokenizer and lock, scoring with the model being trained
+    scorer.model = model
+    kls = []
+    for _ in range(9):
+        model.eval()
+        turns = score_turns(scorer, _turns(), cfg.hindsight, cfg.loss)
+        batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id)
+        kls.append(_exact_kl(model, batch, _teacher_logits(scorer, turns, cfg)))
+        m = learner_step(model, optimizer, batch, cfg.loss, grad_clip=10.0, scheduler=scheduler)
+        assert torch.isfinite(torch.tensor(m["loss"])) and m["tokens"] == batch.num_tokens
+    assert kls[-1] < 0.5 * kls[0], kls
+    if lora:  # only the adapter moved: base weights untouched
+        base = dict(engine.model.named_parameters())
+        for name, p in model.get_base_model().named_parameters():
+            if "lora_" not in name and name in base:
+                assert torch.equal(p, base[name])
+
+
+def test_kl_penalty_anchors_to_initial_policy(engine):
+    cfg = Config.load(overrides=["loss.baseline=student", "loss.center_advantages=false", "learner.lr=2e-3",
+                                 "learner.warmup_steps=0"])
+    turns = score_turns(engine, _turns(), cfg.hindsight, cfg.loss)
+    batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id)
+    drift = {}
+    for coef in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = copy.deepcopy(engine.model)
+        opt, sch = make_optimizer(model, cfg.learner)
+        loss_cfg = cfg.loss.model_copy(update={"kl_coef": coef})
+        ref = ReferencePolicy(model, "initial")
+        for _ in range(6):
+            learner_step(model, opt, batch, loss_cfg, grad_clip=10.0, scheduler=sch, reference=ref)
+        with torch.no_grad():
+            now = losses.token_logprobs(reply_logits(model, batch.packed), batch.packed.target_ids_B_T)
+            then = losses.token_logprobs(reply_logits(engine.model, batch.packed), batch.packed.target_ids_B_T)
+        drift[coef] = float((now - then).abs()[batch.mask_B_T].mean())
+    assert drift[5.0] < drift[0.0]
+
+
+def test_export_weights_full_and_lora(engine):
+    from hsd_ray.config import LoraConfig
+
+    full = export_weights(copy.deepcopy(engine.model), version=3, step=7)
+    assert full.kind == "full" and full.version.version == 3 and full.version.step == 7
+    assert set(full.tensors) == set(engine.model.state_dict())
+    lora = export_weights(apply_lora(copy.deepcopy(engine.model), LoraConfig(r=4)), version=1, step=1)
+    assert lora.kind == "lora" and all("lora_" in k for k in lora.tensors) and lora.lora_config["r"] == 4
+    assert lora.num_bytes() < full.num_bytes() / 5
