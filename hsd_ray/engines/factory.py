@@ -1,0 +1,56 @@
+"""Build the engine an `EngineConfig` asks for (hf | vllm) on a resolved model folder.
+
+vLLM is imported only when a vLLM engine is built, so importing this module (and every process that only needs the
+transformers engine or the config) never pays vLLM's import time or its environment side effects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hsd_ray.config import EngineConfig
+    from hsd_ray.engines.base import Engine
+
+
+def make_engine(
+    model_dir: str | Path,
+    ecfg: "EngineConfig",
+    *,
+    enable_lora: bool = False,
+    adapter_id: str = "base",
+    score_token_budget: int = 8192,
+) -> "Engine":
+    """An `HFEngine` (kind="hf") or a `VLLMEngine` (kind="vllm") for the model in `model_dir`.
+
+    `enable_lora` only matters for vLLM (it must reserve LoRA slots at start-up; the HF engine wraps itself in peft on
+    the first LoRA set); `score_token_budget` only for HF (vLLM schedules its own batches).
+    """
+    if ecfg.kind == "hf":
+        from hsd_ray.engines.hf import HFEngine
+
+        return HFEngine(
+            model_dir,
+            dtype=ecfg.dtype,
+            device=ecfg.device,
+            score_token_budget=score_token_budget,
+            adapter_id=adapter_id,
+        )
+    if ecfg.kind == "vllm":
+        from hsd_ray.engines.vllm import VLLMEngine
+
+        return VLLMEngine(
+            model_dir,
+            dtype=ecfg.dtype,
+            max_model_len=ecfg.max_model_len,
+            kv_cache_bytes=ecfg.vllm_kv_cache_bytes,
+            gpu_memory_utilization=ecfg.vllm_gpu_memory_utilization,
+            tensor_parallel_size=ecfg.vllm_tensor_parallel_size,
+            max_logprobs=ecfg.vllm_max_logprobs,
+            enforce_eager=ecfg.vllm_enforce_eager,
+            enable_lora=enable_lora,
+            max_lora_rank=ecfg.max_lora_rank,
+            adapter_id=adapter_id,
+        )
+    raise ValueError(f"unknown engine kind {ecfg.kind!r} (expected 'hf' or 'vllm')")

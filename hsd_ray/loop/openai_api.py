@@ -1,0 +1,366 @@
+"""The OpenAI Chat Completions wire format: request parsing/validation, error bodies, response and SSE chunk builders.
+
+Owned here so the Ray Serve deployment (hsd_ray/loop/serve.py) only glues it to the engine and to capture. Pure: no Ray,
+no torch; FastAPI/pydantic only (the error handlers that keep FastAPI's 422 from ever reaching a client live here too).
+
+What is accepted (everything else a client sends is ignored, as OpenAI clients send extras):
+- `messages`: roles system / user / assistant, content a string or a list of text parts (checked by
+  `hsd_ray.core.turns.validate_messages`); the last message must be the user's.
+- `max_completion_tokens` (preferred) or `max_tokens`, at most `ServeConfig.max_tokens_limit`; `temperature`, `top_p`,
+  `seed`, `stop` (a string or up to 4 strings), `stream` + `stream_options.include_usage`, `user`, and `n` = 1 only.
+- `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
+
+Every rejection is HTTP 400 with `{"error": {"message", "type": "invalid_request_error", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hsd_ray.config import ServeConfig
+from hsd_ray.core.turns import Message, TurnFormatError, validate_messages
+
+MAX_STOP_SEQUENCES = 4
+SSE_DONE = "data: [DONE]\n\n"
+
+
+# ---- errors --------------------------------------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error the API reports to the client with an OpenAI-style body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",  # noqa: A002 - the OpenAI field name
+    ):
+        super().__init__(message)
+        self.message, self.status_code, self.param, self.code, self.type = message, status_code, param, code, type
+
+    def body(self) -> dict:
+        return error_body(self.message, param=self.param, code=self.code, type=self.type)
+
+
+def error_body(
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    type: str = "invalid_request_error",  # noqa: A002
+) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def install_error_handlers(app) -> None:
+    """Make every error of a FastAPI app an OpenAI error body: APIError as raised, FastAPI's request validation
+    (normally 422) as 400, HTTP errors (404, 405, ...) with their status, anything unexpected as 500."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def on_api_error(request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    async def on_validation_error(request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        body = error_body(f"{param or 'request'}: {first.get('msg', 'invalid request')}", param=param)
+        return JSONResponse(body, status_code=400)
+
+    async def on_http_error(request, exc: HTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), type=kind), status_code=exc.status_code)
+
+    async def on_unexpected(request, exc: Exception):
+        return JSONResponse(error_body(f"internal error: {exc}", type="server_error"), status_code=500)
+
+    app.add_exception_handler(APIError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+# ---- request -------------------------------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of a Chat Completions request this service understands; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: Any = Field(...)  # checked by validate_messages (its messages name the bad index)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: Any = Field(None, validate_default=True)  # -> list[str]
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, what torch and vLLM generators accept
+    user: str | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=0)  # only the sampled token's log-prob is returned
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, v: Any) -> list[str]:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [v] if v else []
+        if isinstance(v, list) and all(isinstance(s, str) for s in v):
+            if len(v) > MAX_STOP_SEQUENCES:
+                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(v)}")
+            return [s for s in v if s]
+        raise ValueError("must be a string or a list of strings")
+
+
+@dataclass
+class ChatCall:
+    """A validated request, ready for the engine: plain messages and sampling settings."""
+
+    messages: list[Message]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+    user: str | None
+    model: str | None
+    logprobs: bool = False
+
+
+def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
+    """JSON body → ChatCall, or APIError (400) naming the offending parameter."""
+    if not isinstance(body, dict):
+        raise APIError("request body must be a JSON object")
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise APIError(f"{param}: {msg}", param=param) from None
+    if req.n not in (None, 1):
+        raise APIError(f"n: only n=1 is supported, got {req.n}", param="n")
+    try:
+        messages = validate_messages(req.messages)
+    except TurnFormatError as e:
+        raise APIError(str(e), param="messages") from None
+    if messages[-1]["role"] != "user":
+        raise APIError(
+            f"messages: the last message must have role 'user', got {messages[-1]['role']!r}", param="messages"
+        )
+    name, max_tokens = "max_tokens", scfg.max_tokens
+    if req.max_completion_tokens is not None:
+        name, max_tokens = "max_completion_tokens", req.max_completion_tokens
+    elif req.max_tokens is not None:
+        max_tokens = req.max_tokens
+    if max_tokens > scfg.max_tokens_limit:
+        raise APIError(f"{name}: at most {scfg.max_tokens_limit} is allowed, got {max_tokens}", param=name)
+    return ChatCall(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=scfg.temperature if req.temperature is None else req.temperature,
+        top_p=scfg.top_p if req.top_p is None else req.top_p,
+        stop=req.stop,
+        seed=req.seed,
+        stream=bool(req.stream),
+        include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        user=req.user,
+        model=req.model,
+        logprobs=bool(req.logprobs),
+    )
+
+
+def user_identity(request_user: str | None, authorization_header: str | None) -> str:
+    """Who is chatting: the request's `user` field, else a stable hash of the bearer API key, else "anonymous".
+
+    The key itself is never kept: "key-" + the first 16 hex digits of its sha256.
+    """
+    if isinstance(request_user, str) and request_user.strip():
+        return request_user.strip()
+    if authorization_header:
+        scheme, _, token = authorization_header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    return "anonymous"
+
+
+# ---- responses -----------------------------------------------------------------------------------------------------
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(
+    *,
+    id: str,  # noqa: A002 - the OpenAI field name
+    model: str,
+    fingerprint: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    created: int | None = None,
+    logprobs: list[dict] | None = None,
+) -> dict:
+    """A non-streaming `chat.completion` object; `fingerprint` is the PolicyVersion that produced the reply;
+    `logprobs` is the `content` list of `logprob_entries` when the client asked for log-probs."""
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def logprob_entries(pieces: list[str], logprobs: list[float]) -> list[dict]:
+    """OpenAI `logprobs.content`: one entry per generated token (text piece, raw-model log-prob, UTF-8 bytes)."""
+    return [
+        {"token": p, "logprob": float(lp), "bytes": list(p.encode("utf-8")), "top_logprobs": []}
+        for p, lp in zip(pieces, logprobs)
+    ]
+
+
+def chat_chunk(
+    *,
+    id: str,  # noqa: A002
+    model: str,
+    fingerprint: str,
+    created: int,
+    delta: dict | None = None,
+    finish_reason: str | None = None,
+    include_usage: bool = False,
+) -> dict:
+    """One `chat.completion.chunk` with a single choice. With include_usage every such chunk carries "usage": null
+    (the usage itself comes in `usage_chunk`, as OpenAI does)."""
+    chunk = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}],
+    }
+    if include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(
+    *, id: str, model: str, fingerprint: str, created: int, prompt_tokens: int, completion_tokens: int  # noqa: A002
+) -> dict:
+    """The last chunk when stream_options.include_usage: no choices, only usage."""
+    return {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
+
+
+def stream_chunks(
+    *,
+    id: str,  # noqa: A002
+    model: str,
+    fingerprint: str,
+    created: int,
+    pieces: list[str],
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    include_usage: bool,
+) -> tuple[list[dict], list[dict]]:
+    """All chunks of a streamed reply, as (content chunks, closing chunks): the role delta and one content delta per
+    piece first; then the chunk with finish_reason and, with include_usage, the usage chunk. ([DONE] follows.)"""
+    common = dict(id=id, model=model, fingerprint=fingerprint, created=created, include_usage=include_usage)
+    body = [chat_chunk(delta={"role": "assistant", "content": ""}, **common)]
+    body += [chat_chunk(delta={"content": p}, **common) for p in pieces if p]
+    closing = [chat_chunk(delta={}, finish_reason=finish_reason, **common)]
+    if include_usage:
+        closing.append(
+            usage_chunk(
+                id=id, model=model, fingerprint=fingerprint, created=created,
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            )
+        )
+    return body, closing
+
+
+def sse(obj: dict) -> str:
+    """One server-sent event carrying a JSON object."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def text_pieces(tokenizer, token_ids: list[int], text: str) -> list[str]:
+    """Split `text` (the decoded reply) into one piece per token for streaming; the pieces concatenate to `text`.
+
+    Incremental detokenisation over a short sliding window (as vLLM does), so cost is linear in the reply: each piece is
+    decode(window + token) minus decode(window). A token that leaves an incomplete UTF-8 character (U+FFFD at the end)
+    contributes nothing until the character completes. Once a piece disagrees with `text` (a reply cut at a stop
+    string), the rest of `text` is sent as one last piece.
+    """
+    pieces, sent = [], 0
+    prefix_offset = read_offset = 0
+    for i in range(1, len(token_ids) + 1):
+        before = tokenizer.decode(token_ids[prefix_offset:read_offset], skip_special_tokens=True)
+        after = tokenizer.decode(token_ids[prefix_offset:i], skip_special_tokens=True)
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            continue
+        piece = after[len(before) :]
+        prefix_offset, read_offset = read_offset, i
+        if not text.startswith(piece, sent):
+            break
+        pieces.append(piece)
+        sent += len(piece)
+    if sent < len(text):
+        pieces.append(text[sent:])
+    return pieces

@@ -1,0 +1,200 @@
+"""The online loop end to end on a real local Ray: Serve over HTTP (openai client) → capture → queue → teacher
+actors → Ray Train learner → broadcast back to the replicas. Tiny random model for speed."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from hsd_ray.config import Config
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _cfg(tmp_path, model_dir, **extra) -> Config:
+    overrides = {
+        "model": str(model_dir),
+        "engine.kind": "hf",
+        "serve.port": free_port(),
+        "serve.max_tokens": 12,
+        "learner.batch_turns": 2,
+        "learner.lr": 1e-3,
+        "learner.warmup_steps": 0,
+        "learner.checkpoint_every_steps": 2,
+        "learner.cpus_per_worker": 1,
+        "broadcast.every_steps": 1,
+        "broadcast.poll_seconds": 0.2,
+        "job.output_dir": str(tmp_path / "run"),
+        "job.max_steps": 3,
+        "teacher.idle_sleep_s": 0.05,
+    }
+    overrides.update(extra)
+    return Config.load(overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _chat(client, messages, user, **kw):
+    return client.chat.completions.create(model="hsd-policy", messages=messages, user=user, **kw)
+
+
+def _conversation(client, user: str, question: str, followup: str):
+    """Ask, then reply to the answer: the follow-up request is what capture turns into a training example."""
+    first = _chat(client, [{"role": "user", "content": question}], user, temperature=0.8)
+    messages = [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": followup},
+    ]
+    return first, _chat(client, messages, user, temperature=0.8)
+
+
+def _probe(client):
+    """Greedy reply with log-probs on a fixed prompt: what the served policy outputs."""
+    r = _chat(client, [{"role": "user", "content": "Name a colour."}], "probe", temperature=0, logprobs=True)
+    return r.system_fingerprint, [t.logprob for t in r.choices[0].logprobs.content]
+
+
+def _accounting_holds(q: dict) -> bool:
+    in_flight = q["pending"] + q["leased"] + q["scored"] + q["training"]
+    return q["captured"] == q["trained"] + q["dropped_total"] + in_flight
+
+
+def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path):
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"serve.replicas": 2})
+    loop = start_loop(cfg)
+    try:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        fp0, lp0 = _probe(client)
+        assert fp0 == "hsd-base-v0"
+        learner = LearnerThread(cfg)
+        learner.start()
+        for i in range(6):  # 6 turns = 3 steps of 2; follow-ups land on either replica
+            _conversation(client, f"user-{i % 3}", f"Question number {i}?", "No, that is wrong. Be brief.")
+        stream = client.chat.completions.create(  # a streamed reply is captured like any other
+            model="hsd-policy", messages=[{"role": "user", "content": "Stream me."}], user="streamer", stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        _chat(client, [{"role": "user", "content": "Stream me."}, {"role": "assistant", "content": text},
+                       {"role": "user", "content": "Thanks."}], "streamer")
+        learner.join(timeout=300)
+        assert not learner.is_alive() and learner.error is None, learner.error
+        stats = loop.stats()
+        assert stats["capture"]["captured"] == 7, stats
+        assert stats["queue"]["trained"] == 6 and _accounting_holds(stats["queue"]), stats
+        assert stats["published_version"] >= 3
+        fp1, lp1 = _wait(lambda: (p := _probe(client))[0] != fp0 and p, 30, "replicas to switch version")
+        assert int(fp1.rsplit("v", 1)[1]) >= 3
+        n = min(len(lp0), len(lp1))
+        assert n > 0 and max(abs(a - b) for a, b in zip(lp0[:n], lp1[:n])) > 1e-4  # the served model changed
+        final = tmp_path / "run" / "final"
+        assert (final / "config.json").exists() and (final / "hsd_version.json").exists()
+    finally:
+        _teardown(loop)
+
+
+def test_expiry_edits_and_accounting(ray_session, tiny_model_dir, tmp_path):
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import _teardown, start_loop
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"capture.reply_ttl_s": 2})
+    loop = start_loop(cfg)
+    try:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        _chat(client, [{"role": "user", "content": "Nobody answers this."}], "u1")  # will expire
+        first = _chat(client, [{"role": "user", "content": "Hi"}], "u2")
+        edited = [{"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": first.choices[0].message.content + " (edited)"},
+                  {"role": "user", "content": "ok"}]
+        _chat(client, edited, "u2")  # the client edited our reply: not ours, not trained on
+        other = [{"role": "user", "content": "Hi"},
+                 {"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "ok"}]
+        _chat(client, other, "someone-else")  # another user's identity never matches u2's reply
+        time.sleep(2.5)
+        c = ray.get(loop.ledger.stats.remote())
+        assert c["captured"] == 0 and c["unmatched"] == 2 and c["expired"] >= 2, c
+        assert c["recorded"] == c["captured"] + c["expired"] + c["outstanding"] + c["evicted"] + c["forgotten"]
+    finally:
+        _teardown(loop)
+
+
+def test_teacher_killed_mid_batch_turns_redelivered(ray_session, tiny_model_dir, tmp_path):
+    from openai import OpenAI
+
+    from hsd_ray.core.turns import Turn
+    from hsd_ray.loop.job import _teardown, start_loop
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"queue.lease_timeout_s": 3, "teacher.max_batch_turns": 64})
+    loop = start_loop(cfg)
+    try:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        long_ctx = " ".join(f"word{i}" for i in range(300))
+        redelivered = 0
+        for attempt in range(6):
+            turns = [Turn(context=[{"role": "user", "content": f"{long_ctx} {attempt} {j}"}], reply="a b c " * 40,
+                          followup="no") for j in range(64)]
+            ray.get(loop.queue.put.remote([(t.turn_id, t.user_id, [ray.put(t)]) for t in turns]))
+            _wait(lambda: ray.get(loop.queue.stats.remote())["leased"] > 0 or None, 30, "a teacher lease")
+            ray.kill(loop.teachers[0], no_restart=False)  # Ray restarts it; its loop starts again by itself
+            assert _chat(client, [{"role": "user", "content": "still there?"}], "u").choices[0].message.content is not None
+            q = _wait(lambda: (s := ray.get(loop.queue.stats.remote()))["pending"] + s["leased"] == 0 and s, 120,
+                      "turns to be scored again")
+            redelivered = q["redelivered"]
+            if redelivered:
+                break
+        assert redelivered > 0, "never caught the teacher mid-batch"
+        assert q["scored"] + q["dropped_total"] == q["captured"]  # every turn scored exactly once (or counted)
+        assert ray.get(loop.teachers[0].stats.remote())["alive"]
+    finally:
+        _teardown(loop)
+
+
+def test_learner_restart_resumes_from_checkpoint(ray_session, tiny_model_dir, tmp_path):
+    from hsd_ray.core.turns import Turn
+    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+
+    def feed(loop, n):
+        turns = [Turn(context=[{"role": "user", "content": f"q{j}"}], reply="an answer", followup="no") for j in range(n)]
+        ray.get(loop.queue.put.remote([(t.turn_id, t.user_id, [ray.put(t)]) for t in turns]))
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"job.max_steps": 2})
+    loop = start_loop(cfg, serve_chat=False)
+    try:
+        feed(loop, 4)
+        first = LearnerThread(cfg)
+        first.start()
+        first.join(timeout=300)
+        assert first.error is None, first.error
+        v1 = ray.get(loop.registry.latest_version.remote("base"))
+        assert ray.get(loop.control.get_progress.remote())["step"] == 2
+        # A new learner on the same output_dir resumes at step 2 and continues to 4; versions keep increasing.
+        feed(loop, 4)
+        second = LearnerThread(cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_steps": 4})}))
+        second.start()
+        second.join(timeout=300)
+        assert second.error is None, second.error
+        progress = ray.get(loop.control.get_progress.remote())
+        assert progress["step"] == 4, progress
+        v2 = ray.get(loop.registry.latest_version.remote("base"))
+        assert v2 > v1
+        q = ray.get(loop.queue.stats.remote())
+        assert q["trained"] == 8 and _accounting_holds(q)
+    finally:
+        _teardown(loop)

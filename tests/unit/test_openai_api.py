@@ -1,0 +1,259 @@
+"""The OpenAI Chat Completions wire format (hsd_ray/loop/openai_api.py): validation, error bodies, responses, SSE."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from hsd_ray.config import ServeConfig
+from hsd_ray.loop import openai_api as oa
+
+pytestmark = pytest.mark.unit
+
+SCFG = ServeConfig(max_tokens=32, max_tokens_limit=64, temperature=0.5, top_p=0.8)
+
+
+def _req(**kw):
+    body = {"model": "hsd-policy", "messages": [{"role": "user", "content": "hi"}]}
+    body.update(kw)
+    return body
+
+
+def _error(body) -> oa.APIError:
+    with pytest.raises(oa.APIError) as info:
+        oa.parse_chat_request(body, SCFG)
+    err = info.value
+    assert err.status_code == 400
+    shape = err.body()
+    assert set(shape) == {"error"}
+    assert set(shape["error"]) == {"message", "type", "param", "code"}
+    assert shape["error"]["type"] == "invalid_request_error"
+    return err
+
+
+# ---- requests ------------------------------------------------------------------------------------------------------
+
+
+def test_good_request_applies_defaults():
+    call = oa.parse_chat_request(_req(), SCFG)
+    assert call.messages == [{"role": "user", "content": "hi"}]
+    assert (call.max_tokens, call.temperature, call.top_p) == (32, 0.5, 0.8)
+    assert call.stop == [] and call.seed is None and not call.stream and not call.include_usage
+
+
+def test_good_request_with_every_field():
+    body = _req(
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "more"},
+        ],
+        max_tokens=10,
+        temperature=0,
+        top_p=1,
+        n=1,
+        stream=True,
+        stream_options={"include_usage": True},
+        stop="\n",
+        seed=3,
+        user="u1",
+    )
+    call = oa.parse_chat_request(body, SCFG)
+    assert call.messages[1] == {"role": "user", "content": "ab"}
+    assert (call.max_tokens, call.temperature, call.top_p, call.seed) == (10, 0.0, 1.0, 3)
+    assert call.stop == ["\n"] and call.stream and call.include_usage and call.user == "u1"
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    assert oa.parse_chat_request(_req(max_tokens=5, max_completion_tokens=7), SCFG).max_tokens == 7
+
+
+def test_unknown_fields_are_ignored():
+    body = _req(frequency_penalty=0.1, logit_bias={"1": 2}, tools=[], metadata={"a": "b"}, parallel_tool_calls=False)
+    assert oa.parse_chat_request(body, SCFG).messages[-1]["content"] == "hi"
+
+
+def test_n_other_than_one_is_rejected():
+    err = _error(_req(n=2))
+    assert err.param == "n" and "n" in err.message
+
+
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        ([], "non-empty"),
+        ([{"role": "tool", "content": "x"}], "role"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "text part"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "last message"),
+        ("hello", "non-empty list"),
+    ],
+)
+def test_bad_messages_are_rejected(messages, fragment):
+    err = _error(_req(messages=messages))
+    assert err.param == "messages" and fragment in err.message
+
+
+def test_missing_messages_is_rejected():
+    assert _error({"model": "m"}).param == "messages"
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_is_bounded(field):
+    err = _error(_req(**{field: SCFG.max_tokens_limit + 1}))
+    assert err.param == field and str(SCFG.max_tokens_limit) in err.message
+    assert _error(_req(**{field: 0})).param == field
+
+
+@pytest.mark.parametrize("stop", [3, ["a", 1], ["a", "b", "c", "d", "e"], {"x": "y"}])
+def test_bad_stop_is_rejected(stop):
+    assert _error(_req(stop=stop)).param == "stop"
+
+
+def test_stop_list_is_kept():
+    assert oa.parse_chat_request(_req(stop=["a", "b"]), SCFG).stop == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "field, value", [("temperature", 3), ("top_p", 0), ("stream", "yes please"), ("seed", "x"), ("seed", 2**64)]
+)
+def test_bad_sampling_values_name_the_param(field, value):
+    assert _error(_req(**{field: value})).param == field
+
+
+def test_body_must_be_an_object():
+    assert "JSON object" in _error(["not", "an", "object"]).message
+
+
+# ---- FastAPI: 422 never leaks --------------------------------------------------------------------------------------
+
+
+class _TypedBody(BaseModel):
+    x: int
+
+
+def test_fastapi_validation_errors_become_400():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    app = FastAPI()
+    oa.install_error_handlers(app)
+
+    @app.post("/typed")
+    async def typed(body: _TypedBody):
+        return {"x": body.x}
+
+    @app.post("/raises")
+    async def raises():
+        raise oa.APIError("nope", param="thing")
+
+    with TestClient(app) as client:
+        r = client.post("/typed", json={"x": "not an int"})
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "x" and r.json()["error"]["type"] == "invalid_request_error"
+        r = client.post("/raises")
+        assert r.status_code == 400 and r.json() == oa.error_body("nope", param="thing")
+        r = client.get("/nowhere")
+        assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+# ---- responses -----------------------------------------------------------------------------------------------------
+
+
+def test_chat_completion_shape():
+    cid = oa.completion_id()
+    assert cid.startswith("chatcmpl-")
+    body = oa.chat_completion(
+        id=cid, model="hsd-policy", fingerprint="hsd-base-v3", text="hello", finish_reason="length",
+        prompt_tokens=5, completion_tokens=2,
+    )
+    assert body["object"] == "chat.completion" and body["id"] == cid and isinstance(body["created"], int)
+    assert body["system_fingerprint"] == "hsd-base-v3" and body["model"] == "hsd-policy"
+    (choice,) = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": "hello"} and choice["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    json.dumps(body)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_stream_chunks_shape(include_usage):
+    content, closing = oa.stream_chunks(
+        id="chatcmpl-x", model="m", fingerprint="hsd-base-v0", created=1, pieces=["He", "llo", ""],
+        finish_reason="stop", prompt_tokens=4, completion_tokens=2, include_usage=include_usage,
+    )
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-x" for c in content + closing)
+    assert content[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["delta"]["content"] for c in content[1:]] == ["He", "llo"]  # empty pieces skipped
+    assert all(c["choices"][0]["finish_reason"] is None for c in content)
+    assert closing[0]["choices"][0]["finish_reason"] == "stop" and closing[0]["choices"][0]["delta"] == {}
+    if include_usage:
+        assert all(c["usage"] is None for c in content + closing[:1])
+        assert closing[-1]["choices"] == [] and closing[-1]["usage"]["total_tokens"] == 6
+    else:
+        assert len(closing) == 1 and all("usage" not in c for c in content + closing)
+
+
+def test_sse_framing():
+    event = oa.sse({"a": "é"})
+    assert event.startswith("data: ") and event.endswith("\n\n") and json.loads(event[6:]) == {"a": "é"}
+    assert oa.SSE_DONE == "data: [DONE]\n\n"
+
+
+class _ByteTokenizer:
+    """Each id is one UTF-8 byte: multi-byte characters span several ids (like byte-level BPE)."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("text", ["hello world", "héllo → ok", ""])
+def test_text_pieces_concatenate_to_text(text):
+    ids = list(text.encode())
+    pieces = oa.text_pieces(_ByteTokenizer(), ids, text)
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert len(pieces) == len(text)  # one piece per complete character here
+
+
+def test_text_pieces_with_the_tiny_tokenizer(tiny_model_dir):
+    import random
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.randrange(3, len(tok)) for _ in range(rng.randrange(1, 40))]  # random ids: broken UTF-8 included
+        text = tok.decode(ids, skip_special_tokens=True)
+        pieces = oa.text_pieces(tok, ids, text)
+        assert "".join(pieces) == text and len(pieces) <= len(ids) + 1
+
+
+def test_text_pieces_clip_to_a_shorter_text():
+    ids = list(b"answer STOP more")
+    assert "".join(oa.text_pieces(_ByteTokenizer(), ids, "answer ")) == "answer "
+
+
+# ---- user identity -------------------------------------------------------------------------------------------------
+
+
+def test_user_identity():
+    key_hash = "key-" + hashlib.sha256(b"sk-secret").hexdigest()[:16]
+    assert oa.user_identity("alice", "Bearer sk-secret") == "alice"
+    assert oa.user_identity(None, "Bearer sk-secret") == key_hash
+    assert oa.user_identity("", "bearer  sk-secret ") == key_hash
+    assert oa.user_identity(None, None) == "anonymous"
+    assert oa.user_identity(None, "Basic abc") == "anonymous"
+    assert oa.user_identity("  ", "Bearer ") == "anonymous"
+    assert "sk-secret" not in oa.user_identity(None, "Bearer sk-secret")
+
+
+def test_module_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, hsd_ray.loop.openai_api; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
