@@ -98,12 +98,22 @@ def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path
         assert stats["capture"]["captured"] == 7, stats
         assert stats["queue"]["trained"] == 6 and _accounting_holds(stats["queue"]), stats
         assert stats["published_version"] >= 3
-        fp1, lp1 = _wait(lambda: (p := _probe(client))[0] != fp0 and p, 30, "replicas to switch version")
-        assert int(fp1.rsplit("v", 1)[1]) >= 3
+        final_fp = f"hsd-base-v{stats['published_version']}"
+        fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == final_fp and p, 30, "replicas to switch version")
+        _wait(lambda: all(_probe(client)[0] == final_fp for _ in range(4)), 30, "every replica on the final version")
         n = min(len(lp0), len(lp1))
         assert n > 0 and max(abs(a - b) for a, b in zip(lp0[:n], lp1[:n])) > 1e-4  # the served model changed
         final = tmp_path / "run" / "final"
         assert (final / "config.json").exists() and (final / "hsd_version.json").exists()
+        # The terminal client keeps the conversation and shows the version of each reply.
+        import subprocess
+        import sys
+
+        chat = subprocess.run([sys.executable, "-m", "hsd_ray.chat", "--url", loop.base_url, "--max-tokens", "8"],
+                              input="Hello\nShorter please\n/quit\n", capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.count(f"bot [{fp1}]") == 2, chat.stdout
+        _wait(lambda: ray.get(loop.ledger.stats.remote())["captured"] == 8, 10, "the terminal follow-up captured")
     finally:
         _teardown(loop)
 
