@@ -4,14 +4,18 @@ anchor. Torch + peft only; the Ray Train learner and the tests build on these.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import copy
 import time
 from contextlib import contextmanager
 
 import torch
 
-from hsd_ray.config import LearnerConfig, LoraConfig
 from hsd_ray.core.weights import PolicyVersion, WeightSet
+
+if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
+    from hsd_ray.config import LearnerConfig, LoraConfig
 
 
 def apply_lora(model, lora: LoraConfig):

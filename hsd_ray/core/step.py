@@ -13,16 +13,20 @@ in DDP by Ray Train); returns metrics. Deviations from the paper (arXiv 2603.122
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import numpy as np
 import torch
 
-from hsd_ray.config import HindsightConfig, LossConfig
 from hsd_ray.core import losses
 from hsd_ray.core.batch import HindsightBatch, reply_logits
 from hsd_ray.core.hindsight import build_example
 from hsd_ray.core.turns import Turn, TurnScores
+
+if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
+    from hsd_ray.config import HindsightConfig, LossConfig
 
 
 def score_turns(engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: LossConfig) -> list[Turn]:

@@ -208,3 +208,37 @@ def test_learner_restart_resumes_from_checkpoint(ray_session, tiny_model_dir, tm
         assert q["trained"] == 8 and _accounting_holds(q)
     finally:
         _teardown(loop)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_loop_with_vllm_engines(ray_session, tiny_model_dir, tmp_path, lora):
+    """Serving replica and teacher on vLLM (prompt-logprob scoring); broadcast reloads full weights in place or
+    switches LoRA adapters, and the served outputs change."""
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{
+        "engine.kind": "vllm", "engine.max_model_len": 512, "job.max_steps": 2, "learner.lora.enabled": lora,
+        "learner.lora.r": 4, "engine.max_lora_rank": 8, "learner.lr": 5e-3 if lora else 1e-3,
+    })
+    loop = start_loop(cfg)
+    try:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=120)
+        fp0, lp0 = _probe(client)
+        learner = LearnerThread(cfg)
+        learner.start()
+        for i in range(4):
+            _conversation(client, f"user-{i}", f"Question {i}?", "Wrong, be brief.")
+        learner.join(timeout=300)
+        assert learner.error is None, learner.error
+        stats = loop.stats()
+        assert stats["queue"]["trained"] == 4 and _accounting_holds(stats["queue"]), stats
+        teacher = ray.get(loop.teachers[0].stats.remote())
+        assert teacher["turns"] >= 4
+        final_fp = f"hsd-base-v{stats['published_version']}"
+        fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == final_fp and p, 60, "the replica to load the new weights")
+        n = min(len(lp0), len(lp1))
+        assert n > 0 and max(abs(a - b) for a, b in zip(lp0[:n], lp1[:n])) > 1e-4
+    finally:
+        _teardown(loop)
