@@ -1,0 +1,48 @@
+"""Smoke tests of the entry points, each in its own process with a timeout (the last log lines shown on failure)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args, timeout):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return proc, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_train_job_live_with_demo_users(tiny_model_dir, tmp_path):
+    """`python train_job.py` on an embedded local Ray: serve + demo users over HTTP + teachers + learner, 2 steps."""
+    out = tmp_path / "run"
+    proc, tail = _run(
+        ["train_job.py", "--config", "cluster/local.yaml", "--max-steps", "2", f"model={tiny_model_dir}",
+         f"serve.port={free_port()}", "serve.max_tokens=8", "learner.batch_turns=2", "job.simulate_users=2",
+         f"job.output_dir={out}", "job.log_every_s=2", "ray.num_cpus=4", "ray.object_store_bytes=268435456"],
+        timeout=600,
+    )
+    assert proc.returncode == 0, tail
+    assert "[job" in proc.stdout and "turns/s" in proc.stdout, tail  # the periodic one-line summary
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["learner"]["step"] == 2 and summary["queue"]["trained"] == 4, summary
+    assert summary["capture"]["captured"] >= 4
+    assert (out / "final" / "config.json").exists() and (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [(["learner.lr=-1"], "learner.lr"), (["--source", "/nonexistent.jsonl"], "job.source"),
+     (["loss.kind=nope"], "loss.kind")],
+)
+def test_train_job_bad_input_names_the_field(args, field):
+    proc, tail = _run(["train_job.py", *args], timeout=60)
+    assert proc.returncode == 2, tail
+    assert field in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
