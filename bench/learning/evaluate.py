@@ -1,0 +1,168 @@
+"""Evaluation of the learning benchmark, run by `bench.learning.run` before training and every K interactions.
+
+1. `wait_for_drain`: every follow-up the users sent is captured, scored and trained on (up to a partial batch), and
+   the learner's last step is published; then `wait_until_serving`: the replicas answer with the latest version's
+   `system_fingerprint`.
+2. `Evaluator.evaluate`:
+   - compliance with EVERY preference on held-out prompts with no follow-up (never captured, never trained on):
+     `samples` replies per prompt at the serving temperature through HTTP; a reply to an open prompt is checked
+     against every open-prompt preference, a reply to a yes/no question against `yes_no_only`. Sampling seeds are
+     fixed per (prompt, sample), the same at every evaluation and in every run (paired comparisons);
+   - capability: accuracy on checkable prompts (arithmetic, capitals, unit conversions), greedy (temperature 0);
+   - perplexity of a fixed reference text, computed in this process with transformers on the weights currently
+     published in the version registry (`latest`), or the base model while nothing is published (version 0).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+
+from bench.learning.preferences import Preference, count_words
+from bench.learning.prompts import PromptSets
+from bench.learning.users import MODEL_NAME
+
+
+def _poll(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_for_drain(loop, batch_turns: int, followups_sent: int, learner=None, timeout: float = 900.0) -> dict:
+    """Block until every sent follow-up is captured and everything trainable is trained and published."""
+    t0 = time.time()
+
+    def check_learner():
+        if learner is not None and not learner.is_alive():
+            raise RuntimeError(f"the learner stopped during the benchmark: {learner.error!r}")
+
+    def captured():
+        check_learner()
+        return ray.get(loop.ledger.stats.remote())["captured"] >= followups_sent
+
+    _poll(captured, min(timeout, 120.0), f"{followups_sent} follow-ups to be captured")
+
+    def idle_once() -> bool:
+        check_learner()
+        q, progress, latest = ray.get([loop.queue.stats.remote(), loop.control.get_progress.remote(),
+                                       loop.registry.latest.remote("base")])
+        if q["pending"] + q["leased"] + q["training"] > 0 or q["scored"] >= batch_turns:
+            return False
+        step = progress.get("step", 0)
+        published_step = latest[0].step if latest is not None else 0
+        return q["trained"] == step * batch_turns and published_step >= step
+
+    _poll(lambda: idle_once() and (time.sleep(1.0) or idle_once()), timeout, "the learner to catch up")
+    return {"drain_s": time.time() - t0}
+
+
+def wait_until_serving(loop, client, replicas: int = 1, timeout: float = 300.0) -> str:
+    """The fingerprint of the latest published version, once `replicas` probes in a row answer with it."""
+    latest = ray.get(loop.registry.latest_version.remote("base"))
+    expected = f"hsd-base-v{max(latest, 0)}"
+
+    def serving() -> bool:
+        for _ in range(replicas):
+            r = client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "Hi"}],
+                                               user="bench-probe", max_tokens=1, temperature=0)
+            if r.system_fingerprint != expected:
+                return False
+        return True
+
+    _poll(serving, timeout, f"the replicas to serve {expected}", interval=0.5)
+    return expected
+
+
+class Evaluator:
+    def __init__(self, client, prompts: PromptSets, preferences: list[Preference], *, model_dir: str,
+                 samples: int = 2, max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
+                 capability_max_tokens: int = 48, concurrency: int = 1):
+        self.client, self.prompts, self.preferences = client, prompts, preferences
+        self.samples, self.max_tokens, self.temperature, self.top_p = samples, max_tokens, temperature, top_p
+        self.capability_max_tokens, self.concurrency = capability_max_tokens, max(1, concurrency)
+        self.model_dir = model_dir
+        self._engine = None
+
+    def evaluate(self, loop, expected_fingerprint: str) -> dict:
+        t0 = time.time()
+        out: dict = {"fingerprint": expected_fingerprint}
+        requests = []  # (kind, prompt index, sample, prompt)
+        for kind in sorted({p.prompt_kind for p in self.preferences}):
+            for j, prompt in enumerate(self.prompts.heldout(kind)):
+                requests += [(kind, j, s, prompt) for s in range(self.samples)]
+        replies = self._map(lambda r: self._chat(r[3], self.temperature, self.max_tokens, 7919 * r[1] + 101 * r[2]
+                                                 + (0 if r[0] == "open" else 50_000)), requests)
+        compliance, counts = {}, {}
+        for p in self.preferences:
+            texts = [rep["text"] for req, rep in zip(requests, replies) if req[0] == p.prompt_kind]
+            compliance[p.name] = sum(map(p.verify, texts)) / len(texts) if texts else float("nan")
+            counts[p.name] = len(texts)
+        out["compliance"], out["compliance_n"] = compliance, counts
+        open_texts = [rep for req, rep in zip(requests, replies) if req[0] == "open"]
+        out["mean_words_open"] = sum(count_words(r["text"]) for r in open_texts) / max(1, len(open_texts))
+        out["stopped_on_own_frac"] = sum(r["finish_reason"] == "stop" for r in replies) / max(1, len(replies))
+        out["replies"] = [{"kind": q[0], "prompt": q[3], "sample": q[2], "text": r["text"]}
+                          for q, r in zip(requests, replies)]
+        t1 = time.time()
+        out["capability"] = self.capability()
+        t2 = time.time()
+        out["perplexity"], out["perplexity_version"] = self.perplexity(loop)
+        fps = [r["fingerprint"] for r in replies] + out["capability"].pop("fingerprints")
+        out["off_version_replies"] = sum(fp != expected_fingerprint for fp in fps)
+        out["timings"] = {"compliance_s": t1 - t0, "capability_s": t2 - t1, "perplexity_s": time.time() - t2}
+        return out
+
+    def capability(self) -> dict:
+        items = list(self.prompts.capability)
+        replies = self._map(lambda p: self._chat(p.question, 0.0, self.capability_max_tokens, 0), items)
+        correct = [p.check(r["text"]) for p, r in zip(items, replies)]
+        by_kind: dict[str, list[bool]] = {}
+        for p, c in zip(items, correct):
+            by_kind.setdefault(p.kind, []).append(c)
+        return {
+            "accuracy": sum(correct) / max(1, len(correct)),
+            "n": len(correct),
+            "by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()},
+            "answers": [{"question": p.question, "reply": r["text"], "correct": c}
+                        for p, r, c in zip(items, replies, correct)],
+            "fingerprints": [r["fingerprint"] for r in replies],
+        }
+
+    def perplexity(self, loop) -> tuple[float, int]:
+        """Perplexity of the reference text under the published weights (base weights before the first version)."""
+        from hsd_ray.engines.base import ScoreRequest
+        from hsd_ray.engines.hf import HFEngine
+
+        if self._engine is None:
+            self._engine = HFEngine(self.model_dir)
+        engine = self._engine
+        entry = ray.get(loop.registry.latest.remote("base"))
+        if entry is not None and entry[0].version != engine.version.version:
+            version, (ref,) = entry
+            engine.load_weights(ray.get(ref))
+        ids = engine.tokenizer(self.prompts.reference_text, add_special_tokens=False)["input_ids"]
+        (scores,) = engine.score([ScoreRequest(ids[:1], ids[1:])])
+        return math.exp(-float(scores.logp_T.mean())), engine.version.version
+
+    # ---- helpers ----------------------------------------------------------------------------------------------------
+    def _map(self, fn, items: list) -> list:
+        if self.concurrency == 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+    def _chat(self, prompt: str, temperature: float, max_tokens: int, seed: int) -> dict:
+        r = self.client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": prompt}], user="bench-eval",
+            max_tokens=max_tokens, temperature=temperature, top_p=self.top_p, seed=seed,
+        )
+        c = r.choices[0]
+        return {"text": c.message.content or "", "finish_reason": c.finish_reason, "fingerprint": r.system_fingerprint}

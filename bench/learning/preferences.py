@@ -1,0 +1,216 @@
+"""Hidden user preferences of the learning benchmark: a rule-based verifier and natural complaints for each.
+
+Driven by `bench.learning.users` (a simulated user complains when `verify(reply)` is False) and
+`bench.learning.evaluate` (compliance = fraction of held-out replies with `verify(reply)` True). Verifiers are pure
+functions of the reply text; no LLM judge. An empty (blank) reply satisfies no preference: a model that learned to say
+nothing must not score as compliant.
+
+Each preference names the prompt pool it is trained and measured on (`prompt_kind`): "open" questions for all of them
+except `yes_no_only`, which only makes sense for yes/no questions ("yes_no").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Callable
+
+SIGN_OFF = "— Bot"
+
+# ---- verifiers ------------------------------------------------------------------------------------------------------
+
+# Code points that are emoji (pictographs, dingbats, regional-indicator flags, skin tones, keycaps, ...). Characters
+# that are text by default (©, ®, ™, ↔, ...) only count when followed by the emoji presentation selector U+FE0F.
+_EMOJI_RANGES = (
+    (0x1F000, 0x1FAFF),  # mahjong .. symbols & pictographs ext-A (incl. flags 1F1E6-1F1FF, skin tones 1F3FB-1F3FF)
+    (0x2600, 0x27BF),  # miscellaneous symbols + dingbats (☀ ✅ ✨ ❤ ✔ ...)
+    (0x2B00, 0x2BFF),  # ⬅ ⬛ ⭐ ⭕ ...
+    (0x231A, 0x231B), (0x2328, 0x2328), (0x23CF, 0x23CF), (0x23E9, 0x23FA),  # ⌚ ⌛ ⌨ ⏏ ⏩..⏺
+    (0x25AA, 0x25AB), (0x25B6, 0x25B6), (0x25C0, 0x25C0), (0x25FB, 0x25FE),
+    (0x3030, 0x3030), (0x303D, 0x303D), (0x3297, 0x3297), (0x3299, 0x3299),
+    (0xE0020, 0xE007F),  # tag characters (subdivision flags such as England's)
+)
+_EMOJI_CLASS = "".join(f"\\U{a:08X}-\\U{b:08X}" for a, b in _EMOJI_RANGES)
+_EMOJI_RE = re.compile(f"[{_EMOJI_CLASS}]|.\uFE0F|\u20E3|\u200D[{_EMOJI_CLASS}]", re.DOTALL)
+_BULLET_RE = re.compile(r"^\s*(?:[-*+•◦‣▪●·]|\d{1,3}[.)])\s+", re.MULTILINE)
+_SIGN_OFF_RE = re.compile(r"(?:-{1,2}|[–—])\s*bot[.!]?$", re.IGNORECASE)
+_YES_NO = {"yes", "no"}
+
+
+def _blank(reply: str) -> bool:
+    return not any(c.isalnum() for c in reply)
+
+
+def has_emoji(text: str) -> bool:
+    """True if `text` holds an emoji: a pictograph, flag, keycap, ZWJ sequence or anything with U+FE0F."""
+    return _EMOJI_RE.search(text) is not None
+
+
+def no_emojis(reply: str) -> bool:
+    return not _blank(reply) and not has_emoji(reply)
+
+
+def all_lowercase(reply: str) -> bool:
+    """No uppercase letter anywhere (digits, punctuation and non-cased scripts are fine)."""
+    return not _blank(reply) and not any(c.isupper() for c in reply)
+
+
+def count_words(reply: str) -> int:
+    """Whitespace-separated tokens that contain a letter or digit ("—" alone is not a word)."""
+    return sum(1 for w in reply.split() if any(c.isalnum() for c in w))
+
+
+def max_words(n: int) -> Callable[[str], bool]:
+    def verify(reply: str) -> bool:
+        return not _blank(reply) and count_words(reply) <= n
+
+    verify.__name__ = f"max_words_{n}"
+    return verify
+
+
+def yes_no_only(reply: str) -> bool:
+    """Exactly "yes" or "no", ignoring case, surrounding whitespace, punctuation and markdown emphasis."""
+    core = unicodedata.normalize("NFKC", reply).strip().lower()
+    core = core.strip(" \t\r\n.!?,;:*_\"'`()[]")
+    return core in _YES_NO
+
+
+def no_bullets(reply: str) -> bool:
+    """No line starts with a bullet (-, *, +, •, ...) or a list number ("1." / "2)") followed by a space."""
+    return not _blank(reply) and _BULLET_RE.search(reply) is None
+
+
+def ends_with_sign_off(reply: str) -> bool:
+    """The reply has content and ends with the sign-off "— Bot" (any dash or --, any case, an optional . or !)."""
+    m = _SIGN_OFF_RE.search(reply.rstrip())
+    return m is not None and not _blank(reply[: m.start()])
+
+
+# ---- preferences ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A hidden preference: what the user wants, how to check it, and how the user complains when it is violated."""
+
+    name: str
+    description: str
+    verify: Callable[[str], bool]
+    complaints: tuple[str, ...]
+    prompt_kind: str = "open"  # which prompt pool it is trained and measured on: "open" | "yes_no"
+    about_length: bool = False  # satisfied by simply answering shorter (a generic drift would look like learning)
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _max_words_pref(n: int) -> Preference:
+    return Preference(
+        name="max_words" if n == 20 else f"max_words_{n}",
+        description=f"replies of at most {n} words",
+        verify=max_words(n),
+        complaints=(
+            f"That's way too long. Please keep answers under {n} words.",
+            "Too wordy! I just need a short answer.",
+            "Can you say that in one short sentence? I don't have time to read all that.",
+            f"Please be brief next time, no more than {n} words.",
+            "Shorter, please. Just give me the gist.",
+            "Ugh, what a wall of text. Keep it to a sentence or two.",
+        ),
+        about_length=True,
+    )
+
+
+PREFERENCES: dict[str, Preference] = {
+    p.name: p
+    for p in (
+        Preference(
+            "no_emojis",
+            "no emojis anywhere in the reply",
+            no_emojis,
+            (
+                "Please don't use emojis, they look unprofessional.",
+                "No emojis please. Plain text only.",
+                "Can you stop adding those little pictures? I find emojis distracting.",
+                "Drop the emojis next time, just write normal text.",
+                "I said no emoji. Words only, thanks.",
+            ),
+        ),
+        Preference(
+            "all_lowercase",
+            "everything in lowercase letters",
+            all_lowercase,
+            (
+                "please write everything in lowercase, no capital letters at all.",
+                "Could you answer in all lowercase? Capitals feel like shouting to me.",
+                "no uppercase please. lowercase only, every single letter.",
+                "I prefer replies with no capital letters, even at the start of sentences.",
+                "lowercase only from now on, ok?",
+            ),
+        ),
+        _max_words_pref(20),
+        Preference(
+            "yes_no_only",
+            "answers a yes/no question with exactly 'yes' or 'no'",
+            yes_no_only,
+            (
+                "Just answer yes or no.",
+                "I only need a YES or a NO, nothing else.",
+                "One word please: yes or no. No explanation.",
+                "Skip the explanation, simply tell me yes or no.",
+                "Please reply with only 'yes' or 'no' to questions like this.",
+            ),
+            prompt_kind="yes_no",
+            about_length=True,
+        ),
+        Preference(
+            "no_bullets",
+            "no bullet points or numbered lists",
+            no_bullets,
+            (
+                "Please don't use bullet points. Write it as normal sentences.",
+                "No lists please, I want a paragraph.",
+                "Stop formatting everything as a numbered list. Just write prose.",
+                "Can you answer without bullets or numbering? Plain sentences are easier for me.",
+                "I hate bullet lists. Flowing text next time, please.",
+            ),
+        ),
+        Preference(
+            "sign_off",
+            f"ends with the sign-off '{SIGN_OFF}'",
+            ends_with_sign_off,
+            (
+                f"Please always end your replies with '{SIGN_OFF}'.",
+                f"You forgot to sign off. Finish every message with {SIGN_OFF}",
+                f"Sign your answers with '{SIGN_OFF}' at the very end, please.",
+                f"End with your signature, '{SIGN_OFF}', like we agreed.",
+                f"Where's the sign-off? The last thing you write should be '{SIGN_OFF}'.",
+            ),
+        ),
+    )
+}
+
+ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "yes_no": "yes_no_only", "bullets": "no_bullets"}
+
+
+def get_preference(name: str) -> Preference:
+    """A preference by name or alias; `max_words_N` gives a word limit other than the default 20."""
+    name = ALIASES.get(name, name)
+    if name in PREFERENCES:
+        return PREFERENCES[name]
+    m = re.fullmatch(r"max_words_(\d+)", name)
+    if m and int(m.group(1)) > 0:
+        return _max_words_pref(int(m.group(1)))
+    raise ValueError(f"unknown preference {name!r}; known: {', '.join(PREFERENCES)} (or max_words_N)")
+
+
+def parse_preferences(text: str) -> list[Preference]:
+    """'max_words,lowercase' → [Preference, ...] (order kept, duplicates dropped)."""
+    out: list[Preference] = []
+    for name in (n.strip() for n in text.split(",")):
+        if name:
+            p = get_preference(name)
+            if p.name not in {q.name for q in out}:
+                out.append(p)
+    if not out:
+        raise ValueError("no preference given")
+    return out

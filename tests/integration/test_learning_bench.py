@@ -1,0 +1,57 @@
+"""The learning benchmark (bench/learning) end to end on the tiny model: simulated users over the real HTTP service,
+capture → teacher → learner → broadcast, evaluations on the published versions, JSON result and PNG curve."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tmp_path, capsys):
+    from bench.learning.preferences import PREFERENCES
+    from bench.learning.run import main
+
+    t0 = time.time()
+    rc = main(["--model", "tiny-random", "--preferences", "all_lowercase", "--variants", "contrastive",
+               "--interactions", "8", "--eval-every", "4", "--heldout", "3", "--heldout-yes-no", "2",
+               "--capability", "3", "--max-tokens", "12", "--out", str(tmp_path), "--name", "smoke",
+               "broadcast.poll_seconds=0.2", "teacher.idle_sleep_s=0.05"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed[-3000:]
+    assert time.time() - t0 < 120
+
+    result = json.loads((tmp_path / "learning-smoke.json").read_text())
+    for key in ("config", "env", "preferences", "prompts", "runs", "summary", "errors", "command"):
+        assert key in result
+    assert result["errors"] == []
+    (run,) = result["runs"]
+    assert run["variant"] == "contrastive" and run["preference"] == "all_lowercase" and not run["control"]
+    assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
+    for ev in run["evals"]:
+        assert set(ev["compliance"]) == set(PREFERENCES)
+        assert all(0.0 <= v <= 1.0 for v in ev["compliance"].values())
+        assert ev["compliance_n"]["yes_no_only"] == 2 * 2 and ev["compliance_n"]["max_words"] == 3 * 2
+        assert 0.0 <= ev["capability"]["accuracy"] <= 1.0 and ev["capability"]["n"] == 3
+        assert math.isfinite(ev["perplexity"]) and ev["perplexity"] > 1.0
+        assert ev["off_version_replies"] == 0  # every eval reply came from the latest published version
+        assert ev["fingerprint"] == f"hsd-base-v{max(ev['published_version'], 0)}"
+        assert ev["perplexity_version"] == max(ev["published_version"], 0)
+    users = run["users"]
+    assert users["interactions"] == 8 and users["complaints"] > 0  # tiny-random never writes all lowercase
+    assert users["followups"] == users["complaints"] + users["acknowledgements"] + users["new_questions"]
+    last = run["evals"][-1]
+    assert last["captured"] == users["followups"]
+    assert last["trained"] >= 4 and last["published_version"] >= 1  # the loop really trained and broadcast
+    assert run["evals"][0]["published_version"] == -1 and run["evals"][0]["perplexity_version"] == 0
+    (summary,) = result["summary"]
+    assert summary["trained"] == "all_lowercase" and -1.0 <= summary["on_target_delta"] <= 1.0
+    assert summary["perplexity_before"] > 0 and isinstance(summary["meets_bar"], bool)
+    assert "all_lowercase" in printed and "before→after" in printed
+
+    png = (tmp_path / "learning-smoke.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

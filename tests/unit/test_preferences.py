@@ -1,0 +1,177 @@
+"""The learning benchmark's rule-based preference verifiers, complaint phrasings and prompt sets
+(bench/learning/preferences.py, bench/learning/prompts.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.learning import preferences as P
+from bench.learning.prompts import build_prompt_sets, check_disjoint, numbers_in
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Great job 😀",
+        "Done ✅",
+        "Sparkles ✨ everywhere",
+        "Thumbs up 👍🏽",  # skin-tone modifier
+        "Family: 👨‍👩‍👧‍👦",  # ZWJ sequence
+        "Go team 🇫🇷!",  # flag (regional indicators)
+        "England 🏴󠁧󠁢󠁥󠁮󠁧󠁿",  # subdivision flag (tag sequence)
+        "Press 1️⃣ now",  # keycap
+        "I ❤️ it",  # heart with VS16
+        "Rainbow 🏳️‍🌈 flag",
+        "⭐ five stars",
+        "🤖",
+        "It's sunny ☀ today",
+    ],
+)
+def test_emojis_detected(text):
+    assert P.has_emoji(text)
+    assert not P.no_emojis(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain text, no pictures.",
+        "Prices: $5 -> €4, 50% off; a×b = c; ~approx; «quotes» — dash…",
+        "Café déjà vu, naïve façade, Ω and π and 日本語.",
+        "Copyright © 2024 Acme™ Corp ®",  # text-presentation symbols without VS16 are not emojis
+        "Arrows → ← ↑ and math ≤ ≥ ≠",
+        ":) <3 :-D",  # ASCII emoticons are not emojis
+    ],
+)
+def test_no_emojis_accepts_plain_text(text):
+    assert not P.has_emoji(text)
+    assert P.no_emojis(text)
+
+
+def test_all_lowercase():
+    assert P.all_lowercase("hello there, this is all lowercase. 42 is fine! ok?")
+    assert P.all_lowercase("ünïcödé lowercase, 日本語 has no case")
+    assert not P.all_lowercase("Hello there")
+    assert not P.all_lowercase("all lowercase except ONE word")
+    assert not P.all_lowercase("mixed Case in the middle")
+    assert not P.all_lowercase("i love paris, France")
+    assert not P.all_lowercase("Ünicode capital")
+    assert not P.all_lowercase("")  # an empty reply satisfies nobody
+    assert not P.all_lowercase("  ... ")
+
+
+def test_max_words():
+    verify = P.max_words(20)
+    assert verify("Paris.")
+    assert verify(" ".join(["word"] * 20))
+    assert not verify(" ".join(["word"] * 21))
+    assert verify("It is 3 — maybe 4 — km away.")  # a lone dash is not a word
+    assert P.count_words("It is 3 — maybe 4 — km away.") == 7
+    assert P.count_words("one\ntwo\tthree  four") == 4
+    assert not verify("")
+    assert P.get_preference("max_words_5").verify("one two three four five")
+    assert not P.get_preference("max_words_5").verify("one two three four five six")
+
+
+@pytest.mark.parametrize("text", ["yes", "Yes.", "NO!", "  no  ", "**Yes**", "\"No.\"", "yes!!", "No."])
+def test_yes_no_only_accepts(text):
+    assert P.yes_no_only(text)
+
+
+@pytest.mark.parametrize("text", ["Yes, it is.", "No, penguins cannot fly.", "yes no", "Yeah", "Nope", "",
+                                  "The answer is yes.", "yes.\nBecause it is."])
+def test_yes_no_only_rejects(text):
+    assert not P.yes_no_only(text)
+
+
+def test_no_bullets():
+    assert P.no_bullets("A paragraph with a hyphen-word and a - dash in the middle.\nAnother line.")
+    assert P.no_bullets("In 1984 there were 3 options. Version 2.0 is out.")
+    assert P.no_bullets("**Bold** start is not a bullet.")
+    assert P.no_bullets("It was -5 degrees outside.")
+    for listed in ("Tips:\n- sleep\n- eat", "* one\n* two", "• first\n• second", "1. First\n2. Second",
+                   "Steps:\n  3) mix", "Intro\n\n10. tenth item", "+ plus bullet"):
+        assert not P.no_bullets(listed), listed
+    assert not P.no_bullets("")
+
+
+def test_sign_off():
+    assert P.ends_with_sign_off("Paris is the capital. — Bot")
+    assert P.ends_with_sign_off("Paris is the capital.\n\n— Bot\n")
+    assert P.ends_with_sign_off("Sure thing -- Bot")
+    assert P.ends_with_sign_off("sure thing — bot.")
+    assert not P.ends_with_sign_off("— Bot")  # nothing but the sign-off
+    assert not P.ends_with_sign_off("Paris is the capital.")
+    assert not P.ends_with_sign_off("— Bot\nParis is the capital.")  # not at the end
+    assert not P.ends_with_sign_off("I am a robot")
+
+
+def test_complaints_are_varied():
+    for pref in P.PREFERENCES.values():
+        c = pref.complaints
+        assert len(c) >= 4 and len(set(c)) == len(c), pref.name
+        first_words = {x.split()[0].lower().strip(",.!'") for x in c}
+        assert len(first_words) >= 3, (pref.name, first_words)  # not one sentence with small edits
+        assert all(len(x.split()) >= 3 for x in c), pref.name
+        # a complaint is itself a real message: non-blank, and it does not satisfy a yes/no check etc.
+        assert all(x.strip() for x in c)
+
+
+def test_preference_registry_and_parse():
+    names = [p.name for p in P.parse_preferences("max_words, lowercase,emojis,max_words")]
+    assert names == ["max_words", "all_lowercase", "no_emojis"]
+    assert P.PREFERENCES["yes_no_only"].prompt_kind == "yes_no"
+    assert {p.prompt_kind for n, p in P.PREFERENCES.items() if n != "yes_no_only"} == {"open"}
+    with pytest.raises(ValueError):
+        P.get_preference("no_such_preference")
+
+
+def test_prompt_sets_deterministic_and_disjoint():
+    a, b, c = build_prompt_sets(0), build_prompt_sets(0), build_prompt_sets(1)
+    assert a == b
+    assert a.train_open != c.train_open  # the seed matters
+    train = set(a.train_open) | set(a.train_yes_no)
+    assert not train & set(a.heldout_open)
+    assert not train & set(a.heldout_yes_no)
+    assert not train & {p.question for p in a.capability}
+    assert not set(a.train_topics) & set(a.heldout_topics)
+    for q in a.heldout_open:  # a held-out prompt's topic is never a training topic
+        assert any(t in q for t in a.heldout_topics) and not any(q.endswith(f" {t}.") or q.endswith(f" {t}?")
+                                                                 for t in a.train_topics)
+    assert len(a.heldout_open) == 10 and len(a.heldout_yes_no) == 6 and len(a.capability) == 18
+    assert all(q.endswith("?") for q in a.train_yes_no + a.heldout_yes_no)
+    assert {p.kind for p in a.capability} == {"arithmetic", "capital", "units"}
+    assert "Thanks, that's helpful." not in a.acknowledgements  # the contrastive baseline's own follow-up
+    assert any("*" in f for f in a.unrelated_followups)
+
+
+def test_check_disjoint_catches_leaks():
+    import dataclasses
+
+    s = build_prompt_sets(0)
+    with pytest.raises(AssertionError):
+        check_disjoint(dataclasses.replace(s, train_open=s.train_open + (s.heldout_open[0],)))
+    with pytest.raises(AssertionError):
+        check_disjoint(dataclasses.replace(s, train_topics=s.train_topics + (s.heldout_topics[0],)))
+
+
+def test_answer_checkers():
+    s = build_prompt_sets(0)
+    by_q = {p.question: p for p in s.capability}
+    from bench.learning.prompts import CheckablePrompt
+
+    add = CheckablePrompt("What is 7 + 5?", "arithmetic", ("12",))
+    assert add.check("7 + 5 = 12") and add.check("The answer is twelve.") and add.check("12.")
+    assert not add.check("7 + 5 = 13") and not add.check("It is 7 plus 5.") and not add.check("")
+    units = CheckablePrompt("How many grams are in 2 kilograms?", "units", ("2000",))
+    assert units.check("There are 2,000 grams in 2 kilograms.") and units.check("2000 g")
+    assert not units.check("200 grams") and not units.check("20000")
+    cap = CheckablePrompt("What is the capital of India?", "capital", ("New Delhi", "Delhi"))
+    assert cap.check("The capital of India is New Delhi.") and cap.check("delhi")
+    assert not cap.check("Mumbai") and not cap.check("Delhistan")
+    assert numbers_in("-3, 1.5 and 2,000 and seven") == [-3.0, 1.5, 2000.0, 7.0]
+    for p in by_q.values():  # every generated prompt accepts its own answer and rejects a wrong one
+        assert p.check(f"The answer is {p.answers[0]}.")
+        assert not p.check("I do not know.")
