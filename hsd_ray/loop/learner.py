@@ -57,7 +57,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from hsd_ray.core.policy import ReferencePolicy, apply_lora, export_weights, make_optimizer, unwrap
     from hsd_ray.core.step import learner_step
     from hsd_ray.engines.hf import load_model_and_tokenizer
-    from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, publish
+    from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, BackgroundPublisher
     from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
     from hsd_ray.models import resolve_model
 
@@ -86,12 +86,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
     reference = ReferencePolicy(model, cfg.loss.reference, cfg.loss.ema_rate) if cfg.loss.kl_coef > 0 else None
 
-    def publish_version() -> None:
-        nonlocal version
+    def on_published(v, seconds: float) -> None:
+        metrics.set_gauge("hsd_policy_version", v.version, adapter=v.adapter_id)
+        print(f"[learner] published v{v.version} (step {v.step}) in {seconds:.3f}s", flush=True)
+
+    publisher = BackgroundPublisher(registry, on_published) if rank == 0 else None
+    published_step = -1
+
+    def publish_version(final: bool = False) -> None:
+        """Snapshot the weights now (synchronous copy), publish them in the background. The final version is made
+        durable (the registry keeps its own copy) because this process exits right after."""
+        nonlocal version, published_step
+        if step == published_step:  # these exact weights are already out
+            if final:
+                publisher.flush()
+                try:
+                    ray.get(registry.persist_latest.remote("base"))
+                except Exception as e:  # noqa: BLE001 - the run's weights are still saved to output_dir/final
+                    print(f"[learner] could not make v{version} durable: {e}", flush=True)
+            return
         version = max(version, ray.get(registry.latest_version.remote("base"))) + 1
-        seconds = publish(registry, export_weights(model, version, step))
-        metrics.set_gauge("hsd_policy_version", version, adapter="base")
-        print(f"[learner] published v{version} at step {step} in {seconds:.3f}s", flush=True)
+        publisher.submit(export_weights(model, version, step), durable=final)
+        published_step = step
 
     def save_checkpoint(final: bool = False) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -164,7 +180,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # ---- clean stop: final version, checkpoint and exported weights --------------------------------------------
     if rank == 0:
-        publish_version()
+        publish_version(final=True)
+        publisher.flush()
         _save_final(model, tokenizer, Path(cfg.job.output_dir) / "final", step, version)
     if world > 1:
         box = [version]
