@@ -1,0 +1,496 @@
+"""vLLM implementation of the Engine interface: batched generation, prompt-logprob scoring, versioned weights.
+
+Same contract as `HFEngine` (engines/hf.py), which is the float32 reference it is tested against
+(tests/integration/test_vllm_engine.py): token ids in, token ids / log-probs out, one lock around everything.
+
+Generation
+    One `LLM.generate` call for the whole batch of token-id prompts (`TokensPrompt`). The log-prob of each sampled id is
+    the *raw* model log-prob (`logprobs_mode="raw_logprobs"`: log_softmax of the logits before temperature / top-p),
+    the same quantity `HFEngine` reports. Returned ids never carry the terminating EOS / stop token; a reply cut at a
+    stop string is trimmed to the text before it (ids and log-probs too), exactly as `HFEngine` does.
+
+Scoring (teacher forcing)
+    One `LLM.generate` call per `score()`: every request becomes the prompt `prompt_ids + target_ids` with
+    `SamplingParams(max_tokens=1, prompt_logprobs=k)`. vLLM then returns, for every prompt position i ≥ 1, the logprob
+    of the actual token i given tokens < i *and* the k most likely tokens there; we keep the positions of the targets.
+    Prompt-logprob requests never read vLLM's prefix cache, so scores are always computed from the current weights.
+
+    The top-k loss (hsd_ray/core/losses.py, `loss.kind=topk`) compares teacher and student over k+1 buckets per reply
+    token: the teacher's top-k token ids plus one "tail" bucket holding the remaining mass (1 - Σ top-k probs).
+    The actual (sampled) token's teacher log-prob is always available as well (`TokenScores.logp_T`), whether or not it
+    is in the teacher's top-k, so the sampled-token (advantage) loss and the top-k loss use the same scoring pass.
+    `top_k` is bounded by the engine's `max_logprobs` (vLLM refuses more), so `loss.top_k <= engine.vllm_max_logprobs`.
+
+    vLLM's per-position result holds k or k+1 entries (the actual token is always added, and is a duplicate when it is
+    inside the top-k). With `flat_logprobs=True` (used when this vLLM supports it) the layout is fixed:
+    [actual token, rank 1, ..., rank k]; otherwise the dict is ordered by `Logprob.rank` and the actual token's extra
+    entry dropped when its rank is > k.
+
+Weights
+    "full": names and shapes are validated against the model's *Hugging Face* parameters (vLLM fuses q/k/v and
+    gate/up internally, so its own names differ); the expected set comes from a meta-device transformers model built
+    from the model's config (no memory). Nothing is touched unless the whole set is valid (unknown name, missing name,
+    wrong shape, NaN/inf → `WeightLoadError`, previous version keeps serving). Then
+    `collective_rpc("reload_weights", ...)` loads it through vLLM's own weight loaders (never `model.load_weights`
+    directly: that corrupts the engine) and the prefix cache is reset so no KV computed with old weights is reused.
+    "lora" (engine built with enable_lora=True): validated against the adapter a peft model of the same config would
+    have, written to a fresh folder (adapter_model.safetensors + adapter_config.json), loaded eagerly with
+    `add_lora` under a new integer id (so a broken adapter fails here, not in the next request), and only then made the
+    `LoRARequest` used by every later generate/score; the previous adapter is removed from vLLM and from disk.
+    `version` changes only after a load succeeded.
+
+Environment (set at import, only if unset, because vLLM reads them when it is imported / the engine is built):
+    VLLM_ENABLE_V1_MULTIPROCESSING=0  run the engine core in this process: ~3 s start and ~850 MB instead of a
+                                      second process (45 s, 3 GB on CPU); `collective_rpc("reload_weights")` can then
+                                      pass tensors directly (in multiprocess mode they do not survive the kwargs).
+    VLLM_CACHE_ROOT                   a private folder under the temp dir instead of ~/.cache/vllm.
+In-process side effect: vLLM's CPU worker replaces `torch.set_num_threads` by a process-wide no-op (which also
+swallows vLLM's own attempt to drop torch to 1 thread for serving, so the thread count stays what it was).
+`keep_torch_threads=True` (the default) puts the real function back after start-up, so the rest of the process
+(learner, HF engine, Ray Train worker) can still set its threads.
+
+CPU KV cache: `kv_cache_bytes` is raised (with a warning) to what one `max_model_len`-token sequence needs; vLLM
+refuses to start otherwise (SmolLM2-135M in float32 needs ~95 MiB for 2048 tokens, more than the 64 MiB default).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(tempfile.gettempdir(), "hsd-vllm-cache"))
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hsd_ray.engines.base import (  # noqa: E402
+    Generation,
+    PolicyVersion,
+    SamplingParams,
+    ScoreRequest,
+    TokenScores,
+    WeightLoadError,
+    WeightSet,
+)
+from hsd_ray.engines.hf import _trim_to_text, validate_tensors  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# vLLM accepts only these max_lora_rank values; a requested rank is rounded up to the next one.
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class VLLMEngine:
+    """One in-process vLLM `LLM` behind a lock: requests never see a half-loaded weight set."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        kv_cache_bytes: int = 64 * 2**20,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        max_logprobs: int = 20,
+        enforce_eager: bool = True,
+        enable_lora: bool = False,
+        max_lora_rank: int = 64,
+        adapter_id: str = "base",
+        seed: int = 0,
+        enable_prefix_caching: bool = True,
+        keep_torch_threads: bool = True,
+    ):
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm import LLM
+
+        self.model_dir = Path(model_dir)
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.max_logprobs = max_logprobs
+        self.enable_lora = enable_lora
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.hf_config = AutoConfig.from_pretrained(str(model_dir))
+
+        kwargs: dict = dict(
+            model=str(model_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            max_logprobs=max_logprobs,
+            logprobs_mode="raw_logprobs",  # log_softmax of the raw logits, as HFEngine: not temperature/top-p processed
+            enforce_eager=enforce_eager,
+            seed=seed,
+            tensor_parallel_size=tensor_parallel_size,
+            enable_prefix_caching=enable_prefix_caching,
+        )
+        self._on_cpu = not torch.cuda.is_available()
+        if not self._on_cpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            need = _kv_bytes_for(self.hf_config, max_model_len, dtype)
+            if kv_cache_bytes < need:  # vLLM refuses to start if one max-length sequence does not fit
+                logger.warning(
+                    "kv_cache_bytes=%d cannot hold one %d-token sequence of this model; using %d",
+                    kv_cache_bytes, max_model_len, need,
+                )
+                kv_cache_bytes = need
+            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        if enable_lora:
+            rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
+            if rank is None:
+                raise ValueError(f"max_lora_rank {max_lora_rank} exceeds vLLM's largest ({_VLLM_LORA_RANKS[-1]})")
+            # LoRA on the transformer's linear layers only: with the lm_head LoRA wrapper in place, vLLM's prompt
+            # logprobs break for batches of >1 request (LoRA logits indexed per sequence, not per prompt token:
+            # einsum shape error on CPU, vllm-project/vllm#16668 / #29955; lm_head deltas silently dropped on GPU,
+            # #51594). Adapters that target lm_head / embeddings are refused in load_weights.
+            self._lora_modules = _hf_linear_suffixes(self.hf_config)
+            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1, lora_target_modules=self._lora_modules)
+
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        self.llm = LLM(**kwargs)
+        if keep_torch_threads and torch.set_num_threads is not set_threads:
+            torch.set_num_threads = set_threads  # vLLM's CPU worker made it a process-wide no-op
+            if torch.get_num_threads() != threads:
+                set_threads(threads)
+
+        self._lock = threading.RLock()
+        self._version = PolicyVersion(adapter_id=adapter_id, version=0)
+        self._lora_request = None  # vllm.lora.request.LoRARequest of the adapter in use, None = base weights
+        self._lora_dir: Path | None = None
+        self._lora_ids = itertools.count(1)
+        self._lora_root = Path(tempfile.mkdtemp(prefix="hsd-vllm-lora-"))
+        self._expected_full: dict[str, tuple[int, ...]] | None = None
+        self._expected_lora_cache: dict[str, dict] = {}
+        self._tied_aliases: dict[str, str] = {}  # alias name -> name of the tensor it shares
+        self._flat_logprobs = _supports_flat_logprobs()
+
+    @property
+    def version(self) -> PolicyVersion:
+        return self._version
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        sample = params.temperature > 0
+        vparams = VSamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature if sample else 0.0,
+            top_p=params.top_p if sample else 1.0,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=0,  # only the sampled token's (raw) log-prob
+            skip_special_tokens=True,
+        )
+        with self._lock:
+            version = self._version
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                vparams,
+                use_tqdm=False,
+                lora_request=self._lora_request,
+            )
+        return [self._to_generation(o, params, version) for o in outs]
+
+    def _to_generation(self, out, params: SamplingParams, version: PolicyVersion) -> Generation:
+        comp = out.outputs[0]
+        ids = list(comp.token_ids)
+        logprobs = _sampled_logprobs(comp.logprobs, ids)
+        finished = comp.finish_reason == "stop"
+        if finished and ids and not isinstance(comp.stop_reason, str):
+            ids, logprobs = ids[:-1], logprobs[:-1]  # EOS (stop_reason None) or a stop token id: never returned
+        # Decoded here (not vLLM's incremental text) so both engines give byte-identical text for the same ids.
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in params.stop:  # OpenAI semantics: the reply ends before the stop string
+            cut = text.find(stop)
+            if cut >= 0:
+                ids, logprobs, text = _trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
+                finished = True
+        return Generation(ids, text, logprobs, finished, len(out.prompt_token_ids or []), version)
+
+    # ---- scoring --------------------------------------------------------------------------------------------
+    def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if top_k < 0 or top_k > self.max_logprobs:
+            raise ValueError(f"top_k={top_k} must be in [0, max_logprobs={self.max_logprobs}] for this vLLM engine")
+        if not requests:
+            return []
+        for i, r in enumerate(requests):
+            if not r.prompt_ids or not r.target_ids:
+                raise ValueError(f"score request {i}: prompt and target must both be non-empty")
+            if len(r.prompt_ids) + len(r.target_ids) + 1 > self.max_model_len:
+                raise ValueError(
+                    f"score request {i}: {len(r.prompt_ids)} + {len(r.target_ids)} tokens (+1 generated) exceed "
+                    f"max_model_len={self.max_model_len}"
+                )
+        extra = {"flat_logprobs": True} if self._flat_logprobs else {}
+        vparams = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k, detokenize=False, **extra)
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids) + list(r.target_ids)) for r in requests]
+        with self._lock:
+            outs = self.llm.generate(prompts, vparams, use_tqdm=False, lora_request=self._lora_request)
+        return [_extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)]
+
+    # ---- weights --------------------------------------------------------------------------------------------
+    def load_weights(self, weights: WeightSet) -> None:
+        with self._lock:
+            if weights.kind == "full":
+                self._load_full(weights.tensors)
+            elif weights.kind == "lora":
+                self._load_lora(weights)
+            else:
+                raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
+            self._version = weights.version
+
+    def _expected_full_shapes(self) -> dict[str, tuple[int, ...]]:
+        """HF parameter names → shapes of this model (from a meta-device transformers model: no memory)."""
+        if self._expected_full is None:
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(self.hf_config)
+            state = model.state_dict(keep_vars=True)
+            seen: dict[int, str] = {}
+            for name, t in state.items():  # tied weights (lm_head = embed_tokens) may be sent or omitted
+                if id(t) in seen:
+                    self._tied_aliases[name] = seen[id(t)]
+                else:
+                    seen[id(t)] = name
+            self._expected_full = {k: tuple(v.shape) for k, v in state.items()}
+        return self._expected_full
+
+    def _load_full(self, tensors: dict) -> None:
+        expected = {k: _Shape(s) for k, s in self._expected_full_shapes().items()}
+        required = {k: v for k, v in expected.items() if k not in self._tied_aliases}
+        validate_tensors(tensors, expected, require_all=False)
+        not_float = [k for k, v in tensors.items() if not v.is_floating_point()]
+        if not_float:
+            raise WeightLoadError(f"weight set has non-floating-point tensors, e.g. {not_float[:3]}")
+        missing = sorted(set(required) - set(tensors))
+        if missing:  # a partial set would leave fused vLLM layers half-updated
+            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
+        for alias, source in self._tied_aliases.items():  # vLLM loads the shared tensor once, from `source`
+            if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
+                raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
+        items = [(k, v.detach()) for k, v in tensors.items() if k not in self._tied_aliases]
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+            if self._on_cpu:
+                self.llm.collective_rpc(_refresh_output_heads)
+        except Exception as e:  # validated above, so this is not expected; the engine state is unknown now
+            raise WeightLoadError(f"vLLM reload_weights failed: {e}") from e
+        self.llm.reset_prefix_cache()  # KV blocks computed with the old weights must never be reused
+
+    def _load_lora(self, weights: WeightSet) -> None:
+        from vllm.lora.request import LoRARequest
+
+        if not self.enable_lora:
+            raise WeightLoadError("this vLLM engine was built without enable_lora=True; cannot load a LoRA set")
+        if weights.lora_config is None:
+            raise WeightLoadError("a LoRA weight set needs its lora_config")
+        cfg = _peft_config(weights.lora_config)
+        if cfg.bias != "none" or cfg.use_dora or cfg.modules_to_save:
+            raise WeightLoadError("vLLM serves plain LoRA only (bias='none', no DoRA, no modules_to_save)")
+        expected = self._expected_lora(cfg)
+        outside = sorted({k for k in expected if not any(f".{m}." in k for m in self._lora_modules)})
+        if outside:
+            raise WeightLoadError(f"this engine serves LoRA on {self._lora_modules} only; adapter has {outside[:3]}")
+        validate_tensors(weights.tensors, expected, require_all=True)
+
+        lora_id = next(self._lora_ids)
+        name = f"{weights.version.adapter_id}-v{weights.version.version}-{lora_id}"
+        folder = self._lora_root / name
+        try:
+            _write_adapter(folder, cfg, weights.tensors)
+            request = LoRARequest(name, lora_id, str(folder))
+            if not self.llm.llm_engine.add_lora(request):
+                raise WeightLoadError(f"vLLM refused adapter {name}")
+        except Exception as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(e, WeightLoadError):
+                raise
+            raise WeightLoadError(f"vLLM could not load adapter {name}: {e}") from e
+        old_request, old_dir = self._lora_request, self._lora_dir
+        self._lora_request, self._lora_dir = request, folder
+        if old_request is not None:
+            try:
+                self.llm.llm_engine.remove_lora(old_request.lora_int_id)
+            except Exception:  # already evicted by the LRU cache
+                pass
+        if old_dir is not None:
+            shutil.rmtree(old_dir, ignore_errors=True)
+
+    def _expected_lora(self, cfg) -> dict:
+        """peft adapter names → shapes for `cfg` on this model (peft on a meta-device model; cached per config)."""
+        from peft import get_peft_model, get_peft_model_state_dict
+        from transformers import AutoModelForCausalLM
+
+        key = json.dumps(cfg.to_dict(), sort_keys=True, default=lambda o: sorted(o) if isinstance(o, set) else str(o))
+        if key in self._expected_lora_cache:
+            return self._expected_lora_cache[key]
+        # peft's notes about tied / embedding layers are irrelevant for a shape check: silenced
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = AutoModelForCausalLM.from_config(self.hf_config)
+            try:
+                peft_model = get_peft_model(model, copy.deepcopy(cfg))
+            except Exception as e:
+                raise WeightLoadError(f"LoRA config does not fit this model: {e}") from e
+            state = get_peft_model_state_dict(peft_model)
+        expected = {k: _Shape(tuple(v.shape)) for k, v in state.items()}
+        self._expected_lora_cache[key] = expected
+        return expected
+
+    def close(self) -> None:
+        """Drop the engine and its adapter folders (the process keeps vLLM's global state)."""
+        with self._lock:
+            shutil.rmtree(self._lora_root, ignore_errors=True)
+            self.llm = None  # type: ignore[assignment]
+
+    def __del__(self):
+        root = getattr(self, "_lora_root", None)
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _kv_bytes_for(hf_config, tokens: int, dtype: str, block: int = 128) -> int:
+    """KV-cache bytes vLLM wants for one `tokens`-long sequence (K and V of every layer), with slack: whole CPU blocks
+    (128 tokens) plus two spare, +10 % (vLLM's own accounting is slightly above the bare K/V size)."""
+    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elem = 4 if dtype == "float32" else 2
+    blocks = -(-tokens // block) + 2
+    return int(1.1 * cfg.num_hidden_layers * 2 * heads * head_dim * elem * blocks * block)
+
+
+def _refresh_output_heads(worker) -> int:
+    """Re-run weight post-processing of the output head(s) after `reload_weights` (runs on each vLLM worker).
+
+    With tied embeddings vLLM loads the shared tensor through `embed_tokens` only; the lm_head layer then reports
+    "Failed to load weights" and is skipped by the layer-wise reload. On CPU that layer multiplies with a weight copy
+    prepacked for oneDNN / sgl kernels at start-up (`dispatch_cpu_unquantized_gemm`), so without this step the logits
+    keep using the OLD embedding matrix (measured: |Δ logp| ≈ 0.1–0.5 on the tiny model). On GPU it is a no-op.
+    """
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
+
+    refreshed = 0
+    for module in worker.get_model().modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(module, ParallelLMHead) and isinstance(method, UnquantizedEmbeddingMethod):
+            method.process_weights_after_loading(module)
+            refreshed += 1
+    return refreshed
+
+
+def _hf_linear_suffixes(hf_config) -> list[str]:
+    """Names (last component) of the model's nn.Linear layers except the output head, e.g. q_proj ... down_proj."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    out_head = model.get_output_embeddings()
+    return sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_head}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """Stands in for an expected tensor in `validate_tensors` (which only reads `.shape`)."""
+
+    shape: tuple[int, ...]
+
+
+def _supports_flat_logprobs() -> bool:
+    from vllm import SamplingParams as VSamplingParams
+
+    try:
+        VSamplingParams(max_tokens=1, flat_logprobs=True)
+    except TypeError:
+        return False
+    return True
+
+
+def _sampled_logprobs(container, ids: list[int]) -> list[float]:
+    """Log-prob of each sampled id from a generation's logprobs (requested with logprobs=0)."""
+    if container is None:
+        return [float("nan")] * len(ids)
+    if hasattr(container, "start_indices"):  # FlatLogprobs: the sampled token is the first entry of each position
+        return [float(container.logprobs[s]) for s in container.start_indices[: len(ids)]]
+    return [float(d[t].logprob) for d, t in zip(container, ids)]
+
+
+def _extract_scores(plp, req: ScoreRequest, top_k: int) -> TokenScores:
+    """The target positions of one request's prompt logprobs → TokenScores ([T], [T, K])."""
+    P, T = len(req.prompt_ids), len(req.target_ids)
+    if plp is None or len(plp) != P + T:
+        raise RuntimeError(f"vLLM returned {None if plp is None else len(plp)} prompt logprobs for {P + T} tokens")
+    logp = np.empty(T, dtype=np.float32)
+    ids = np.empty((T, top_k), dtype=np.int64)
+    lps = np.empty((T, top_k), dtype=np.float32)
+    if hasattr(plp, "start_indices"):  # FlatLogprobs: per position [actual, rank 1, ..., rank k]
+        starts = plp.start_indices[P : P + T]
+        ends = plp.end_indices[P : P + T]
+        for t, (s, e) in enumerate(zip(starts, ends)):
+            if e - s != top_k + 1 or plp.token_ids[s] != req.target_ids[t]:
+                raise RuntimeError(f"unexpected vLLM prompt-logprob layout at target {t}")
+            logp[t] = plp.logprobs[s]
+            if top_k:
+                ids[t] = plp.token_ids[s + 1 : e]
+                lps[t] = plp.logprobs[s + 1 : e]
+    else:  # list of dicts token -> Logprob; the actual token is always present, with its true rank
+        for t in range(T):
+            entry = plp[P + t]
+            actual = req.target_ids[t]
+            logp[t] = entry[actual].logprob
+            if top_k:
+                # rank ties (the actual token tying with the k-th) are resolved in favour of the real top-k entry
+                ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == actual))[:top_k]
+                if len(ranked) != top_k:
+                    raise RuntimeError(f"vLLM returned {len(ranked)} < {top_k} top log-probs at target {t}")
+                ids[t] = [tok for tok, _ in ranked]
+                lps[t] = [lp.logprob for _, lp in ranked]
+    if not top_k:
+        return TokenScores(logp)
+    return TokenScores(logp, ids, lps)
+
+
+def _peft_config(config: dict):
+    """A peft LoraConfig from `WeightSet.lora_config` (LoraConfig.to_dict() or a subset of its fields)."""
+    from peft import LoraConfig
+
+    fields = {f.name for f in dataclasses.fields(LoraConfig)}
+    kwargs = {k: v for k, v in config.items() if k in fields and k not in ("peft_type", "base_model_name_or_path")}
+    if isinstance(kwargs.get("target_modules"), (set, tuple)):
+        kwargs["target_modules"] = sorted(kwargs["target_modules"])
+    try:
+        return LoraConfig(**kwargs)
+    except Exception as e:
+        raise WeightLoadError(f"invalid lora_config: {e}") from e
+
+
+def _write_adapter(folder: Path, cfg, tensors: dict) -> None:
+    """peft's on-disk adapter format: adapter_config.json + adapter_model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=False)
+    cfg.save_pretrained(str(folder))  # writes adapter_config.json (sets → lists, enums → strings)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
