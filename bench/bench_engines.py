@@ -13,7 +13,7 @@
 Both engines live in this process with the same number of torch threads (printed); the engines are warmed up before
 anything is timed. Synthetic turns come from small lists of prompts, replies and follow-ups below (seeded), some
 multi-turn. Results print as a table and go to `bench/results/bench_engines-<device>.json`.
-Default: SmolLM2-135M-Instruct, 32 turns: ~3 min on 2 CPU cores.
+Default: SmolLM2-135M-Instruct, 32 turns, 12 generation prompts: ~3-4 min on 2 CPU cores (HF generation dominates).
 """
 
 from __future__ import annotations
@@ -227,8 +227,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="model name or folder (hsd_ray.models)")
     parser.add_argument("--turns", type=int, default=32, help="synthetic turns (2 score requests each)")
-    parser.add_argument("--gen-prompts", type=int, default=16, help="chat prompts generated from (first N turns)")
-    parser.add_argument("--latency-prompts", type=int, default=6, help="single-prompt calls for the p50 latency")
+    parser.add_argument("--gen-prompts", type=int, default=12, help="chat prompts generated from (first N turns)")
+    parser.add_argument("--latency-prompts", type=int, default=5, help="single-prompt calls for the p50 latency")
     parser.add_argument("--repeats", type=int, default=1, help="timed scoring repeats (median)")
     parser.add_argument("--reload-repeats", type=int, default=3, help="timed reloads per weight set (median)")
     parser.add_argument("--lora-ranks", type=int, nargs="+", default=[16, 64])

@@ -39,7 +39,8 @@ class EngineConfig(_Section):
     device: str = Field("cpu", description="torch device for the hf engine ('cpu', 'cuda')")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights/compute dtype")
     max_model_len: int = Field(2048, ge=64, description="longest prompt + reply the engine accepts (tokens)")
-    vllm_kv_cache_bytes: int = Field(64 * 2**20, ge=2**20, description="vLLM KV cache size on CPU (bytes)")
+    # SmolLM2 in float32 needs ~95 MiB of KV cache for one 2048-token sequence; vLLM refuses to start with less.
+    vllm_kv_cache_bytes: int = Field(256 * 2**20, ge=2**20, description="vLLM KV cache size on CPU (bytes)")
     vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="vLLM GPU memory fraction")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size (GPU)")
     vllm_max_logprobs: int = Field(20, ge=1, le=100, description="vLLM max_logprobs (bounds teacher top-k)")
