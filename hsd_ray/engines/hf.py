@@ -157,8 +157,9 @@ class HFEngine:
             self._version = weights.version
 
     def _load_full(self, tensors: dict) -> None:
-        model = self.model.get_base_model() if self._lora_loaded else self.model
-        params = dict(model.state_dict())
+        if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
+            raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
+        params = dict(self.model.state_dict())
         validate_tensors(tensors, params, require_all=True)
         for name, t in tensors.items():  # all checked first: nothing is half-applied
             params[name].copy_(t)
