@@ -4,7 +4,7 @@
     token-budget batches (what a teacher actor does) vs one request per call; tokens/s and the ratio.
 (b) One learner step (`hsd_ray.core.step.learner_step` on the batch `score_turns` produced from the first
     `--step-turns` turns, 4 = the config's learner.batch_turns): full fine-tune vs LoRA (r=16) on the same batch;
-    warm-up step excluded, median of the timed steps; tokens/s and the ratio.
+    stepped alternately; warm-up step excluded, median of the timed steps; tokens/s and the ratio.
 
 Turns are synthetic (seeded): prompts and replies of 20-200 tokens drawn from the model's own tokenisation of an
 English word list, so lengths are exact and the run needs no data set. Tokens/s counts real (unpadded) tokens:
@@ -119,44 +119,56 @@ def bench_scoring(engine, turns, hcfg, lcfg, device: str, repeats: int) -> dict:
     }
 
 
-def bench_learner(model_dir, batch, lcfg, *, lora: bool, lora_r: int, device: str, steps: int) -> dict:
-    """Warm-up step + `steps` timed learner steps on `batch` (fresh model from disk); median step time."""
+def make_learner(model_dir, *, lora: bool, lora_r: int, device: str):
+    """A fresh policy from disk (optionally LoRA-wrapped) with its optimizer, as the learner builds it."""
     from hsd_ray.config import LearnerConfig, LoraConfig
     from hsd_ray.core.policy import apply_lora, make_optimizer
-    from hsd_ray.core.step import learner_step
     from hsd_ray.engines.hf import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(model_dir, "float32", device)
-    lcfg_learner = LearnerConfig(lr=1e-4 if lora else 1e-5, warmup_steps=0,
-                                 lora=LoraConfig(enabled=lora, r=lora_r, alpha=2 * lora_r))
+    cfg = LearnerConfig(lr=1e-4 if lora else 1e-5, warmup_steps=0,
+                        lora=LoraConfig(enabled=lora, r=lora_r, alpha=2 * lora_r))
     if lora:
-        model = apply_lora(model, lcfg_learner.lora)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer, scheduler = make_optimizer(model, lcfg_learner)
-    times = []
+        model = apply_lora(model, cfg.lora)
+    optimizer, scheduler = make_optimizer(model, cfg)
+    return model, optimizer, scheduler, cfg
+
+
+def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: int) -> dict:
+    """Full fine-tune and LoRA policies stepped alternately on `batch` (one warm-up step each, then `steps` timed
+    steps each), so a burst of load from other processes hits both alike; median step time per mode."""
+    from hsd_ray.core.step import learner_step
+
+    learners = {mode: make_learner(model_dir, lora=mode == "lora", lora_r=lora_r, device=device)
+                for mode in ("full", "lora")}
+    times: dict[str, list[float]] = {mode: [] for mode in learners}
+    metrics: dict[str, dict] = {}
     for i in range(steps + 1):
-        _sync(device)
-        start = time.perf_counter()
-        metrics = learner_step(model, optimizer, batch, lcfg, grad_clip=lcfg_learner.grad_clip, scheduler=scheduler)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        log(f"learner {'LoRA' if lora else 'full'} step {i}{' (warm-up)' if i == 0 else ''}: {elapsed:.1f} s")
-        if i > 0:  # step 0 is the warm-up (optimizer state allocation, first-call overheads)
-            times.append(elapsed)
-    del model, optimizer
+        for mode, (model, optimizer, scheduler, cfg) in learners.items():
+            _sync(device)
+            start = time.perf_counter()
+            metrics[mode] = learner_step(model, optimizer, batch, lcfg, grad_clip=cfg.grad_clip, scheduler=scheduler)
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            log(f"learner {mode} step {i}{' (warm-up)' if i == 0 else ''}: {elapsed:.1f} s")
+            if i > 0:  # step 0 is the warm-up (optimizer state allocation, first-call overheads)
+                times[mode].append(elapsed)
     seq_tokens = int(batch.packed.attention_mask_B_L.sum())
-    median = statistics.median(times)
-    return {
-        "trainable_params": trainable,
-        "step_s_median": median,
-        "step_s_all": times,
-        "seq_tokens": seq_tokens,
-        "reply_tokens": batch.num_tokens,
-        "padded_tokens": int(batch.packed.input_ids_B_L.numel()),
-        "tok_s": seq_tokens / median,
-        "reply_tok_s": batch.num_tokens / median,
-        "last_loss": metrics["loss"],
-    }
+    out = {}
+    for mode, (model, *_rest) in learners.items():
+        median = statistics.median(times[mode])
+        out[mode] = {
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "step_s_median": median,
+            "step_s_all": times[mode],
+            "seq_tokens": seq_tokens,
+            "reply_tokens": batch.num_tokens,
+            "padded_tokens": int(batch.packed.input_ids_B_L.numel()),
+            "tok_s": seq_tokens / median,
+            "reply_tok_s": batch.num_tokens / median,
+            "last_loss": metrics[mode]["loss"],
+        }
+    return out
 
 
 def run(args) -> dict:
@@ -176,8 +188,8 @@ def run(args) -> dict:
     step_turns = turns[: args.step_turns]  # the first turns: lengths drawn like the rest
     batch = HindsightBatch.collate(score_turns(engine, step_turns, hcfg, lcfg), engine.tokenizer.pad_token_id)
     del engine
-    full = bench_learner(model_dir, batch, lcfg, lora=False, lora_r=args.lora_r, device=args.device, steps=args.steps)
-    lora = bench_learner(model_dir, batch, lcfg, lora=True, lora_r=args.lora_r, device=args.device, steps=args.steps)
+    learner = bench_learner(model_dir, batch, lcfg, lora_r=args.lora_r, device=args.device, steps=args.steps)
+    full, lora = learner["full"], learner["lora"]
     return {
         "config": vars(args),
         "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
@@ -206,7 +218,7 @@ def format_results(r: dict) -> str:
         "",
         f"(b) learner step on {min(c['step_turns'], c['turns'])} turns: {full['seq_tokens']} tokens "
         f"({full['reply_tokens']} reply tokens trained, {full['padded_tokens']} padded), median of {c['steps']} "
-        "after 1 warm-up",
+        "after 1 warm-up, modes alternating",
         f"    {'mode':<16}{'trainable':>12}{'step s':>9}{'tokens/s':>11}{'reply tok/s':>13}",
     ]
     for name, m in (("full fine-tune", full), (f"LoRA r={c['lora_r']}", lora)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +36,16 @@ def test_ray_job_submit_replays_logged_conversations(tiny_model_dir, tmp_path):
     ray = str(bin_dir / "ray")
     start = [ray, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={dash}", "--num-cpus=4", f"--temp-dir={temp}", "--include-dashboard=true",
-             "--disable-usage-stats"]
+             "--disable-usage-stats",
+             # every agent port explicit: the test session's own Ray already holds the default ones
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--ray-client-server-port={free_port()}"]
     subprocess.run([ray, "get-auth-token", "--generate"], check=True, env=env, timeout=60, capture_output=True)
-    subprocess.run(start, check=True, env=env, timeout=120, capture_output=True)
+    # --block keeps `ray start` in the foreground as the parent of this cluster's processes: stopping its process
+    # group stops exactly this cluster (`ray stop` would stop every Ray on the machine, the test session's included).
+    head = subprocess.Popen([*start, "--block"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 60
@@ -52,8 +60,13 @@ def test_ray_job_submit_replays_logged_conversations(tiny_model_dir, tmp_path):
             f"model={tiny_model_dir}", "engine.kind=hf", "learner.batch_turns=2", "learner.cpus_per_worker=1",
             f"job.output_dir={out}", "job.log_every_s=2",
         ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        log = proc.stdout + proc.stderr
+        deadline = time.time() + 120
+        while True:  # the dashboard answers before its job agent is ready: "No available agent to submit job"
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            log = proc.stdout + proc.stderr
+            if "No available agent" not in log or time.time() > deadline:
+                break
+            time.sleep(2)
         assert proc.returncode == 0, log[-4000:]
         assert "succeeded" in log.lower(), log[-4000:]
         summary = json.loads((out / "summary.json").read_text())
@@ -61,4 +74,9 @@ def test_ray_job_submit_replays_logged_conversations(tiny_model_dir, tmp_path):
         assert summary["learner"]["step"] == 2 and summary["published_version"] >= 1
         assert (out / "final" / "config.json").exists()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, timeout=120, capture_output=True)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
