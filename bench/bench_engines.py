@@ -185,8 +185,6 @@ def lora_weight_set(model_dir, r: int, version: int):
 
 
 def bench_reload(vllm_engine, hf_engine, model_dir, args) -> list[dict]:
-    import torch
-
     from hsd_ray.engines.base import PolicyVersion, WeightSet
     from hsd_ray.engines.hf import HFEngine
     from hsd_ray.engines.vllm import VLLMEngine

@@ -142,6 +142,7 @@ class ServeConfig(_Section):
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
     temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
     top_p: float = Field(0.9, gt=0, le=1, description="default nucleus sampling p")
+    access_log: bool = Field(False, description="log every HTTP request from the replicas (noisy on a console)")
 
 
 class CaptureConfig(_Section):
@@ -280,5 +281,6 @@ def _describe(e: ValidationError) -> str:
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{loc}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"{loc}: {msg}")
+        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        lines.append(f"{loc}: {msg}{got}")
     return "invalid config: " + "; ".join(lines)

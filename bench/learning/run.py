@@ -130,8 +130,6 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
     timings = {"startup_s": 0.0, "users_s": 0.0, "drain_s": 0.0, "eval_s": 0.0, "teardown_s": 0.0}
     try:
         with ray_runtime(args):
-            import ray
-
             loop = start_loop(cfg)
             learner = None
             try:

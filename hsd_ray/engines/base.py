@@ -75,3 +75,25 @@ class Engine(Protocol):
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]: ...
 
     def load_weights(self, weights: WeightSet) -> None: ...
+
+
+class VersionedWeights:
+    """Shared by the engines: apply a WeightSet under the engine's lock and move `version` only once it applied.
+
+    An engine provides `_lock`, `_version`, `_load_full(tensors)` and `_load_lora(weights)`; each loader validates the
+    whole set before it touches the model, so a rejected set leaves the previous version serving.
+    """
+
+    @property
+    def version(self) -> PolicyVersion:
+        return self._version
+
+    def load_weights(self, weights: WeightSet) -> None:
+        with self._lock:
+            if weights.kind == "full":
+                self._load_full(weights.tensors)
+            elif weights.kind == "lora":
+                self._load_lora(weights)
+            else:
+                raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
+            self._version = weights.version

@@ -21,6 +21,7 @@ from hsd_ray.engines.base import (
     SamplingParams,
     ScoreRequest,
     TokenScores,
+    VersionedWeights,
     WeightLoadError,
     WeightSet,
 )
@@ -49,7 +50,7 @@ def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
     return groups
 
 
-class HFEngine:
+class HFEngine(VersionedWeights):
     """One transformers model behind a lock: requests never see a half-loaded weight set."""
 
     def __init__(
@@ -68,10 +69,6 @@ class HFEngine:
         self._version = PolicyVersion(adapter_id=adapter_id, version=0)
         self._lock = threading.RLock()
         self._lora_loaded = False
-
-    @property
-    def version(self) -> PolicyVersion:
-        return self._version
 
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -144,18 +141,8 @@ class HFEngine:
             for r, i, lp in zip(rows, ids_rows, lp_rows)
         ]
 
-    # ---- weights --------------------------------------------------------------------------------------------
+    # ---- weights (load_weights: VersionedWeights) -------------------------------------------------------------
     @torch.no_grad()
-    def load_weights(self, weights: WeightSet) -> None:
-        with self._lock:
-            if weights.kind == "full":
-                self._load_full(weights.tensors)
-            elif weights.kind == "lora":
-                self._load_lora(weights)
-            else:
-                raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
-            self._version = weights.version
-
     def _load_full(self, tensors: dict) -> None:
         if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
             raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
@@ -164,6 +151,7 @@ class HFEngine:
         for name, t in tensors.items():  # all checked first: nothing is half-applied
             params[name].copy_(t)
 
+    @torch.no_grad()
     def _load_lora(self, weights: WeightSet) -> None:
         from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 

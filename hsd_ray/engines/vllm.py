@@ -80,6 +80,7 @@ from hsd_ray.engines.base import (  # noqa: E402
     SamplingParams,
     ScoreRequest,
     TokenScores,
+    VersionedWeights,
     WeightLoadError,
     WeightSet,
 )
@@ -91,7 +92,7 @@ logger = logging.getLogger(__name__)
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class VLLMEngine:
+class VLLMEngine(VersionedWeights):
     """One in-process vLLM `LLM` behind a lock: requests never see a half-loaded weight set."""
 
     def __init__(
@@ -177,10 +178,6 @@ class VLLMEngine:
         self._tied_aliases: dict[str, str] = {}  # alias name -> name of the tensor it shares
         self._flat_logprobs = _supports_flat_logprobs()
 
-    @property
-    def version(self) -> PolicyVersion:
-        return self._version
-
     # ---- generation -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         from vllm import SamplingParams as VSamplingParams
@@ -248,17 +245,7 @@ class VLLMEngine:
             outs = self.llm.generate(prompts, vparams, use_tqdm=False, lora_request=self._lora_request)
         return [_extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)]
 
-    # ---- weights --------------------------------------------------------------------------------------------
-    def load_weights(self, weights: WeightSet) -> None:
-        with self._lock:
-            if weights.kind == "full":
-                self._load_full(weights.tensors)
-            elif weights.kind == "lora":
-                self._load_lora(weights)
-            else:
-                raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
-            self._version = weights.version
-
+    # ---- weights (load_weights: VersionedWeights) -------------------------------------------------------------
     def _expected_full_shapes(self) -> dict[str, tuple[int, ...]]:
         """HF parameter names → shapes of this model (from a meta-device transformers model: no memory)."""
         if self._expected_full is None:

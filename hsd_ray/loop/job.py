@@ -206,7 +206,8 @@ def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
     return (
         f"[job {elapsed:6.0f}s] replies {c['recorded']} | captured {c['captured']} unmatched {c['unmatched']} "
         f"expired {c['expired']} | queue pending {q['pending']} scored {q['scored']} dropped {q['dropped_total']} | "
-        f"trained {q['trained']} ({turns_per_s:.2f} turns/s) | step {lr.get('step', 0)} v{s['published_version']} "
+        f"trained {q['trained']} ({turns_per_s:.2f} turns/s) | step {lr.get('step', 0)} "
+        f"v{max(0, s['published_version'])} "
         f"loss {lr.get('loss', float('nan')):.4f}"
     )
 

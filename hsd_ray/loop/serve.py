@@ -323,6 +323,7 @@ def build_app(cfg: Config) -> serve.Application:
     return ChatService.options(
         num_replicas=cfg.serve.replicas,
         ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+        logging_config={"enable_access_log": cfg.serve.access_log},
     ).bind(cfg.model_dump(mode="json"))
 
 
