@@ -874,13 +874,9 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("part_wall_s", {})[part] = time.perf_counter() - t0
             log(f"== {part} done in {time.perf_counter() - t0:.0f}s")
     finally:
-        try:
-            from ray import serve
+        from hsd_ray.loop.job import disconnect
 
-            serve.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-        ray.shutdown()
+        disconnect()
         shutil.rmtree(temp, ignore_errors=True)
         shutil.rmtree(out_dir, ignore_errors=True)
     results["wall_s"] = time.perf_counter() - start

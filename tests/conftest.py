@@ -37,13 +37,9 @@ def ray_session():
         log_to_driver=True,
     )
     yield ray
-    try:
-        from ray import serve
+    from hsd_ray.loop.job import disconnect
 
-        serve.shutdown()
-    except Exception:
-        pass
-    ray.shutdown()
+    disconnect()
 
 
 def free_port() -> int:

@@ -89,13 +89,9 @@ def ray_runtime(args):
             raise RuntimeError(f"{type(e).__name__}: {e}\nraylet: " + "\nraylet: ".join(kills)) from e
         raise
     finally:
-        try:
-            from ray import serve
+        from hsd_ray.loop.job import disconnect
 
-            serve.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
-        ray.shutdown()
+        disconnect()
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -78,6 +78,17 @@ def connect(cfg: Config) -> None:
         )
 
 
+def disconnect() -> None:
+    """Stop Serve (if this driver started it) and leave Ray; for the scripts and tests that own their Ray."""
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve never started, or its controller is already gone
+        pass
+    ray.shutdown()
+
+
 def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
     d = cfg.model_dump()

@@ -113,7 +113,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                trainable = {k: v for k, v in unwrap(model).state_dict().items()}
+                trainable = unwrap(model).state_dict()
                 if cfg.learner.lora.enabled:
                     names = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
                     trainable = {k: v for k, v in trainable.items() if k in names}

@@ -20,6 +20,7 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.config import Config
+from hsd_ray.core.step import score_turns
 from hsd_ray.loop.broadcast import WeightFollower
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,6 @@ class TeacherWorker:
         scorable, failed = [], []
         for t in turns:
             (scorable if _scorable(t) else failed).append(t)
-        from hsd_ray.core.step import score_turns
-
         score_turns(self.engine, scorable, self.cfg.hindsight, self.cfg.loss)
         scored = [(t.turn_id, [ray.put(t)]) for t in scorable]
         accepted = ray.get(self.queue.complete.remote(lease_id, scored, [t.turn_id for t in failed]))
