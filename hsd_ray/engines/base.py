@@ -24,7 +24,8 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = None  # reproducible sampling; prompt i of a batch is drawn with seed + i (both engines), so
+    # repeated prompts in one batch are distinct samples
 
 
 @dataclass

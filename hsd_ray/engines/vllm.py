@@ -195,6 +195,12 @@ class VLLMEngine(VersionedWeights):
             logprobs=0,  # only the sampled token's (raw) log-prob
             skip_special_tokens=True,
         )
+        if params.seed is not None and len(prompts) > 1:
+            # vLLM seeds every request alike: prompt i gets seed + i, so repeated prompts in one batch are distinct
+            # samples (as in HFEngine, where one seeded generator runs through the batch) and still reproducible.
+            vparams = [vparams.clone() for _ in prompts]
+            for i, vp in enumerate(vparams):
+                vp.seed = params.seed + i
         with self._lock:
             version = self._version
             outs = self.llm.generate(

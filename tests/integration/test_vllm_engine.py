@@ -225,6 +225,11 @@ def test_generate_sampled_and_greedy(engine, hf):
     check_generations(gens, prompts, hf, eos, sampled)
     again = engine.generate(prompts, sampled)  # per-request seed: reproducible
     assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+    # prompt i is drawn with seed + i: a repeated prompt gives distinct samples, each reproducible on its own
+    twice = engine.generate([prompts[0], prompts[0]], SamplingParams(max_tokens=12, temperature=1.0, seed=11))
+    assert twice[0].token_ids != twice[1].token_ids
+    alone = engine.generate([prompts[0]], SamplingParams(max_tokens=12, temperature=1.0, seed=12))
+    assert alone[0].token_ids == twice[1].token_ids
     greedy = SamplingParams(max_tokens=10, temperature=0.0)
     gens = engine.generate(prompts, greedy)
     check_generations(gens, prompts, hf, eos, greedy)
