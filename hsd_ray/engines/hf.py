@@ -74,15 +74,15 @@ class HFEngine(VersionedWeights):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         with self._lock:
-            return [self._generate_one(p, params) for p in prompts]
+            return [self._generate_one(p, params, i) for i, p in enumerate(prompts)]
 
-    def _generate_one(self, prompt: list[int], params: SamplingParams) -> Generation:
+    def _generate_one(self, prompt: list[int], params: SamplingParams, row: int = 0) -> Generation:
         eos = self.tokenizer.eos_token_id
         input_ids = torch.tensor([prompt], device=self.device)
         sample = params.temperature > 0
         gen_kwargs = dict(do_sample=sample, temperature=params.temperature, top_p=params.top_p) if sample else {}
         if params.seed is not None:
-            torch.manual_seed(params.seed)
+            torch.manual_seed(params.seed + row)  # as VLLMEngine: prompt i of a batch is drawn with seed + i
         out = self.model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -147,9 +147,20 @@ class HFEngine(VersionedWeights):
         if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
             raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
         params = dict(self.model.state_dict())
-        validate_tensors(tensors, params, require_all=True)
+        from hsd_ray.core.policy import without_tied_aliases
+
+        # a tied lm_head may be sent (it must then equal the embedding) or omitted (export_weights omits it)
+        required = without_tied_aliases(params)
+        aliases = {name: next(k for k, v in required.items() if v.data_ptr() == t.data_ptr())
+                   for name, t in params.items() if name not in required}
+        validate_tensors({k: v for k, v in tensors.items() if k not in aliases}, required, require_all=True)
+        validate_tensors({k: v for k, v in tensors.items() if k in aliases}, params, require_all=False)
+        for alias, source in aliases.items():
+            if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
+                raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
         for name, t in tensors.items():  # all checked first: nothing is half-applied
-            params[name].copy_(t)
+            if name not in aliases:
+                params[name].copy_(t)
 
     @torch.no_grad()
     def _load_lora(self, weights: WeightSet) -> None:
