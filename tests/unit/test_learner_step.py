@@ -110,7 +110,44 @@ def test_export_weights_full_and_lora(engine):
 
     full = export_weights(copy.deepcopy(engine.model), version=3, step=7)
     assert full.kind == "full" and full.version.version == 3 and full.version.step == 7
-    assert set(full.tensors) == set(engine.model.state_dict())
+    # the tiny model ties lm_head to the embedding (as SmolLM2 does): the shared tensor travels once
+    assert set(full.tensors) == set(engine.model.state_dict()) - {"lm_head.weight"}
     lora = export_weights(apply_lora(copy.deepcopy(engine.model), LoraConfig(r=4)), version=1, step=1)
     assert lora.kind == "lora" and all("lora_" in k for k in lora.tensors) and lora.lora_config["r"] == 4
     assert lora.num_bytes() < full.num_bytes() / 5
+
+
+def test_full_weights_round_trip_keeps_lm_head_tied(engine, tiny_model_dir):
+    """An exported set (no lm_head) loads into a fresh engine whose lm_head follows the new embedding; a set that
+    unties them is rejected and the engine keeps serving what it had."""
+    from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet
+    from hsd_ray.engines.hf import HFEngine
+
+    model = copy.deepcopy(engine.model)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(1.5)
+    ws = export_weights(model, version=1, step=1)
+    fresh = HFEngine(tiny_model_dir)
+    fresh.load_weights(ws)
+    assert fresh.version.version == 1
+    assert torch.equal(fresh.model.lm_head.weight, model.get_input_embeddings().weight)
+    state = fresh.model.state_dict()
+    untied = dict(ws.tensors, **{"lm_head.weight": ws.tensors["model.embed_tokens.weight"] + 1.0})
+    with pytest.raises(WeightLoadError, match="tied"):
+        fresh.load_weights(WeightSet(PolicyVersion("base", 2), "full", untied))
+    assert fresh.version.version == 1
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in state.items())
+    tied = dict(ws.tensors, **{"lm_head.weight": ws.tensors["model.embed_tokens.weight"]})
+    fresh.load_weights(WeightSet(PolicyVersion("base", 3), "full", tied))  # sending the alias is fine too
+    assert fresh.version.version == 3
+
+
+def test_hf_generate_seeds_prompt_i_with_seed_plus_i(engine):
+    from hsd_ray.core.hindsight import render_prompt
+    from hsd_ray.engines.base import SamplingParams
+
+    prompt = render_prompt(engine.tokenizer, [{"role": "user", "content": "Tell me a story."}])
+    twice = engine.generate([prompt, prompt], SamplingParams(max_tokens=12, temperature=1.0, seed=11))
+    assert twice[0].token_ids != twice[1].token_ids
+    alone = engine.generate([prompt], SamplingParams(max_tokens=12, temperature=1.0, seed=12))
+    assert alone[0].token_ids == twice[1].token_ids
