@@ -143,6 +143,8 @@ class ServeConfig(_Section):
     temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
     top_p: float = Field(0.9, gt=0, le=1, description="default nucleus sampling p")
     access_log: bool = Field(False, description="log every HTTP request from the replicas (noisy on a console)")
+    max_batch: int = Field(8, ge=1, le=256, description="concurrent requests merged into one engine call (1 = off)")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="an idle replica waits this long for a batch to form")
 
 
 class CaptureConfig(_Section):

@@ -12,6 +12,9 @@ Driven by `run_service` (the training job, tests) or `serve run serve_app:app`. 
   follow-up sent right after is matched whichever replica serves it. Capture can never fail a chat: errors and
   timeouts are counted (`hsd_capture_errors_total`, and in /health) and logged.
 
+Concurrent requests with equal sampling settings share one engine call (`GenerationBatcher`, serve.max_batch); the
+reply's position in a batch never changes it (seeded requests run alone).
+
 Streaming is real SSE framing, but the offline engines do not generate incrementally: the whole reply is generated
 first, then streamed one token (decoded piece) per chunk.
 
@@ -35,9 +38,10 @@ from ray import serve
 from hsd_ray import metrics
 from hsd_ray.config import Config
 from hsd_ray.core.hindsight import render_prompt
-from hsd_ray.engines.base import Generation, SamplingParams
+from hsd_ray.engines.base import SamplingParams
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop import openai_api as oa
+from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, WeightFollower
 from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ServedReply
 
@@ -87,6 +91,9 @@ class ChatService:
             resolve_model(self.cfg.model), self.cfg.engine, enable_lora=self.cfg.learner.lora.enabled
         )
         self.replica_id = _replica_id()
+        self.batcher = GenerationBatcher(
+            self.engine.generate, max_batch=self.cfg.serve.max_batch, wait_s=self.cfg.serve.batch_wait_ms / 1000
+        )
         self.created = int(time.time())
         self.capture_counts = {"observed": 0, "recorded": 0, "errors": 0}
         self._ledger = None
@@ -130,6 +137,7 @@ class ChatService:
             "adapter_id": version.adapter_id,
             "fingerprint": version.fingerprint(),
             "following_registry": self.follower is not None,
+            "batching": self.batcher.stats(),
             "capture": {**self.capture_counts, "enabled": self.cfg.capture.enabled, "ledger": self._ledger is not None},
         }
 
@@ -140,7 +148,14 @@ class ChatService:
         user_id = oa.user_identity(call.user, request.headers.get("authorization"))
         if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":
             await self._observe(user_id, call.messages, received_at)
-        gen = await asyncio.to_thread(self._generate, call)
+        prompt, params = await asyncio.to_thread(self._prepare, call)
+        try:
+            gen = await self.batcher.generate(prompt, params)
+        except Exception as e:  # noqa: BLE001 - any engine failure is this request's 500, the replica stays up
+            log.error("generation failed on replica %s: %s: %s", self.replica_id, type(e).__name__, e)
+            raise oa.APIError(
+                f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
+            ) from None
         self._report_version(gen.version.version)
         reply = ServedReply(
             user_id=user_id,
@@ -194,8 +209,8 @@ class ChatService:
         headers["cache-control"] = "no-cache"
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    def _generate(self, call: oa.ChatCall) -> Generation:
-        """Render with the one prompt renderer and generate (runs on a worker thread, off the event loop)."""
+    def _prepare(self, call: oa.ChatCall) -> tuple[list[int], SamplingParams]:
+        """Render with the one prompt renderer; the sampling params (runs on a worker thread, off the event loop)."""
         limit = self.cfg.engine.max_model_len
         try:
             prompt = render_prompt(self.engine.tokenizer, call.messages, max_tokens=limit)
@@ -215,13 +230,7 @@ class ChatService:
             stop=call.stop,
             seed=call.seed,
         )
-        try:
-            return self.engine.generate([prompt], params)[0]
-        except Exception as e:  # noqa: BLE001 - any engine failure is this request's 500, the replica stays up
-            log.exception("generation failed on replica %s", self.replica_id)
-            raise oa.APIError(
-                f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
-            ) from None
+        return prompt, params
 
     # ---- capture --------------------------------------------------------------------------------------------------
     async def _observe(self, user_id: str, messages: list, received_at: float) -> None:

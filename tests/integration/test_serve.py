@@ -145,6 +145,26 @@ class TestOneReplica:
         assert health["status"] == "ok" and health["policy_version"] == 0 and health["fingerprint"] == "hsd-base-v0"
         assert health["replica"] and health["capture"]["enabled"]
 
+    def test_concurrent_requests_are_batched_and_seeded_replies_do_not_depend_on_traffic(self, chat):
+        from concurrent.futures import ThreadPoolExecutor
+
+        seeded = dict(model="m", messages=HELLO, max_tokens=8, temperature=1.0, seed=42)
+        alone = chat.client.chat.completions.create(**seeded).choices[0].message.content
+        before = _health(chat.url)["batching"]
+
+        def ask(i):
+            if i == 3:
+                return chat.client.chat.completions.create(**seeded).choices[0].message.content
+            msgs = [{"role": "user", "content": f"Count to {i}."}]
+            return chat.client.chat.completions.create(model="m", messages=msgs, max_tokens=8).choices[0].message.content
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(ask, range(8)))
+        after = _health(chat.url)["batching"]
+        assert replies[3] == alone  # a seeded request runs alone: the same reply whatever else is in flight
+        assert after["requests"] - before["requests"] == 8
+        assert after["engine_calls"] - before["engine_calls"] < 8 and after["largest_batch"] > 1
+
     @pytest.mark.parametrize(
         "kwargs, param",
         [
@@ -282,9 +302,9 @@ def test_two_replicas_capture_across_replicas(ray_session, tiny_model_dir):
         _kill(ledger)
 
 
-def test_generation_errors_map_to_openai_errors():
-    """ChatService._generate without Ray: too long a prompt → 400, engine error → 500, max_tokens fits the context."""
-    from hsd_ray.engines.base import Generation, PolicyVersion
+def test_prepare_rejects_long_prompts_and_fits_max_tokens():
+    """ChatService._prepare without Ray: too long a prompt → 400 context_length_exceeded; max_tokens fits the context.
+    (Engine errors → 500 go through GenerationBatcher: tests/unit/test_batching.py.)"""
     from hsd_ray.loop import openai_api as oa
     from hsd_ray.loop.serve import ChatService
 
@@ -295,29 +315,16 @@ def test_generation_errors_map_to_openai_errors():
         def __call__(self, text, add_special_tokens, split_special_tokens):
             return {"input_ids": [ord(c) for c in text]}
 
-    class Engine:
-        tokenizer, fail, seen = Tok(), False, None
-
-        def generate(self, prompts, params):
-            if self.fail:
-                raise RuntimeError("boom")
-            self.seen = params
-            return [Generation([1], "x", [0.0], True, len(prompts[0]), PolicyVersion())]
-
     cfg = Config.load(None, ["engine.max_model_len=64"])
-    fake = SimpleNamespace(cfg=cfg, engine=Engine(), replica_id="r")
-    generate = ChatService.func_or_class._generate
+    fake = SimpleNamespace(cfg=cfg, engine=SimpleNamespace(tokenizer=Tok()), replica_id="r")
+    prepare = ChatService.func_or_class._prepare
     call = oa.parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}, cfg.serve)
-    assert generate(fake, call).text == "x"
-    assert fake.engine.seen.max_tokens == 64 - len("<user>hi<assistant>")
+    prompt, params = prepare(fake, call)
+    assert len(prompt) == len("<user>hi<assistant>") and params.max_tokens == 64 - len(prompt)
     long_call = oa.parse_chat_request({"messages": [{"role": "user", "content": "y" * 100}]}, cfg.serve)
     with pytest.raises(oa.APIError) as info:
-        generate(fake, long_call)
+        prepare(fake, long_call)
     assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
-    fake.engine.fail = True
-    with pytest.raises(oa.APIError) as info:
-        generate(fake, call)
-    assert info.value.status_code == 500 and info.value.body()["error"]["type"] == "server_error"
 
 
 def test_serve_app_entry_point_builds_the_app(tiny_model_dir):
