@@ -12,18 +12,23 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("eval_via, loop_engine", [("engine", "vllm"), ("http", "hf")])
+def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tmp_path, capsys, eval_via,
+                                                 loop_engine):
+    """The default (vLLM loop, evaluation on an in-process vLLM engine following the registry) and the all-HTTP,
+    transformers variant."""
     from bench.learning.preferences import PREFERENCES
     from bench.learning.run import main
 
     t0 = time.time()
     rc = main(["--model", "tiny-random", "--preferences", "all_lowercase", "--variants", "contrastive",
                "--interactions", "8", "--eval-every", "4", "--heldout", "3", "--heldout-yes-no", "2",
-               "--capability", "3", "--max-tokens", "12", "--out", str(tmp_path), "--name", "smoke",
-               "broadcast.poll_seconds=0.2", "teacher.idle_sleep_s=0.05"])
+               "--capability", "3", "--samples", "2", "--max-tokens", "12", "--out", str(tmp_path), "--name", "smoke",
+               "--eval-via", eval_via, f"engine.kind={loop_engine}", "broadcast.poll_seconds=0.2",
+               "teacher.idle_sleep_s=0.05"])
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
-    assert time.time() - t0 < 120
+    assert time.time() - t0 < 300
 
     result = json.loads((tmp_path / "learning-smoke.json").read_text())
     for key in ("config", "env", "preferences", "prompts", "runs", "summary", "errors", "command"):
@@ -32,7 +37,9 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
     (run,) = result["runs"]
     assert run["variant"] == "contrastive" and run["preference"] == "all_lowercase" and not run["control"]
     assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
+    assert run["loop_config"]["engine"]["kind"] == loop_engine
     for ev in run["evals"]:
+        assert ev["via"] == eval_via
         assert set(ev["compliance"]) == set(PREFERENCES)
         assert all(0.0 <= v <= 1.0 for v in ev["compliance"].values())
         assert ev["compliance_n"]["yes_no_only"] == 2 * 2 and ev["compliance_n"]["max_words"] == 3 * 2
@@ -55,3 +62,19 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
 
     png = (tmp_path / "learning-smoke.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
+    """`python -m bench.learning.ceiling`: compliance per preference with and without the complaint in context."""
+    from bench.learning.ceiling import main
+    from bench.learning.preferences import PREFERENCES
+
+    rc = main(["--model", "tiny-random", "--engine", "hf", "--samples", "1", "--heldout", "2", "--heldout-yes-no", "2",
+               "--max-tokens", "6", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "ceiling-tiny-random.json").read_text())
+    assert set(result["compliance"]) == set(PREFERENCES)
+    for row in result["compliance"].values():
+        assert set(row) == {"baseline", "hindsight_online", "hindsight_offline", "instruction"}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert result["n_per_cell"]["yes_no_only"] == 2 and "hindsight_online" in capsys.readouterr().out
