@@ -3,14 +3,19 @@
 1. `wait_for_drain`: every follow-up the users sent is captured, scored and trained on (up to a partial batch), and
    the learner's last step is published; then `wait_until_serving`: the replicas answer with the latest version's
    `system_fingerprint`.
-2. `Evaluator.evaluate`:
+2. `Evaluator.evaluate`, on exactly the version the replicas serve:
+   - `via="engine"` (default): one batched call on an engine in this process (vLLM by default) that loads the
+     registry's latest published weights — about 20× faster than HTTP on 2 CPUs, where a replica answers one request
+     at a time, so the same minutes buy 4× the samples. The version loaded is checked against the replicas'
+     `system_fingerprint`. `via="http"`: every evaluation reply goes through the chat service like a user's.
    - compliance with EVERY preference on held-out prompts with no follow-up (never captured, never trained on):
-     `samples` replies per prompt at the serving temperature through HTTP; a reply to an open prompt is checked
+     `samples` replies per prompt at the serving temperature; a reply to an open prompt is checked
      against every open-prompt preference, a reply to a yes/no question against `yes_no_only`. Sampling seeds are
      fixed per (prompt, sample), the same at every evaluation and in every run (paired comparisons);
    - capability: accuracy on checkable prompts (arithmetic, capitals, unit conversions), greedy (temperature 0);
-   - perplexity of a fixed reference text, computed in this process with transformers on the weights currently
-     published in the version registry (`latest`), or the base model while nothing is published (version 0).
+   - perplexity of a fixed reference text, computed in this process (the evaluation engine's `score`, or
+     transformers with via="http") on the weights currently published in the version registry (`latest`), or the
+     base model while nothing is published (version 0).
 """
 
 from __future__ import annotations
@@ -84,22 +89,31 @@ def wait_until_serving(loop, client, replicas: int = 1, timeout: float = 300.0) 
 class Evaluator:
     def __init__(self, client, prompts: PromptSets, preferences: list[Preference], *, model_dir: str,
                  samples: int = 2, max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
-                 capability_max_tokens: int = 48, concurrency: int = 1):
+                 capability_max_tokens: int = 48, concurrency: int = 1, via: str = "engine",
+                 engine_kind: str = "vllm"):
+        if via not in ("engine", "http"):
+            raise ValueError(f"via must be 'engine' or 'http', not {via!r}")
         self.client, self.prompts, self.preferences = client, prompts, preferences
         self.samples, self.max_tokens, self.temperature, self.top_p = samples, max_tokens, temperature, top_p
         self.capability_max_tokens, self.concurrency = capability_max_tokens, max(1, concurrency)
-        self.model_dir = model_dir
+        self.model_dir, self.via = model_dir, via
+        self.engine_kind = engine_kind if via == "engine" else "hf"
         self._engine = None
 
     def evaluate(self, loop, expected_fingerprint: str) -> dict:
         t0 = time.time()
-        out: dict = {"fingerprint": expected_fingerprint}
+        out: dict = {"fingerprint": expected_fingerprint, "via": self.via}
+        if self.via == "engine":
+            self._sync(loop, expected_fingerprint)
         requests = []  # (kind, prompt index, sample, prompt)
         for kind in sorted({p.prompt_kind for p in self.preferences}):
             for j, prompt in enumerate(self.prompts.heldout(kind)):
                 requests += [(kind, j, s, prompt) for s in range(self.samples)]
-        replies = self._map(lambda r: self._chat(r[3], self.temperature, self.max_tokens, 7919 * r[1] + 101 * r[2]
-                                                 + (0 if r[0] == "open" else 50_000)), requests)
+        if self.via == "engine":
+            replies = self._generate([r[3] for r in requests], self.temperature, self.max_tokens, seed=0)
+        else:
+            replies = self._map(lambda r: self._chat(r[3], self.temperature, self.max_tokens, 7919 * r[1] + 101 * r[2]
+                                                     + (0 if r[0] == "open" else 50_000)), requests)
         compliance, counts = {}, {}
         for p in self.preferences:
             texts = [rep["text"] for req, rep in zip(requests, replies) if req[0] == p.prompt_kind]
@@ -122,7 +136,10 @@ class Evaluator:
 
     def capability(self) -> dict:
         items = list(self.prompts.capability)
-        replies = self._map(lambda p: self._chat(p.question, 0.0, self.capability_max_tokens, 0), items)
+        if self.via == "engine":
+            replies = self._generate([p.question for p in items], 0.0, self.capability_max_tokens, seed=0)
+        else:
+            replies = self._map(lambda p: self._chat(p.question, 0.0, self.capability_max_tokens, 0), items)
         correct = [p.check(r["text"]) for p, r in zip(items, replies)]
         by_kind: dict[str, list[bool]] = {}
         for p, c in zip(items, correct):
@@ -139,20 +156,42 @@ class Evaluator:
     def perplexity(self, loop) -> tuple[float, int]:
         """Perplexity of the reference text under the published weights (base weights before the first version)."""
         from hsd_ray.engines.base import ScoreRequest
-        from hsd_ray.engines.hf import HFEngine
 
-        if self._engine is None:
-            self._engine = HFEngine(self.model_dir)
-        engine = self._engine
-        entry = ray.get(loop.registry.latest.remote("base"))
-        if entry is not None and entry[0].version != engine.version.version:
-            version, (ref,) = entry
-            engine.load_weights(ray.get(ref))
+        engine = self._sync(loop)
         ids = engine.tokenizer(self.prompts.reference_text, add_special_tokens=False)["input_ids"]
         (scores,) = engine.score([ScoreRequest(ids[:1], ids[1:])])
         return math.exp(-float(scores.logp_T.mean())), engine.version.version
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
+    def _sync(self, loop, expected_fingerprint: str | None = None):
+        """The in-process engine on the registry's latest published weights (built on first use)."""
+        from hsd_ray.config import EngineConfig
+        from hsd_ray.engines.factory import make_engine
+
+        if self._engine is None:
+            self._engine = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind))
+        engine = self._engine
+        entry = ray.get(loop.registry.latest.remote("base"))
+        if entry is not None and entry[0].version != engine.version.version:
+            _, (ref,) = entry
+            engine.load_weights(ray.get(ref))
+        if expected_fingerprint is not None and engine.version.fingerprint() != expected_fingerprint:
+            raise RuntimeError(f"evaluation engine is on {engine.version.fingerprint()}, replicas serve "
+                               f"{expected_fingerprint}: a version was published during the evaluation")
+        return engine
+
+    def _generate(self, prompts: list[str], temperature: float, max_tokens: int, seed: int) -> list[dict]:
+        """One batched generation on the evaluation engine; prompt i is sampled with seed + i (fixed across evals)."""
+        from hsd_ray.core.hindsight import render_prompt
+        from hsd_ray.engines.base import SamplingParams
+
+        engine = self._engine
+        ids = [render_prompt(engine.tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=self.top_p, seed=seed)
+        fingerprint = engine.version.fingerprint()
+        return [{"text": g.text, "finish_reason": "stop" if g.finished else "length", "fingerprint": fingerprint}
+                for g in engine.generate(ids, params)]
+
     def _map(self, fn, items: list) -> list:
         if self.concurrency == 1:
             return [fn(x) for x in items]

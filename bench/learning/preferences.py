@@ -51,6 +51,10 @@ def no_emojis(reply: str) -> bool:
     return not _blank(reply) and not has_emoji(reply)
 
 
+def uses_emojis(reply: str) -> bool:
+    return not _blank(reply) and has_emoji(reply)
+
+
 def all_lowercase(reply: str) -> bool:
     """No uppercase letter anywhere (digits, punctuation and non-cased scripts are fine)."""
     return not _blank(reply) and not any(c.isupper() for c in reply)
@@ -100,6 +104,7 @@ class Preference:
     complaints: tuple[str, ...]
     prompt_kind: str = "open"  # which prompt pool it is trained and measured on: "open" | "yes_no"
     about_length: bool = False  # satisfied by simply answering shorter (a generic drift would look like learning)
+    opposes: str | None = None  # a preference this one contradicts: its change is not counted as off-target drift
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -134,6 +139,22 @@ PREFERENCES: dict[str, Preference] = {
                 "Drop the emojis next time, just write normal text.",
                 "I said no emoji. Words only, thanks.",
             ),
+            opposes="use_emojis",
+        ),
+        Preference(
+            # The non-length preference SmolLM2-135M follows in context (`python -m bench.learning.ceiling`: 0% →
+            # 35% with the complaint in the online hindsight template); all_lowercase and sign_off stay near 0%.
+            "use_emojis",
+            "at least one emoji in the reply",
+            uses_emojis,
+            (
+                "Add some emojis please, it makes it more fun!",
+                "Where are the emojis? I love emojis in replies.",
+                "Please use emojis in your answers \U0001F60A",
+                "Too dry. Throw in a few emojis next time!",
+                "Could you sprinkle some emojis in? Plain text feels so boring.",
+            ),
+            opposes="no_emojis",
         ),
         Preference(
             "all_lowercase",
@@ -189,7 +210,7 @@ PREFERENCES: dict[str, Preference] = {
     )
 }
 
-ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "yes_no": "yes_no_only", "bullets": "no_bullets"}
+ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only", "bullets": "no_bullets"}
 
 
 def get_preference(name: str) -> Preference:

@@ -24,7 +24,8 @@ def summarize_run(run: dict) -> dict:
     c0, c1 = first["compliance"], last["compliance"]
     deltas = {p: c1[p] - c0[p] for p in c0}
     trained = None if run["control"] else run["preference"]
-    off = {p: d for p, d in deltas.items() if p != trained}
+    opposite = run.get("opposes")  # training "use_emojis" must lower "no_emojis": that is the target, not drift
+    off = {p: d for p, d in deltas.items() if p not in (trained, opposite)}
     drift_pref = max(off, key=lambda p: abs(off[p])) if off else None
     cap0, cap1 = first["capability"]["accuracy"], last["capability"]["accuracy"]
     ppl0, ppl1 = first["perplexity"], last["perplexity"]
@@ -132,7 +133,7 @@ def plot(result: dict, path) -> None:
         if what == "perplexity":
             return [e["perplexity"] for e in ev]
         own = None if run["control"] else run["preference"]
-        others = [p for p in ev[0]["compliance"] if p != own]
+        others = [p for p in ev[0]["compliance"] if p not in (own, run.get("opposes"))]
         return [statistics.fmean(e["compliance"][p] - ev[0]["compliance"][p] for p in others) for e in ev]
 
     for ax, (title, what, pref) in zip(axes[0], panels):

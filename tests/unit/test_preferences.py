@@ -32,6 +32,7 @@ pytestmark = pytest.mark.unit
 def test_emojis_detected(text):
     assert P.has_emoji(text)
     assert not P.no_emojis(text)
+    assert P.uses_emojis(text) == any(c.isalnum() for c in text)  # an emoji alone is no answer
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,31 @@ def test_emojis_detected(text):
 def test_no_emojis_accepts_plain_text(text):
     assert not P.has_emoji(text)
     assert P.no_emojis(text)
+    assert not P.uses_emojis(text)
+
+
+def test_use_emojis_and_no_emojis_are_opposites():
+    assert not P.uses_emojis("") and not P.uses_emojis("🎉")  # blank, or nothing but an emoji, is no answer
+    assert P.PREFERENCES["use_emojis"].opposes == "no_emojis" and P.PREFERENCES["no_emojis"].opposes == "use_emojis"
+
+
+def test_drift_ignores_the_opposite_preference():
+    """Training "use_emojis" must lower "no_emojis"; that is the target moving, not off-target drift."""
+    from bench.learning.report import summarize_run
+
+    def ev(c):
+        return {"compliance": c, "capability": {"accuracy": 0.5}, "perplexity": 10.0, "interactions": 0}
+
+    before = {"use_emojis": 0.0, "no_emojis": 1.0, "max_words": 0.1}
+    after = {"use_emojis": 0.6, "no_emojis": 0.4, "max_words": 0.15}
+    run = {"variant": "topk", "preference": "use_emojis", "control": False, "opposes": "no_emojis", "seed": 0,
+           "evals": [ev(before), ev(after)], "timings": {"total_s": 60.0}}
+    s = summarize_run(run)
+    assert s["on_target_delta"] == pytest.approx(0.6)
+    assert s["max_off_target_pref"] == "max_words" and s["max_off_target_drift"] == pytest.approx(0.05)
+    assert s["meets_bar"]
+    s = summarize_run({**run, "opposes": None})  # without the link, the opposite counts as drift
+    assert s["max_off_target_pref"] == "no_emojis" and not s["meets_bar"]
 
 
 def test_all_lowercase():
