@@ -287,26 +287,34 @@ def bench_weights(engine, policy_mod, device) -> dict:
 
 
 # ---- 4. learner steps -----------------------------------------------------------------------------------------------
-def learner_batch(B: int, prompt_len: int, target_len: int, vocab: int):
+def learner_batch(B: int, prompt_len: int, target_len: int, vocab: int, top_k: int = 0):
     from hsd_ray.core.batch import HindsightBatch, pack_sequences
 
     reqs = random_requests(B, prompt_len, target_len, vocab, seed=1)
     packed = pack_sequences([r.prompt_ids for r in reqs], [r.target_ids for r in reqs], pad_id=0)
     g = torch.Generator().manual_seed(2)
     teacher = -torch.rand(B, target_len, generator=g) * 5
+    topk_ids = topk_logp = None
+    if top_k:  # the teacher's top-k as vLLM returns it: distinct ids, log-probs sorted descending
+        topk_ids = torch.stack([torch.randperm(vocab, generator=g)[:top_k] for _ in range(B * target_len)])
+        topk_ids = topk_ids.view(B, target_len, top_k)
+        topk_logp = torch.log_softmax(torch.randn(B, target_len, top_k + 1, generator=g), -1)[..., :top_k]
+        topk_logp = topk_logp.sort(-1, descending=True).values
     return HindsightBatch(packed=packed, teacher_logp_B_T=teacher, baseline_logp_B_T=teacher + torch.randn(
-        B, target_len, generator=g) * 0.3, topk_ids_B_T_K=None, topk_logp_B_T_K=None, served_logp_B_T=None,
+        B, target_len, generator=g) * 0.3, topk_ids_B_T_K=topk_ids, topk_logp_B_T_K=topk_logp, served_logp_B_T=None,
         turn_ids=[str(i) for i in range(B)], policy_versions=[None] * B, teacher_versions=[0] * B, replied_at=[0.0] * B)
 
 
-def bench_learner(model, step_mod, device, batch, *, lr: float, steps: int) -> dict:
+def bench_learner(model, step_mod, device, batch, *, lr: float, steps: int, loss_cfg=None, reference=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     reset_peak(device)
     metrics = {}
+    loss_cfg = loss_cfg or LOSS_CFG
 
     def one():
-        metrics.update(step_mod.learner_step(model, optimizer, batch, LOSS_CFG, grad_clip=1.0, autocast_bf16=True))
+        metrics.update(step_mod.learner_step(model, optimizer, batch, loss_cfg, grad_clip=1.0, autocast_bf16=True,
+                                             reference=reference))
 
     times = timed(one, device, steps, warmup=1)
     med = statistics.median(times)
@@ -383,7 +391,14 @@ def run(args, log) -> dict:
     res["learner_full"] = with_oom_retry(
         lambda b: bench_learner(model, step_mod, device, learner_batch(b, P, T, shape["vocab_size"]), lr=1e-6,
                                 steps=args.repeats), B_learn, device, "full step", log)
-    del model
+    log("4c. learner step, full fine-tune, top-20 reverse-KL loss + KL anchor 0.1 to the initial weights")
+    topk_cfg = types.SimpleNamespace(**{**vars(LOSS_CFG), "kind": "topk", "kl_coef": 0.1})
+    reference = policy_mod.ReferencePolicy(model, "initial")
+    res["learner_full_topk_kl"] = with_oom_retry(
+        lambda b: bench_learner(model, step_mod, device, learner_batch(b, P, T, shape["vocab_size"], top_k=20),
+                                lr=1e-6, steps=args.repeats, loss_cfg=topk_cfg, reference=reference),
+        B_learn, device, "full top-k step", log)
+    del model, reference
     full, lora = res["learner_full"], res["learner_lora"]
     if full["seq_tokens"] == lora["seq_tokens"]:
         res["lora_speedup"] = full["step_s"] / lora["step_s"]
@@ -424,11 +439,17 @@ def format_results(r: dict) -> str:
     lines.append(f"  LoRA adapter export {w['lora_export_mb']:.1f} MB in {w['lora_export_s'] * 1e3:.0f} ms")
     lines += ["", f"learner step (sampled-token loss, AdamW, bf16 autocast), median of {len(full['step_s_all'])}",
               f"  {'mode':<22}{'batch tokens':>13}{'trainable':>14}{'step s':>9}{'tokens/s':>11}{'peak GiB':>10}"]
-    for name, m in (("full fine-tune", full), ("LoRA r=64", lora)):
+    rows = [("full fine-tune", full), ("LoRA r=64", lora)]
+    if "learner_full_topk_kl" in r:
+        rows.append(("full, top-20 + KL 0.1", r["learner_full_topk_kl"]))
+    for name, m in rows:
         lines.append(f"  {name:<22}{m['seq_tokens']:>13,}{m['trainable_params']:>14,}{m['step_s']:>9.3f}"
                      f"{m['tok_s']:>11,.0f}{gib(m['peak_gib']):>10}")
     if "lora_speedup" in r:
         lines.append(f"  LoRA / full throughput: {r['lora_speedup']:.2f}x")
+    topk = r.get("learner_full_topk_kl")
+    if topk and topk["seq_tokens"] == full["seq_tokens"]:
+        lines.append(f"  top-20 + KL / sampled-token throughput: {full['step_s'] / topk['step_s']:.2f}x")
     return "\n".join(lines)
 
 
