@@ -24,6 +24,7 @@ import torch
 from hsd_ray import metrics
 from hsd_ray.config import Config
 from hsd_ray.loop import NAMESPACE
+from hsd_ray.loop.queue import resolve
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"
 
@@ -201,7 +202,14 @@ def _next_batch(cfg: Config, queue, control, step: int, started: float) -> list 
             return None
         items = ray.get(queue.take_scored.remote(cfg.learner.batch_turns))
         if items:
-            return ray.get([box[0] for _, box in items])
+            turns, lost = resolve([box[0] for _, box in items])
+            if not lost:
+                return turns
+            # payloads gone with a teacher that died after scoring them: drop those, give the rest back, retry
+            ray.get(queue.drop_lost.remote([items[i][0] for i in lost]))
+            ray.get(queue.requeue_training.remote())
+            print(f"[learner] {len(lost)} scored turns were lost with their owner; dropped (counted as lost)")
+            continue
         time.sleep(0.1)
 
 

@@ -14,6 +14,9 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
 - At-least-once to teachers: a lease not completed within `lease_timeout_s` goes back to the front of pending. A late
   `complete` for an expired lease is refused, so a turn is never trained twice.
 - User data can be found and removed: `forget_user` drops every turn of a user in every stage.
+- A payload dies with the process that `ray.put` it (Ray ownership): a teacher restarted after scoring takes its
+  scored turns with it, a restarted ledger its captured ones. Consumers fetch with `resolve`, which separates lost
+  payloads; those turns are dropped as "lost" (counted), never retried forever and never crash the consumer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+
+import ray
 
 from hsd_ray import metrics
 
@@ -46,7 +51,8 @@ class TurnQueue:
         self._training: dict[str, _Item] = OrderedDict()
         self._lease_ids = itertools.count(1)
         self.counts = {"captured": 0, "trained": 0, "redelivered": 0, "late_completions": 0}
-        self.dropped: dict[str, int] = {"overflow": 0, "scored_overflow": 0, "unscorable": 0, "forgotten": 0}
+        self.dropped: dict[str, int] = {"overflow": 0, "scored_overflow": 0, "unscorable": 0, "forgotten": 0,
+                                        "lost": 0}
 
     # ---- capture side -----------------------------------------------------------------------------------------
     def put(self, items: list[tuple[str, str, list]]) -> int:
@@ -76,9 +82,11 @@ class TurnQueue:
         self._gauges()
         return lease_id, [(it.turn_id, it.ref_box) for it in items]
 
-    def complete(self, lease_id: int, scored: list[tuple[str, list]], failed: list[str] = ()) -> bool:
-        """Scored refs replace the leased ones; `failed` turn ids are dropped as unscorable. False if the lease had
-        already expired (its turns were re-delivered, so this result must be discarded)."""
+    def complete(self, lease_id: int, scored: list[tuple[str, list]], failed: list[str] = (),
+                 lost: list[str] = ()) -> bool:
+        """Scored refs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
+        gone with its owner) as lost. False if the lease had already expired (its turns were re-delivered, so this
+        result must be discarded)."""
         self._expire_leases()
         lease = self._leases.pop(lease_id, None)
         if lease is None:
@@ -90,6 +98,8 @@ class TurnQueue:
                 self._scored.append(_Item(turn_id, users[turn_id], box))
         self.dropped["unscorable"] += len(failed)
         metrics.inc("hsd_turns_dropped_total", len(failed), reason="unscorable")
+        self.dropped["lost"] += len(lost)
+        metrics.inc("hsd_turns_dropped_total", len(lost), reason="lost")
         n = 0
         while len(self._scored) > self.scored_capacity:
             self._scored.popleft()
@@ -121,6 +131,14 @@ class TurnQueue:
             if self._training.pop(tid, None) is not None:
                 self.counts["trained"] += 1
         self._gauges()
+
+    def drop_lost(self, turn_ids: list[str]) -> int:
+        """The learner could not fetch these turns (their payload's owner died): drop them, counted as lost."""
+        n = sum(self._training.pop(tid, None) is not None for tid in turn_ids)
+        self.dropped["lost"] += n
+        metrics.inc("hsd_turns_dropped_total", n, reason="lost")
+        self._gauges()
+        return n
 
     def requeue_training(self) -> int:
         """A restarted learner lost its in-flight batch: give those turns back to the front of `scored`."""
@@ -171,3 +189,19 @@ class TurnQueue:
     def _gauges(self) -> None:
         metrics.set_gauge("hsd_queue_depth", len(self._pending), stage="pending")
         metrics.set_gauge("hsd_queue_depth", len(self._scored), stage="scored")
+
+
+def resolve(refs: list) -> tuple[list, list[int]]:
+    """`ray.get` the payloads; returns (values of the live ones, indexes of the lost ones) — a payload is lost when
+    the process that put it has died. One round trip when nothing is lost."""
+    try:
+        return ray.get(refs), []
+    except ray.exceptions.ObjectLostError:  # OwnerDiedError included: find out which ones
+        pass
+    values, lost = [], []
+    for i, ref in enumerate(refs):
+        try:
+            values.append(ray.get(ref))
+        except ray.exceptions.ObjectLostError:
+            lost.append(i)
+    return values, lost

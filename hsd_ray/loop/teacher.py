@@ -22,6 +22,7 @@ from hsd_ray import metrics
 from hsd_ray.config import Config
 from hsd_ray.core.step import score_turns
 from hsd_ray.loop.broadcast import WeightFollower
+from hsd_ray.loop.queue import resolve
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,16 @@ class TeacherWorker:
             return False
         self._busy_since = time.time()
         t0 = time.perf_counter()
-        turns = ray.get([box[0] for _, box in items])
+        turns, lost = resolve([box[0] for _, box in items])
+        lost_ids = [items[i][0] for i in lost]
+        if lost_ids:
+            log.warning("%s: %d captured turns were lost with their owner (dropped)", self.name, len(lost_ids))
         scorable, failed = [], []
         for t in turns:
             (scorable if _scorable(t) else failed).append(t)
         score_turns(self.engine, scorable, self.cfg.hindsight, self.cfg.loss)
         scored = [(t.turn_id, [ray.put(t)]) for t in scorable]
-        accepted = ray.get(self.queue.complete.remote(lease_id, scored, [t.turn_id for t in failed]))
+        accepted = ray.get(self.queue.complete.remote(lease_id, scored, [t.turn_id for t in failed], lost_ids))
         dt = time.perf_counter() - t0
         tokens = sum(
             t.scores.teacher_prompt_tokens + t.scores.baseline_prompt_tokens + 2 * len(t.scores.target_ids_T)
