@@ -86,6 +86,25 @@ def wait_until_serving(loop, client, replicas: int = 1, timeout: float = 300.0) 
     return expected
 
 
+# One evaluation engine per (model, kind) for the whole process, reset to the base weights at each run: an engine
+# per run leaked ~1 GB each (vLLM does not free in-process), and after 7 runs the machine ran out of memory.
+_ENGINES: dict[tuple[str, str], object] = {}
+
+
+def _base_weights(model_dir: str):
+    """The model folder's own weights as a version-0 full weight set."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
+
+    tensors: dict = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return WeightSet(PolicyVersion("base", 0), "full", tensors)
+
+
 class Evaluator:
     def __init__(self, client, prompts: PromptSets, preferences: list[Preference], *, model_dir: str,
                  samples: int = 2, max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
@@ -169,9 +188,14 @@ class Evaluator:
         from hsd_ray.engines.factory import make_engine
 
         if self._engine is None:
-            self._engine = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind))
+            key = (str(self.model_dir), self.engine_kind)
+            if key not in _ENGINES:
+                _ENGINES[key] = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind))
+            self._engine = _ENGINES[key]
         engine = self._engine
         entry = ray.get(loop.registry.latest.remote("base"))
+        if entry is None and engine.version.version != 0:  # a new run: back to the base weights
+            engine.load_weights(_base_weights(self.model_dir))
         if entry is not None and entry[0].version != engine.version.version:
             _, (ref,) = entry
             engine.load_weights(ray.get(ref))

@@ -83,18 +83,22 @@ def ray_runtime(args):
     ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
              object_store_memory=args.object_store_mb * 2**20, namespace=NAMESPACE, _temp_dir=temp,
              log_to_driver=args.verbose, logging_level=logging.WARNING)
+    failed = False
     try:
         yield
     except Exception as e:
+        failed = True
         kills = _worker_kill_lines(temp)
         if kills:
-            raise RuntimeError(f"{type(e).__name__}: {e}\nraylet: " + "\nraylet: ".join(kills)) from e
-        raise
+            raise RuntimeError(f"{type(e).__name__}: {e}\nraylet: " + "\nraylet: ".join(kills)
+                               + f"\n(Ray logs kept in {temp}/session_latest/logs)") from e
+        raise RuntimeError(f"{type(e).__name__}: {e}\n(Ray logs kept in {temp}/session_latest/logs)") from e
     finally:
         from hsd_ray.loop.job import disconnect
 
         disconnect()
-        shutil.rmtree(temp, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _worker_kill_lines(temp: str, limit: int = 5) -> list[str]:

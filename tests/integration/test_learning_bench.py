@@ -12,50 +12,55 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("eval_via, loop_engine", [("engine", "vllm"), ("http", "hf")])
+@pytest.mark.parametrize("eval_via, loop_engine, seeds", [("engine", "vllm", "0,1"), ("http", "hf", "0")])
 def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tmp_path, capsys, eval_via,
-                                                 loop_engine):
-    """The default (vLLM loop, evaluation on an in-process vLLM engine following the registry) and the all-HTTP,
-    transformers variant."""
+                                                 loop_engine, seeds):
+    """The default (vLLM loop, evaluation on an in-process vLLM engine following the registry; two runs, so the
+    shared evaluation engine must go back to the base weights in between) and the all-HTTP, transformers variant."""
     from bench.learning.preferences import PREFERENCES
     from bench.learning.run import main
 
     t0 = time.time()
     rc = main(["--model", "tiny-random", "--preferences", "all_lowercase", "--variants", "contrastive",
-               "--interactions", "8", "--eval-every", "4", "--heldout", "3", "--heldout-yes-no", "2",
-               "--capability", "3", "--samples", "2", "--max-tokens", "12", "--out", str(tmp_path), "--name", "smoke",
-               "--eval-via", eval_via, f"engine.kind={loop_engine}", "broadcast.poll_seconds=0.2",
+               "--seeds", seeds, "--interactions", "8", "--eval-every", "4", "--heldout", "3", "--heldout-yes-no",
+               "2", "--capability", "3", "--samples", "2", "--max-tokens", "12", "--out", str(tmp_path), "--name",
+               "smoke", "--eval-via", eval_via, f"engine.kind={loop_engine}", "broadcast.poll_seconds=0.2",
                "teacher.idle_sleep_s=0.05"])
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
-    assert time.time() - t0 < 300
+    assert time.time() - t0 < 150 * len(seeds.split(","))
 
     result = json.loads((tmp_path / "learning-smoke.json").read_text())
     for key in ("config", "env", "preferences", "prompts", "runs", "summary", "errors", "command"):
         assert key in result
     assert result["errors"] == []
-    (run,) = result["runs"]
-    assert run["variant"] == "contrastive" and run["preference"] == "all_lowercase" and not run["control"]
-    assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
-    assert run["loop_config"]["engine"]["kind"] == loop_engine
-    for ev in run["evals"]:
-        assert ev["via"] == eval_via
-        assert set(ev["compliance"]) == set(PREFERENCES)
-        assert all(0.0 <= v <= 1.0 for v in ev["compliance"].values())
-        assert ev["compliance_n"]["yes_no_only"] == 2 * 2 and ev["compliance_n"]["max_words"] == 3 * 2
-        assert 0.0 <= ev["capability"]["accuracy"] <= 1.0 and ev["capability"]["n"] == 3
-        assert math.isfinite(ev["perplexity"]) and ev["perplexity"] > 1.0
-        assert ev["off_version_replies"] == 0  # every eval reply came from the latest published version
-        assert ev["fingerprint"] == f"hsd-base-v{max(ev['published_version'], 0)}"
-        assert ev["perplexity_version"] == max(ev["published_version"], 0)
-    users = run["users"]
-    assert users["interactions"] == 8 and users["complaints"] > 0  # tiny-random never writes all lowercase
-    assert users["followups"] == users["complaints"] + users["acknowledgements"] + users["new_questions"]
-    last = run["evals"][-1]
-    assert last["captured"] == users["followups"]
-    assert last["trained"] >= 4 and last["published_version"] >= 1  # the loop really trained and broadcast
-    assert run["evals"][0]["published_version"] == -1 and run["evals"][0]["perplexity_version"] == 0
-    (summary,) = result["summary"]
+    assert [r["seed"] for r in result["runs"]] == [int(x) for x in seeds.split(",")]
+    for run in result["runs"]:
+        assert run["variant"] == "contrastive" and run["preference"] == "all_lowercase" and not run["control"]
+        assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
+        assert run["loop_config"]["engine"]["kind"] == loop_engine
+        for ev in run["evals"]:
+            assert ev["via"] == eval_via
+            assert set(ev["compliance"]) == set(PREFERENCES)
+            assert all(0.0 <= v <= 1.0 for v in ev["compliance"].values())
+            assert ev["compliance_n"]["yes_no_only"] == 2 * 2 and ev["compliance_n"]["max_words"] == 3 * 2
+            assert 0.0 <= ev["capability"]["accuracy"] <= 1.0 and ev["capability"]["n"] == 3
+            assert math.isfinite(ev["perplexity"]) and ev["perplexity"] > 1.0
+            assert ev["off_version_replies"] == 0  # every eval reply came from the latest published version
+            assert ev["fingerprint"] == f"hsd-base-v{max(ev['published_version'], 0)}"
+            assert ev["perplexity_version"] == max(ev["published_version"], 0)
+        users = run["users"]
+        assert users["interactions"] == 8 and users["complaints"] > 0  # tiny-random never writes all lowercase
+        assert users["followups"] == users["complaints"] + users["acknowledgements"] + users["new_questions"]
+        last = run["evals"][-1]
+        assert last["captured"] == users["followups"]
+        assert last["trained"] >= 4 and last["published_version"] >= 1  # the loop really trained and broadcast
+        assert run["evals"][0]["published_version"] == -1 and run["evals"][0]["perplexity_version"] == 0
+    first = [r["evals"][0] for r in result["runs"]]
+    for ev in first[1:]:  # every run starts from the base model, evaluated with the same sampling seeds
+        assert ev["perplexity"] == pytest.approx(first[0]["perplexity"], rel=1e-6)
+        assert [r["text"] for r in ev["replies"]] == [r["text"] for r in first[0]["replies"]]
+    summary = result["summary"][0]
     assert summary["trained"] == "all_lowercase" and -1.0 <= summary["on_target_delta"] <= 1.0
     assert summary["perplexity_before"] > 0 and isinstance(summary["meets_bar"], bool)
     assert "all_lowercase" in printed and "before→after" in printed
