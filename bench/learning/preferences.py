@@ -210,7 +210,8 @@ PREFERENCES: dict[str, Preference] = {
     )
 }
 
-ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only", "bullets": "no_bullets"}
+ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only",
+           "bullets": "no_bullets"}
 
 
 def get_preference(name: str) -> Preference:

@@ -127,7 +127,8 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
     cfg = make_config(args, variant, seed, out_dir)
     name = f"{variant}/{preference.name if preference else 'control'}/seed {seed}"
     run: dict = {"variant": variant, "preference": preference.name if preference else None,
-                 "control": preference is None, "opposes": preference.opposes if preference else None, "seed": seed, "loop_config": json.loads(cfg.model_dump_json()),
+                 "control": preference is None, "opposes": preference.opposes if preference else None, "seed": seed,
+                 "loop_config": json.loads(cfg.model_dump_json()),
                  "evals": [], "loadavg_start": os.getloadavg()[0]}
     timings = {"startup_s": 0.0, "users_s": 0.0, "drain_s": 0.0, "eval_s": 0.0, "teardown_s": 0.0}
     try:
