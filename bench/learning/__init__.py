@@ -12,6 +12,7 @@ matrix, so generic drift shows up as gains nobody asked for), accuracy on checka
 a reference text; a control run's users send only unrelated follow-ups. `run.py` drives the runs and writes a JSON
 result and a PNG learning curve; `report.py` prints the before → after table.
 
-Defaults: one run (contrastive, max_words, seed 0), 60 interactions, evaluation every 20 on 10 open + 6 yes/no held-out
-prompts × 2 samples and 18 checkable prompts, max_tokens 48, SmolLM2-135M-Instruct on CPU.
+Defaults: one run (offline_template = the system's default loss and template, max_words, seed 0), 60 interactions,
+evaluation every 20 on 20 open + 10 yes/no held-out prompts × 4 samples and 48 checkable prompts, max_tokens 48,
+SmolLM2-135M-Instruct on CPU with vLLM (about 6 minutes on 2 cores).
 """

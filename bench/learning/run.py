@@ -290,7 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 epilog="Extra section.field=value arguments override the loop Config.")
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
     p.add_argument("--preferences", default="max_words", help=f"trained preferences: {', '.join(PREFERENCES)}")
-    p.add_argument("--variants", type=_csv(str), default=["contrastive"], help=f"of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", type=_csv(str), default=["offline_template"],
+                   help=f"of {', '.join(VARIANTS)} (default: offline_template = the system's defaults)")
     p.add_argument("--seeds", type=_csv(int), default=[0])
     p.add_argument("--control", action="store_true", help="also a control run (unrelated follow-ups) per variant/seed")
     p.add_argument("--interactions", type=int, default=60, help="user interactions (replies read) per run")

@@ -110,7 +110,8 @@ def test_long_context_left_truncated_reply_right_truncated(tok):
 
 
 def test_config_templates():
-    assert HindsightConfig().template_text() == ONLINE
+    assert HindsightConfig(template="online").template_text() == ONLINE
+    assert HindsightConfig().template_text() == HindsightConfig(template="offline").template_text()  # the default
     assert "{followup}" in HindsightConfig(template="offline").template_text()
     assert HindsightConfig(template="custom: {followup}").template_text() == "custom: {followup}"
     with pytest.raises(ValueError):

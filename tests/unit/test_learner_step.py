@@ -59,7 +59,7 @@ def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, kind):
     trained, then steps. The exact mean KL(student ‖ hindsight teacher) over the reply tokens must fall."""
     cfg = Config.load(overrides=[
         f"loss.kind={kind}", "loss.baseline=student", "loss.center_advantages=false", "loss.top_k=100",
-        f"learner.lr={3e-3 if lora else 1e-3}", "learner.warmup_steps=0", "learner.lora.r=8",
+        "loss.kl_coef=0", "hindsight.template=online", f"learner.lr={3e-3 if lora else 1e-3}", "learner.warmup_steps=0", "learner.lora.r=8",
     ])
     torch.manual_seed(0)
     model = copy.deepcopy(engine.model)
