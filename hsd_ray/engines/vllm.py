@@ -172,7 +172,7 @@ class VLLMEngine(VersionedWeights):
         self._lora_request = None  # vllm.lora.request.LoRARequest of the adapter in use, None = base weights
         self._lora_dir: Path | None = None
         self._lora_ids = itertools.count(1)
-        self._lora_root = Path(tempfile.mkdtemp(prefix="hsd-vllm-lora-"))
+        self._lora_root: Path | None = None  # made on the first adapter: a killed actor never runs __del__
         self._expected_full: dict[str, tuple[int, ...]] | None = None
         self._expected_lora_cache: dict[str, dict] = {}
         self._tied_aliases: dict[str, str] = {}  # alias name -> name of the tensor it shares
@@ -309,6 +309,8 @@ class VLLMEngine(VersionedWeights):
 
         lora_id = next(self._lora_ids)
         name = f"{weights.version.adapter_id}-v{weights.version.version}-{lora_id}"
+        if self._lora_root is None:
+            self._lora_root = Path(tempfile.mkdtemp(prefix="hsd-vllm-lora-"))
         folder = self._lora_root / name
         try:
             _write_adapter(folder, cfg, weights.tensors)
@@ -354,7 +356,8 @@ class VLLMEngine(VersionedWeights):
     def close(self) -> None:
         """Drop the engine and its adapter folders (the process keeps vLLM's global state)."""
         with self._lock:
-            shutil.rmtree(self._lora_root, ignore_errors=True)
+            if self._lora_root is not None:
+                shutil.rmtree(self._lora_root, ignore_errors=True)
             self.llm = None  # type: ignore[assignment]
 
     def __del__(self):
