@@ -39,7 +39,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,8 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+
+from bench.util import free_port, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,18 +74,6 @@ _FOLLOWUPS = [
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pct(xs: list[float], q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(xs, dtype=float), q)) if xs else float("nan")
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -159,7 +148,7 @@ def make_config(args, output_dir: str):
     overrides = {
         "model": args.model,
         "engine.kind": "hf",
-        "serve.port": _free_port(),
+        "serve.port": free_port(),
         "serve.replicas": 1,
         "serve.max_tokens": args.max_tokens,
         "learner.batch_turns": args.batch_turns,
@@ -602,10 +591,10 @@ def bench_latency(cfg, args, log) -> dict:
                      "ledger": ledger_stats, "replica_capture": {m: h["capture"] for m, h in health.items()}}
         for mode in modes:
             all_ = lat[mode]["first"] + lat[mode]["followup"]
-            out[mode] = {"p50_s": _pct(all_, 50), "p99_s": _pct(all_, 99), "mean_s": statistics.mean(all_),
-                         "followup_p50_s": _pct(lat[mode]["followup"], 50),
-                         "followup_p99_s": _pct(lat[mode]["followup"], 99),
-                         "first_p50_s": _pct(lat[mode]["first"], 50), "samples_s": lat[mode]}
+            out[mode] = {"p50_s": percentile(all_, 50), "p99_s": percentile(all_, 99), "mean_s": statistics.mean(all_),
+                         "followup_p50_s": percentile(lat[mode]["followup"], 50),
+                         "followup_p99_s": percentile(lat[mode]["followup"], 99),
+                         "first_p50_s": percentile(lat[mode]["first"], 50), "samples_s": lat[mode]}
         out["ratio_p50"] = out["on"]["p50_s"] / out["off"]["p50_s"]
         out["ratio_p99"] = out["on"]["p99_s"] / out["off"]["p99_s"]
         out["ratio_followup_p50"] = out["on"]["followup_p50_s"] / out["off"]["followup_p50_s"]

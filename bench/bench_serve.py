@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.util import free_port, percentile
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTIONS = [
@@ -31,19 +33,6 @@ QUESTIONS = [
     "How do I boil an egg?", "What does a CPU do?", "Name three primary colours.", "Why is the sky blue?",
     "What is photosynthesis?", "Suggest a name for a pet cat.", "Write a haiku about rain.",
 ]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
 
 
 def _round(url: str, args, tag: str) -> dict:
@@ -91,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     resolve_model(args.model)
     cfg = Config.load(overrides=[f"model={args.model}", f"engine.kind={args.engine}", "capture.enabled=false",
-                                 f"serve.max_tokens={args.max_tokens}", f"serve.port={_free_port()}", *args.overrides])
+                                 f"serve.max_tokens={args.max_tokens}", f"serve.port={free_port()}", *args.overrides])
     temp = tempfile.mkdtemp(prefix="hsdbs-", dir="/tmp")
     ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, namespace=NAMESPACE,
              _temp_dir=temp, log_to_driver=False, logging_level=logging.WARNING)
@@ -123,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             health = httpx.get(url.removesuffix("/v1") + "/health", timeout=30).json()
             out[name] = {"max_batch": apps[name], "requests": n, "wall_s": wall, "requests_per_s": n / wall,
                          "tokens_per_s": sum(rd["tokens"] for rd in rounds[name]) / wall,
-                         "p50_s": _pct(lat, 50), "p99_s": _pct(lat, 99), "batching": health["batching"],
+                         "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "batching": health["batching"],
                          "round_wall_s": [rd["wall_s"] for rd in rounds[name]]}
         out["ratio_requests_per_s"] = out["batched"]["requests_per_s"] / out["unbatched"]["requests_per_s"]
         out["ratio_tokens_per_s"] = out["batched"]["tokens_per_s"] / out["unbatched"]["tokens_per_s"]

@@ -18,7 +18,6 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from bench.learning import report
 from bench.learning.preferences import PREFERENCES, Preference, parse_preferences
 from bench.learning.prompts import PromptSets, build_prompt_sets
+from bench.util import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,16 +53,10 @@ BENCH_LOOP: dict = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_config(args, variant: str, seed: int, output_dir: str):
     from hsd_ray.config import Config
 
-    values = {**BENCH_LOOP, **VARIANTS[variant], "model": args.model, "seed": seed, "serve.port": _free_port(),
+    values = {**BENCH_LOOP, **VARIANTS[variant], "model": args.model, "seed": seed, "serve.port": free_port(),
               "serve.max_tokens": args.max_tokens, "job.output_dir": output_dir}
     overrides = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in values.items()]
     return Config.load(overrides=overrides + list(args.overrides))
