@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
+from hsd_ray.core.policy import tied_aliases
 from hsd_ray.engines.base import (
     Generation,
     PolicyVersion,
@@ -147,17 +148,12 @@ class HFEngine(VersionedWeights):
         if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
             raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
         params = dict(self.model.state_dict())
-        from hsd_ray.core.policy import without_tied_aliases
-
         # a tied lm_head may be sent (it must then equal the embedding) or omitted (export_weights omits it)
-        required = without_tied_aliases(params)
-        aliases = {name: next(k for k, v in required.items() if v.data_ptr() == t.data_ptr())
-                   for name, t in params.items() if name not in required}
+        aliases = tied_aliases(self.model)
+        required = {k: v for k, v in params.items() if k not in aliases}
         validate_tensors({k: v for k, v in tensors.items() if k not in aliases}, required, require_all=True)
         validate_tensors({k: v for k, v in tensors.items() if k in aliases}, params, require_all=False)
-        for alias, source in aliases.items():
-            if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
-                raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
+        check_tied(tensors, aliases)
         for name, t in tensors.items():  # all checked first: nothing is half-applied
             if name not in aliases:
                 params[name].copy_(t)
@@ -196,6 +192,13 @@ def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
             raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise WeightLoadError(f"{name}: contains NaN or inf")
+
+
+def check_tied(tensors: dict, aliases: dict[str, str]) -> None:
+    """A set that sends a tied alias (lm_head) must give it the values of the tensor it is tied to."""
+    for alias, source in aliases.items():
+        if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
+            raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
 
 
 def _trim_to_text(tokenizer, ids: list[int], logprobs: list[float], text: str):

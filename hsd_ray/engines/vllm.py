@@ -84,7 +84,8 @@ from hsd_ray.engines.base import (  # noqa: E402
     WeightLoadError,
     WeightSet,
 )
-from hsd_ray.engines.hf import _trim_to_text, validate_tensors  # noqa: E402
+from hsd_ray.core.policy import tied_aliases  # noqa: E402
+from hsd_ray.engines.hf import _trim_to_text, check_tied, validate_tensors  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,8 @@ class VLLMEngine(VersionedWeights):
             skip_special_tokens=True,
         )
         if params.seed is not None and len(prompts) > 1:
-            # vLLM seeds every request alike: prompt i gets seed + i, so repeated prompts in one batch are distinct
-            # samples (as in HFEngine, where one seeded generator runs through the batch) and still reproducible.
+            # vLLM seeds every request alike: prompt i gets seed + i (as in HFEngine), so repeated prompts in one
+            # batch are distinct samples and each is still reproducible.
             vparams = [vparams.clone() for _ in prompts]
             for i, vp in enumerate(vparams):
                 vp.seed = params.seed + i
@@ -259,14 +260,8 @@ class VLLMEngine(VersionedWeights):
 
             with torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(self.hf_config)
-            state = model.state_dict(keep_vars=True)
-            seen: dict[int, str] = {}
-            for name, t in state.items():  # tied weights (lm_head = embed_tokens) may be sent or omitted
-                if id(t) in seen:
-                    self._tied_aliases[name] = seen[id(t)]
-                else:
-                    seen[id(t)] = name
-            self._expected_full = {k: tuple(v.shape) for k, v in state.items()}
+            self._tied_aliases = tied_aliases(model)  # tied weights (lm_head = embed_tokens) may be sent or omitted
+            self._expected_full = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         return self._expected_full
 
     def _load_full(self, tensors: dict) -> None:
@@ -279,9 +274,7 @@ class VLLMEngine(VersionedWeights):
         missing = sorted(set(required) - set(tensors))
         if missing:  # a partial set would leave fused vLLM layers half-updated
             raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
-        for alias, source in self._tied_aliases.items():  # vLLM loads the shared tensor once, from `source`
-            if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
-                raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
+        check_tied(tensors, self._tied_aliases)  # vLLM loads the shared tensor once, from its source name
         items = [(k, v.detach()) for k, v in tensors.items() if k not in self._tied_aliases]
         try:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
