@@ -2,7 +2,7 @@
 
 (a) Hindsight scoring: the teacher + baseline requests of the same synthetic turns scored by `HFEngine.score` in
     token-budget batches (what a teacher actor does) vs one request per call; tokens/s and the ratio.
-(b) One learner step (`hsd_ray.core.step.learner_step` on the batch `score_turns` produced from the first
+(b) One learner step (`hsd_ray.core.train_step.learner_step` on the batch `score_turns` produced from the first
     `--step-turns` turns, 4 = the config's learner.batch_turns): full fine-tune vs LoRA (r=16) on the same batch;
     stepped alternately; warm-up step excluded, median of the timed steps; tokens/s and the ratio.
 
@@ -74,11 +74,12 @@ def _sync(device: str) -> None:
 def bench_scoring(engine, turns, hcfg, lcfg, device: str, repeats: int) -> dict:
     """Teacher + baseline requests of `turns`: batched by token budget vs one request per call (same requests)."""
     from hsd_ray.core.hindsight import build_example
-    from hsd_ray.engines.base import ScoreRequest
-    from hsd_ray.engines.hf import chunk_by_budget
+    from hsd_ray.core.prompts import template_text
+    from hsd_ray.core.engine_api import ScoreRequest
+    from hsd_ray.engines.base import chunk_by_budget
 
     ref = hcfg.reference_followup if lcfg.baseline == "reference_followup" else None
-    examples = [build_example(engine.tokenizer, t, template=hcfg.template_text(), reference_followup=ref,
+    examples = [build_example(engine.tokenizer, t, template=template_text(hcfg.template), reference_followup=ref,
                               max_context_tokens=hcfg.max_context_tokens, max_reply_tokens=hcfg.max_reply_tokens)
                 for t in turns]
     requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
@@ -123,7 +124,7 @@ def make_learner(model_dir, *, lora: bool, lora_r: int, device: str):
     """A fresh policy from disk (optionally LoRA-wrapped) with its optimizer, as the learner builds it."""
     from hsd_ray.config import LearnerConfig, LoraConfig
     from hsd_ray.core.policy import apply_lora, make_optimizer
-    from hsd_ray.engines.hf import load_model_and_tokenizer
+    from hsd_ray.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(model_dir, "float32", device)
     cfg = LearnerConfig(lr=1e-4 if lora else 1e-5, warmup_steps=0,
@@ -137,7 +138,7 @@ def make_learner(model_dir, *, lora: bool, lora_r: int, device: str):
 def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: int) -> dict:
     """Full fine-tune and LoRA policies stepped alternately on `batch` (one warm-up step each, then `steps` timed
     steps each), so a burst of load from other processes hits both alike; median step time per mode."""
-    from hsd_ray.core.step import learner_step
+    from hsd_ray.core.train_step import learner_step
 
     learners = {mode: make_learner(model_dir, lora=mode == "lora", lora_r=lora_r, device=device)
                 for mode in ("full", "lora")}
@@ -174,7 +175,7 @@ def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: in
 def run(args) -> dict:
     from hsd_ray.config import HindsightConfig, LossConfig
     from hsd_ray.core.batch import HindsightBatch
-    from hsd_ray.core.step import score_turns
+    from hsd_ray.core.scoring import score_turns
     from hsd_ray.engines.hf import HFEngine
     from hsd_ray.models import resolve_model
 

@@ -95,9 +95,9 @@ def synthetic_turns(n: int, seed: int = 0) -> list:
 
 
 def score_requests(tokenizer, turns) -> list:
-    from hsd_ray.config import HINDSIGHT_TEMPLATES
+    from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES
     from hsd_ray.core.hindsight import build_example
-    from hsd_ray.engines.base import ScoreRequest
+    from hsd_ray.core.engine_api import ScoreRequest
 
     reqs = []
     for turn in turns:
@@ -138,7 +138,7 @@ def bench_scoring(engines: dict, requests: list, repeats: int) -> dict:
 
 
 def bench_generation(engines: dict, prompts: list, latency_prompts: int) -> dict:
-    from hsd_ray.engines.base import SamplingParams
+    from hsd_ray.core.engine_api import SamplingParams
 
     params = SamplingParams(max_tokens=GEN_TOKENS, temperature=0.0)
     out: dict = {"prompts": len(prompts), "max_tokens": GEN_TOKENS}
@@ -170,7 +170,7 @@ def lora_weight_set(model_dir, r: int, version: int):
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from hsd_ray.engines.base import PolicyVersion, WeightSet
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
 
     cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                             "up_proj", "down_proj"])
@@ -185,7 +185,7 @@ def lora_weight_set(model_dir, r: int, version: int):
 
 
 def bench_reload(vllm_engine, hf_engine, model_dir, args) -> list[dict]:
-    from hsd_ray.engines.base import PolicyVersion, WeightSet
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
     from hsd_ray.engines.hf import HFEngine
     from hsd_ray.engines.vllm import VLLMEngine
 
@@ -236,8 +236,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from hsd_ray.core.hindsight import render_prompt
-    from hsd_ray.engines.base import SamplingParams
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.core.engine_api import SamplingParams
     from hsd_ray.engines.hf import HFEngine
     from hsd_ray.engines.vllm import VLLMEngine
     from hsd_ray.models import resolve_model

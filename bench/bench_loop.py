@@ -169,7 +169,7 @@ class LearnerProbe:
 
         from hsd_ray.config import Config
         from hsd_ray.core.policy import apply_lora, make_optimizer
-        from hsd_ray.engines.hf import load_model_and_tokenizer
+        from hsd_ray.models import load_model_and_tokenizer
         from hsd_ray.models import resolve_model
 
         self.cfg = Config.model_validate(cfg_dict)
@@ -187,7 +187,7 @@ class LearnerProbe:
     def steps(self, batches: list[list]) -> dict:
         """Warm-up step on batches[0], then one timed step per batch (collate + learner_step, as the learner does)."""
         from hsd_ray.core.batch import HindsightBatch
-        from hsd_ray.core.step import learner_step
+        from hsd_ray.core.train_step import learner_step
 
         def one(turns):
             batch = HindsightBatch.collate(turns, self.tokenizer.pad_token_id)
@@ -633,7 +633,7 @@ def bench_broadcast(cfg, args, log) -> dict:
 
     from hsd_ray.config import LoraConfig
     from hsd_ray.core.policy import apply_lora, export_weights, unwrap
-    from hsd_ray.engines.hf import load_model_and_tokenizer
+    from hsd_ray.models import load_model_and_tokenizer
     from hsd_ray.loop.broadcast import VersionRegistry, publish
     from hsd_ray.models import resolve_model
 

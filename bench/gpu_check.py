@@ -11,12 +11,11 @@ Qwen2.5-0.5B shape in bf16, so no weights need to be downloaded. It measures, in
    teacher's default token budget (8192);
 3. weight copy: `hsd_ray.core.policy.export_weights` (GPU -> CPU state dict) and `HFEngine.load_weights` (CPU -> GPU,
    validated copy_), plus raw pageable / pinned copies, in GB/s;
-4. learner step tokens/s: `hsd_ray.core.step.learner_step` with the sampled-token loss, full fine-tune (fp32 master
+4. learner step tokens/s: `hsd_ray.core.train_step.learner_step` with the sampled-token loss, full fine-tune (fp32 master
    weights, AdamW, bf16 autocast) vs LoRA r=64 on all linear layers (bf16 base), warm-up excluded, median of 3.
 
-`hsd_ray.core.step` and `hsd_ray.core.policy` import `hsd_ray.config` (pydantic + pyyaml) only for type names in
-annotations; `_import_core_without_config` lends them a stub module for the import and removes it afterwards, and
-config objects are passed as `types.SimpleNamespace` (the code only reads attributes). Prints a table; writes JSON to
+The core imports `hsd_ray.config` only under `TYPE_CHECKING` (a test holds it to that), so it imports here without
+pydantic; config objects are passed as `types.SimpleNamespace` (the code only reads attributes). Prints a table; writes JSON to
 `$OUT/gpu_check.json` when OUT is set (or to --json). Ends by listing which of pydantic/yaml/ray/vllm/hsd_ray.config
 ended up in sys.modules (pyyaml is imported by transformers itself, through huggingface_hub).
 """
@@ -41,25 +40,6 @@ QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
             vocab_size=1000, tie_word_embeddings=True, max_position_embeddings=2048)
 WATCHED = ("pydantic", "yaml", "ray", "vllm", "hsd_ray.config")
-_CONFIG_NAMES = ("HindsightConfig", "LossConfig", "LearnerConfig", "LoraConfig")
-
-
-def _import_core_without_config():
-    """Import hsd_ray.core.step and hsd_ray.core.policy with a stub `hsd_ray.config` (their only use of it is type
-    names in `from __future__ import annotations` signatures), then take the stub out of sys.modules again."""
-    if "hsd_ray.config" in sys.modules:
-        from hsd_ray.core import policy, step
-
-        return step, policy
-    stub = types.ModuleType("hsd_ray.config", "stub: type names only (bench/gpu_check.py)")
-    for name in _CONFIG_NAMES:
-        setattr(stub, name, type(name, (), {}))
-    sys.modules["hsd_ray.config"] = stub
-    try:
-        from hsd_ray.core import policy, step
-    finally:
-        del sys.modules["hsd_ray.config"]
-    return step, policy
 
 
 LOSS_CFG = types.SimpleNamespace(kind="sampled_token", ignore_first_k=0, center_advantages=True, importance_cap=0.0,
@@ -199,7 +179,7 @@ def duck_engine(model, device: torch.device, token_budget: int):
 
 
 def random_requests(n: int, prompt_len: int, target_len: int, vocab: int, seed: int = 0):
-    from hsd_ray.engines.base import ScoreRequest
+    from hsd_ray.core.engine_api import ScoreRequest
 
     g = torch.Generator().manual_seed(seed)
     return [ScoreRequest(torch.randint(2, vocab, (prompt_len,), generator=g).tolist(),
@@ -345,7 +325,8 @@ def run(args, log) -> dict:
     device = torch.device("cpu" if args.tiny else args.device)
     shape = TINY if args.tiny else QWEN25_05B
     B_score, B_learn, P, T = (4, 4, 48, 16) if args.tiny else (args.score_batch, args.learn_batch, 768, 256)
-    step_mod, policy_mod = _import_core_without_config()
+    from hsd_ray.core import policy as policy_mod, train_step as step_mod
+
     import peft
     import transformers
 

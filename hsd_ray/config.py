@@ -15,17 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# The two hindsight templates published by the paper's authors (see METHOD.md); `{followup}` is the user's next message.
-HINDSIGHT_TEMPLATES: dict[str, str] = {
-    "offline": (
-        "\n\n[HINDSIGHT CONTEXT]\nThe following is a user response to your previous, insufficient attempt. "
-        "Improve your response to the user prompt.\nFuture User Message: {followup}"
-    ),
-    "online": (
-        "\n\n=== HINDSIGHT CONTEXT ===\n[The following is a future user message. "
-        "Use this to guide your answer to the user prompt.]\n{followup}"
-    ),
-}
+
+# Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
+TEMPLATE_NAMES = ("online", "offline")
 
 
 class _Section(BaseModel):
@@ -64,12 +56,9 @@ class HindsightConfig(_Section):
 
     @model_validator(mode="after")
     def _template_known(self) -> "HindsightConfig":
-        if self.template not in HINDSIGHT_TEMPLATES and "{followup}" not in self.template:
+        if self.template not in TEMPLATE_NAMES and "{followup}" not in self.template:
             raise ValueError("template must be 'online', 'offline' or contain '{followup}'")
         return self
-
-    def template_text(self) -> str:
-        return HINDSIGHT_TEMPLATES.get(self.template, self.template)
 
 
 class LossConfig(_Section):

@@ -82,6 +82,24 @@ def resolve_model(name: str) -> Path:
 # --- cache: atomic, locked builds ------------------------------------------------------------------------------------
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """The transformers model (eval mode, on `device`) and its tokenizer (pad = eos when it has no pad token)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to(device)
+    model.eval()
+    return model, tokenizer
+
+
 def _is_complete(folder: Path) -> bool:
     try:
         marker = json.loads((folder / _MARKER).read_text())

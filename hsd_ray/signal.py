@@ -6,7 +6,7 @@ baseline's log-prob and their difference A_i (arXiv 2603.12273, §3; the per-tok
 paper); with `--baseline reference` it is the hindsight context holding a neutral reference follow-up (the contrastive
 variant measured in METHOD.md, which cancels the effect of the hindsight wording itself).
 
-Scoring goes through the production path: `Turn` → `hsd_ray.core.step.score_turns` → `HFEngine.score` (float32), so
+Scoring goes through the production path: `Turn` → `hsd_ray.core.scoring.score_turns` → `HFEngine.score` (float32), so
 what is shown is exactly what a teacher computes. A_i here is uncentred (the learner may mean-centre it per sequence,
 `loss.center_advantages`). The reply is scored as finished, so an end-of-turn token is appended and shown last.
 
@@ -23,7 +23,8 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from hsd_ray.config import HINDSIGHT_TEMPLATES, HindsightConfig
+from hsd_ray.config import HindsightConfig
+from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES
 
 PROG = "hsd_ray.signal"
 BASELINES = ("student", "reference")
@@ -96,7 +97,7 @@ def compute_signal(
     """Score the turn (user `prompt`, finished `reply`, next user message `followup`) with `engine`; one row per
     scored token (the reply's tokens, then the end-of-turn token). Raises SignalError for bad inputs."""
     from hsd_ray.config import LossConfig
-    from hsd_ray.core.step import score_turns
+    from hsd_ray.core.scoring import score_turns
     from hsd_ray.core.turns import Turn
 
     check_inputs(prompt, reply, template)

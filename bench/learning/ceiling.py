@@ -26,8 +26,8 @@ from bench.learning.prompts import build_prompt_sets
 
 def conditions(prompt: str, complaints: tuple[str, ...], k: int) -> dict[str, list[dict]]:
     """Messages for each condition; the complaint rotates with the sample index k."""
-    from hsd_ray.config import HINDSIGHT_TEMPLATES
-    from hsd_ray.core.hindsight import hindsight_messages
+    from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES
+    from hsd_ray.core.prompts import hindsight_messages
 
     user = [{"role": "user", "content": prompt}]
     complaint = complaints[k % len(complaints)]
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from hsd_ray.config import EngineConfig
-    from hsd_ray.core.hindsight import render_prompt
-    from hsd_ray.engines.base import SamplingParams
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.core.engine_api import SamplingParams
     from hsd_ray.engines.factory import make_engine
     from hsd_ray.models import resolve_model
 

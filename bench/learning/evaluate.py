@@ -174,7 +174,7 @@ class Evaluator:
 
     def perplexity(self, loop) -> tuple[float, int]:
         """Perplexity of the reference text under the published weights (base weights before the first version)."""
-        from hsd_ray.engines.base import ScoreRequest
+        from hsd_ray.core.engine_api import ScoreRequest
 
         engine = self._sync(loop)
         ids = engine.tokenizer(self.prompts.reference_text, add_special_tokens=False)["input_ids"]
@@ -206,8 +206,8 @@ class Evaluator:
 
     def _generate(self, prompts: list[str], temperature: float, max_tokens: int, seed: int) -> list[dict]:
         """One batched generation on the evaluation engine; prompt i is sampled with seed + i (fixed across evals)."""
-        from hsd_ray.core.hindsight import render_prompt
-        from hsd_ray.engines.base import SamplingParams
+        from hsd_ray.core.prompts import render_prompt
+        from hsd_ray.core.engine_api import SamplingParams
 
         engine = self._engine
         ids = [render_prompt(engine.tokenizer, [{"role": "user", "content": p}]) for p in prompts]

@@ -1,12 +1,12 @@
 """Hindsight contexts: the token ids the student and the teacher see for one Turn (arXiv 2603.12273, §3).
 
 Student context: the chat template over x with the generation prompt. Teacher context: the same, but the follow-up o is
-appended to the *last user message* of x through a template (the paper's two templates live in config.py); the reply y
+appended to the *last user message* of x through a template (the paper's two templates live in core/prompts.py); the reply y
 is scored as the assistant's answer to that augmented prompt (y is never shown as an earlier turn). The contrastive
 baseline (ours) is a teacher context built with a fixed reference follow-up instead of o.
 
 Exactness rules, all tested:
-- One renderer (`render_prompt`) builds every prompt, also the one the chat service generates from, so scored prompts
+- One renderer (`core.prompts.render_prompt`) builds every prompt, also the one the chat service generates from, so scored prompts
   match served prompts token for token.
 - Message text is tokenised with special tokens *split*: a user typing "<|im_end|>" gets plain text tokens, never a
   real control token; only the chat template itself emits control tokens.
@@ -22,49 +22,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hsd_ray.core.turns import Message, Turn
+from hsd_ray.core.prompts import encode_text, hindsight_messages, render_prompt
+from hsd_ray.core.turns import Turn
 
-_SENTINEL = "\uE000HSD{}\uE001"  # private-use characters: never in real text, never merged by BPE with neighbours
-
-
-def hindsight_messages(context: list[Message], followup: str, template: str) -> list[Message]:
-    """x with the follow-up appended, through `template` (contains "{followup}"), to the last user message."""
-    idx = max((i for i, m in enumerate(context) if m["role"] == "user"), default=None)
-    if idx is None:
-        raise ValueError("context has no user message to attach the hindsight follow-up to")
-    # str.replace, not str.format: follow-ups and custom templates may contain braces.
-    block = template.replace("{followup}", followup)
-    out = [dict(m) for m in context]
-    out[idx]["content"] = out[idx]["content"] + block
-    return out
-
-
-def render_prompt(tokenizer, messages: list[Message], max_tokens: int | None = None) -> list[int]:
-    """Chat template with the generation prompt → token ids, message text tokenised as plain text, left-truncated.
-
-    The template is rendered with a sentinel in place of each message's text; the template's own pieces are tokenised
-    normally (they contain the real control tokens) and each message text with special tokens split.
-    """
-    placeholders = [{"role": m["role"], "content": _SENTINEL.format(i)} for i, m in enumerate(messages)]
-    rendered = tokenizer.apply_chat_template(placeholders, tokenize=False, add_generation_prompt=True)
-    ids: list[int] = []
-    rest = rendered
-    for i, m in enumerate(messages):
-        marker = _SENTINEL.format(i)
-        head, found, rest = rest.partition(marker)
-        if not found:
-            raise ValueError(f"chat template dropped message {i}; cannot render it exactly")
-        ids += _encode(tokenizer, head, split_special=False)
-        ids += _encode(tokenizer, m["content"], split_special=True)
-    ids += _encode(tokenizer, rest, split_special=False)
-    if max_tokens is not None and len(ids) > max_tokens:
-        ids = ids[len(ids) - max_tokens :]
-    return ids
 
 
 def reply_ids(tokenizer, turn: Turn, max_reply_tokens: int) -> list[int]:
     """The reply tokens to score: the sampled ids when known, else the text tokenised plainly; EOS only if finished."""
-    ids = list(turn.reply_token_ids) if turn.reply_token_ids is not None else _encode(tokenizer, turn.reply, True)
+    ids = list(turn.reply_token_ids) if turn.reply_token_ids is not None else encode_text(tokenizer, turn.reply, True)
     eos = end_of_turn_id(tokenizer)
     while ids and ids[-1] == eos:  # ids never carry the terminator; `reply_finished` says whether it belongs
         ids.pop()
@@ -114,9 +79,3 @@ def build_example(
         ref_messages = hindsight_messages(turn.context, reference_followup, template)
         baseline = render_prompt(tokenizer, ref_messages, max_context_tokens)
     return HindsightExample(student, teacher, baseline, reply_ids(tokenizer, turn, max_reply_tokens))
-
-
-def _encode(tokenizer, text: str, split_special: bool) -> list[int]:
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split_special)["input_ids"])

@@ -1,81 +1,15 @@
-"""The one engine interface that serves both generation (chat replicas) and hindsight scoring (teachers).
+"""What both engines share, engine-neutral: the versioned load under the engine lock, the checks every weight set
+passes before it touches a model, token-budget batching, and cutting a reply at a stop string.
 
-Implementations: `HFEngine` (transformers, engines/hf.py) and `VLLMEngine` (vLLM prompt-logprob mode, engines/vllm.py).
-Both take token ids in and give token ids / log-probs out; chat templating and hindsight construction happen in
-hsd_ray.core.hindsight so that the two engines see byte-identical prompts.
-
-Weights change by `load_weights(WeightSet)`: a full state dict or a LoRA adapter, tagged with its `PolicyVersion`.
-An update either fully applies or raises and leaves the previous version serving.
+Used by engines/hf.py and engines/vllm.py only; the engine interface and its records live in hsd_ray.core.engine_api.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+import torch
 
-import numpy as np
-
-from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet  # noqa: F401 (re-exported)
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 128
-    temperature: float = 0.7
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None  # reproducible sampling; prompt i of a batch is drawn with seed + i (both engines), so
-    # repeated prompts in one batch are distinct samples
-
-
-@dataclass
-class Generation:
-    """A generated reply. `token_ids` exclude the end-of-turn token; `finished` is True when the model stopped on its
-    own (EOS or a stop string) and False when it hit max_tokens."""
-
-    token_ids: list[int]
-    text: str
-    logprobs: list[float]  # raw-model log-prob of each generated id (temperature 1, before top-p)
-    finished: bool
-    prompt_tokens: int
-    version: PolicyVersion
-
-    @property
-    def finish_reason(self) -> str:
-        return "stop" if self.finished else "length"
-
-
-@dataclass
-class ScoreRequest:
-    """Score `target_ids` as a continuation of `prompt_ids` (teacher forcing)."""
-
-    prompt_ids: list[int]
-    target_ids: list[int]
-
-
-@dataclass
-class TokenScores:
-    """Per-target-token results of one ScoreRequest (T = len(target_ids))."""
-
-    logp_T: np.ndarray  # float32 [T]: log p(target_i | prompt, target_<i)
-    topk_ids_T_K: np.ndarray | None = None  # int64 [T, K]: the K most likely tokens at each position
-    topk_logp_T_K: np.ndarray | None = None  # float32 [T, K]
-
-
-@runtime_checkable
-class Engine(Protocol):
-    """Generation + scoring + versioned weights, over token ids."""
-
-    tokenizer: object  # a transformers tokenizer (for chat templates and decoding)
-
-    @property
-    def version(self) -> PolicyVersion: ...
-
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
-
-    def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]: ...
-
-    def load_weights(self, weights: WeightSet) -> None: ...
+from hsd_ray.core.engine_api import PolicyVersion
+from hsd_ray.core.weights import WeightLoadError, WeightSet
 
 
 class VersionedWeights:
@@ -98,3 +32,46 @@ class VersionedWeights:
             else:
                 raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
             self._version = weights.version
+
+
+def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """Indices grouped so that (rows × longest row) ≤ token_budget per group (a single longer row is its own group)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
+    """Names, shapes and finiteness checked before anything is copied."""
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise WeightLoadError(f"weight set has unknown tensors, e.g. {unknown[:3]}")
+    if require_all:
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise WeightLoadError(f"{name}: contains NaN or inf")
+
+
+def check_tied(tensors: dict, aliases: dict[str, str]) -> None:
+    """A set that sends a tied alias (lm_head) must give it the values of the tensor it is tied to."""
+    for alias, source in aliases.items():
+        if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
+            raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
+
+
+def trim_to_text(tokenizer, ids: list[int], logprobs: list[float], text: str):
+    """Shortest prefix of ids whose decoding covers `text` (used to cut a reply at a stop string)."""
+    n = 0
+    while n < len(ids) and len(tokenizer.decode(ids[:n], skip_special_tokens=True)) < len(text):
+        n += 1
+    return ids[:n], logprobs[:n], text

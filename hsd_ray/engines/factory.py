@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from hsd_ray.config import EngineConfig
-    from hsd_ray.engines.base import Engine
+    from hsd_ray.core.engine_api import Engine
 
 
 def make_engine(

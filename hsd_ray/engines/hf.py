@@ -12,43 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
+from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, ScoreRequest, TokenScores
 from hsd_ray.core.policy import tied_aliases
-from hsd_ray.engines.base import (
-    Generation,
-    PolicyVersion,
-    SamplingParams,
-    ScoreRequest,
-    TokenScores,
-    VersionedWeights,
-    WeightLoadError,
-    WeightSet,
-)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype]).to(device)
-    model.eval()
-    return model, tokenizer
-
-
-def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
-    """Indices grouped so that (rows × longest row) ≤ token_budget per group (a single longer row is its own group)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= token_budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+from hsd_ray.core.weights import WeightLoadError, WeightSet
+from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text, validate_tensors
+from hsd_ray.models import load_model_and_tokenizer
 
 
 class HFEngine(VersionedWeights):
@@ -107,7 +77,7 @@ class HFEngine(VersionedWeights):
         for stop in params.stop:  # OpenAI semantics: the stop string is not part of the reply
             cut = text.find(stop)
             if cut >= 0:
-                new, logprobs, text = _trim_to_text(self.tokenizer, new, logprobs, text[:cut])
+                new, logprobs, text = trim_to_text(self.tokenizer, new, logprobs, text[:cut])
                 finished = True
         if not finished and len(new) < params.max_tokens:
             finished = True  # stopped by a stop string inside generate()
@@ -178,32 +148,3 @@ class HFEngine(VersionedWeights):
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
 
 
-def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
-    """Names, shapes and finiteness checked before anything is copied."""
-    unknown = sorted(set(tensors) - set(expected))
-    if unknown:
-        raise WeightLoadError(f"weight set has unknown tensors, e.g. {unknown[:3]}")
-    if require_all:
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise WeightLoadError(f"{name}: contains NaN or inf")
-
-
-def check_tied(tensors: dict, aliases: dict[str, str]) -> None:
-    """A set that sends a tied alias (lm_head) must give it the values of the tensor it is tied to."""
-    for alias, source in aliases.items():
-        if alias in tensors and not torch.equal(tensors[alias], tensors[source]):
-            raise WeightLoadError(f"{alias} is tied to {source} in this model but the set gives it other values")
-
-
-def _trim_to_text(tokenizer, ids: list[int], logprobs: list[float], text: str):
-    """Shortest prefix of ids whose decoding covers `text` (used to cut a reply at a stop string)."""
-    n = 0
-    while n < len(ids) and len(tokenizer.decode(ids[:n], skip_special_tokens=True)) < len(text):
-        n += 1
-    return ids[:n], logprobs[:n], text

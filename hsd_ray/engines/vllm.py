@@ -74,18 +74,16 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from hsd_ray.engines.base import (  # noqa: E402
+from hsd_ray.core.engine_api import (  # noqa: E402
     Generation,
     PolicyVersion,
     SamplingParams,
     ScoreRequest,
     TokenScores,
-    VersionedWeights,
-    WeightLoadError,
-    WeightSet,
 )
 from hsd_ray.core.policy import tied_aliases  # noqa: E402
-from hsd_ray.engines.hf import _trim_to_text, check_tied, validate_tensors  # noqa: E402
+from hsd_ray.core.weights import WeightLoadError, WeightSet  # noqa: E402
+from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text, validate_tensors  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +222,7 @@ class VLLMEngine(VersionedWeights):
         for stop in params.stop:  # OpenAI semantics: the reply ends before the stop string
             cut = text.find(stop)
             if cut >= 0:
-                ids, logprobs, text = _trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
+                ids, logprobs, text = trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
                 finished = True
         return Generation(ids, text, logprobs, finished, len(out.prompt_token_ids or []), version)
 

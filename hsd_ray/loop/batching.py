@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import astuple
 
-from hsd_ray.engines.base import Generation, SamplingParams
+from hsd_ray.core.engine_api import Generation, SamplingParams
 
 GenerateFn = Callable[[list[list[int]], SamplingParams], list[Generation]]
 

@@ -56,8 +56,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     from hsd_ray.core.batch import HindsightBatch
     from hsd_ray.core.policy import ReferencePolicy, apply_lora, export_weights, make_optimizer, unwrap
-    from hsd_ray.core.step import learner_step
-    from hsd_ray.engines.hf import load_model_and_tokenizer
+    from hsd_ray.core.train_step import learner_step
+    from hsd_ray.models import load_model_and_tokenizer
     from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, BackgroundPublisher
     from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
     from hsd_ray.models import resolve_model

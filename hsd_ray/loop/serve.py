@@ -37,8 +37,8 @@ from ray import serve
 
 from hsd_ray import metrics
 from hsd_ray.config import Config
-from hsd_ray.core.hindsight import render_prompt
-from hsd_ray.engines.base import SamplingParams
+from hsd_ray.core.prompts import render_prompt
+from hsd_ray.core.engine_api import SamplingParams
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop import openai_api as oa
 from hsd_ray.loop.batching import GenerationBatcher

@@ -3,7 +3,7 @@
 Each teacher holds one engine (vLLM prompt-logprob mode, or transformers) that follows the broadcast weights, so the
 teacher is the *current* policy (as in the paper) up to the broadcast cadence. Its loop:
 
-    lease ≤ max_batch_turns turns → fetch them (one ray.get) → core.step.score_turns (engine batches by token budget)
+    lease ≤ max_batch_turns turns → fetch them (one ray.get) → core.scoring.score_turns (engine batches by token budget)
     → ray.put each scored turn → queue.complete(lease)
 
 A teacher that dies mid-batch never completes its lease; the queue re-delivers those turns after the lease timeout.
@@ -20,7 +20,7 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.config import Config
-from hsd_ray.core.step import score_turns
+from hsd_ray.core.scoring import score_turns
 from hsd_ray.loop.broadcast import WeightFollower
 from hsd_ray.loop.queue import resolve
 

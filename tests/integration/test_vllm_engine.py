@@ -17,16 +17,12 @@ import torch
 
 pytest.importorskip("vllm")
 
-from hsd_ray.config import HINDSIGHT_TEMPLATES, EngineConfig  # noqa: E402
-from hsd_ray.core.hindsight import build_example, render_prompt  # noqa: E402
+from hsd_ray.config import EngineConfig  # noqa: E402
+from hsd_ray.core.engine_api import SamplingParams, ScoreRequest  # noqa: E402
+from hsd_ray.core.hindsight import build_example  # noqa: E402
+from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, render_prompt  # noqa: E402
 from hsd_ray.core.turns import Turn  # noqa: E402
-from hsd_ray.engines.base import (  # noqa: E402
-    PolicyVersion,
-    SamplingParams,
-    ScoreRequest,
-    WeightLoadError,
-    WeightSet,
-)
+from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet  # noqa: E402
 from hsd_ray.engines.factory import make_engine  # noqa: E402
 from hsd_ray.engines.hf import HFEngine  # noqa: E402
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hsd_ray.engines.base import Generation, PolicyVersion, SamplingParams
+from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams
 from hsd_ray.loop.batching import GenerationBatcher
 
 pytestmark = pytest.mark.unit

@@ -2,8 +2,9 @@
 
 import pytest
 
-from hsd_ray.config import HINDSIGHT_TEMPLATES, HindsightConfig
-from hsd_ray.core.hindsight import build_example, hindsight_messages, render_prompt, reply_ids
+from hsd_ray.config import TEMPLATE_NAMES, HindsightConfig
+from hsd_ray.core.hindsight import build_example, reply_ids
+from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt, template_text
 from hsd_ray.core.turns import Turn
 
 pytestmark = pytest.mark.unit
@@ -110,9 +111,12 @@ def test_long_context_left_truncated_reply_right_truncated(tok):
 
 
 def test_config_templates():
-    assert HindsightConfig(template="online").template_text() == ONLINE
-    assert HindsightConfig().template_text() == HindsightConfig(template="offline").template_text()  # the default
-    assert "{followup}" in HindsightConfig(template="offline").template_text()
-    assert HindsightConfig(template="custom: {followup}").template_text() == "custom: {followup}"
+    assert template_text(HindsightConfig(template="online").template) == ONLINE
+    assert HindsightConfig().template == "offline"  # the default
+    assert "{followup}" in template_text("offline")
+    assert template_text(HindsightConfig(template="custom: {followup}").template) == "custom: {followup}"
+    assert set(TEMPLATE_NAMES) == set(HINDSIGHT_TEMPLATES)  # config's names and core's texts stay in step
+    with pytest.raises(ValueError, match="unknown hindsight template"):
+        template_text("no placeholder")
     with pytest.raises(ValueError):
         HindsightConfig(template="no placeholder")

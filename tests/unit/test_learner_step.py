@@ -9,7 +9,8 @@ from hsd_ray.config import Config
 from hsd_ray.core import losses
 from hsd_ray.core.batch import HindsightBatch, pack_sequences, reply_logits
 from hsd_ray.core.policy import ReferencePolicy, apply_lora, export_weights, make_optimizer
-from hsd_ray.core.step import learner_step, score_turns
+from hsd_ray.core.scoring import score_turns
+from hsd_ray.core.train_step import learner_step
 from hsd_ray.core.turns import Turn
 from hsd_ray.engines.hf import HFEngine
 
@@ -34,10 +35,11 @@ def engine(tiny_model_dir):
 def _teacher_logits(engine, turns, cfg):
     """Frozen hindsight-teacher logits aligned with the student batch's target positions."""
     from hsd_ray.core.hindsight import build_example
+    from hsd_ray.core.prompts import template_text
 
     h = cfg.hindsight
     ex = [
-        build_example(engine.tokenizer, t, template=h.template_text(), max_context_tokens=h.max_context_tokens,
+        build_example(engine.tokenizer, t, template=template_text(h.template), max_context_tokens=h.max_context_tokens,
                       max_reply_tokens=h.max_reply_tokens)
         for t in turns
     ]
@@ -143,8 +145,8 @@ def test_full_weights_round_trip_keeps_lm_head_tied(engine, tiny_model_dir):
 
 
 def test_hf_generate_seeds_prompt_i_with_seed_plus_i(engine):
-    from hsd_ray.core.hindsight import render_prompt
-    from hsd_ray.engines.base import SamplingParams
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.core.engine_api import SamplingParams
 
     prompt = render_prompt(engine.tokenizer, [{"role": "user", "content": "Tell me a story."}])
     twice = engine.generate([prompt, prompt], SamplingParams(max_tokens=12, temperature=1.0, seed=11))

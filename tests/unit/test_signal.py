@@ -72,7 +72,7 @@ def test_scores_match_an_independent_forward_pass(capsys, tok, tiny_model_dir):
     unbatched full-logits forward of the same model (not through the engine's packing)."""
     from transformers import AutoModelForCausalLM
 
-    from hsd_ray.config import HINDSIGHT_TEMPLATES
+    from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES
 
     rc, out, _ = _run(capsys, [*BASE, "--json"])
     tokens = json.loads(out)["tokens"]

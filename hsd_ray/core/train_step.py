@@ -1,8 +1,4 @@
-"""Hindsight scoring of turns (teacher side) and one learner step (learner side).
-
-`score_turns` builds the hindsight examples of a list of turns and scores them with any Engine in one batched call:
-the teacher context (x + o) and the baseline context (plain x for the paper's A_i, or x + reference follow-up for the
-contrastive variant) are both scored by the *same* weights, so A_i never mixes policy versions.
+"""One learner step: the distillation loss on a HindsightBatch and the optimizer update (learner side).
 
 `learner_step` turns a HindsightBatch into one optimizer step for full fine-tuning or LoRA (the model may be wrapped
 in DDP by Ray Train); returns metrics. Deviations from the paper (arXiv 2603.12273), all configurable:
@@ -17,53 +13,13 @@ from typing import TYPE_CHECKING
 
 import math
 
-import numpy as np
 import torch
 
 from hsd_ray.core import losses
 from hsd_ray.core.batch import HindsightBatch, reply_logits
-from hsd_ray.core.hindsight import build_example
-from hsd_ray.core.turns import Turn, TurnScores
 
 if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
-    from hsd_ray.config import HindsightConfig, LossConfig
-
-
-def score_turns(engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: LossConfig) -> list[Turn]:
-    """Attach TurnScores to each turn (in place, and returned). One engine.score call for the whole list."""
-    from hsd_ray.engines.base import ScoreRequest
-
-    ref = hcfg.reference_followup if lcfg.baseline == "reference_followup" else None
-    examples = [
-        build_example(
-            engine.tokenizer,
-            t,
-            template=hcfg.template_text(),
-            max_context_tokens=hcfg.max_context_tokens,
-            max_reply_tokens=hcfg.max_reply_tokens,
-            reference_followup=ref,
-        )
-        for t in turns
-    ]
-    requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
-    requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
-    top_k = lcfg.top_k if lcfg.kind == "topk" else 0
-    scored = engine.score(requests, top_k=top_k)
-    version = engine.version.version
-    for i, (t, e) in enumerate(zip(turns, examples)):
-        teacher, baseline = scored[i], scored[len(examples) + i]
-        t.scores = TurnScores(
-            student_prompt_ids=np.asarray(e.student_prompt_ids, dtype=np.int64),
-            target_ids_T=np.asarray(e.target_ids, dtype=np.int64),
-            teacher_logp_T=teacher.logp_T,
-            baseline_logp_T=baseline.logp_T,
-            teacher_topk_ids_T_K=teacher.topk_ids_T_K,
-            teacher_topk_logp_T_K=teacher.topk_logp_T_K,
-            teacher_version=version,
-            teacher_prompt_tokens=len(e.teacher_prompt_ids),
-            baseline_prompt_tokens=len(e.baseline_prompt_ids),
-        )
-    return turns
+    from hsd_ray.config import LossConfig
 
 
 def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) -> tuple[torch.Tensor, dict]:

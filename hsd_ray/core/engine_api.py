@@ -1,0 +1,80 @@
+"""The engine interface and its records: what the core asks of an engine, and what it gets back.
+
+Implementations live in hsd_ray/engines (`HFEngine`: transformers, `VLLMEngine`: vLLM prompt-logprob mode). They take
+token ids in and give token ids / log-probs out; chat templating and hindsight construction happen in
+hsd_ray.core.prompts / hsd_ray.core.hindsight so that both engines see byte-identical prompts.
+
+Weights change by `load_weights(WeightSet)`: a full state dict or a LoRA adapter, tagged with its `PolicyVersion`.
+An update either fully applies or raises and leaves the previous version serving.
+
+Pure: no torch, no Ray; numpy arrays in the score records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from hsd_ray.core.weights import PolicyVersion, WeightSet
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None  # reproducible sampling; prompt i of a batch is drawn with seed + i (both engines), so
+    # repeated prompts in one batch are distinct samples
+
+
+@dataclass
+class Generation:
+    """A generated reply. `token_ids` exclude the end-of-turn token; `finished` is True when the model stopped on its
+    own (EOS or a stop string) and False when it hit max_tokens."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]  # raw-model log-prob of each generated id (temperature 1, before top-p)
+    finished: bool
+    prompt_tokens: int
+    version: PolicyVersion
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.finished else "length"
+
+
+@dataclass
+class ScoreRequest:
+    """Score `target_ids` as a continuation of `prompt_ids` (teacher forcing)."""
+
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+
+@dataclass
+class TokenScores:
+    """Per-target-token results of one ScoreRequest (T = len(target_ids))."""
+
+    logp_T: np.ndarray  # float32 [T]: log p(target_i | prompt, target_<i)
+    topk_ids_T_K: np.ndarray | None = None  # int64 [T, K]: the K most likely tokens at each position
+    topk_logp_T_K: np.ndarray | None = None  # float32 [T, K]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Generation + scoring + versioned weights, over token ids."""
+
+    tokenizer: object  # a transformers tokenizer (for chat templates and decoding)
+
+    @property
+    def version(self) -> PolicyVersion: ...
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
+
+    def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]: ...
+
+    def load_weights(self, weights: WeightSet) -> None: ...

@@ -1,0 +1,58 @@
+"""Hindsight scoring of turns: what a teacher does to a leased batch (arXiv 2603.12273, §3).
+
+`score_turns` builds the hindsight examples of a list of turns and scores them with any Engine in one batched call:
+the teacher context (x + o) and the baseline context (plain x for the paper's A_i, or x + reference follow-up for the
+contrastive variant, ours) are both scored by the *same* weights, so A_i never mixes policy versions. The results
+travel on the Turn as `TurnScores` to the learner (core/train_step.py).
+
+Pure apart from the engine call: config sections are read by attribute only (never imported at run time).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hsd_ray.core.engine_api import Engine, ScoreRequest
+from hsd_ray.core.hindsight import build_example
+from hsd_ray.core.prompts import template_text
+from hsd_ray.core.turns import Turn, TurnScores
+
+if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
+    from hsd_ray.config import HindsightConfig, LossConfig
+
+
+def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: LossConfig) -> list[Turn]:
+    """Attach TurnScores to each turn (in place, and returned). One engine.score call for the whole list."""
+    ref = hcfg.reference_followup if lcfg.baseline == "reference_followup" else None
+    examples = [
+        build_example(
+            engine.tokenizer,
+            t,
+            template=template_text(hcfg.template),
+            max_context_tokens=hcfg.max_context_tokens,
+            max_reply_tokens=hcfg.max_reply_tokens,
+            reference_followup=ref,
+        )
+        for t in turns
+    ]
+    requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
+    requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
+    top_k = lcfg.top_k if lcfg.kind == "topk" else 0
+    scored = engine.score(requests, top_k=top_k)
+    version = engine.version.version
+    for i, (t, e) in enumerate(zip(turns, examples)):
+        teacher, baseline = scored[i], scored[len(examples) + i]
+        t.scores = TurnScores(
+            student_prompt_ids=np.asarray(e.student_prompt_ids, dtype=np.int64),
+            target_ids_T=np.asarray(e.target_ids, dtype=np.int64),
+            teacher_logp_T=teacher.logp_T,
+            baseline_logp_T=baseline.logp_T,
+            teacher_topk_ids_T_K=teacher.topk_ids_T_K,
+            teacher_topk_logp_T_K=teacher.topk_logp_T_K,
+            teacher_version=version,
+            teacher_prompt_tokens=len(e.teacher_prompt_ids),
+            baseline_prompt_tokens=len(e.baseline_prompt_ids),
+        )
+    return turns
