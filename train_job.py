@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -35,10 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.job.max_steps is None and cfg.job.duration_s is None:
         print("train_job.py: runs until Ctrl-C (set --max-steps or --duration to stop by itself)", file=sys.stderr)
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from hsd_ray.loop.job import run_job
 
     summary = run_job(cfg)
-    print(f"[job] done: {summary}")
+    logging.getLogger("hsd_ray.job").info("[job] done: %s", summary)
     return 0
 
 

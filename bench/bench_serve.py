@@ -17,9 +17,7 @@ import json
 import logging
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,26 +70,22 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from hsd_ray.config import Config
-    from hsd_ray.loop import NAMESPACE
-    from hsd_ray.loop.job import disconnect
-    from hsd_ray.loop.serve import _http_port, build_app
+    from hsd_ray.loop.runtime import local_ray
+    from hsd_ray.loop.serve import build_app, serving_port
     from hsd_ray.models import resolve_model
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     resolve_model(args.model)
     cfg = Config.load(overrides=[f"model={args.model}", f"engine.kind={args.engine}", "capture.enabled=false",
                                  f"serve.max_tokens={args.max_tokens}", f"serve.port={free_port()}", *args.overrides])
-    temp = tempfile.mkdtemp(prefix="hsdbs-", dir="/tmp")
-    ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False, namespace=NAMESPACE,
-             _temp_dir=temp, log_to_driver=False, logging_level=logging.WARNING)
     apps = {"unbatched": 1, "batched": args.max_batch}
     out: dict = {"config": {**{k: v for k, v in vars(args).items()}},
                  "env": {"ray": ray.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
                          "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()[0]}}
     t_start = time.perf_counter()
-    try:
+    with local_ray(num_cpus=max(8, os.cpu_count() or 1), log_to_driver=False, quiet=True, keep_logs_on_error=False):
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.serve.port})
-        port = _http_port(cfg.serve.port)
+        port = serving_port(cfg.serve.port)
         urls = {}
         for name, max_batch in apps.items():
             c = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"max_batch": max_batch})})
@@ -119,9 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         out["ratio_p50"] = out["batched"]["p50_s"] / out["unbatched"]["p50_s"]
         out["wall_s"] = time.perf_counter() - t_start
         out["env"]["loadavg_end"] = os.getloadavg()[0]
-    finally:
-        disconnect()
-        shutil.rmtree(temp, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"bench_serve-{Path(args.model).name}-{args.engine}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")

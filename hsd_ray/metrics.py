@@ -1,6 +1,9 @@
 """Every metric the system exports, in one place (Ray's Prometheus endpoint / dashboard; names get a `ray_` prefix
 there). Metrics are created lazily per process, so importing this module costs nothing and works without Ray.
 
+`Tally` is the one source of truth for an actor's event counts: one `add` both exports the metric and keeps the
+snapshot that the actor's `stats()` returns, so the two can never disagree.
+
 Funnel: replies recorded → turns captured / unmatched / expired → queue depth → dropped → scored → trained.
 """
 
@@ -84,3 +87,45 @@ def observe(name: str, value: float, **tags: str) -> None:
         _get(name).observe(value, tags=tags or None)
     except Exception:  # noqa: BLE001
         pass
+
+
+class Tally:
+    """An actor's event counts, kept for `stats()` and exported as metrics by the same call.
+
+    `metric_of` maps each count's key to the metric it exports (None: kept, not exported); `labels` lists, for keys
+    counted by one label (e.g. drops by reason), the labels to report even while they are zero. A labelled key is
+    exported with the metric's single tag set to the label.
+    """
+
+    def __init__(self, metric_of: dict[str, str | None], labels: dict[str, tuple[str, ...]] | None = None):
+        labels = labels or {}
+        for name in metric_of.values():
+            if name is not None and name not in METRICS:
+                raise KeyError(f"unknown metric {name!r}: declare it in METRICS")
+        self._metric_of = dict(metric_of)
+        self._counts: dict[str, int | dict[str, int]] = {
+            key: {label: 0 for label in labels[key]} if key in labels else 0 for key in metric_of
+        }
+
+    def add(self, key: str, n: int = 1, label: str | None = None) -> None:
+        if n <= 0:
+            return
+        if label is None:
+            self._counts[key] += n
+        else:
+            by_label = self._counts[key]
+            by_label[label] = by_label.get(label, 0) + n
+        name = self._metric_of[key]
+        if name is not None:
+            tags = {METRICS[name][2][0]: label} if label is not None else {}
+            inc(name, n, **tags)
+
+    def __getitem__(self, key: str):
+        return self._counts[key]
+
+    def total(self, key: str) -> int:
+        value = self._counts[key]
+        return sum(value.values()) if isinstance(value, dict) else value
+
+    def snapshot(self) -> dict:
+        return {k: dict(v) if isinstance(v, dict) else v for k, v in self._counts.items()}

@@ -37,7 +37,7 @@ def ray_session():
         log_to_driver=True,
     )
     yield ray
-    from hsd_ray.loop.job import disconnect
+    from hsd_ray.loop.runtime import disconnect
 
     disconnect()
 

@@ -29,6 +29,7 @@ import ray
 from bench.learning.preferences import Preference, count_words
 from bench.learning.prompts import PromptSets
 from bench.learning.users import MODEL_NAME
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion
 
 
 def _poll(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -57,12 +58,12 @@ def wait_for_drain(loop, batch_turns: int, followups_sent: int, learner=None, ti
 
     def idle_once() -> bool:
         check_learner()
-        q, progress, latest = ray.get([loop.queue.stats.remote(), loop.control.get_progress.remote(),
-                                       loop.registry.latest.remote("base")])
+        q, progress = loop.queue.stats(), ray.get(loop.control.get_progress.remote())
+        latest = loop.registry.latest()
         if q["pending"] + q["leased"] + q["training"] > 0 or q["scored"] >= batch_turns:
             return False
         step = progress.get("step", 0)
-        published_step = latest[0].step if latest is not None else 0
+        published_step = latest.version.step if latest is not None else 0
         return q["trained"] == step * batch_turns and published_step >= step
 
     _poll(lambda: idle_once() and (time.sleep(1.0) or idle_once()), timeout, "the learner to catch up")
@@ -71,8 +72,8 @@ def wait_for_drain(loop, batch_turns: int, followups_sent: int, learner=None, ti
 
 def wait_until_serving(loop, client, replicas: int = 1, timeout: float = 300.0) -> str:
     """The fingerprint of the latest published version, once `replicas` probes in a row answer with it."""
-    latest = ray.get(loop.registry.latest_version.remote("base"))
-    expected = f"hsd-base-v{max(latest, 0)}"
+    latest = loop.registry.latest_version()
+    expected = PolicyVersion(BASE_ADAPTER, max(latest, 0)).fingerprint()
 
     def serving() -> bool:
         for _ in range(replicas):
@@ -97,12 +98,12 @@ def _base_weights(model_dir: str):
 
     from safetensors.torch import load_file
 
-    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.core.weights import WeightSet
 
     tensors: dict = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         tensors.update(load_file(str(f)))
-    return WeightSet(PolicyVersion("base", 0), "full", tensors)
+    return WeightSet(PolicyVersion(BASE_ADAPTER, 0), "full", tensors)
 
 
 class Evaluator:
@@ -193,12 +194,11 @@ class Evaluator:
                 _ENGINES[key] = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind))
             self._engine = _ENGINES[key]
         engine = self._engine
-        entry = ray.get(loop.registry.latest.remote("base"))
-        if entry is None and engine.version.version != 0:  # a new run: back to the base weights
+        latest = loop.registry.latest()
+        if latest is None and engine.version.version != 0:  # a new run: back to the base weights
             engine.load_weights(_base_weights(self.model_dir))
-        if entry is not None and entry[0].version != engine.version.version:
-            _, (ref,) = entry
-            engine.load_weights(ray.get(ref))
+        if latest is not None and latest.version.version != engine.version.version:
+            engine.load_weights(ray.get(latest.ref))
         if expected_fingerprint is not None and engine.version.fingerprint() != expected_fingerprint:
             raise RuntimeError(f"evaluation engine is on {engine.version.fingerprint()}, replicas serve "
                                f"{expected_fingerprint}: a version was published during the evaluation")

@@ -3,8 +3,8 @@ seed with `--control` — bring the online loop up on a local Ray, let simulated
 evaluate before training and every K interactions. Called by `python -m bench.learning` (see __init__ for the CLI).
 
 Per run: `ray.init(address="local")` (unless Ray is already initialised, e.g. by a test fixture: then that Ray is
-used and left running), `start_loop(cfg)` (Serve chat + capture + queue + teacher), `LearnerThread(cfg)` (Ray Train,
-`job.max_steps` large), users and evaluations, then `control.request_stop()`, `_teardown`, `ray.shutdown()`.
+used and left running), `running_loop(cfg)` (Serve chat + capture + queue + teacher + a Ray Train learner with
+`job.max_steps` large), users and evaluations, then `loop.stop_learner()`; the loop and Ray are torn down on exit.
 The result JSON is rewritten after every run (a crash keeps the finished runs); the PNG and the summary tables are
 produced at the end.
 """
@@ -68,31 +68,20 @@ def ray_runtime(args):
     log lines about killed workers (e.g. the memory monitor) are attached to the exception."""
     import ray
 
+    from hsd_ray.loop.runtime import local_ray
+
     if ray.is_initialized():
         yield
         return
-    from hsd_ray.loop import NAMESPACE
-
-    temp = tempfile.mkdtemp(prefix="hsdlb-", dir="/tmp")  # short path: Ray's unix sockets have a length limit
-    ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
-             object_store_memory=args.object_store_mb * 2**20, namespace=NAMESPACE, _temp_dir=temp,
-             log_to_driver=args.verbose, logging_level=logging.WARNING)
-    failed = False
-    try:
-        yield
-    except Exception as e:
-        failed = True
-        kills = _worker_kill_lines(temp)
-        if kills:
-            raise RuntimeError(f"{type(e).__name__}: {e}\nraylet: " + "\nraylet: ".join(kills)
-                               + f"\n(Ray logs kept in {temp}/session_latest/logs)") from e
-        raise RuntimeError(f"{type(e).__name__}: {e}\n(Ray logs kept in {temp}/session_latest/logs)") from e
-    finally:
-        from hsd_ray.loop.job import disconnect
-
-        disconnect()
-        if not failed:
-            shutil.rmtree(temp, ignore_errors=True)
+    with local_ray(num_cpus=max(8, os.cpu_count() or 1), object_store_bytes=args.object_store_mb * 2**20,
+                   log_to_driver=args.verbose, quiet=True) as temp:
+        try:
+            yield
+        except Exception as e:
+            kills = _worker_kill_lines(temp)
+            if kills:
+                e.add_note("raylet: " + "\nraylet: ".join(kills))
+            raise
 
 
 def _worker_kill_lines(temp: str, limit: int = 5) -> list[str]:
@@ -113,7 +102,7 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
 
     from bench.learning.evaluate import Evaluator, wait_for_drain, wait_until_serving
     from bench.learning.users import SimulatedUsers
-    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
     from hsd_ray.models import resolve_model
 
     t_start = time.time()
@@ -126,13 +115,11 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
                  "evals": [], "loadavg_start": os.getloadavg()[0]}
     timings = {"startup_s": 0.0, "users_s": 0.0, "drain_s": 0.0, "eval_s": 0.0, "teardown_s": 0.0}
     try:
-        with ray_runtime(args):
-            loop = start_loop(cfg)
+        with ray_runtime(args), running_loop(cfg, learner=False) as loop:
             learner = None
             try:
                 client = OpenAI(base_url=loop.base_url, api_key="bench", max_retries=2, timeout=600)
-                learner = LearnerThread(cfg)
-                learner.start()
+                learner = loop.start_learner()
                 users = SimulatedUsers(client, preference, prompts, seed=seed, n_users=args.users,
                                        max_tokens=args.max_tokens, temperature=cfg.serve.temperature,
                                        top_p=cfg.serve.top_p, followup_max_tokens=args.followup_max_tokens,
@@ -174,13 +161,8 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
                 run["users"] = users.stats.to_dict()
             finally:
                 t0 = time.time()
-                loop.control.request_stop.remote()
-                if learner is not None:
-                    learner.join(timeout=600)
-                try:
-                    run["final_stats"] = loop.stats()
-                finally:
-                    _teardown(loop)
+                loop.stop_learner()
+                run["final_stats"] = loop.stats()
                 timings["teardown_s"] = time.time() - t0
             if learner is not None and learner.error is not None:
                 raise RuntimeError(f"learner failed: {learner.error!r}")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hsd_ray.core.weights import PolicyVersion, WeightSet
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
 
 if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
     from hsd_ray.config import LearnerConfig, LoraConfig
@@ -50,7 +50,7 @@ def make_optimizer(model, cfg: LearnerConfig):
     return optimizer, scheduler
 
 
-def export_weights(model, version: int, step: int, adapter_id: str = "base") -> WeightSet:
+def export_weights(model, version: int, step: int, adapter_id: str = BASE_ADAPTER) -> WeightSet:
     """A detached CPU copy of what serving needs: the adapter only when training LoRA, else the full state dict."""
     model = unwrap(model)
     pv = PolicyVersion(adapter_id=adapter_id, version=version, step=step, created_at=time.time())

@@ -20,13 +20,15 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from hsd_ray.core.weights import BASE_ADAPTER
+
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
 VALID_ROLES = ("system", "user", "assistant")
 
 
 @dataclass
 class TurnScores:
-    """What a teacher computed for one turn; arrays are per scored reply token (T = len(Turn.target_ids)).
+    """What a teacher computed for one turn; arrays are per scored reply token (T = len(TurnScores.target_ids_T)).
 
     `teacher_logp_T`: log π(y_i | x, o, y_<i); `baseline_logp_T`: log-prob of y_i under the baseline context (the plain
     student context, or the hindsight context with the reference follow-up); top-k arrays are the teacher's k most
@@ -52,7 +54,7 @@ class Turn:
     reply: str  # y as text
     followup: str  # o: the user's next message
     user_id: str = "anonymous"
-    adapter_id: str = "base"  # which weight set this turn trains (per-user LoRA later; "base" = shared policy)
+    adapter_id: str = BASE_ADAPTER  # which weight set this turn trains (per-user LoRA later)
     reply_token_ids: list[int] | None = None  # exact ids the policy sampled (None for logged data)
     reply_logprobs: list[float] | None = None  # log-probs of those ids at serving time (for importance weights)
     reply_finished: bool = True  # the reply ended on its own (EOS), not cut by max_tokens
@@ -63,10 +65,11 @@ class Turn:
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     scores: TurnScores | None = None
 
-    def approx_tokens(self) -> int:
-        """Cheap size estimate for batching before tokenisation (4 chars ≈ 1 token)."""
-        chars = sum(len(m["content"]) for m in self.context) + len(self.reply) + len(self.followup)
-        return chars // 4 + 16
+    def is_scorable(self) -> bool:
+        """A turn can be scored in hindsight (and so trained on) when its context has a user message to attach the
+        follow-up to and the reply is not empty. The one place this rule lives: readers, teachers and the learner ask
+        the turn."""
+        return any(m["role"] == "user" for m in self.context) and bool(self.reply_token_ids or self.reply)
 
 
 class TurnFormatError(ValueError):
@@ -125,18 +128,15 @@ def turns_from_conversation(
     turns = []
     for i in range(1, len(messages) - 1):
         if messages[i]["role"] == "assistant" and messages[i + 1]["role"] == "user":
-            context = trim_context(messages[:i], max_context_messages)
-            if not any(m["role"] == "user" for m in context):
-                continue  # a reply with no user message before it has no prompt to learn from
-            turns.append(
-                Turn(
-                    context=context,
-                    reply=messages[i]["content"],
-                    followup=messages[i + 1]["content"],
-                    user_id=user_id,
-                    source=source,
-                )
+            turn = Turn(
+                context=trim_context(messages[:i], max_context_messages),
+                reply=messages[i]["content"],
+                followup=messages[i + 1]["content"],
+                user_id=user_id,
+                source=source,
             )
+            if turn.is_scorable():  # a reply with no user message before it has no prompt to learn from
+                turns.append(turn)
     return turns
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+BASE_ADAPTER = "base"  # adapter id of the shared policy (per-user adapters get their own ids)
+
 
 @dataclass(frozen=True)
 class PolicyVersion:
     """Identity of a weight set: which adapter (the shared policy is "base") and its monotonic version number."""
 
-    adapter_id: str = "base"
+    adapter_id: str = BASE_ADAPTER
     version: int = 0
     step: int = 0  # learner optimizer step that produced it
     created_at: float = 0.0

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from hsd_ray.core.engine_api import PolicyVersion
-from hsd_ray.core.weights import WeightLoadError, WeightSet
+from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet
 
 
 class VersionedWeights:

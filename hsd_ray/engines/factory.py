@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hsd_ray.core.weights import BASE_ADAPTER
+
 if TYPE_CHECKING:  # pragma: no cover
     from hsd_ray.config import EngineConfig
     from hsd_ray.core.engine_api import Engine
@@ -19,7 +21,7 @@ def make_engine(
     ecfg: "EngineConfig",
     *,
     enable_lora: bool = False,
-    adapter_id: str = "base",
+    adapter_id: str = BASE_ADAPTER,
     score_token_budget: int = 8192,
 ) -> "Engine":
     """An `HFEngine` (kind="hf") or a `VLLMEngine` (kind="vllm") for the model in `model_dir`.

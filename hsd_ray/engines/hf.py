@@ -16,7 +16,7 @@ import torch
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
 from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, ScoreRequest, TokenScores
 from hsd_ray.core.policy import tied_aliases
-from hsd_ray.core.weights import WeightLoadError, WeightSet
+from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet
 from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text, validate_tensors
 from hsd_ray.models import load_model_and_tokenizer
 
@@ -31,7 +31,7 @@ class HFEngine(VersionedWeights):
         dtype: str = "float32",
         device: str = "cpu",
         score_token_budget: int = 8192,
-        adapter_id: str = "base",
+        adapter_id: str = BASE_ADAPTER,
     ):
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir, dtype, device)

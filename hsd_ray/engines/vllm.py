@@ -82,7 +82,7 @@ from hsd_ray.core.engine_api import (  # noqa: E402
     TokenScores,
 )
 from hsd_ray.core.policy import tied_aliases  # noqa: E402
-from hsd_ray.core.weights import WeightLoadError, WeightSet  # noqa: E402
+from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet  # noqa: E402
 from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text, validate_tensors  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class VLLMEngine(VersionedWeights):
         enforce_eager: bool = True,
         enable_lora: bool = False,
         max_lora_rank: int = 64,
-        adapter_id: str = "base",
+        adapter_id: str = BASE_ADAPTER,
         seed: int = 0,
         enable_prefix_caching: bool = True,
         keep_torch_threads: bool = True,

@@ -16,6 +16,10 @@ that fails is retried on the next poll; a weight set an engine *rejects* is reme
 keeps serving what it had.
 
 Versions are monotonic per adapter id; the registry keeps the last `keep_versions` sets alive (rollback later).
+
+`VersionRegistry` is the registry actor's class (started by loop/job.py); `RegistryClient` is how the learner calls
+it; a chat replica runs a `RegistryAttachment`, which finds the registry when it appears (the service also runs
+standalone) and keeps a `WeightFollower` attached to it, re-attaching if the registry is replaced.
 """
 
 from __future__ import annotations
@@ -23,62 +27,92 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import ray
 
 from hsd_ray import metrics
-from hsd_ray.core.weights import PolicyVersion, WeightSet
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
+from hsd_ray.loop import NAMESPACE
 
 REGISTRY_ACTOR_NAME = "hsd-version-registry"
+LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing (or replaced) registry actor
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PublishedWeights:
+    """A version as the registry holds it: its identity and the ObjectRef of its `WeightSet` (never resolved in
+    transit: Ray passes a reference nested in a record as a reference)."""
+
+    version: PolicyVersion
+    ref: Any  # ray.ObjectRef[WeightSet]
+
+
 class VersionRegistry:
-    """Plain class; `ray.remote(VersionRegistry)` makes the registry actor."""
+    """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME)."""
 
     def __init__(self, keep_versions: int = 2):
         self.keep_versions = keep_versions
-        self._versions: dict[str, list[tuple[PolicyVersion, list]]] = {}  # adapter -> [(version, [ref])], oldest first
+        self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> versions, oldest first
 
-    def publish(self, version: PolicyVersion, ref_box: list, durable: bool = False) -> bool:
+    def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
         """Register a version. `durable` re-puts the set so this actor owns a copy that outlives the publisher (used
         for the final version of a run: the learner process exits right after)."""
+        version = published.version
         history = self._versions.setdefault(version.adapter_id, [])
-        if history and version.version <= history[-1][0].version:
+        if history and version.version <= history[-1].version.version:
             return False  # never go backwards (a stale learner must not overwrite a newer policy)
         if durable:
-            ref_box = [ray.put(ray.get(ref_box[0]))]
-        history.append((version, ref_box))  # holding the ref keeps the object alive while its owner lives
+            published = PublishedWeights(version, ray.put(ray.get(published.ref)))
+        history.append(published)  # holding the ref keeps the object alive while its owner lives
         del history[: -self.keep_versions]
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
         return True
 
-    def persist_latest(self, adapter_id: str = "base") -> int:
+    def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         """Make the latest version durable (own a copy) without publishing a new one; returns its number."""
         history = self._versions.get(adapter_id)
         if not history:
             return -1
-        version, (ref,) = history[-1]
-        history[-1] = (version, [ray.put(ray.get(ref))])
-        return version.version
+        latest = history[-1]
+        history[-1] = PublishedWeights(latest.version, ray.put(ray.get(latest.ref)))
+        return latest.version.version
 
-    def latest_version(self, adapter_id: str = "base") -> int:
+    def latest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
         history = self._versions.get(adapter_id)
-        return history[-1][0].version if history else -1
+        return history[-1].version.version if history else -1
 
-    def latest(self, adapter_id: str = "base") -> tuple[PolicyVersion, list] | None:
+    def latest(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
         history = self._versions.get(adapter_id)
         return history[-1] if history else None
 
-    def versions(self, adapter_id: str = "base") -> list[PolicyVersion]:
-        return [v for v, _ in self._versions.get(adapter_id, [])]
+
+class RegistryClient:
+    """Typed calls on the registry actor (blocking)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @classmethod
+    def lookup(cls) -> "RegistryClient":
+        return cls(ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE))
+
+    def latest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        return ray.get(self.handle.latest_version.remote(adapter_id))
+
+    def latest(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
+        return ray.get(self.handle.latest.remote(adapter_id))
+
+    def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
+        return ray.get(self.handle.persist_latest.remote(adapter_id))
 
 
 def publish(registry, weights: WeightSet, durable: bool = False) -> float:
     """Put `weights` into the object store once and register it (see VersionRegistry.publish). Returns seconds."""
     t0 = time.perf_counter()
-    ref = ray.put(weights)
-    ok = ray.get(registry.publish.remote(weights.version, [ref], durable))
+    ok = ray.get(registry.publish.remote(PublishedWeights(weights.version, ray.put(weights)), durable))
     dt = time.perf_counter() - t0
     if ok:
         metrics.observe("hsd_broadcast_s", dt)
@@ -89,7 +123,7 @@ class WeightFollower:
     """Keeps one engine on the latest published version of its adapter. `poll()` does one check; `start()` runs
     polls on a daemon thread every `poll_s` seconds."""
 
-    def __init__(self, engine, registry, *, role: str, adapter_id: str = "base", poll_s: float = 0.5):
+    def __init__(self, engine, registry, *, role: str, adapter_id: str = BASE_ADAPTER, poll_s: float = 0.5):
         self.engine, self.registry, self.role, self.adapter_id, self.poll_s = engine, registry, role, adapter_id, poll_s
         self._rejected: set[int] = set()
         self._stop = threading.Event()
@@ -102,13 +136,13 @@ class WeightFollower:
         current = self.engine.version.version
         if latest <= current or latest in self._rejected:
             return False
-        entry = ray.get(self.registry.latest.remote(self.adapter_id))
-        if entry is None:
+        published = ray.get(self.registry.latest.remote(self.adapter_id))
+        if published is None:
             return False
-        version, (ref,) = entry
+        version = published.version
         t0 = time.perf_counter()
         try:
-            weights: WeightSet = ray.get(ref)
+            weights: WeightSet = ray.get(published.ref)
         except Exception as e:  # noqa: BLE001 - e.g. the learner that owns it died: keep serving, retry later
             self.last_error = f"fetch v{version.version}: {e}"
             return False
@@ -175,3 +209,37 @@ class BackgroundPublisher:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+
+
+class RegistryAttachment:
+    """A replica's link to the registry: looks for the registry actor every LOOKUP_RETRY_S on a daemon thread and keeps
+    a started `WeightFollower` on the current one (a restarted registry is a new actor: the follower is replaced)."""
+
+    def __init__(self, engine, *, role: str, poll_s: float, where: str = "replica"):
+        self.engine, self.role, self.poll_s, self.where = engine, role, poll_s, where
+        self.follower: WeightFollower | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="hsd-registry-attach", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.follower is not None:
+            self.follower.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                registry = ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE)
+            except Exception:  # noqa: BLE001 - not running (standalone), or Ray briefly unreachable
+                registry = None
+            current = self.follower.registry if self.follower is not None else None
+            if registry is not None and _actor_id(registry) != _actor_id(current):
+                if self.follower is not None:
+                    self.follower.stop()
+                self.follower = WeightFollower(self.engine, registry, role=self.role, poll_s=self.poll_s).start()
+                log.info("%s follows the weight registry", self.where)
+            self._stop.wait(LOOKUP_RETRY_S)
+
+
+def _actor_id(handle) -> object:
+    return getattr(handle, "_actor_id", None) if handle is not None else None

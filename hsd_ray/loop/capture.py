@@ -12,10 +12,16 @@ before it, its text) — `hsd_ray.core.turns.reply_key`:
 - a matched reply is removed from the ledger, so re-sending the same transcript does not train twice.
 
 Nothing about a user is kept here that `forget_user` cannot find and delete.
+
+`ReplyLedger` is the ledger actor's class (started by loop/job.py). `CaptureClient` is what a chat replica holds: it
+finds the ledger lazily (the service also runs standalone), shows it follow-ups without waiting, records replies with
+a bounded wait, and counts every failure — capture can never fail a chat.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -24,8 +30,18 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
+from hsd_ray.loop import NAMESPACE
+from hsd_ray.loop.queue import QueueClient, TurnRef
 
 LEDGER_ACTOR_NAME = "hsd-reply-ledger"
+LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing ledger actor
+
+# What `ReplyLedger.observe` says happened to a request.
+NO_FOLLOWUP = "no_followup"  # the request does not end in [assistant, user]
+UNMATCHED = "unmatched"  # the assistant message is not a reply this service recorded (edited, foreign, expired)
+CAPTURED = "captured"  # a turn was emitted to the queue
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,34 +64,36 @@ class ReplyLedger:
     blocks on anything, so the chat path's calls return in milliseconds."""
 
     def __init__(self, queue, reply_ttl_s: float = 1800.0, max_context_messages: int = 5, max_entries: int = 100_000):
-        self.queue = queue  # TurnQueue actor handle (None: capture records but emits nowhere, for tests)
+        self.queue = QueueClient(queue) if queue is not None else None  # None: records, emits nowhere (tests)
         self.reply_ttl_s, self.max_context_messages, self.max_entries = reply_ttl_s, max_context_messages, max_entries
         self._replies: OrderedDict[str, ServedReply] = OrderedDict()  # insertion order == age order
-        self.counts = {"recorded": 0, "captured": 0, "unmatched": 0, "expired": 0, "evicted": 0, "forgotten": 0}
+        self.tally = metrics.Tally({
+            "recorded": "hsd_replies_recorded_total", CAPTURED: "hsd_turns_captured_total",
+            UNMATCHED: "hsd_turns_unmatched_total", "expired": "hsd_replies_expired_total",
+            "evicted": None, "forgotten": None,
+        })
 
     def record(self, reply: ServedReply) -> str:
         self.sweep()
         key = reply_key(reply.user_id, reply.context, reply.reply)
         self._replies.pop(key, None)
         self._replies[key] = reply
-        self.counts["recorded"] += 1
-        metrics.inc("hsd_replies_recorded_total")
+        self.tally.add("recorded")
         while len(self._replies) > self.max_entries:  # bounded memory: the oldest unanswered reply goes first
             self._replies.popitem(last=False)
-            self.counts["evicted"] += 1
+            self.tally.add("evicted")
         return key
 
     def observe(self, user_id: str, messages: list[Message], received_at: float | None = None) -> str:
         """Look at a new request; if it follows one of our replies, emit the turn. Returns what happened."""
         self.sweep()
         if len(messages) < 2 or messages[-1]["role"] != "user" or messages[-2]["role"] != "assistant":
-            return "no_followup"
+            return NO_FOLLOWUP
         before, reply, followup = messages[:-2], messages[-2]["content"], messages[-1]["content"]
         served = self._replies.pop(reply_key(user_id, before, reply), None)
         if served is None:
-            self.counts["unmatched"] += 1
-            metrics.inc("hsd_turns_unmatched_total")
-            return "unmatched"
+            self.tally.add(UNMATCHED)
+            return UNMATCHED
         turn = Turn(
             context=trim_context(before, self.max_context_messages),
             reply=served.reply,
@@ -90,12 +108,11 @@ class ReplyLedger:
             followup_at=received_at or time.time(),
             source="live",
         )
-        self.counts["captured"] += 1
-        metrics.inc("hsd_turns_captured_total")
+        self.tally.add(CAPTURED)
         if self.queue is not None:
             # Put once here; only the reference travels on. Not awaited: the queue never blocks capture.
-            self.queue.put.remote([(turn.turn_id, turn.user_id, [ray.put(turn)])])
-        return "captured"
+            self.queue.put_nowait([TurnRef.put(turn)])
+        return CAPTURED
 
     def sweep(self) -> int:
         """Expire replies older than the TTL (oldest first; stops at the first young one)."""
@@ -106,17 +123,89 @@ class ReplyLedger:
                 break
             del self._replies[key]
             n += 1
-        self.counts["expired"] += n
-        metrics.inc("hsd_replies_expired_total", n)
+        self.tally.add("expired", n)
         return n
 
     def forget_user(self, user_id: str) -> int:
         keys = [k for k, r in self._replies.items() if r.user_id == user_id]
         for k in keys:
             del self._replies[k]
-        self.counts["forgotten"] += len(keys)
+        self.tally.add("forgotten", len(keys))
         return len(keys)
 
     def stats(self) -> dict:
         self.sweep()
-        return {**self.counts, "outstanding": len(self._replies)}
+        return {**self.tally.snapshot(), "outstanding": len(self._replies)}
+
+
+class CaptureClient:
+    """A chat replica's side of capture (async; runs on the replica's event loop). Never raises into the chat path."""
+
+    def __init__(self, enabled: bool, call_timeout_s: float, where: str = "replica"):
+        self.enabled, self.call_timeout_s, self.where = enabled, call_timeout_s, where
+        self.tally = metrics.Tally({"observed": None, "recorded": None, "errors": "hsd_capture_errors_total"})
+        self._ledger = None
+        self._ledger_seen = False  # once found, a missing ledger means lost capture (counted as errors)
+        self._next_lookup = 0.0
+        self._background: set[asyncio.Task] = set()
+
+    def stats(self) -> dict:
+        return {**self.tally.snapshot(), "enabled": self.enabled, "ledger": self._ledger is not None}
+
+    async def observe(self, user_id: str, messages: list[Message], received_at: float) -> None:
+        """Show a possible follow-up to the ledger without waiting for it (errors are counted in the background)."""
+        ledger = await self._get_ledger()
+        if ledger is None:
+            return
+        try:
+            ref = ledger.observe.remote(user_id, messages, received_at)
+        except Exception as e:  # noqa: BLE001
+            self._failed("observe", e)
+            return
+        self.tally.add("observed")
+        task = asyncio.get_running_loop().create_task(self._settle(ref, "observe"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def record(self, reply: ServedReply) -> None:
+        """Record a served reply in the ledger, waiting at most call_timeout_s."""
+        if not self.enabled:
+            return
+        ledger = await self._get_ledger()
+        if ledger is None:
+            if self._ledger_seen:
+                self._failed("record", RuntimeError("ledger actor unavailable"))
+            return
+        try:
+            await asyncio.wait_for(ledger.record.remote(reply), self.call_timeout_s)
+            self.tally.add("recorded")
+        except Exception as e:  # noqa: BLE001 - a timeout or a dead ledger must not fail the chat
+            self._failed("record", e)
+
+    async def _settle(self, ref, what: str) -> None:
+        try:
+            await asyncio.wait_for(ref, max(self.call_timeout_s, 30.0))
+        except Exception as e:  # noqa: BLE001
+            self._failed(what, e)
+
+    async def _get_ledger(self):
+        """The ledger actor handle, looked up lazily (at most every LOOKUP_RETRY_S while missing)."""
+        if not self.enabled or self._ledger is not None:
+            return self._ledger
+        now = time.monotonic()
+        if now < self._next_lookup:
+            return None
+        self._next_lookup = now + LOOKUP_RETRY_S
+        try:
+            self._ledger = await asyncio.to_thread(ray.get_actor, LEDGER_ACTOR_NAME, namespace=NAMESPACE)
+            self._ledger_seen = True
+        except ValueError:  # not running: standalone service, or the ledger died
+            pass
+        return self._ledger
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        self.tally.add("errors")
+        detail = "timed out" if isinstance(error, asyncio.TimeoutError) else f"{type(error).__name__}: {error}"
+        log.warning("capture %s failed on %s (chat answered anyway): %s", what, self.where, detail)
+        if not isinstance(error, asyncio.TimeoutError):
+            self._ledger, self._next_lookup = None, 0.0  # look it up again (it may have been restarted)

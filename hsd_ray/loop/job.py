@@ -1,97 +1,142 @@
-"""Brings the whole loop up on a Ray cluster, watches it, and tears it down: what `train_job.py` calls.
+"""One lifecycle for the loop: bring it up on a Ray cluster, watch it, tear it down. `train_job.py`, the benchmarks and
+the tests all use `running_loop`:
 
-    queue, registry, learner control  (named actors, namespace "hsd")
-    ledger  → queue                    (capture)
-    teachers → queue                   (hindsight scoring)
-    chat service (Ray Serve)           (unless replaying a --source file)
-    learner (Ray Train TorchTrainer)   (runs in a thread of this driver; Ray Train's controller does the work)
+    with running_loop(cfg) as loop:      # queue, registry, learner control, ledger, teachers, chat service, learner
+        ...                              # loop.base_url, loop.stats(), loop.queue / loop.registry clients
 
-The driver prints a one-line throughput summary every `job.log_every_s`, sweeps expired replies, and stops the learner
-on max_steps / duration / Ctrl-C. The final funnel counts are written to `<output_dir>/summary.json`.
+Each part receives only its own config sections, resolved once here (`TeacherSettings`, `ServiceSettings`,
+`LearnerSettings`). The learner (Ray Train's `TorchTrainer.fit()`) runs in a thread of this driver. `run_job` is the
+whole job: it prints a one-line throughput summary every `job.log_every_s`, sweeps expired replies, stops on
+max_steps / duration / Ctrl-C and writes the final funnel counts to `<output_dir>/summary.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import ray
 
 from hsd_ray.config import Config
+from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
-from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, VersionRegistry
+from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
 from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger
-from hsd_ray.loop.learner import CONTROL_ACTOR_NAME, LearnerControl, make_trainer
-from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, TurnQueue
-from hsd_ray.loop.teacher import TeacherWorker
+from hsd_ray.loop.learner import CONTROL_ACTOR_NAME, LearnerControl, LearnerSettings, make_trainer
+from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnQueue, TurnRef
+from hsd_ray.loop.runtime import connect
+from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
+
+log = logging.getLogger("hsd_ray.job")
+
+
+def learner_settings(cfg: Config) -> LearnerSettings:
+    """The learner's sections; paths resolved here, in the driver (a Train worker runs in Ray's session folder)."""
+    from hsd_ray.models import resolve_model
+
+    return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast,
+                           str(Path(cfg.job.output_dir).resolve()), cfg.job.max_steps, cfg.job.duration_s, cfg.seed)
+
+
+def teacher_settings(cfg: Config) -> TeacherSettings:
+    from hsd_ray.models import resolve_model
+
+    return TeacherSettings(str(resolve_model(cfg.model)), cfg.engine, cfg.teacher, cfg.hindsight, cfg.loss,
+                           enable_lora=cfg.learner.lora.enabled)
+
+
+class LearnerThread(threading.Thread):
+    """Runs `TorchTrainer.fit()` (blocking) beside the driver."""
+
+    def __init__(self, cfg: Config):
+        super().__init__(name="learner-fit", daemon=True)
+        self.settings, self.learner_cfg = learner_settings(cfg), cfg.learner
+        self.result, self.error = None, None
+
+    def run(self) -> None:
+        try:
+            self.result = make_trainer(self.settings, self.learner_cfg).fit()
+        except BaseException as e:  # noqa: BLE001 - reported by the driver
+            self.error = e
 
 
 @dataclass
 class Loop:
-    """Handles of a running loop (everything a test or the driver needs to observe or disturb it)."""
+    """A running loop: typed clients of its actors, its teachers, the chat URL and the learner thread."""
 
     cfg: Config
-    queue: object
-    registry: object
-    control: object
-    ledger: object
+    queue: QueueClient
+    registry: RegistryClient
+    control: object  # LearnerControl actor handle
+    ledger: object  # ReplyLedger actor handle
     teachers: list = field(default_factory=list)
     base_url: str | None = None
+    learner: LearnerThread | None = None
+
+    def start_learner(self, cfg: Config | None = None) -> LearnerThread:
+        """Start a learner (Ray Train) on `cfg` (default: the loop's). A learner on the same output_dir resumes."""
+        self.learner = LearnerThread(cfg or self.cfg)
+        self.learner.start()
+        return self.learner
+
+    def stop_learner(self, timeout: float = 600.0) -> None:
+        """Ask the learner to stop (final checkpoint and version) and wait for it."""
+        if self.learner is not None and self.learner.is_alive():
+            self.control.request_stop.remote()
+            self.learner.join(timeout)
 
     def stats(self) -> dict:
-        queue, ledger, progress, versions = ray.get(
-            [
-                self.queue.stats.remote(),
-                self.ledger.stats.remote(),
-                self.control.get_progress.remote(),
-                self.registry.latest_version.remote("base"),
-            ]
-        )
-        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": versions}
+        queue, ledger, progress, version = ray.get([
+            self.queue.handle.stats.remote(),
+            self.ledger.stats.remote(),
+            self.control.get_progress.remote(),
+            self.registry.handle.latest_version.remote(BASE_ADAPTER),
+        ])
+        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": version}
 
     def forget_user(self, user_id: str) -> dict:
         """Remove every trace of a user's turns that the loop holds (ledger and queue)."""
-        return {
-            "capture": ray.get(self.ledger.forget_user.remote(user_id)),
-            "queue": ray.get(self.queue.forget_user.remote(user_id)),
-        }
+        return {"capture": ray.get(self.ledger.forget_user.remote(user_id)), "queue": self.queue.forget_user(user_id)}
 
+    def replay(self, path: str) -> int:
+        """Logged conversations → turns → the same queue live capture feeds (each turn put once, by reference)."""
+        from hsd_ray.core.turns import turns_from_source
 
-def connect(cfg: Config) -> None:
-    """Attach to the cluster this runs on (ray job submit sets RAY_ADDRESS), or start an embedded local Ray."""
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, namespace=NAMESPACE)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=cfg.ray.num_cpus,
-            object_store_memory=cfg.ray.object_store_bytes,
-            namespace=NAMESPACE,
-            include_dashboard=False,
-        )
+        n, chunk = 0, []
+        for turn in turns_from_source(path, self.cfg.hindsight.max_context_messages):
+            chunk.append(TurnRef.put(turn))
+            if len(chunk) == 64:
+                n += len(chunk)
+                self.queue.put(chunk)
+                chunk = []
+        if chunk:
+            n += len(chunk)
+            self.queue.put(chunk)
+        return n
 
+    def shutdown(self) -> None:
+        """Stop the learner if it still runs, then remove the chat service, teachers and named actors."""
+        self.stop_learner()
+        for t in self.teachers:
+            ray.kill(t)
+        if self.base_url:
+            from ray import serve
 
-def disconnect() -> None:
-    """Stop Serve (if this driver started it) and leave Ray; for the scripts and tests that own their Ray."""
-    try:
-        from ray import serve
+            from hsd_ray.loop.serve import APP_NAME
 
-        serve.shutdown()
-    except Exception:  # noqa: BLE001 - Serve never started, or its controller is already gone
-        pass
-    ray.shutdown()
+            serve.delete(APP_NAME)
+        for actor in (self.ledger, self.control, self.registry.handle, self.queue.handle):
+            ray.kill(actor)
 
 
 def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
-    d = cfg.model_dump()
     opts = dict(namespace=NAMESPACE, num_cpus=0, get_if_exists=False)
     queue = ray.remote(TurnQueue).options(name=QUEUE_ACTOR_NAME, **opts).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s
@@ -101,8 +146,9 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     ledger = ray.remote(ReplyLedger).options(name=LEDGER_ACTOR_NAME, **opts).remote(
         queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages
     )
-    teachers = [start_teacher(cfg, d, queue, registry, i) for i in range(cfg.teacher.num_workers)]
-    loop = Loop(cfg, queue, registry, control, ledger, teachers)
+    settings = teacher_settings(cfg)
+    teachers = [start_teacher(cfg, settings, queue, registry, i) for i in range(cfg.teacher.num_workers)]
+    loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers)
     if serve_chat:
         from hsd_ray.loop.serve import run_service
 
@@ -110,7 +156,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     return loop
 
 
-def start_teacher(cfg: Config, cfg_dict: dict, queue, registry, index: int):
+def start_teacher(cfg: Config, settings: TeacherSettings, queue, registry, index: int):
     return (
         ray.remote(TeacherWorker)
         .options(
@@ -121,95 +167,76 @@ def start_teacher(cfg: Config, cfg_dict: dict, queue, registry, index: int):
             max_restarts=-1,  # Ray restarts a dead teacher; its loop starts in __init__
             max_concurrency=4,  # stats() answers while the scoring thread works
         )
-        .remote(cfg_dict, queue, registry, f"teacher-{index}")
+        .remote(settings, queue, registry, f"teacher-{index}")
     )
 
 
-def replay_source(loop: Loop, path: str) -> int:
-    """Logged conversations → turns → the same queue live capture feeds (each turn put once, by reference)."""
-    from hsd_ray.core.turns import turns_from_source
-
-    n, chunk = 0, []
-    for turn in turns_from_source(path, loop.cfg.hindsight.max_context_messages):
-        chunk.append((turn.turn_id, turn.user_id, [ray.put(turn)]))
-        if len(chunk) == 64:
-            n += len(chunk)
-            ray.get(loop.queue.put.remote(chunk))
-            chunk = []
-    if chunk:
-        n += len(chunk)
-        ray.get(loop.queue.put.remote(chunk))
-    return n
-
-
-class LearnerThread(threading.Thread):
-    """Runs `TorchTrainer.fit()` (blocking) beside the driver's monitor loop."""
-
-    def __init__(self, cfg: Config):
-        super().__init__(name="learner-fit", daemon=True)
-        self.cfg, self.result, self.error = cfg, None, None
-
-    def run(self) -> None:
-        try:
-            self.result = make_trainer(self.cfg).fit()
-        except BaseException as e:  # noqa: BLE001 - reported by the driver
-            self.error = e
+@contextlib.contextmanager
+def running_loop(cfg: Config, *, serve_chat: bool = True, learner: bool = True) -> Iterator[Loop]:
+    """The loop, up for the body of the `with` (Ray must be connected); torn down afterwards, whatever happens."""
+    loop = start_loop(cfg, serve_chat=serve_chat)
+    try:
+        if learner:
+            loop.start_learner()
+        yield loop
+    finally:
+        loop.shutdown()
 
 
 def run_job(cfg: Config, *, on_ready=None) -> dict:
     """The whole job: returns (and writes) the final funnel summary. `on_ready(loop)` runs once the loop is up."""
-    connect(cfg)
+    connect(cfg.ray)
     out = Path(cfg.job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
-    loop = start_loop(cfg, serve_chat=cfg.job.source is None)
-    users = None
-    try:
-        if cfg.job.source is not None:
-            n = replay_source(loop, cfg.job.source)
-            print(f"[job] replaying {n} logged turns from {cfg.job.source}", flush=True)
-        if loop.base_url:
-            print(f"[job] chat endpoint: {loop.base_url}  (try: python -m hsd_ray.chat --url {loop.base_url})")
-        if cfg.job.simulate_users and loop.base_url:
-            from hsd_ray.loop.users import DemoUsers
+    summary: dict = {}
+    with running_loop(cfg, serve_chat=cfg.job.source is None, learner=False) as loop:
+        users = None
+        try:
+            if cfg.job.source is not None:
+                log.info("[job] replaying %d logged turns from %s", loop.replay(cfg.job.source), cfg.job.source)
+            if loop.base_url:
+                log.info("[job] chat endpoint: %s  (try: python -m hsd_ray.chat --url %s)", loop.base_url,
+                         loop.base_url)
+            if cfg.job.simulate_users and loop.base_url:
+                from hsd_ray.loop.users import DemoUsers
 
-            users = DemoUsers(loop.base_url, cfg.job.simulate_users, seed=cfg.seed).start()
-        learner = LearnerThread(cfg)
-        learner.start()
-        if on_ready is not None:
-            on_ready(loop)
-        _monitor(loop, learner)
-        if learner.error is not None:
-            raise RuntimeError(f"learner failed: {learner.error}") from learner.error
-    finally:
-        if users is not None:
-            users.stop()
-        summary = loop.stats()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        _teardown(loop)
+                users = DemoUsers(loop.base_url, cfg.job.simulate_users, seed=cfg.seed).start()
+            learner = loop.start_learner()
+            if on_ready is not None:
+                on_ready(loop)
+            _monitor(loop, learner)
+            if learner.error is not None:
+                raise RuntimeError(f"learner failed: {learner.error}") from learner.error
+        finally:
+            if users is not None:
+                users.stop()
+            summary = loop.stats()
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
 def _monitor(loop: Loop, learner: LearnerThread) -> None:
     cfg = loop.cfg
-    started = last_log = time.time()
+    started = last_log = last_sweep = time.time()
     last_trained = 0
     try:
         while learner.is_alive():
             learner.join(timeout=1.0)
-            loop.ledger.sweep.remote()
+            if time.time() - last_sweep >= cfg.capture.sweep_every_s:
+                loop.ledger.sweep.remote()
+                last_sweep = time.time()
             if cfg.job.duration_s is not None and time.time() - started > cfg.job.duration_s + 5:
                 loop.control.request_stop.remote()  # learner checks its own clock; this covers a learner stuck waiting
             if time.time() - last_log >= cfg.job.log_every_s:
                 s = loop.stats()
                 dt, last_log = time.time() - last_log, time.time()
                 trained = s["queue"]["trained"]
-                print(_summary_line(s, (trained - last_trained) / dt, time.time() - started), flush=True)
+                log.info(_summary_line(s, (trained - last_trained) / dt, time.time() - started))
                 last_trained = trained
     except KeyboardInterrupt:
-        print("[job] stopping: final checkpoint and weights …", flush=True)
-        loop.control.request_stop.remote()
-        learner.join()
+        log.info("[job] stopping: final checkpoint and weights …")
+        loop.stop_learner()
 
 
 def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
@@ -221,14 +248,3 @@ def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
         f"v{max(0, s['published_version'])} "
         f"loss {lr.get('loss', float('nan')):.4f}"
     )
-
-
-def _teardown(loop: Loop) -> None:
-    for t in loop.teachers:
-        ray.kill(t)
-    if loop.base_url:
-        from ray import serve
-
-        serve.delete("hsd-chat")
-    for actor in (loop.ledger, loop.control, loop.registry, loop.queue):
-        ray.kill(actor)

@@ -1,11 +1,16 @@
 """The learner: a Ray Train `TorchTrainer` whose workers stream scored turns and apply the distillation loss.
 
-There is no dataset and no epoch: rank 0 takes exactly `batch_turns` scored turns from the queue (waiting while it is
-empty), shares them with the other ranks over the process group (gloo on CPU, NCCL on GPU), each rank steps on its
-slice under DDP, and rank 0 acknowledges the turns as trained. On a cadence rank 0 publishes a new weight version
-(broadcast.py) and every rank reports a Ray Train checkpoint. A restarted learner (worker failure, or the job run
-again with the same output_dir) resumes from the latest checkpoint; versions stay monotonic because the next version
-is always above both the checkpoint's and the registry's.
+There is no dataset and no epoch. Each worker runs one `Learner`:
+
+    restore (checkpoint) → loop { next_batch → step → publish (on the cadence) → checkpoint (on the cadence) } → finish
+
+Rank 0 takes exactly `batch_turns` scored turns from the queue (`QueueClient.take_scored`, waiting while it is
+empty), shares them with the other ranks over the process group (`rank0_broadcast`: gloo on CPU, NCCL on GPU); each
+rank steps on its slice under DDP (core.train_step.learner_step) and rank 0 acknowledges the turns as trained. On a
+cadence rank 0 publishes a new weight version (broadcast.py) and every rank reports a Ray Train checkpoint. A
+restarted learner (worker failure, or the job run again with the same output_dir) resumes from the latest
+checkpoint; versions stay monotonic because the next version is always above both the checkpoint's and the
+registry's.
 
 Stopping: `LearnerControl.request_stop()`, `job.max_steps` or `job.duration_s` → a final checkpoint, a final version,
 and the weights saved in HF format (or peft adapter format when training LoRA) under `<output_dir>/final`.
@@ -14,23 +19,29 @@ and the weights saved in HF format (or peft adapter format when training LoRA) u
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import torch
 
 from hsd_ray import metrics
-from hsd_ray.config import Config
+from hsd_ray.config import BroadcastConfig, LearnerConfig, LossConfig
+from hsd_ray.core.turns import Turn
+from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
-from hsd_ray.loop.queue import resolve
+from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
+from hsd_ray.loop.queue import QueueClient, fetch_turns
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"
+log = logging.getLogger(__name__)
 
 
 class LearnerControl:
-    """Plain class; the named actor through which the driver stops the learner and reads its progress."""
+    """The named actor through which the driver stops the learner and reads its progress."""
 
     def __init__(self):
         self._stop = False
@@ -49,171 +60,221 @@ class LearnerControl:
         return self.progress
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on every Ray Train worker."""
+@dataclass(frozen=True)
+class LearnerSettings:
+    """The config sections the learner reads, resolved once by the driver (config at the edges)."""
+
+    model_dir: str
+    learner: LearnerConfig
+    loss: LossConfig
+    broadcast: BroadcastConfig
+    output_dir: str  # absolute: a Train worker's working directory is inside Ray's session folder
+    max_steps: int | None = None
+    duration_s: float | None = None
+    seed: int = 0
+
+
+def rank0_broadcast(value, world: int):
+    """Rank 0's `value` on every rank (a no-op on one worker)."""
+    if world == 1:
+        return value
     import torch.distributed as dist
-    from ray import train
 
-    from hsd_ray.core.batch import HindsightBatch
-    from hsd_ray.core.policy import ReferencePolicy, apply_lora, export_weights, make_optimizer, unwrap
-    from hsd_ray.core.train_step import learner_step
-    from hsd_ray.models import load_model_and_tokenizer
-    from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, BackgroundPublisher
-    from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
-    from hsd_ray.models import resolve_model
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
-    cfg = Config.model_validate(loop_config["cfg"])
-    ctx = train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.seed)
-    queue = ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
-    registry = ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE)
-    control = ray.get_actor(CONTROL_ACTOR_NAME, namespace=NAMESPACE)
 
-    device = train.torch.get_device()
-    model, tokenizer = load_model_and_tokenizer(resolve_model(cfg.model), "float32", str(device))
-    if cfg.learner.lora.enabled:
-        model = apply_lora(model, cfg.learner.lora)
-    step, version = 0, 0
-    optimizer, scheduler = make_optimizer(model, cfg.learner)
-    checkpoint = train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "learner.pt", map_location=device, weights_only=False)
-        unwrap(model).load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, version = state["step"], state["version"]
-    model = train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
-    reference = ReferencePolicy(model, cfg.loss.reference, cfg.loss.ema_rate) if cfg.loss.kl_coef > 0 else None
+def take_batch(queue: QueueClient, n: int, should_stop) -> list[Turn] | None:
+    """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None).
 
-    def on_published(v, seconds: float) -> None:
-        metrics.set_gauge("hsd_policy_version", v.version, adapter=v.adapter_id)
-        print(f"[learner] published v{v.version} (step {v.step}) in {seconds:.3f}s", flush=True)
+    Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
+    rest are given back and a full batch is taken again.
+    """
+    while not should_stop():
+        batch = queue.take_scored(n)
+        if not batch:
+            time.sleep(0.1)
+            continue
+        turns, lost = fetch_turns(batch)
+        if not lost:
+            return turns
+        queue.drop_lost([t.turn_id for t in lost])
+        queue.requeue_training()
+        log.warning("%d scored turns were lost with their owner; dropped (counted as lost)", len(lost))
+    return None
 
-    publisher = BackgroundPublisher(registry, on_published) if rank == 0 else None
-    published_step = -1
 
-    def publish_version(final: bool = False) -> None:
-        """Snapshot the weights now (synchronous copy), publish them in the background. The final version is made
-        durable (the registry keeps its own copy) because this process exits right after."""
-        nonlocal version, published_step
-        if step == published_step:  # these exact weights are already out
+class Learner:
+    """One Ray Train worker's model, optimizer and position in the stream of versions."""
+
+    def __init__(self, settings: LearnerSettings):
+        from ray import train
+
+        from hsd_ray.core.policy import apply_lora, make_optimizer
+        from hsd_ray.models import load_model_and_tokenizer
+
+        self.s = settings
+        ctx = train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.manual_seed(settings.seed)
+        self.queue = QueueClient.lookup()
+        self.registry = RegistryClient.lookup()
+        self.control = ray.get_actor(CONTROL_ACTOR_NAME, namespace=NAMESPACE)
+        self.device = train.torch.get_device()
+        self.model, self.tokenizer = load_model_and_tokenizer(settings.model_dir, "float32", str(self.device))
+        if settings.learner.lora.enabled:
+            self.model = apply_lora(self.model, settings.learner.lora)
+        self.optimizer, self.scheduler = make_optimizer(self.model, settings.learner)
+        self.step_count, self.version, self.published_step = 0, 0, -1
+        self.started = self.last_publish = time.time()
+        self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
+        self.reference = None
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Resume from the latest Ray Train checkpoint (if any), wrap for DDP, and take back in-flight turns."""
+        from ray import train
+
+        from hsd_ray.core.policy import ReferencePolicy, unwrap
+
+        checkpoint = train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                state = torch.load(Path(d) / "learner.pt", map_location=self.device, weights_only=False)
+            unwrap(self.model).load_state_dict(state["model"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step_count, self.version = state["step"], state["version"]
+        parallel = "ddp" if self.world > 1 else None
+        self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
+        if self.s.loss.kl_coef > 0:
+            self.reference = ReferencePolicy(self.model, self.s.loss.reference, self.s.loss.ema_rate)
+        if self.rank == 0:
+            requeued = self.queue.requeue_training()
+            if checkpoint is not None:
+                log.info("resumed at step %d, version %d; %d in-flight turns requeued",
+                         self.step_count, self.version, requeued)
+                self.publish()  # replicas that restarted on the base weights catch up at once
+
+    def next_batch(self) -> list[Turn] | None:
+        """The next batch of scored turns, the same on every rank; None when it is time to stop."""
+        batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop) if self.rank == 0 else None
+        return rank0_broadcast(batch, self.world)
+
+    def step(self, turns: list[Turn]) -> dict:
+        """One optimizer step on this rank's slice of `turns`; rank 0 acknowledges them and reports progress."""
+        from hsd_ray.core.batch import HindsightBatch
+        from hsd_ray.core.train_step import learner_step
+
+        batch = HindsightBatch.collate(turns[self.rank :: self.world], self.tokenizer.pad_token_id)
+        step_metrics = learner_step(self.model, self.optimizer, batch, self.s.loss,
+                                    grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,
+                                    reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16)
+        self.step_count += 1
+        if self.rank == 0:
+            self.queue.ack_trained_nowait([t.turn_id for t in turns])
+            _record_metrics(step_metrics, turns, self.version)
+            self.control.report.remote({"step": self.step_count, "version": self.version, **step_metrics})
+        return step_metrics
+
+    def publish_if_due(self) -> None:
+        b = self.s.broadcast
+        if self.rank == 0 and self.step_count % b.every_steps == 0 and time.time() - self.last_publish >= b.every_seconds:
+            self.publish()
+            self.last_publish = time.time()
+        self.version = rank0_broadcast(self.version, self.world)  # every rank records the same version
+
+    def publish(self, final: bool = False) -> None:
+        """Rank 0: snapshot the weights now (synchronous copy) and publish them in the background. The final version
+        is made durable (the registry keeps its own copy) because this process exits right after."""
+        from hsd_ray.core.policy import export_weights
+
+        if self.step_count == self.published_step:  # these exact weights are already out
             if final:
-                publisher.flush()
-                try:
-                    ray.get(registry.persist_latest.remote("base"))
-                except Exception as e:  # noqa: BLE001 - the run's weights are still saved to output_dir/final
-                    print(f"[learner] could not make v{version} durable: {e}", flush=True)
+                self._persist_latest()
             return
-        version = max(version, ray.get(registry.latest_version.remote("base"))) + 1
-        publisher.submit(export_weights(model, version, step), durable=final)
-        published_step = step
+        self.version = max(self.version, self.registry.latest_version(BASE_ADAPTER)) + 1
+        self.publisher.submit(export_weights(self.model, self.version, self.step_count), durable=final)
+        self.published_step = self.step_count
 
-    def save_checkpoint(final: bool = False) -> None:
+    def checkpoint_if_due(self) -> None:
+        if self.step_count % self.s.learner.checkpoint_every_steps == 0:
+            self.checkpoint()
+
+    def checkpoint(self, final: bool = False) -> None:
+        """Every rank reports; rank 0 writes the trainable weights, optimizer and scheduler state."""
+        from ray import train
+
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
-            if rank == 0:
-                trainable = unwrap(model).state_dict()
-                if cfg.learner.lora.enabled:
-                    names = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
-                    trainable = {k: v for k, v in trainable.items() if k in names}
-                torch.save(
-                    {
-                        "model": trainable,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "step": step,
-                        "version": version,
-                    },
-                    Path(d) / "learner.pt",
-                )
+            if self.rank == 0:
+                torch.save(self._state(), Path(d) / "learner.pt")
                 ckpt = train.Checkpoint.from_directory(d)
-            train.report({"step": step, "version": version, "final": final}, checkpoint=ckpt)
+            train.report({"step": self.step_count, "version": self.version, "final": final}, checkpoint=ckpt)
 
-    if rank == 0:
-        requeued = ray.get(queue.requeue_training.remote())
-        if checkpoint is not None:
-            print(f"[learner] resumed at step {step}, version {version}; {requeued} in-flight turns requeued")
-            publish_version()  # replicas that restarted on the base weights catch up at once
+    def finish(self) -> None:
+        """Clean stop: a final version, the weights in HF / peft format under output_dir/final, a final checkpoint."""
+        if self.rank == 0:
+            self.publish(final=True)
+            self.publisher.flush()
+            self._save_final(Path(self.s.output_dir) / "final")
+        self.version = rank0_broadcast(self.version, self.world)
+        self.checkpoint(final=True)
 
-    started = time.time()
-    last_publish = time.time()
-    while True:
-        # ---- rank 0 decides: a batch, or stop ---------------------------------------------------------------
-        message = None
-        if rank == 0:
-            message = _next_batch(cfg, queue, control, step, started)
-        if world > 1:
-            box = [message]
-            dist.broadcast_object_list(box, src=0)
-            message = box[0]
-        if message is None:
-            break
-        turns = message
-        mine = turns[rank::world]
-        batch = HindsightBatch.collate(mine, tokenizer.pad_token_id)
-        step_metrics = learner_step(
-            model,
-            optimizer,
-            batch,
-            cfg.loss,
-            grad_clip=cfg.learner.grad_clip,
-            scheduler=scheduler,
-            reference=reference,
-            autocast_bf16=cfg.learner.autocast_bf16,
-        )
-        step += 1
-        if rank == 0:
-            queue.ack_trained.remote([t.turn_id for t in turns])
-            _record_metrics(step_metrics, turns, version)
-            control.report.remote({"step": step, "version": version, **step_metrics})
-            due = step % cfg.broadcast.every_steps == 0 and time.time() - last_publish >= cfg.broadcast.every_seconds
-            if due:
-                publish_version()
-                last_publish = time.time()
-        if world > 1:  # every rank must agree on the version before a checkpoint records it
-            box = [version]
-            dist.broadcast_object_list(box, src=0)
-            version = box[0]
-        if step % cfg.learner.checkpoint_every_steps == 0:
-            save_checkpoint()
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    def _should_stop(self) -> bool:
+        s = self.s
+        if ray.get(self.control.should_stop.remote()):
+            return True
+        if s.max_steps is not None and self.step_count >= s.max_steps:
+            return True
+        return s.duration_s is not None and time.time() - self.started >= s.duration_s
 
-    # ---- clean stop: final version, checkpoint and exported weights --------------------------------------------
-    if rank == 0:
-        publish_version(final=True)
-        publisher.flush()
-        _save_final(model, tokenizer, Path(cfg.job.output_dir) / "final", step, version)
-    if world > 1:
-        box = [version]
-        dist.broadcast_object_list(box, src=0)
-        version = box[0]
-    save_checkpoint(final=True)
+    def _state(self) -> dict:
+        from hsd_ray.core.policy import unwrap
+
+        model = unwrap(self.model)
+        trainable = model.state_dict()
+        if self.s.learner.lora.enabled:
+            names = {n for n, p in model.named_parameters() if p.requires_grad}
+            trainable = {k: v for k, v in trainable.items() if k in names}
+        return {"model": trainable, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version}
+
+    def _persist_latest(self) -> None:
+        self.publisher.flush()
+        try:
+            self.registry.persist_latest(BASE_ADAPTER)
+        except Exception as e:  # noqa: BLE001 - the run's weights are still saved to output_dir/final
+            log.warning("could not make v%d durable: %s", self.version, e)
+
+    def _on_published(self, version, seconds: float) -> None:
+        log.info("published v%d (step %d) in %.3fs", version.version, version.step, seconds)
+
+    def _save_final(self, out: Path) -> None:
+        from hsd_ray.core.policy import unwrap
+
+        out.mkdir(parents=True, exist_ok=True)
+        unwrap(self.model).save_pretrained(out)  # full model, or the peft adapter (adapter_config + safetensors)
+        self.tokenizer.save_pretrained(out)
+        (out / "hsd_version.json").write_text(json.dumps({"step": self.step_count, "version": self.version}))
+        log.info("final weights (step %d, v%d) saved to %s", self.step_count, self.version, out)
 
 
-def _next_batch(cfg: Config, queue, control, step: int, started: float) -> list | None:
-    """Block until `batch_turns` scored turns are available (returns them) or it is time to stop (returns None)."""
-    while True:
-        if ray.get(control.should_stop.remote()):
-            return None
-        if cfg.job.max_steps is not None and step >= cfg.job.max_steps:
-            return None
-        if cfg.job.duration_s is not None and time.time() - started >= cfg.job.duration_s:
-            return None
-        items = ray.get(queue.take_scored.remote(cfg.learner.batch_turns))
-        if items:
-            turns, lost = resolve([box[0] for _, box in items])
-            if not lost:
-                return turns
-            # payloads gone with a teacher that died after scoring them: drop those, give the rest back, retry
-            ray.get(queue.drop_lost.remote([items[i][0] for i in lost]))
-            ray.get(queue.requeue_training.remote())
-            print(f"[learner] {len(lost)} scored turns were lost with their owner; dropped (counted as lost)")
-            continue
-        time.sleep(0.1)
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker; `config["settings"]` is the LearnerSettings."""
+    logging.basicConfig(level=logging.INFO, format="[learner] %(message)s")
+    learner = Learner(config["settings"])
+    learner.restore()
+    while (turns := learner.next_batch()) is not None:
+        learner.step(turns)
+        learner.publish_if_due()
+        learner.checkpoint_if_due()
+    learner.finish()
 
 
-def _record_metrics(step_metrics: dict, turns: list, version: int) -> None:
+def _record_metrics(step_metrics: dict, turns: list[Turn], version: int) -> None:
     now = time.time()
     metrics.inc("hsd_learner_steps_total")
     metrics.inc("hsd_learner_tokens_total", step_metrics.get("tokens", 0.0))
@@ -225,36 +286,26 @@ def _record_metrics(step_metrics: dict, turns: list, version: int) -> None:
         metrics.observe("hsd_staleness_s", max(0.0, now - t.replied_at))
 
 
-def _save_final(model, tokenizer, out: Path, step: int, version: int) -> None:
-    from hsd_ray.core.policy import unwrap
-
-    out.mkdir(parents=True, exist_ok=True)
-    unwrap(model).save_pretrained(out)  # full model, or the peft adapter (adapter_config.json + safetensors)
-    tokenizer.save_pretrained(out)
-    (out / "hsd_version.json").write_text(json.dumps({"step": step, "version": version}))
-    print(f"[learner] final weights (step {step}, v{version}) saved to {out}", flush=True)
-
-
-def make_trainer(cfg: Config):
-    """The TorchTrainer for `cfg` (the caller runs `.fit()`). Same output_dir → resumes from its latest checkpoint."""
+def make_trainer(settings: LearnerSettings, learner_cfg: LearnerConfig):
+    """The TorchTrainer (the caller runs `.fit()`). Same output_dir → resumes from its latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    storage = Path(cfg.job.output_dir).resolve() / "ray_train"
+    storage = Path(settings.output_dir) / "ray_train"
     storage.mkdir(parents=True, exist_ok=True)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump()},
+        train_loop_config={"settings": settings},
         scaling_config=ScalingConfig(
-            num_workers=cfg.learner.num_workers,
-            use_gpu=cfg.learner.use_gpu,
-            resources_per_worker={"CPU": cfg.learner.cpus_per_worker},
+            num_workers=learner_cfg.num_workers,
+            use_gpu=learner_cfg.use_gpu,
+            resources_per_worker={"CPU": learner_cfg.cpus_per_worker},
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.learner.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if learner_cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name="learner",
             storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
+            failure_config=FailureConfig(max_failures=learner_cfg.max_failures),
         ),
     )

@@ -1,7 +1,8 @@
 """The turn queue: captured turns wait here for a teacher, scored turns wait here for the learner.
 
-Payloads are `ray.put` once by whoever produced them (capture, or a teacher after scoring) and only ObjectRefs pass
-through this actor, wrapped in lists so Ray never resolves them here.
+A turn travels between actors as a `TurnRef`: its id, its user and the ObjectRef of its payload (the `Turn`), which is
+`ray.put` once by whoever produced it (capture, a replay, or a teacher after scoring). Only TurnRefs pass through
+this actor; Ray never resolves a reference nested in a record, so payloads never move through the queue.
 
 Stages and hand-offs (every turn is in exactly one place, so the counts add up exactly):
 
@@ -15,8 +16,10 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
   `complete` for an expired lease is refused, so a turn is never trained twice.
 - User data can be found and removed: `forget_user` drops every turn of a user in every stage.
 - A payload dies with the process that `ray.put` it (Ray ownership): a teacher restarted after scoring takes its
-  scored turns with it, a restarted ledger its captured ones. Consumers fetch with `resolve`, which separates lost
+  scored turns with it, a restarted ledger its captured ones. Consumers fetch with `fetch_turns`, which separates lost
   payloads; those turns are dropped as "lost" (counted), never retried forever and never crash the consumer.
+
+`TurnQueue` is the actor's class (started by loop/job.py); `QueueClient` is how every other part calls it.
 """
 
 from __future__ import annotations
@@ -25,183 +28,227 @@ import itertools
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
 from hsd_ray import metrics
+from hsd_ray.core.turns import Turn
+from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
+DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "forgotten", "lost")
 
 
-@dataclass
-class _Item:
+@dataclass(frozen=True)
+class TurnRef:
+    """A turn in the object store as it travels between actors. `ref` is the ObjectRef of its `Turn` payload."""
+
     turn_id: str
     user_id: str
-    ref_box: list  # [ObjectRef[Turn]]
+    ref: Any  # ray.ObjectRef[Turn]
+
+    @classmethod
+    def put(cls, turn: Turn) -> "TurnRef":
+        """Put `turn` into the object store once (this process owns it) and return its reference record."""
+        return cls(turn.turn_id, turn.user_id, ray.put(turn))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Turns handed to one teacher; `complete` with the same `lease_id`, before the lease times out."""
+
+    lease_id: int
+    turns: list[TurnRef]
 
 
 class TurnQueue:
-    """Plain class; `ray.remote(TurnQueue)` makes it the queue actor (see `start_queue`)."""
+    """The queue actor's class (`ray.remote(TurnQueue)`, named QUEUE_ACTOR_NAME)."""
 
     def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
-        self._pending: deque[_Item] = deque()
-        self._leases: dict[int, tuple[float, list[_Item]]] = {}
-        self._scored: deque[_Item] = deque()
-        self._training: dict[str, _Item] = OrderedDict()
+        self._pending: deque[TurnRef] = deque()
+        self._leases: dict[int, tuple[float, list[TurnRef]]] = {}
+        self._scored: deque[TurnRef] = deque()
+        self._training: OrderedDict[str, TurnRef] = OrderedDict()
         self._lease_ids = itertools.count(1)
-        self.counts = {"captured": 0, "trained": 0, "redelivered": 0, "late_completions": 0}
-        self.dropped: dict[str, int] = {"overflow": 0, "scored_overflow": 0, "unscorable": 0, "forgotten": 0,
-                                        "lost": 0}
+        self.tally = metrics.Tally(
+            {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
+             "late_completions": None, "dropped": "hsd_turns_dropped_total"},
+            labels={"dropped": DROP_REASONS},
+        )
 
     # ---- capture side -----------------------------------------------------------------------------------------
-    def put(self, items: list[tuple[str, str, list]]) -> int:
-        """items: (turn_id, user_id, [ref]). Returns how many older turns were dropped to make room."""
+    def put(self, turns: list[TurnRef]) -> int:
+        """Append captured turns. Returns how many older turns were dropped to make room."""
         self._expire_leases()
-        before = self.dropped["overflow"]
-        for turn_id, user_id, box in items:
-            self._pending.append(_Item(turn_id, user_id, box))
-            self.counts["captured"] += 1
+        self._pending.extend(turns)
+        self.tally.add("captured", len(turns))
+        dropped = 0
         while len(self._pending) > self.capacity:
             self._pending.popleft()
-            self.dropped["overflow"] += 1
-        n = self.dropped["overflow"] - before
-        metrics.inc("hsd_turns_dropped_total", n, reason="overflow")
+            dropped += 1
+        self.tally.add("dropped", dropped, "overflow")
         self._gauges()
-        return n
+        return dropped
 
     # ---- teacher side -----------------------------------------------------------------------------------------
-    def lease(self, max_turns: int) -> tuple[int | None, list[tuple[str, list]]]:
-        """Up to `max_turns` pending turns as (turn_id, [ref]); (None, []) when empty."""
+    def lease(self, max_turns: int) -> Lease | None:
+        """Up to `max_turns` pending turns, oldest first; None when nothing is pending."""
         self._expire_leases()
         if not self._pending:
-            return None, []
-        items = [self._pending.popleft() for _ in range(min(max_turns, len(self._pending)))]
+            return None
+        turns = [self._pending.popleft() for _ in range(min(max_turns, len(self._pending)))]
         lease_id = next(self._lease_ids)
-        self._leases[lease_id] = (time.monotonic() + self.lease_timeout_s, items)
+        self._leases[lease_id] = (time.monotonic() + self.lease_timeout_s, turns)
         self._gauges()
-        return lease_id, [(it.turn_id, it.ref_box) for it in items]
+        return Lease(lease_id, turns)
 
-    def complete(self, lease_id: int, scored: list[tuple[str, list]], failed: list[str] = (),
-                 lost: list[str] = ()) -> bool:
-        """Scored refs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
+    def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = ()) -> bool:
+        """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
         gone with its owner) as lost. False if the lease had already expired (its turns were re-delivered, so this
         result must be discarded)."""
         self._expire_leases()
         lease = self._leases.pop(lease_id, None)
         if lease is None:
-            self.counts["late_completions"] += 1
+            self.tally.add("late_completions")
             return False
-        users = {it.turn_id: it.user_id for it in lease[1]}
-        for turn_id, box in scored:
-            if turn_id in users:  # not forgotten while it was being scored
-                self._scored.append(_Item(turn_id, users[turn_id], box))
-        self.dropped["unscorable"] += len(failed)
-        metrics.inc("hsd_turns_dropped_total", len(failed), reason="unscorable")
-        self.dropped["lost"] += len(lost)
-        metrics.inc("hsd_turns_dropped_total", len(lost), reason="lost")
-        n = 0
+        still_leased = {t.turn_id for t in lease[1]}  # a turn forgotten while it was being scored is not kept
+        self._scored.extend(t for t in scored if t.turn_id in still_leased)
+        self.tally.add("dropped", len(failed), "unscorable")
+        self.tally.add("dropped", len(lost), "lost")
+        overflow = 0
         while len(self._scored) > self.scored_capacity:
             self._scored.popleft()
-            n += 1
-        self.dropped["scored_overflow"] += n
-        metrics.inc("hsd_turns_dropped_total", n, reason="scored_overflow")
+            overflow += 1
+        self.tally.add("dropped", overflow, "scored_overflow")
         self._gauges()
         return True
 
-    def release(self, lease_id: int) -> None:
-        """A teacher gives a lease back unscored (e.g. it is shutting down): re-deliver at once."""
-        lease = self._leases.pop(lease_id, None)
-        if lease is not None:
-            self._pending.extendleft(reversed(lease[1]))
-
     # ---- learner side -----------------------------------------------------------------------------------------
-    def take_scored(self, n: int) -> list[tuple[str, list]]:
+    def take_scored(self, n: int) -> list[TurnRef]:
         """Exactly n scored turns (or none): a step's batch is all-or-nothing."""
         if len(self._scored) < n:
             return []
-        items = [self._scored.popleft() for _ in range(n)]
-        for it in items:
-            self._training[it.turn_id] = it
+        batch = [self._scored.popleft() for _ in range(n)]
+        for t in batch:
+            self._training[t.turn_id] = t
         self._gauges()
-        return [(it.turn_id, it.ref_box) for it in items]
+        return batch
 
     def ack_trained(self, turn_ids: list[str]) -> None:
-        for tid in turn_ids:
-            if self._training.pop(tid, None) is not None:
-                self.counts["trained"] += 1
+        self.tally.add("trained", sum(self._training.pop(tid, None) is not None for tid in turn_ids))
         self._gauges()
 
     def drop_lost(self, turn_ids: list[str]) -> int:
         """The learner could not fetch these turns (their payload's owner died): drop them, counted as lost."""
         n = sum(self._training.pop(tid, None) is not None for tid in turn_ids)
-        self.dropped["lost"] += n
-        metrics.inc("hsd_turns_dropped_total", n, reason="lost")
+        self.tally.add("dropped", n, "lost")
         self._gauges()
         return n
 
     def requeue_training(self) -> int:
         """A restarted learner lost its in-flight batch: give those turns back to the front of `scored`."""
-        items = list(self._training.values())
+        batch = list(self._training.values())
         self._training.clear()
-        self._scored.extendleft(reversed(items))
-        return len(items)
+        self._scored.extendleft(reversed(batch))
+        return len(batch)
 
     # ---- privacy / introspection ------------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> int:
         n = 0
-        for dq in (self._pending, self._scored):
-            keep = [it for it in dq if it.user_id != user_id]
-            n += len(dq) - len(keep)
-            dq.clear()
-            dq.extend(keep)
-        for tid in [t for t, it in self._training.items() if it.user_id == user_id]:
+        for stage in (self._pending, self._scored):
+            keep = [t for t in stage if t.user_id != user_id]
+            n += len(stage) - len(keep)
+            stage.clear()
+            stage.extend(keep)
+        for tid in [tid for tid, t in self._training.items() if t.user_id == user_id]:
             del self._training[tid]
             n += 1
-        for lease_id, (deadline, items) in list(self._leases.items()):
-            keep = [it for it in items if it.user_id != user_id]
-            n += len(items) - len(keep)
+        for lease_id, (deadline, turns) in list(self._leases.items()):
+            keep = [t for t in turns if t.user_id != user_id]
+            n += len(turns) - len(keep)
             self._leases[lease_id] = (deadline, keep)
-        self.dropped["forgotten"] += n
+        self.tally.add("dropped", n, "forgotten")
         return n
 
     def stats(self) -> dict:
         self._expire_leases()
+        counts = self.tally.snapshot()
         return {
-            **self.counts,
-            "dropped": dict(self.dropped),
-            "dropped_total": sum(self.dropped.values()),
+            **counts,
+            "dropped_total": self.tally.total("dropped"),
             "pending": len(self._pending),
-            "leased": sum(len(items) for _, items in self._leases.values()),
+            "leased": sum(len(turns) for _, turns in self._leases.values()),
             "scored": len(self._scored),
             "training": len(self._training),
         }
 
     def _expire_leases(self) -> None:
         now = time.monotonic()
-        for lease_id, (deadline, items) in list(self._leases.items()):
+        for lease_id, (deadline, turns) in list(self._leases.items()):
             if deadline < now:
                 del self._leases[lease_id]
-                self._pending.extendleft(reversed(items))
-                self.counts["redelivered"] += len(items)
-                metrics.inc("hsd_turns_redelivered_total", len(items))
+                self._pending.extendleft(reversed(turns))
+                self.tally.add("redelivered", len(turns))
 
     def _gauges(self) -> None:
         metrics.set_gauge("hsd_queue_depth", len(self._pending), stage="pending")
         metrics.set_gauge("hsd_queue_depth", len(self._scored), stage="scored")
 
 
-def resolve(refs: list) -> tuple[list, list[int]]:
-    """`ray.get` the payloads; returns (values of the live ones, indexes of the lost ones) — a payload is lost when
-    the process that put it has died. One round trip when nothing is lost."""
+class QueueClient:
+    """Typed calls on the queue actor. Blocking calls return values; `*_nowait` calls are fired and not awaited."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @classmethod
+    def lookup(cls) -> "QueueClient":
+        return cls(ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE))
+
+    def put(self, turns: list[TurnRef]) -> int:
+        return ray.get(self.handle.put.remote(turns))
+
+    def put_nowait(self, turns: list[TurnRef]) -> None:
+        self.handle.put.remote(turns)
+
+    def lease(self, max_turns: int) -> Lease | None:
+        return ray.get(self.handle.lease.remote(max_turns))
+
+    def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str]) -> bool:
+        return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost))
+
+    def take_scored(self, n: int) -> list[TurnRef]:
+        return ray.get(self.handle.take_scored.remote(n))
+
+    def ack_trained_nowait(self, turn_ids: list[str]) -> None:
+        self.handle.ack_trained.remote(turn_ids)
+
+    def drop_lost(self, turn_ids: list[str]) -> int:
+        return ray.get(self.handle.drop_lost.remote(turn_ids))
+
+    def requeue_training(self) -> int:
+        return ray.get(self.handle.requeue_training.remote())
+
+    def forget_user(self, user_id: str) -> int:
+        return ray.get(self.handle.forget_user.remote(user_id))
+
+    def stats(self) -> dict:
+        return ray.get(self.handle.stats.remote())
+
+
+def fetch_turns(turns: list[TurnRef]) -> tuple[list[Turn], list[TurnRef]]:
+    """The payloads of `turns`: (the live ones, in order; the TurnRefs whose payload is lost because the process that
+    put it has died). One round trip when nothing is lost."""
     try:
-        return ray.get(refs), []
+        return ray.get([t.ref for t in turns]), []
     except ray.exceptions.ObjectLostError:  # OwnerDiedError included: find out which ones
         pass
     values, lost = [], []
-    for i, ref in enumerate(refs):
+    for t in turns:
         try:
-            values.append(ray.get(ref))
+            values.append(ray.get(t.ref))
         except ray.exceptions.ObjectLostError:
-            lost.append(i)
+            lost.append(t)
     return values, lost

@@ -74,16 +74,14 @@ def _accounting_holds(q: dict) -> bool:
 def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path):
     from openai import OpenAI
 
-    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{"serve.replicas": 2})
-    loop = start_loop(cfg)
-    try:
+    with running_loop(cfg, learner=False) as loop:
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
         fp0, lp0 = _probe(client)
         assert fp0 == "hsd-base-v0"
-        learner = LearnerThread(cfg)
-        learner.start()
+        learner = loop.start_learner()
         for i in range(6):  # 6 turns = 3 steps of 2; follow-ups land on either replica
             _conversation(client, f"user-{i % 3}", f"Question number {i}?", "No, that is wrong. Be brief.")
         stream = client.chat.completions.create(  # a streamed reply is captured like any other
@@ -114,18 +112,15 @@ def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path
         assert chat.returncode == 0, chat.stderr
         assert chat.stdout.count(f"bot [{fp1}]") == 2, chat.stdout
         _wait(lambda: ray.get(loop.ledger.stats.remote())["captured"] == 8, 10, "the terminal follow-up captured")
-    finally:
-        _teardown(loop)
 
 
 def test_expiry_edits_and_accounting(ray_session, tiny_model_dir, tmp_path):
     from openai import OpenAI
 
-    from hsd_ray.loop.job import _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{"capture.reply_ttl_s": 2})
-    loop = start_loop(cfg)
-    try:
+    with running_loop(cfg, learner=False) as loop:
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
         _chat(client, [{"role": "user", "content": "Nobody answers this."}], "u1")  # will expire
         first = _chat(client, [{"role": "user", "content": "Hi"}], "u2")
@@ -141,30 +136,28 @@ def test_expiry_edits_and_accounting(ray_session, tiny_model_dir, tmp_path):
         c = ray.get(loop.ledger.stats.remote())
         assert c["captured"] == 0 and c["unmatched"] == 2 and c["expired"] >= 2, c
         assert c["recorded"] == c["captured"] + c["expired"] + c["outstanding"] + c["evicted"] + c["forgotten"]
-    finally:
-        _teardown(loop)
 
 
 def test_teacher_killed_mid_batch_turns_redelivered(ray_session, tiny_model_dir, tmp_path):
     from openai import OpenAI
 
     from hsd_ray.core.turns import Turn
-    from hsd_ray.loop.job import _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
+    from hsd_ray.loop.queue import TurnRef
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{"queue.lease_timeout_s": 3, "teacher.max_batch_turns": 64})
-    loop = start_loop(cfg)
-    try:
+    with running_loop(cfg, learner=False) as loop:
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
         long_ctx = " ".join(f"word{i}" for i in range(300))
         redelivered = 0
         for attempt in range(6):
             turns = [Turn(context=[{"role": "user", "content": f"{long_ctx} {attempt} {j}"}], reply="a b c " * 40,
                           followup="no") for j in range(64)]
-            ray.get(loop.queue.put.remote([(t.turn_id, t.user_id, [ray.put(t)]) for t in turns]))
-            _wait(lambda: ray.get(loop.queue.stats.remote())["leased"] > 0 or None, 30, "a teacher lease")
+            loop.queue.put([TurnRef.put(t) for t in turns])
+            _wait(lambda: loop.queue.stats()["leased"] > 0 or None, 30, "a teacher lease")
             ray.kill(loop.teachers[0], no_restart=False)  # Ray restarts it; its loop starts again by itself
             assert _chat(client, [{"role": "user", "content": "still there?"}], "u").choices[0].message.content is not None
-            q = _wait(lambda: (s := ray.get(loop.queue.stats.remote()))["pending"] + s["leased"] == 0 and s, 120,
+            q = _wait(lambda: (s := loop.queue.stats())["pending"] + s["leased"] == 0 and s, 120,
                       "turns to be scored again")
             redelivered = q["redelivered"]
             if redelivered:
@@ -172,42 +165,36 @@ def test_teacher_killed_mid_batch_turns_redelivered(ray_session, tiny_model_dir,
         assert redelivered > 0, "never caught the teacher mid-batch"
         assert q["scored"] + q["dropped_total"] == q["captured"]  # every turn scored exactly once (or counted)
         assert ray.get(loop.teachers[0].stats.remote())["alive"]
-    finally:
-        _teardown(loop)
 
 
 def test_learner_restart_resumes_from_checkpoint(ray_session, tiny_model_dir, tmp_path):
     from hsd_ray.core.turns import Turn
-    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
+    from hsd_ray.loop.queue import TurnRef
 
     def feed(loop, n):
         turns = [Turn(context=[{"role": "user", "content": f"q{j}"}], reply="an answer", followup="no") for j in range(n)]
-        ray.get(loop.queue.put.remote([(t.turn_id, t.user_id, [ray.put(t)]) for t in turns]))
+        loop.queue.put([TurnRef.put(t) for t in turns])
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{"job.max_steps": 2})
-    loop = start_loop(cfg, serve_chat=False)
-    try:
+    with running_loop(cfg, serve_chat=False, learner=False) as loop:
         feed(loop, 4)
-        first = LearnerThread(cfg)
-        first.start()
+        first = loop.start_learner()
         first.join(timeout=300)
         assert first.error is None, first.error
-        v1 = ray.get(loop.registry.latest_version.remote("base"))
+        v1 = loop.registry.latest_version()
         assert ray.get(loop.control.get_progress.remote())["step"] == 2
         # A new learner on the same output_dir resumes at step 2 and continues to 4; versions keep increasing.
         feed(loop, 4)
-        second = LearnerThread(cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_steps": 4})}))
-        second.start()
+        second = loop.start_learner(cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_steps": 4})}))
         second.join(timeout=300)
         assert second.error is None, second.error
         progress = ray.get(loop.control.get_progress.remote())
         assert progress["step"] == 4, progress
-        v2 = ray.get(loop.registry.latest_version.remote("base"))
+        v2 = loop.registry.latest_version()
         assert v2 > v1
-        q = ray.get(loop.queue.stats.remote())
+        q = loop.queue.stats()
         assert q["trained"] == 8 and _accounting_holds(q)
-    finally:
-        _teardown(loop)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -216,18 +203,16 @@ def test_loop_with_vllm_engines(ray_session, tiny_model_dir, tmp_path, lora):
     switches LoRA adapters, and the served outputs change."""
     from openai import OpenAI
 
-    from hsd_ray.loop.job import LearnerThread, _teardown, start_loop
+    from hsd_ray.loop.job import running_loop
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{
         "engine.kind": "vllm", "engine.max_model_len": 512, "job.max_steps": 2, "learner.lora.enabled": lora,
         "learner.lora.r": 4, "engine.max_lora_rank": 8, "learner.lr": 5e-3 if lora else 1e-3,
     })
-    loop = start_loop(cfg)
-    try:
+    with running_loop(cfg, learner=False) as loop:
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=120)
         fp0, lp0 = _probe(client)
-        learner = LearnerThread(cfg)
-        learner.start()
+        learner = loop.start_learner()
         for i in range(4):
             _conversation(client, f"user-{i}", f"Question {i}?", "Wrong, be brief.")
         learner.join(timeout=300)
@@ -240,5 +225,3 @@ def test_loop_with_vllm_engines(ray_session, tiny_model_dir, tmp_path, lora):
         fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == final_fp and p, 60, "the replica to load the new weights")
         n = min(len(lp0), len(lp1))
         assert n > 0 and max(abs(a - b) for a, b in zip(lp0[:n], lp1[:n])) > 1e-4
-    finally:
-        _teardown(loop)

@@ -240,14 +240,14 @@ class TestOneReplica:
 
         from hsd_ray.core.policy import export_weights
         from hsd_ray.loop import NAMESPACE
-        from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, VersionRegistry
+        from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, VersionRegistry, publish
 
         registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, namespace=NAMESPACE).remote()
         try:
             model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
             weights = export_weights(model, version=1, step=1)
-            # what broadcast.publish does, minus ray.put(_owner=...) (removed in Ray 2.56)
-            assert ray.get(registry.publish.remote(weights.version, [ray.put(weights)]))
+            publish(registry, weights)  # what the learner's BackgroundPublisher does
+            assert ray.get(registry.latest_version.remote()) == 1
             deadline = time.time() + 30
             while _health(chat.url)["policy_version"] != 1:
                 assert time.time() < deadline, "replica did not pick up version 1"
@@ -316,7 +316,8 @@ def test_prepare_rejects_long_prompts_and_fits_max_tokens():
             return {"input_ids": [ord(c) for c in text]}
 
     cfg = Config.load(None, ["engine.max_model_len=64"])
-    fake = SimpleNamespace(cfg=cfg, engine=SimpleNamespace(tokenizer=Tok()), replica_id="r")
+    fake = SimpleNamespace(settings=SimpleNamespace(engine=cfg.engine), engine=SimpleNamespace(tokenizer=Tok()),
+                           replica_id="r")
     prepare = ChatService.func_or_class._prepare
     call = oa.parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}, cfg.serve)
     prompt, params = prepare(fake, call)

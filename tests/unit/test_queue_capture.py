@@ -5,14 +5,19 @@ import time
 import pytest
 
 from hsd_ray.core.turns import reply_key
-from hsd_ray.loop.capture import ReplyLedger, ServedReply
-from hsd_ray.loop.queue import TurnQueue
+from hsd_ray.core.weights import BASE_ADAPTER
+from hsd_ray.loop.capture import CAPTURED, NO_FOLLOWUP, UNMATCHED, ReplyLedger, ServedReply
+from hsd_ray.loop.queue import TurnQueue, TurnRef
 
 pytestmark = pytest.mark.unit
 
 
 def _items(n, user="u", start=0):
-    return [(f"t{start + i}", user, [f"ref{start + i}"]) for i in range(n)]
+    return [TurnRef(f"t{start + i}", user, f"ref{start + i}") for i in range(n)]
+
+
+def _ids(turns):
+    return [t.turn_id for t in turns]
 
 
 def _in_flight(s):
@@ -22,11 +27,11 @@ def _in_flight(s):
 def test_overflow_drops_oldest_and_counts_add_up():
     q = TurnQueue(capacity=3, scored_capacity=2, lease_timeout_s=60)
     assert q.put(_items(5)) == 2
-    lease, got = q.lease(10)
-    assert [t for t, _ in got] == ["t2", "t3", "t4"]  # t0, t1 were the oldest
-    assert q.complete(lease, [(t, box) for t, box in got[:2]], failed=["t4"])
+    lease = q.lease(10)
+    assert _ids(lease.turns) == ["t2", "t3", "t4"]  # t0, t1 were the oldest
+    assert q.complete(lease.lease_id, lease.turns[:2], failed=["t4"])
     batch = q.take_scored(2)
-    assert [t for t, _ in batch] == ["t2", "t3"] and q.take_scored(1) == []
+    assert _ids(batch) == ["t2", "t3"] and q.take_scored(1) == []
     q.ack_trained(["t2", "t3"])
     s = q.stats()
     assert s["captured"] == 5 and s["trained"] == 2 and s["dropped"]["overflow"] == 2 and s["dropped"]["unscorable"] == 1
@@ -36,12 +41,12 @@ def test_overflow_drops_oldest_and_counts_add_up():
 def test_expired_lease_is_redelivered_and_late_completion_refused():
     q = TurnQueue(capacity=10, lease_timeout_s=0.05)
     q.put(_items(2))
-    lease, got = q.lease(2)
+    lease = q.lease(2)
     time.sleep(0.1)
-    lease2, again = q.lease(2)  # redelivered, same order
-    assert [t for t, _ in again] == ["t0", "t1"] and q.stats()["redelivered"] == 2
-    assert q.complete(lease, got) is False  # the dead teacher's result never lands
-    assert q.complete(lease2, again) is True
+    again = q.lease(2)  # redelivered, same order
+    assert _ids(again.turns) == ["t0", "t1"] and q.stats()["redelivered"] == 2
+    assert q.complete(lease.lease_id, lease.turns) is False  # the dead teacher's result never lands
+    assert q.complete(again.lease_id, again.turns) is True
     s = q.stats()
     assert s["scored"] == 2 and s["late_completions"] == 1
 
@@ -49,27 +54,27 @@ def test_expired_lease_is_redelivered_and_late_completion_refused():
 def test_take_is_all_or_nothing_and_restart_requeues_training():
     q = TurnQueue()
     q.put(_items(3))
-    lease, got = q.lease(3)
-    q.complete(lease, got)
+    lease = q.lease(3)
+    q.complete(lease.lease_id, lease.turns)
     assert len(q.take_scored(2)) == 2
     assert q.requeue_training() == 2
-    assert [t for t, _ in q.take_scored(3)] == ["t0", "t1", "t2"]
+    assert _ids(q.take_scored(3)) == ["t0", "t1", "t2"]
 
 
 def test_forget_user_removes_every_stage():
     q = TurnQueue()
     q.put(_items(2, "alice") + _items(2, "bob", start=2))
-    lease, got = q.lease(3)  # t0, t1 (alice), t2 (bob) leased; t3 (bob) pending
+    lease = q.lease(3)  # t0, t1 (alice), t2 (bob) leased; t3 (bob) pending
     assert q.forget_user("alice") == 2
-    q.complete(lease, got)  # alice's turns were forgotten while leased: not accepted back
-    assert [t for t, _ in q.take_scored(1)] == ["t2"]
+    q.complete(lease.lease_id, lease.turns)  # alice's turns were forgotten while leased: not accepted back
+    assert _ids(q.take_scored(1)) == ["t2"]
     s = q.stats()
     assert s["dropped"]["forgotten"] == 2 and s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
 
 
 def _reply(user="u", context=None, text="Paris.", age=0.0):
     context = context or [{"role": "user", "content": "Capital of France?"}]
-    return ServedReply(user, "base", context, text, [5, 6], [-0.1, -0.2], True, 3, time.time() - age)
+    return ServedReply(user, BASE_ADAPTER, context, text, [5, 6], [-0.1, -0.2], True, 3, time.time() - age)
 
 
 def test_ledger_matches_exact_followups_only():
@@ -77,12 +82,12 @@ def test_ledger_matches_exact_followups_only():
     r = _reply()
     assert ledger.record(r) == reply_key("u", r.context, r.reply)
     follow = r.context + [{"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Shorter!"}]
-    assert ledger.observe("someone-else", follow) == "unmatched"
+    assert ledger.observe("someone-else", follow) == UNMATCHED
     edited = r.context + [{"role": "assistant", "content": "Paris!"}, {"role": "user", "content": "Shorter!"}]
-    assert ledger.observe("u", edited) == "unmatched"
-    assert ledger.observe("u", r.context) == "no_followup"
-    assert ledger.observe("u", follow) == "captured"
-    assert ledger.observe("u", follow) == "unmatched"  # a reply trains once
+    assert ledger.observe("u", edited) == UNMATCHED
+    assert ledger.observe("u", r.context) == NO_FOLLOWUP
+    assert ledger.observe("u", follow) == CAPTURED
+    assert ledger.observe("u", follow) == UNMATCHED  # a reply trains once
     s = ledger.stats()
     assert s["recorded"] == 1 and s["captured"] == 1 and s["unmatched"] == 3 and s["outstanding"] == 0
 
