@@ -76,7 +76,7 @@ CORRECTION_RX = _rx(
     r"\b(no es (correcto|cierto|así)|está mal|es incorrecto|te equivocas|c'?est faux|pas (correct|vrai|juste)|"
     r"tu te trompes|ce n'?est pas (ça|correct|vrai)|das (ist|stimmt) (falsch|nicht)|stimmt nicht|ist falsch|"
     r"está errad[oa]|não é (isso|verdade|correto)|você errou|è sbagliat[oa]|non è (corretto|vero))\b",
-    r"不对|错了|是错的|不正确|搞错|说错")
+    r"不对|错了|是错的|不正确|搞错|说错", r"неправильно|неверно|это не так|^нет\b")
 
 COMPLAINT_RX = _rx(
     r"\btoo (long|short|verbose|wordy|complicated|complex|technical|vague|generic|formal|informal|much|many|basic|simple|"
@@ -85,7 +85,7 @@ COMPLAINT_RX = _rx(
     r"apologi[sz](e|ing)|repeat(ing)?|giv(e|ing) me)\b", r"\bi (said|asked|told you|specifically|explicitly|wanted|meant|"
     r"just wanted|only wanted|only asked)\b", r"\bnot what i (asked|wanted|meant|need(ed)?|said)\b",
     r"\byou (didn'?t|did not|don'?t|forgot|missed|ignored|keep|still|never|just repeated|misunderstood|misread|completely)\b",
-    r"\b(doesn'?t|does not|didn'?t|did not) (answer|help|make sense|address|work)\b", r"\bmakes no sense\b",
+    r"\b(doesn'?t|does not|didn'?t|did not|won'?t) (answer|help|make sense|address|work|handle|account for|cover|support|consider|include|mention)\b", r"\bmakes no sense\b",
     r"\bare you sure\b", r"\b(i )?already (do|did|tried|have|know|read|saw|use|said|told)\b|^(read|seen|tried|done) (it|that|this|all)",
     r"\b(it'?s|they are|they'?re|they were|it was|was|were|is|are) still\b", r"\byou (should|could) have\b",
     r"\b(way off|unrealistic|not realistic|doesn'?t sound right|sounds? (fake|wrong|off|weird|robotic)|generic|clich[ée]|boring|cringe|oversimplified|too much|not enough)\b", r"\b(don'?t|do not|stop) (make up|making up|invent|inventing|lie|lying)\b",
@@ -97,7 +97,7 @@ COMPLAINT_RX = _rx(
     r"ya te (lo )?dije|je (te l'?ai|t'?ai) (déjà )?dit|ich (habe|hab) (dir )?(doch )?(schon )?gesagt|eu (já )?disse|te l'?ho detto|"
     r"no (es|era) lo que (pedí|pregunté)|ce n'?est pas ce que j'?ai demandé|"
     r"nicht (das|was) ich (gefragt|wollte)|não foi isso que (pedi|perguntei)|no me sirve|sers? à rien|hilft nicht",
-    r"太长|太短|太复杂|啰嗦|没用|不是我问的|我说了|我问的是|你没|你忘了|没考虑",
+    r"слишком \w+|太长|太短|太复杂|啰嗦|没用|不是我问的|我说了|我问的是|你没|你忘了|没考虑",
     r"\b(this|that|it|you) (misses|missed|forgot|ignores|ignored|skips|skipped)\b", r"\bnot working\b")
 
 REPHRASE_RX = _rx(
@@ -107,14 +107,15 @@ REPHRASE_RX = _rx(
     r"\b(make|keep) (it|that|this|the (answer|reply|text|code|list))\s+(shorter|simpler|longer|clearer|more|less|briefer|"
     r"concise|easier)\b", r"^(shorter|simpler|briefer|more concise|less formal|more formal|in plain english|plain english|"
     r"smaller|bullet points|fewer words|less words)\b", r"\bin simpler (terms|words)\b", r"\beli5\b", r"^(please )?(mention|remove|include|drop|cut|delete|change|replace|swap|add|less) \w+",
-    r"^again\b", r"\b(one|single)[- ]word answer\b", r"\b(can|could|would) you (make|put|turn|format|write|give|show|do) (it|that|this|them) ?(as|in|into)? (a |an )?(table|list|bullets?|bullet points|timeline|steps|numbered list|one sentence|one paragraph|one line|shorter|simpler)\b", r"\blike i'?m (5|five|a)\b",
+    r"^again\b", r"^(please )?(re-?write|re-?do|re-?phrase|re-?word|simplify|shorten|expand|elaborate on|improve|polish|revise|edit) (it|that|this|the|your|my|above|again|point)\b", r"\b(make|change|edit|revise|improve) (it|that|this|the above|the (story|text|poem|code|essay|email|letter|answer|list|function)) (longer|shorter|more|less|simpler|clearer|funnier|better|sound)\b",
+    r"^(more|less|a bit more|a little more|much more) (detailed|detail|details|concise|formal|casual|professional|specific|simple|technical|polite|friendly)\b", r"^(it|this|that|the \w+) (needs to|has to|should|must)\b", r"\b(one|single)[- ]word answer\b", r"\b(can|could|would) you (make|put|turn|format|write|give|show|do) (it|that|this|them) ?(as|in|into)? (a |an )?(table|list|bullets?|bullet points|timeline|steps|numbered list|one sentence|one paragraph|one line|shorter|simpler)\b", r"\blike i'?m (5|five|a)\b",
     r"\bcan you (simplify|shorten|rephrase|reword|condense|redo|fix)\b", r"\b(give me|just give me) (just )?(the (answer|code|"
     r"number|result|short version)|a (shorter|simpler|clearer|better) (version|answer|one))\b", r"\bwithout (the |all the |any )?(emojis?|"
     r"jargon|buzzwords|bullet|fluff|intro|explanation|preamble|disclaimer)", r"\b(shorter|simpler|clearer|better) (version|answer|please)\b",
     r"\b(just|only) (the|give me the) (code|answer|number|name|list)\b", r"\bfix (it|that|this|the (code|bug|error))\b",
     r"\bmás (corto|simple|sencillo)|otra vez|de nuevo|inténtalo|plus (court|simple)|réessaie|reformule|encore une fois|"
     r"kürzer|einfacher|nochmal|noch einmal|mais (curto|simples)|tente de novo|simplificar|simplifier|vereinfachen|più (breve|semplice)|riprova",
-    r"简短|短一点|简单点|简单一点|重新|再试|换个说法|再说一遍")
+    r"简短|短一点|简单点|简单一点|重新|再试|换个说法|再说一遍|короче|проще|перепиши")
 
 TOPIC_RX = _rx(r"\b(by the way|btw|unrelated|different (question|topic)|another question|new question|change of topic|"
                r"changing (the )?(subject|topic)|on another note|random question|off topic|quick question|separate (question|thing)|something else|switching gears|different note|enough \w+ for (today|now))\b",
@@ -159,7 +160,7 @@ POSITIVE_RX = _rx(
     r"ça marche|funcionou|太好了|非常感谢|有用|明白了|懂了",
 )
 
-THANKS_RX = _rx(r"\b(thanks|thank you|thx|ty|gracias|merci|danke|obrigad[oa]|grazie|valeu|cheers)\b", r"谢谢|感谢")
+THANKS_RX = _rx(r"\b(thanks|thank you|thx|ty|gracias|merci|danke|obrigad[oa]|grazie|valeu|cheers)\b", r"谢谢|感谢|спасибо")
 WHY_WHAT_RX = _rx(r"^(why|how come|pourquoi|por qué|warum|por que|perché|为什么)", r"^what('?s| is| are| does| do)\b",
                   r"^[\w -]{1,25}\?$")
 
