@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def replies(pref, cond: str) -> tuple[list[str], list[str]]:
         """(questions, replies) of one (preference, condition) batch; the baseline is shared per prompt kind."""
-        qs = [(j, s, q) for j, q in enumerate(prompts.heldout(pref.prompt_kind, args.split)) for s in range(args.samples)]
+        evaluated = prompts.heldout(pref.prompt_kind, args.split)
+        qs = [(j, s, q) for j, q in enumerate(evaluated) for s in range(args.samples)]
         key = (pref.prompt_kind, cond) if cond == "baseline" else (pref.name, cond)
         if key not in cache:
             batch = [render_prompt(engine.tokenizer, conditions(q, pref.complaints, j + s)[cond]) for j, s, q in qs]

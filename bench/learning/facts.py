@@ -99,7 +99,8 @@ _SCIENCE = (
     ("Is glass a metal?", False), ("Does the Moon make its own light?", False),
     ("Does the Sun orbit the Moon?", False), ("Is ice hotter than boiling water?", False),
 )
-_LANDMARKS = (("the Eiffel Tower", "France"), ("the Colosseum", "Italy"), ("the Statue of Liberty", "the United States"),
+_LANDMARKS = (("the Eiffel Tower", "France"), ("the Colosseum", "Italy"),
+              ("the Statue of Liberty", "the United States"),
               ("the Taj Mahal", "India"), ("Big Ben", "the United Kingdom"), ("the Great Pyramid of Giza", "Egypt"),
               ("the Sydney Opera House", "Australia"), ("Machu Picchu", "Peru"), ("the Acropolis", "Greece"),
               ("the Kremlin", "Russia"), ("Mount Fuji", "Japan"), ("the Brandenburg Gate", "Germany"))
@@ -200,8 +201,8 @@ _UNITS_W = ("zero one two three four five six seven eight nine ten eleven twelve
 _TENS_W = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
 _WORD_VALUES = {**{w: i for i, w in enumerate(_UNITS_W)}, **_TENS_W}
 _NUM_WORD = "|".join(sorted([*_WORD_VALUES, "hundred", "thousand"], key=len, reverse=True))
-_TOKEN_RE = re.compile(rf"(?<![\w.])-?\d[\d,]*(?:\.\d+)?|\b(?:{_NUM_WORD})(?:(?:[\s-]+(?:and[\s-]+)?)(?:{_NUM_WORD}))*\b",
-                       re.IGNORECASE)
+_TOKEN_RE = re.compile(rf"(?<![\w.])-?\d[\d,]*(?:\.\d+)?"
+                       rf"|\b(?:{_NUM_WORD})(?:(?:[\s-]+(?:and[\s-]+)?)(?:{_NUM_WORD}))*\b", re.IGNORECASE)
 _OP_RE = re.compile(r"^\s*(?:[+\-−–*×x/÷]|plus|minus|times|multiplied\s+by|divided\s+by)\s*$", re.IGNORECASE)
 _EQ_RE = re.compile(r"^\s*(?:=|equals|is equal to|is|makes)\s*$", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(?:not|never|nor|isn't|isnt|wasn't|aren't|ain't|cannot|can't)\W+(?:\w+\W+)?$",

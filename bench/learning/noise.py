@@ -7,7 +7,8 @@ Repeat r samples prompt i with seed r * 1_000_003 + i (repeat 0 is every run's f
 compliance with each preference, yes/no correctness / good / said-yes, capability — it reports the values, their
 mean, std (sample) and spread (max − min), and the FLOOR the report compares deltas with:
 
-    floor = max(spread over repeats, 2 · sqrt(p (1 − p) / n))     (p = mean, n = replies behind the metric)
+    floor = max(spread over repeats, 2 · sqrt(p (1 − p) / n))
+    (n = replies behind the metric, p = (mean · n + 1) / (n + 2))
 
 The second term is the binomial standard error of the prompts/samples themselves: it keeps greedy metrics
 (capability, identical across sampling seeds) and a lucky small spread from claiming a zero noise floor.
@@ -54,7 +55,8 @@ def floors(evals: list[dict]) -> dict[str, dict]:
         vs = [v[k] for v in values]
         mean = statistics.fmean(vs)
         n = max(1, ns.get(k, 1))
-        binomial = 2.0 * math.sqrt(max(mean * (1.0 - mean), 0.0) / n)
+        p = (mean * n + 1.0) / (n + 2.0)  # Laplace: a metric at 0% or 100% still has a non-zero floor
+        binomial = 2.0 * math.sqrt(p * (1.0 - p) / n)
         spread = max(vs) - min(vs)
         out[k] = {"values": vs, "mean": mean, "std": statistics.stdev(vs) if len(vs) > 1 else 0.0, "spread": spread,
                   "n": n, "binomial_2se": binomial, "floor": max(spread, binomial)}

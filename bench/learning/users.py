@@ -16,10 +16,10 @@ questions, never evaluated).
 
 Repeatability and matching: each user has three random streams. The QUESTION stream (`question-<seed>-<user>`) draws
 only the question of each new conversation; the DECIDE stream only whether a satisfied user acknowledges (so a
-control follows up exactly where its feedback run would, given the same replies); the FOLLOW-UP stream all else. With one read reply per
-conversation (the default `turns_per_conversation=1`) a feedback, control and mixed run of the same seed therefore ask
-exactly the same questions in the same order. The read reply of interaction k is requested with seed
-`seed * 1_000_003 + 2k`, an unread one with `+ 2k + 1`, whatever the population.
+control follows up exactly where its feedback run would, given the same replies); the FOLLOW-UP stream all else.
+With one read reply per conversation (the default `turns_per_conversation=1`) a feedback, control and mixed run of
+the same seed therefore ask exactly the same questions in the same order. The read reply of interaction k is
+requested with seed `seed * 1_000_003 + 2k`, an unread one with `+ 2k + 1`, whatever the population.
 A conversation holds at most `turns_per_conversation` read replies; the reply to its last follow-up is not read, so it
 is requested with `followup_max_tokens` (1 by default) to save CPU; the service captures the follow-up the same way.
 """

@@ -5,7 +5,6 @@ run's CLI). No Ray, no model."""
 from __future__ import annotations
 
 import dataclasses
-import random
 from collections import Counter
 from types import SimpleNamespace
 
@@ -271,7 +270,8 @@ def test_noise_floor():
     assert m["compliance.max_words"]["spread"] == pytest.approx(0.10)
     assert m["compliance.max_words"]["std"] == pytest.approx(0.05)
     assert m["compliance.max_words"]["floor"] >= m["compliance.max_words"]["spread"]
-    assert m["capability"]["spread"] == 0 and m["capability"]["floor"] == pytest.approx(2 * (0.25 / 200) ** 0.5)
+    p = (0.5 * 200 + 1) / 202
+    assert m["capability"]["spread"] == 0 and m["capability"]["floor"] == pytest.approx(2 * (p * (1 - p) / 200) ** 0.5)
     assert set(m) >= {"yes_no.correct", "yes_no.good", "yes_no.said_yes"}
 
 
@@ -335,5 +335,3 @@ def test_eval_requests_use_the_split(sets):
     reqs = eval_requests(sets, "test", list(PREFERENCES.values()), 2)
     assert [r[0] for r in reqs] == ["open"] * 40 + ["yes_no"] * 40
     assert {r[3] for r in reqs} == set(sets.heldout("open", "test")) | set(sets.heldout("yes_no", "test"))
-    rng = random.Random(0)
-    assert rng  # (determinism of the selection is covered by test_prompt_sets_deterministic)
