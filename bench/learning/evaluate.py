@@ -8,11 +8,13 @@
      registry's latest published weights — about 20× faster than HTTP on 2 CPUs, where a replica answers one request
      at a time, so the same minutes buy 4× the samples. The version loaded is checked against the replicas'
      `system_fingerprint`. `via="http"`: every evaluation reply goes through the chat service like a user's.
-   - compliance with EVERY preference on held-out prompts with no follow-up (never captured, never trained on):
-     `samples` replies per prompt at the serving temperature; a reply to an open prompt is checked
-     against every open-prompt preference, a reply to a yes/no question against `yes_no_only`. Sampling seeds are
-     fixed per (prompt, sample), the same at every evaluation and in every run (paired comparisons);
-   - capability: accuracy on checkable prompts (arithmetic, capitals, unit conversions), greedy (temperature 0);
+   - on the evaluation split's prompts (`split`: "dev" to choose settings, "test" to report; never trained on),
+     with no follow-up (never captured): compliance with EVERY preference, `samples` replies per prompt at the
+     serving temperature, and yes/no correctness next to the yes/no format (`scoring`). Sampling seeds are fixed
+     per (prompt, sample) — prompt i of the batch is drawn with `sampling_seed + i` — the same at every evaluation
+     and in every run (paired comparisons); `noise` varies `sampling_seed` to measure the noise floor;
+   - capability: strict accuracy on the split's checkable prompts (arithmetic, capitals, unit conversions), greedy
+     (temperature 0), `capability_max_tokens` (24);
    - perplexity of a fixed reference text, computed in this process (the evaluation engine's `score`, or
      transformers with via="http") on the weights currently published in the version registry (`latest`), or the
      base model while nothing is published (version 0).
@@ -26,8 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import ray
 
-from bench.learning.preferences import Preference, count_words
+from bench.learning.preferences import Preference
 from bench.learning.prompts import PromptSets
+from bench.learning.scoring import eval_requests, score_capability, score_compliance
 from bench.learning.users import MODEL_NAME
 from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion
 
@@ -108,43 +111,32 @@ def _base_weights(model_dir: str):
 
 class Evaluator:
     def __init__(self, client, prompts: PromptSets, preferences: list[Preference], *, model_dir: str,
-                 samples: int = 2, max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
-                 capability_max_tokens: int = 48, concurrency: int = 1, via: str = "engine",
-                 engine_kind: str = "vllm"):
+                 split: str = "dev", samples: int = 2, max_tokens: int = 48, temperature: float = 0.7,
+                 top_p: float = 0.9, capability_max_tokens: int = 24, concurrency: int = 1, via: str = "engine",
+                 engine_kind: str = "vllm", sampling_seed: int = 0):
         if via not in ("engine", "http"):
             raise ValueError(f"via must be 'engine' or 'http', not {via!r}")
-        self.client, self.prompts, self.preferences = client, prompts, preferences
+        self.client, self.prompts, self.preferences, self.split = client, prompts, preferences, split
         self.samples, self.max_tokens, self.temperature, self.top_p = samples, max_tokens, temperature, top_p
         self.capability_max_tokens, self.concurrency = capability_max_tokens, max(1, concurrency)
-        self.model_dir, self.via = model_dir, via
+        self.model_dir, self.via, self.sampling_seed = model_dir, via, sampling_seed
         self.engine_kind = engine_kind if via == "engine" else "hf"
         self._engine = None
 
     def evaluate(self, loop, expected_fingerprint: str) -> dict:
         t0 = time.time()
-        out: dict = {"fingerprint": expected_fingerprint, "via": self.via}
+        out: dict = {"fingerprint": expected_fingerprint, "via": self.via, "split": self.split}
         if self.via == "engine":
             self._sync(loop, expected_fingerprint)
-        requests = []  # (kind, prompt index, sample, prompt)
-        for kind in sorted({p.prompt_kind for p in self.preferences}):
-            for j, prompt in enumerate(self.prompts.heldout(kind)):
-                requests += [(kind, j, s, prompt) for s in range(self.samples)]
+        requests = eval_requests(self.prompts, self.split, self.preferences, self.samples)
         if self.via == "engine":
-            replies = self._generate([r[3] for r in requests], self.temperature, self.max_tokens, seed=0)
+            replies = self._generate([r[3] for r in requests], self.temperature, self.max_tokens,
+                                     seed=self.sampling_seed)
         else:
             replies = self._map(lambda r: self._chat(r[3], self.temperature, self.max_tokens, 7919 * r[1] + 101 * r[2]
-                                                     + (0 if r[0] == "open" else 50_000)), requests)
-        compliance, counts = {}, {}
-        for p in self.preferences:
-            texts = [rep["text"] for req, rep in zip(requests, replies) if req[0] == p.prompt_kind]
-            compliance[p.name] = sum(map(p.verify, texts)) / len(texts) if texts else float("nan")
-            counts[p.name] = len(texts)
-        out["compliance"], out["compliance_n"] = compliance, counts
-        open_texts = [rep for req, rep in zip(requests, replies) if req[0] == "open"]
-        out["mean_words_open"] = sum(count_words(r["text"]) for r in open_texts) / max(1, len(open_texts))
-        out["stopped_on_own_frac"] = sum(r["finish_reason"] == "stop" for r in replies) / max(1, len(replies))
-        out["replies"] = [{"kind": q[0], "prompt": q[3], "sample": q[2], "text": r["text"]}
-                          for q, r in zip(requests, replies)]
+                                                     + (0 if r[0] == "open" else 50_000) + self.sampling_seed),
+                                requests)
+        out.update(score_compliance(requests, replies, self.preferences, self.prompts.yes_no_truth(self.split)))
         t1 = time.time()
         out["capability"] = self.capability()
         t2 = time.time()
@@ -155,23 +147,12 @@ class Evaluator:
         return out
 
     def capability(self) -> dict:
-        items = list(self.prompts.capability)
+        items = list(self.prompts.capability(self.split))
         if self.via == "engine":
             replies = self._generate([p.question for p in items], 0.0, self.capability_max_tokens, seed=0)
         else:
             replies = self._map(lambda p: self._chat(p.question, 0.0, self.capability_max_tokens, 0), items)
-        correct = [p.check(r["text"]) for p, r in zip(items, replies)]
-        by_kind: dict[str, list[bool]] = {}
-        for p, c in zip(items, correct):
-            by_kind.setdefault(p.kind, []).append(c)
-        return {
-            "accuracy": sum(correct) / max(1, len(correct)),
-            "n": len(correct),
-            "by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()},
-            "answers": [{"question": p.question, "reply": r["text"], "correct": c}
-                        for p, r, c in zip(items, replies, correct)],
-            "fingerprints": [r["fingerprint"] for r in replies],
-        }
+        return score_capability(items, replies)
 
     def perplexity(self, loop) -> tuple[float, int]:
         """Perplexity of the reference text under the published weights (base weights before the first version)."""

@@ -1,22 +1,27 @@
-"""Prompt sets of the learning benchmark, generated in code (templates × topics), deterministic from a seed.
+"""Prompt sets of the learning benchmark, generated in code, deterministic from a seed, in THREE DISJOINT SPLITS:
+`train` (what simulated users ask; trained on), `dev` (evaluations used to choose defaults and hyper-parameters) and
+`test` (report only). `build_prompt_sets` asserts the disjointness (`check_disjoint`).
 
-Driven by `bench.learning.users` (training prompts, acknowledgements, unrelated follow-ups) and
-`bench.learning.evaluate` (held-out prompts, checkable-answer prompts, the reference text for perplexity).
-
-- open prompts: templates × topics. Topics are split into training and held-out topics, so a held-out prompt never
-  shares a topic with a training prompt; the templates mix plain questions, list-inviting requests and playful ones
-  (where emojis, bullets, capitals and long replies all occur naturally).
-- yes/no questions: generated facts (sizes, parity, animals, fruit, places), split into training and held-out.
-- checkable prompts: arithmetic with small numbers, country capitals, unit conversions; each with an answer checker.
-  None of them is a training prompt.
-`build_prompt_sets` asserts that held-out, checkable and training prompts are pairwise disjoint.
+- open prompts: templates × topics; the topics are split three ways, so no evaluation prompt shares a topic with a
+  training prompt or with the other evaluation split.
+- yes/no questions: fact families with known answers (`facts.YES_NO_FAMILIES`), each family in exactly one split (no
+  shared template or fact family, no mirror pairs across splits); every split and every evaluation selection is
+  half "yes", half "no".
+- checkable prompts (capability): addition, subtraction, multiplication, division, capitals, unit conversions, split
+  by their underlying fact (3 + 5 and 5 + 3 are one fact; a country is one fact), at least 200 per evaluation split.
+  The train split's checkable prompts are never evaluated: they are the "new questions" users ask as follow-ups.
+Driven by `bench.learning.users` (training prompts, follow-up material) and `bench.learning.evaluate`.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from bench.learning.facts import CAPITALS, FAMILY_SPLIT, YES_NO_FAMILIES, check_capital, check_number, mirror_key
+
+SPLITS = ("train", "dev", "test")
+EVAL_SPLITS = ("dev", "test")
 
 OPEN_TEMPLATES = (
     "Tell me about {t}.",
@@ -39,40 +44,27 @@ TOPICS = (
     "the Olympic Games", "volunteering", "meditation", "the planet Mars", "batteries", "ocean tides", "rain forests",
     "the alphabet", "smartphones", "friendship", "museums",
 )
-HELDOUT_TOPIC_FRACTION = 0.25
+N_EVAL_TOPICS = 10  # per evaluation split; the rest are training topics
 
 ACKNOWLEDGEMENTS = (  # never the contrastive baseline's reference follow-up ("Thanks, that's helpful."), on purpose
     "Thanks!", "Great, thank you.", "Perfect, that's what I needed.", "Got it, thanks.", "Cool, appreciate it!",
     "Nice, thank you so much.",
 )
-_UNRELATED_FIXED = (
-    "By the way, what's a good name for a goldfish?", "Unrelated, but what day comes after Tuesday?",
-    "Also, how do you spell 'necessary'?", "Random question: what colour do you get by mixing blue and yellow?",
-    "Different topic: what's the opposite of 'ancient'?", "Quick one: how many legs does a spider have?",
-)
-
-_ANIMALS_BY_SIZE = ("an ant", "a mouse", "a cat", "a dog", "a horse", "an elephant", "a blue whale")
-_FLYERS = {"penguins": False, "eagles": True, "bats": True, "ostriches": False, "sparrows": True, "dogs": False,
-           "owls": True, "cows": False, "bees": True, "kiwis": False, "pigeons": True, "turtles": False}
-_FRUIT = {"an apple": True, "a carrot": False, "a banana": True, "a potato": False, "a grape": True, "an onion": False,
-          "a mango": True, "a lettuce": False, "a cherry": True, "a cucumber": False}
-_MAMMALS = {"a dolphin": True, "a shark": False, "a bat": True, "a frog": False, "a whale": True, "a snake": False,
-            "a cow": True, "a crocodile": False, "a horse": True, "a salmon": False}
-CAPITALS = (
-    ("France", ("Paris",)), ("Japan", ("Tokyo",)), ("Italy", ("Rome",)), ("Germany", ("Berlin",)),
-    ("Spain", ("Madrid",)), ("Egypt", ("Cairo",)), ("Canada", ("Ottawa",)), ("Russia", ("Moscow",)),
-    ("China", ("Beijing",)), ("the United Kingdom", ("London",)), ("Greece", ("Athens",)),
-    ("Portugal", ("Lisbon",)), ("Ireland", ("Dublin",)), ("Norway", ("Oslo",)), ("Kenya", ("Nairobi",)),
-    ("Peru", ("Lima",)), ("Austria", ("Vienna",)), ("Poland", ("Warsaw",)), ("Thailand", ("Bangkok",)),
-    ("India", ("New Delhi", "Delhi")),
+THANKS_NEXT = ("Thanks! Next question: {q}", "Ok, thanks. Another one: {q}", "Got it. Next: {q}",
+               "Alright, moving on. {q}")
+CHITCHAT = (
+    "By the way, I'm heading to the beach this weekend!", "Haha, my cat just walked across my keyboard.",
+    "Long day at work today, I'm so tired.", "I just made myself a cup of tea.", "It's raining here again.",
+    "My sister is visiting tomorrow, I'm excited.", "I should really go to bed soon.",
+    "Random thought: I miss summer holidays.",
 )
 UNITS = (  # (asked unit, given unit, factor)
     ("centimeters", "meters", 100), ("minutes", "hours", 60), ("seconds", "minutes", 60), ("grams", "kilograms", 1000),
     ("days", "weeks", 7), ("millimeters", "centimeters", 10), ("months", "years", 12), ("hours", "days", 24),
+    ("meters", "kilometers", 1000), ("inches", "feet", 12), ("feet", "yards", 3), ("milliliters", "liters", 1000),
+    ("cents", "dollars", 100), ("years", "decades", 10), ("years", "centuries", 100),
 )
-_NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-                 "sixteen seventeen eighteen nineteen twenty").split()
-_NUMBER_RE = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
+CAPABILITY_KINDS = ("addition", "subtraction", "multiplication", "division", "capital", "units")
 
 REFERENCE_TEXT = """\
 The river begins as a thin stream high in the mountains, where snow melts slowly during the spring. As it flows \
@@ -95,144 +87,210 @@ the early morning. For them, the river is not only a source of water but also a 
 
 @dataclass(frozen=True)
 class CheckablePrompt:
-    """A question with a known answer: `check(reply)` is True when the reply contains it."""
+    """A question with a known answer; `check(reply)` is strict (see `facts`): the reply's first number (or the
+    result of its opening equation) must be the answer; for capitals, the first capital named, not negated."""
 
     question: str
-    kind: str  # "arithmetic" | "capital" | "units"
-    answers: tuple[str, ...]  # a number (as text) or accepted names
+    kind: str  # one of CAPABILITY_KINDS
+    answers: tuple[str, ...]  # a number as text, or (country,) for "capital"
+    key: str = ""  # the underlying fact: prompts with the same key are in the same split
 
     def check(self, reply: str) -> bool:
         if self.kind == "capital":
-            return any(re.search(rf"\b{re.escape(a)}\b", reply, re.IGNORECASE) for a in self.answers)
-        return any(_same_number(n, a) for n in numbers_in(reply) for a in self.answers)
+            return check_capital(reply, self.answers[0])
+        return any(check_number(reply, a) for a in self.answers)
 
 
-def numbers_in(text: str) -> list[float]:
-    """Numbers written with digits ("2,000", "-3", "1.5") or as words up to twenty."""
-    out = []
-    for m in _NUMBER_RE.finditer(text):
-        try:
-            out.append(float(m.group().replace(",", "")))
-        except ValueError:
-            pass
-    words = re.findall(r"[a-z]+", text.lower())
-    out += [float(_NUMBER_WORDS.index(w)) for w in words if w in _NUMBER_WORDS]
-    return out
-
-
-def _same_number(x: float, answer: str) -> bool:
-    return abs(x - float(answer)) < 1e-9
+@dataclass(frozen=True)
+class YesNoQuestion:
+    question: str
+    answer: bool  # the true answer
+    family: str
 
 
 @dataclass(frozen=True)
 class PromptSets:
+    """Training prompts, follow-up material and, per evaluation split, the evaluated prompts."""
+
     train_open: tuple[str, ...]
-    heldout_open: tuple[str, ...]
-    train_yes_no: tuple[str, ...]
-    heldout_yes_no: tuple[str, ...]
-    capability: tuple[CheckablePrompt, ...]
-    unrelated_followups: tuple[str, ...]
-    train_topics: tuple[str, ...] = ()
-    heldout_topics: tuple[str, ...] = ()
+    train_yes_no: tuple[YesNoQuestion, ...]
+    train_capability: tuple[CheckablePrompt, ...]
+    eval_open: dict = field(default_factory=dict)  # split → tuple[str]
+    eval_yes_no: dict = field(default_factory=dict)  # split → tuple[YesNoQuestion]
+    eval_capability: dict = field(default_factory=dict)  # split → tuple[CheckablePrompt]
+    topics: dict = field(default_factory=dict)  # split → tuple[str]
     acknowledgements: tuple[str, ...] = ACKNOWLEDGEMENTS
+    thanks_next: tuple[str, ...] = THANKS_NEXT
+    chitchat: tuple[str, ...] = CHITCHAT
     reference_text: str = REFERENCE_TEXT
 
+    def __hash__(self) -> int:
+        return id(self)
+
     def train(self, kind: str) -> tuple[str, ...]:
-        return {"open": self.train_open, "yes_no": self.train_yes_no}[kind]
+        return {"open": self.train_open, "yes_no": tuple(q.question for q in self.train_yes_no)}[kind]
 
-    def heldout(self, kind: str) -> tuple[str, ...]:
-        return {"open": self.heldout_open, "yes_no": self.heldout_yes_no}[kind]
+    def heldout(self, kind: str, split: str = "dev") -> tuple[str, ...]:
+        """The evaluated prompts of `kind` ("open" | "yes_no") in `split`."""
+        if kind == "open":
+            return self.eval_open[split]
+        return tuple(q.question for q in self.eval_yes_no[split])
+
+    def capability(self, split: str = "dev") -> tuple[CheckablePrompt, ...]:
+        return self.eval_capability[split]
+
+    def yes_no_truth(self, split: str) -> dict[str, bool]:
+        return {q.question: q.answer for q in self.eval_yes_no[split]}
+
+    def new_topics(self, kind: str) -> tuple[str, ...]:
+        """New questions a user may ask instead of reacting to a reply: training prompts of the same kind and the
+        training split's checkable questions (never evaluated)."""
+        return self.train(kind) + tuple(p.question for p in self.train_capability)
 
 
-def yes_no_questions() -> list[str]:
-    qs = [f"Is {a} bigger than {b}?" for a in _ANIMALS_BY_SIZE for b in _ANIMALS_BY_SIZE if a != b]
-    qs += [f"Is {n} an even number?" for n in range(3, 40)]
-    qs += [f"Can {animal} fly?" for animal in _FLYERS]
-    qs += [f"Is {thing} a fruit?" for thing in _FRUIT]
-    qs += [f"Is {thing} a mammal?" for thing in _MAMMALS]
-    qs += [f"Is {cap[0]} in {country}?" for country, cap in CAPITALS[:10]]
-    qs += [f"Is {CAPITALS[(i + 3) % 20][1][0]} in {country}?" for i, (country, _) in enumerate(CAPITALS[10:], 10)]
-    return qs
+# ---- yes/no ---------------------------------------------------------------------------------------------------------
 
 
-def capability_prompts(seed: int, n: int) -> list[CheckablePrompt]:
-    """`n` checkable prompts, kinds interleaved (arithmetic, capital, units, ...), deterministic from `seed`."""
-    rng = random.Random(f"capability-{seed}")
-    arithmetic = []
-    for _ in range(max(n, 1)):
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
-        op = rng.choice(("+", "times", "minus"))
-        if op == "+":
-            arithmetic.append(CheckablePrompt(f"What is {a} + {b}?", "arithmetic", (str(a + b),)))
-        elif op == "times":
-            arithmetic.append(CheckablePrompt(f"What is {a} times {b}?", "arithmetic", (str(a * b),)))
-        else:
-            hi, lo = max(a, b) + 5, min(a, b)
-            arithmetic.append(CheckablePrompt(f"What is {hi} minus {lo}?", "arithmetic", (str(hi - lo),)))
-    capitals = [CheckablePrompt(f"What is the capital of {c}?", "capital", names) for c, names in CAPITALS]
-    rng.shuffle(capitals)
-    units = []
-    for asked, given, factor in UNITS:
-        k = rng.randint(2, 9)
-        units.append(CheckablePrompt(f"How many {asked} are in {k} {given}?", "units", (str(k * factor),)))
-    rng.shuffle(units)
-    pools, out, seen = [arithmetic, capitals, units], [], set()
+def yes_no_split(split: str) -> list[YesNoQuestion]:
+    return [YesNoQuestion(q, a, fam) for fam, qs in YES_NO_FAMILIES.items() if FAMILY_SPLIT[fam] == split
+            for q, a in qs]
+
+
+def balanced_selection(questions: list[YesNoQuestion], n: int, rng: random.Random) -> list[YesNoQuestion]:
+    """`n` questions, alternately true and false, families taken in turn (round robin), deterministic from `rng`."""
+    groups: dict[tuple[str, bool], list[YesNoQuestion]] = {}
+    for q in questions:
+        groups.setdefault((q.family, q.answer), []).append(q)
+    for g in groups.values():
+        rng.shuffle(g)
+    families = sorted({q.family for q in questions})
+    out: list[YesNoQuestion] = []
     i = 0
-    while len(out) < n and any(pools):
-        pool = pools[i % 3]
-        i += 1
-        while pool:
-            p = pool.pop(0)
-            if p.question not in seen:
-                seen.add(p.question)
-                out.append(p)
+    while len(out) < n and any(groups.values()):
+        truth = len(out) % 2 == 0
+        for k in range(len(families)):
+            g = groups.get((families[(i + k) % len(families)], truth))
+            if g:
+                out.append(g.pop())
                 break
+        else:
+            raise ValueError(f"not enough {'yes' if truth else 'no'} questions for {n} balanced ones")
+        i += 1
+    if len(out) < n:
+        raise ValueError(f"{n} yes/no questions requested, only {len(out)} available")
     return out
 
 
-def unrelated_followups(seed: int, n: int = 24) -> tuple[str, ...]:
-    """Follow-ups that have nothing to do with the reply (the control users' only messages): "What is 27*4?" style."""
-    rng = random.Random(f"unrelated-{seed}")
-    out = list(_UNRELATED_FIXED)
-    while len(out) < n:
-        out.append(f"What is {rng.randint(11, 49)}*{rng.randint(2, 9)}?")
-    return tuple(out)
+# ---- checkable prompts ----------------------------------------------------------------------------------------------
 
 
-def build_prompt_sets(seed: int = 0, n_heldout_open: int = 10, n_heldout_yes_no: int = 6,
-                      n_capability: int = 18) -> PromptSets:
-    """All prompt sets, deterministic from `seed`; held-out and checkable prompts never appear in training."""
+def all_checkable() -> list[CheckablePrompt]:
+    """Every checkable prompt there is, with its fact key (split unit)."""
+    out = []
+    for a in range(2, 41):
+        for b in range(a, 41):
+            q = f"What is {a} + {b}?" if (a + b) % 2 else f"What is {b} plus {a}?"
+            out.append(CheckablePrompt(q, "addition", (str(a + b),), f"add:{a},{b}"))
+    for a in range(10, 61):
+        for b in range(2, a - 1, 3):
+            out.append(CheckablePrompt(f"What is {a} minus {b}?", "subtraction", (str(a - b),), f"sub:{a},{b}"))
+    for a in range(2, 16):
+        for b in range(a, 16):
+            q = f"What is {a} times {b}?" if (a + b) % 2 else f"What is {b} times {a}?"
+            out.append(CheckablePrompt(q, "multiplication", (str(a * b),), f"mul:{a},{b}"))
+    for b in range(2, 13):
+        for q in range(2, 13):
+            out.append(CheckablePrompt(f"What is {b * q} divided by {b}?", "division", (str(q),), f"div:{b * q},{b}"))
+    for country, _, _ in CAPITALS:
+        out.append(CheckablePrompt(f"What is the capital of {country}?", "capital", (country,), f"capital:{country}"))
+    for asked, given, factor in UNITS:
+        for k in range(2, 10):
+            out.append(CheckablePrompt(f"How many {asked} are in {k} {given}?", "units", (str(k * factor),),
+                                       f"units:{asked},{given},{k}"))
+    return out
+
+
+def checkable_splits(seed: int) -> dict[str, list[CheckablePrompt]]:
+    """Each kind's facts shuffled and cut in three equal parts; within a split, kinds interleaved round robin so that
+    any prefix covers every kind."""
+    rng = random.Random(f"capability-{seed}")
+    by_kind: dict[str, list[CheckablePrompt]] = {k: [] for k in CAPABILITY_KINDS}
+    for p in all_checkable():
+        by_kind[p.kind].append(p)
+    parts: dict[str, dict[str, list[CheckablePrompt]]] = {s: {} for s in SPLITS}
+    for kind, items in by_kind.items():
+        rng.shuffle(items)
+        third = len(items) // 3
+        for i, s in enumerate(SPLITS):
+            parts[s][kind] = items[i * third:(i + 1) * third]
+    out = {}
+    for s in SPLITS:
+        pools = [list(parts[s][k]) for k in CAPABILITY_KINDS]
+        seq: list[CheckablePrompt] = []
+        while any(pools):
+            for pool in pools:
+                if pool:
+                    seq.append(pool.pop(0))
+        out[s] = seq
+    return out
+
+
+# ---- all sets -------------------------------------------------------------------------------------------------------
+
+
+def build_prompt_sets(seed: int = 0, n_open: int = 20, n_yes_no: int = 20, n_capability: int = 200) -> PromptSets:
+    """All prompt sets, deterministic from `seed`; `n_*` prompts per evaluation split."""
     rng = random.Random(f"prompts-{seed}")
     topics = list(TOPICS)
     rng.shuffle(topics)
-    n_topics_out = max(1, round(len(topics) * HELDOUT_TOPIC_FRACTION))
-    heldout_topics, train_topics = topics[:n_topics_out], topics[n_topics_out:]
-    train_open = [tpl.format(t=t) for t in train_topics for tpl in OPEN_TEMPLATES]
+    split_topics = {"dev": topics[:N_EVAL_TOPICS], "test": topics[N_EVAL_TOPICS:2 * N_EVAL_TOPICS],
+                    "train": topics[2 * N_EVAL_TOPICS:]}
+    train_open = [tpl.format(t=t) for t in split_topics["train"] for tpl in OPEN_TEMPLATES]
     rng.shuffle(train_open)
-    templates = list(OPEN_TEMPLATES)
-    rng.shuffle(templates)
-    heldout_open = [templates[i % len(templates)].format(t=heldout_topics[i % len(heldout_topics)])
-                    for i in range(n_heldout_open)]
-    if len(set(heldout_open)) != len(heldout_open):
-        raise ValueError(f"n_heldout_open={n_heldout_open} is more than the distinct held-out prompts available")
-    yes_no = yes_no_questions()
-    rng.shuffle(yes_no)
-    n_yn_out = max(n_heldout_yes_no, len(yes_no) // 4)
-    heldout_yes_no, train_yes_no = yes_no[:n_heldout_yes_no], yes_no[n_yn_out:]
-    capability = capability_prompts(seed, n_capability)
-    sets = PromptSets(tuple(train_open), tuple(heldout_open), tuple(train_yes_no), tuple(heldout_yes_no),
-                      tuple(capability), unrelated_followups(seed), tuple(train_topics), tuple(heldout_topics))
+    eval_open = {}
+    for s in EVAL_SPLITS:
+        templates = list(OPEN_TEMPLATES)
+        rng.shuffle(templates)
+        tt = split_topics[s]
+        chosen = [templates[(i + i // len(tt)) % len(templates)].format(t=tt[i % len(tt)]) for i in range(n_open)]
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"n_open={n_open} is more than the distinct {s} prompts available")
+        eval_open[s] = tuple(chosen)
+    train_yes_no = yes_no_split("train")
+    rng.shuffle(train_yes_no)
+    eval_yes_no = {s: tuple(balanced_selection(yes_no_split(s), n_yes_no, rng)) for s in EVAL_SPLITS}
+    checkable = checkable_splits(seed)
+    for s in EVAL_SPLITS:
+        if n_capability > len(checkable[s]):
+            raise ValueError(f"{n_capability} checkable prompts requested, the {s} split has {len(checkable[s])}")
+    sets = PromptSets(tuple(train_open), tuple(train_yes_no), tuple(checkable["train"]), eval_open, eval_yes_no,
+                      {s: tuple(checkable[s][:n_capability]) for s in EVAL_SPLITS},
+                      {s: tuple(v) for s, v in split_topics.items()})
     check_disjoint(sets)
     return sets
 
 
 def check_disjoint(sets: PromptSets) -> None:
-    """Raise if any held-out or checkable prompt is also a training prompt (or held-out topics leak into training)."""
-    train = set(sets.train_open) | set(sets.train_yes_no)
-    evaluated = set(sets.heldout_open) | set(sets.heldout_yes_no) | {p.question for p in sets.capability}
-    leaked = train & evaluated
-    if leaked:
-        raise AssertionError(f"held-out prompts used for training: {sorted(leaked)[:3]}")
-    shared = set(sets.train_topics) & set(sets.heldout_topics)
-    if shared:
-        raise AssertionError(f"held-out topics used for training: {sorted(shared)[:3]}")
+    """Raise AssertionError if train, dev and test share a prompt, an open-prompt topic, a yes/no family or mirror
+    pair, or a checkable fact."""
+    def sets_of(split: str) -> dict[str, set]:
+        if split == "train":
+            yn, cap, open_ = sets.train_yes_no, sets.train_capability, sets.train_open
+        else:
+            yn, cap, open_ = sets.eval_yes_no[split], sets.eval_capability[split], sets.eval_open[split]
+        return {"prompt": set(open_) | {q.question for q in yn} | {p.question for p in cap},
+                "topic": set(sets.topics[split]), "family": {q.family for q in yn},
+                "mirror": {mirror_key(q.question) for q in yn}, "fact": {p.key for p in cap}}
+
+    by_split = {s: sets_of(s) for s in SPLITS}
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            for what in ("prompt", "topic", "family", "mirror", "fact"):
+                shared = by_split[a][what] & by_split[b][what]
+                if shared:
+                    raise AssertionError(f"{a} and {b} share {what}s: {sorted(shared)[:3]}")
+    for s in SPLITS:  # an open prompt's topic belongs to its own split
+        prompts = set(sets.train_open if s == "train" else sets.eval_open[s])
+        own = {tpl.format(t=t) for t in sets.topics[s] for tpl in OPEN_TEMPLATES}
+        if prompts - own:
+            raise AssertionError(f"{s} prompts not about a {s} topic: {sorted(prompts - own)[:3]}")

@@ -1,170 +1,271 @@
-"""Summaries of a learning-benchmark result: per-run deltas, the printed table, the PNG learning curve.
+"""Summaries of learning-benchmark results: per-run deltas, seeds aggregated, gain over the matched control, noise
+floor marks and distillation efficiency. Pure functions of the result dict that `bench.learning.run` writes, plus
+the noise-floor JSON (`python -m bench.learning.noise`) and the in-context ceiling JSON (`python -m
+bench.learning.ceiling`) of the same model and split, read from the results folder when they exist.
 
-Pure functions of the result dict that `bench.learning.run` writes (plus matplotlib for the figure). A run is one
-(variant, trained preference or control, seed); its `evals` list holds one evaluation per checkpoint in interactions.
+    python -m bench.learning.report RESULT.json [RESULT.json ...] [--noise NOISE.json] [--ceiling CEILING.json]
+
+- The TARGET metric of a run is the trained preference's compliance, except for `yes_no_only`: there it is
+  `yes_no.good` (format AND correct answer), so a learned "No" to every question does not count as learning.
+- A delta whose size is within the noise floor of its metric (`noise.py`) is marked "~".
+- Distillation efficiency = learned gain (mean over seeds) / in-context ceiling gain (ceiling with the complaint in
+  the run's hindsight template minus the no-instruction baseline); n/a when the ceiling gain is under 2 points.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from collections import defaultdict
+from pathlib import Path
+
+from bench.learning.scoring import metric_values
 
 # The bar from the issue: a clear improvement on the trained preference, little drift elsewhere, capability kept.
 BAR_ON_TARGET, BAR_DRIFT, BAR_CAPABILITY = 0.20, 0.10, 0.02
+MIN_CEILING_GAIN = 0.02
+
+
+def target_metric(preference: str) -> str:
+    return "yes_no.good" if preference == "yes_no_only" else f"compliance.{preference}"
 
 
 def run_label(run: dict) -> str:
-    return "control" if run["control"] else run["preference"]
+    pop = run.get("population", "control" if run.get("control") else "feedback")
+    return run["preference"] if pop == "feedback" else f"{run['preference']} {pop}"
 
 
 def summarize_run(run: dict) -> dict:
     """Before → after numbers of one run (first vs last evaluation)."""
     evals = run["evals"]
-    first, last = evals[0], evals[-1]
-    c0, c1 = first["compliance"], last["compliance"]
-    deltas = {p: c1[p] - c0[p] for p in c0}
-    trained = None if run["control"] else run["preference"]
-    opposite = run.get("opposes")  # training "use_emojis" must lower "no_emojis": that is the target, not drift
-    off = {p: d for p, d in deltas.items() if p not in (trained, opposite)}
+    m0, m1 = metric_values(evals[0]), metric_values(evals[-1])
+    deltas = {k: m1[k] - m0[k] for k in m0 if k in m1}
+    pref, target = run["preference"], target_metric(run["preference"])
+    skip = {f"compliance.{pref}", f"compliance.{run.get('opposes')}"}  # the opposite moving is the target moving
+    off = {k[len("compliance."):]: d for k, d in deltas.items() if k.startswith("compliance.") and k not in skip}
     drift_pref = max(off, key=lambda p: abs(off[p])) if off else None
-    cap0, cap1 = first["capability"]["accuracy"], last["capability"]["accuracy"]
-    ppl0, ppl1 = first["perplexity"], last["perplexity"]
+    population = run.get("population", "control" if run.get("control") else "feedback")
     s = {
-        "variant": run["variant"], "trained": run_label(run), "seed": run["seed"], "control": run["control"],
-        "interactions": last["interactions"],
-        "on_target_before": c0[trained] if trained else None,
-        "on_target_after": c1[trained] if trained else None,
-        "on_target_delta": deltas[trained] if trained else None,
-        "on_target_peak": max(e["compliance"][trained] for e in evals) if trained else None,
-        "max_off_target_drift": off[drift_pref] if drift_pref else 0.0,
-        "max_off_target_pref": drift_pref,
-        "compliance_delta": deltas,
-        "capability_before": cap0, "capability_after": cap1, "capability_delta": cap1 - cap0,
-        "perplexity_before": ppl0, "perplexity_after": ppl1, "perplexity_delta_pct": 100.0 * (ppl1 / ppl0 - 1.0),
-        "mean_words_before": first.get("mean_words_open"), "mean_words_after": last.get("mean_words_open"),
+        "variant": run["variant"], "trained": pref, "population": population, "seed": run["seed"],
+        "gate": run.get("gate"), "control": population == "control", "split": run.get("split", "dev"),
+        "template": run.get("loop_config", {}).get("hindsight", {}).get("template"),
+        "interactions": evals[-1]["interactions"], "target": target,
+        "on_target_before": m0.get(target), "on_target_after": m1.get(target), "on_target_delta": deltas.get(target),
+        "on_target_peak": max(metric_values(e).get(target, float("nan")) for e in evals),
+        "max_off_target_drift": off[drift_pref] if drift_pref else 0.0, "max_off_target_pref": drift_pref,
+        "metric_delta": deltas,
+        "capability_before": m0["capability"], "capability_after": m1["capability"],
+        "capability_delta": deltas["capability"],
+        "perplexity_before": evals[0]["perplexity"], "perplexity_after": evals[-1]["perplexity"],
+        "perplexity_delta_pct": 100.0 * (evals[-1]["perplexity"] / evals[0]["perplexity"] - 1.0),
+        "mean_words_before": evals[0].get("mean_words_open"), "mean_words_after": evals[-1].get("mean_words_open"),
         "minutes": run["timings"]["total_s"] / 60.0,
     }
+    for k in ("format", "correct", "said_yes"):
+        if "yes_no" in evals[0] and "yes_no" in evals[-1]:
+            s[f"yes_no_{k}_before"], s[f"yes_no_{k}_after"] = evals[0]["yes_no"][k], evals[-1]["yes_no"][k]
     kept = abs(s["max_off_target_drift"]) <= BAR_DRIFT and s["capability_delta"] >= -BAR_CAPABILITY
-    s["meets_bar"] = kept and (trained is None or s["on_target_delta"] >= BAR_ON_TARGET)
+    if population == "control":  # a control must be flat, on its matched preference too
+        s["meets_bar"] = kept and abs(s["on_target_delta"] or 0.0) <= BAR_DRIFT
+    else:
+        s["meets_bar"] = kept and (s["on_target_delta"] or 0.0) >= BAR_ON_TARGET
     return s
 
 
-def _pct(x: float | None) -> str:
-    return "  n/a" if x is None else f"{100 * x:4.0f}%"
+def _group_key(s: dict) -> tuple:
+    return s["variant"], s["trained"], s["population"], s.get("gate")
 
 
-def _signed(x: float | None, scale: float = 100.0, unit: str = "") -> str:
-    return "n/a" if x is None else f"{scale * x:+.0f}{unit}"
-
-
-def format_table(summaries: list[dict]) -> str:
-    head = (f"{'variant':<17} {'trained':<14} {'seed':>4}  {'on-target before→after':<24} "
-            f"{'max off-target drift':<28} {'capability':<20} {'perplexity':<22} {'words':<10} {'min':>4}  bar")
-    lines = [head, "-" * len(head)]
-    for s in summaries:
-        on = ("n/a" if s["on_target_delta"] is None else
-              f"{_pct(s['on_target_before'])} → {_pct(s['on_target_after'])} ({_signed(s['on_target_delta'])})")
-        drift = f"{_signed(s['max_off_target_drift'])} pts ({s['max_off_target_pref']})"
-        cap = (f"{_pct(s['capability_before'])} → {_pct(s['capability_after'])} "
-               f"({_signed(s['capability_delta'])})")
-        ppl = f"{s['perplexity_before']:.2f} → {s['perplexity_after']:.2f} ({s['perplexity_delta_pct']:+.0f}%)"
-        words = f"{s['mean_words_before']:.0f} → {s['mean_words_after']:.0f}"
-        lines.append(f"{s['variant']:<17} {s['trained']:<14} {s['seed']:>4}  {on:<24} {drift:<28} {cap:<20} "
-                     f"{ppl:<22} {words:<10} {s['minutes']:>4.0f}  {'yes' if s['meets_bar'] else 'no'}")
-    return "\n".join(lines)
+def _stats(vals: list[float]) -> dict | None:
+    vals = [v for v in vals if v is not None]
+    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals), "n": len(vals)} if vals else None
 
 
 def aggregate(summaries: list[dict]) -> list[dict]:
-    """Mean and spread (min..max) over seeds for each (variant, trained)."""
+    """Mean and spread (min..max) over seeds for each (variant, trained, population, gate)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for s in summaries:
-        groups[(s["variant"], s["trained"])].append(s)
+        groups[_group_key(s)].append(s)
     out = []
-    for (variant, trained), ss in groups.items():
-        row = {"variant": variant, "trained": trained, "seeds": [s["seed"] for s in ss]}
+    for (variant, trained, population, gate), ss in groups.items():
+        row = {"variant": variant, "trained": trained, "population": population, "gate": gate,
+               "target": ss[0]["target"], "template": ss[0].get("template"), "seeds": [s["seed"] for s in ss]}
         for key in ("on_target_delta", "max_off_target_drift", "capability_delta", "perplexity_delta_pct"):
-            vals = [s[key] for s in ss if s[key] is not None]
-            row[key] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)} if vals else None
+            row[key] = _stats([s[key] for s in ss])
+        row["yes_no_correct_delta"] = _stats([s["metric_delta"].get("yes_no.correct") for s in ss])
         out.append(row)
     return out
 
 
-def format_aggregate(rows: list[dict]) -> str:
-    def cell(r, key, scale=100.0, unit=" pts"):
-        v = r[key]
-        if v is None:
-            return "n/a"
-        return f"{scale * v['mean']:+.0f}{unit} [{scale * v['min']:+.0f}, {scale * v['max']:+.0f}]"
+def gain_over_control(summaries: list[dict]) -> list[dict]:
+    """Target gain of each trained run minus that of its matched control (same variant, preference, seed, gate)."""
+    controls = {(s["variant"], s["trained"], s["seed"], s.get("gate")): s for s in summaries if s["control"]}
+    out = []
+    for s in summaries:
+        c = controls.get((s["variant"], s["trained"], s["seed"], s.get("gate")))
+        if s["control"] or c is None or s["on_target_delta"] is None or c["on_target_delta"] is None:
+            continue
+        out.append({"variant": s["variant"], "trained": s["trained"], "population": s["population"],
+                    "seed": s["seed"], "gate": s.get("gate"), "trained_delta": s["on_target_delta"],
+                    "control_delta": c["on_target_delta"], "gain": s["on_target_delta"] - c["on_target_delta"],
+                    "capability_gain": s["capability_delta"] - c["capability_delta"]})
+    return out
 
-    head = (f"{'variant':<17} {'trained':<14} {'seeds':<8} {'Δ on-target':<22} {'max drift':<22} "
-            f"{'Δ capability':<22} Δ ppl")
+
+# ---- noise floor and ceiling ----------------------------------------------------------------------------------------
+
+
+def load_json(path) -> dict | None:
+    p = Path(path) if path else None
+    return json.loads(p.read_text()) if p and p.exists() else None
+
+
+def noise_floor(noise: dict | None, metric: str) -> float | None:
+    if not noise or metric not in noise.get("metrics", {}):
+        return None
+    return noise["metrics"][metric]["floor"]
+
+
+def mark(delta: float | None, noise: dict | None, metric: str, scale: float = 100.0) -> str:
+    """'+12' or '+3~' (within the noise floor of `metric`)."""
+    if delta is None:
+        return "n/a"
+    floor = noise_floor(noise, metric)
+    return f"{scale * delta:+.0f}" + ("~" if floor is not None and abs(delta) <= floor else "")
+
+
+def ceiling_gain(ceiling: dict | None, preference: str, template: str | None) -> float | None:
+    """Ceiling (complaint in the run's hindsight template) minus baseline, on the preference's target metric."""
+    if not ceiling:
+        return None
+    row = ceiling.get("target", ceiling.get("compliance", {})).get(preference)
+    cond = "hindsight_offline" if template == "offline" else "hindsight_online"
+    if not row or cond not in row:
+        return None
+    return row[cond] - row["baseline"]
+
+
+def efficiency(gain: float | None, ceiling: dict | None, preference: str, template: str | None) -> str:
+    cg = ceiling_gain(ceiling, preference, template)
+    if gain is None or cg is None:
+        return "n/a"
+    if cg < MIN_CEILING_GAIN:
+        return f"n/a (ceiling {100 * cg:+.0f})"
+    return f"{gain / cg:.2f} ({100 * gain:+.0f}/{100 * cg:+.0f})"
+
+
+# ---- tables ---------------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def _yes_no_cell(s: dict, noise: dict | None) -> str:
+    if "yes_no_correct_before" not in s:
+        return "—"
+    return (f"fmt {_pct(s['yes_no_format_before'])}→{_pct(s['yes_no_format_after'])} "
+            f"correct {_pct(s['yes_no_correct_before'])}→{_pct(s['yes_no_correct_after'])} "
+            f"({mark(s['metric_delta'].get('yes_no.correct'), noise, 'yes_no.correct')}) "
+            f"yes {_pct(s['yes_no_said_yes_before'])}→{_pct(s['yes_no_said_yes_after'])}")
+
+
+def format_table(summaries: list[dict], noise: dict | None = None, ceiling: dict | None = None) -> str:
+    head = (f"{'variant':<17} {'trained':<13} {'population':<10} {'seed':>4}  {'target before→after':<22} "
+            f"{'efficiency':<18} {'yes/no (format, correct, said yes)':<52} {'max off-target drift':<26} "
+            f"{'capability':<18} {'ppl':<6} {'words':<9} {'min':>4}  bar")
     lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['variant']:<17} {r['trained']:<14} {','.join(map(str, r['seeds'])):<8} "
-                     f"{cell(r, 'on_target_delta'):<22} {cell(r, 'max_off_target_drift'):<22} "
-                     f"{cell(r, 'capability_delta'):<22} {cell(r, 'perplexity_delta_pct', 1.0, '%')}")
+    for s in summaries:
+        on = (f"{_pct(s['on_target_before'])} → {_pct(s['on_target_after'])} "
+              f"({mark(s['on_target_delta'], noise, s['target'])})")
+        eff = "—" if s["control"] else efficiency(s["on_target_delta"], ceiling, s["trained"], s.get("template"))
+        pref = s["max_off_target_pref"]
+        drift = f"{mark(s['max_off_target_drift'], noise, f'compliance.{pref}')} pts ({pref})"
+        cap = (f"{_pct(s['capability_before'])} → {_pct(s['capability_after'])} "
+               f"({mark(s['capability_delta'], noise, 'capability')})")
+        words = f"{s['mean_words_before']:.0f} → {s['mean_words_after']:.0f}"
+        lines.append(f"{s['variant']:<17} {s['trained']:<13} {s['population']:<10} {s['seed']:>4}  {on:<22} "
+                     f"{eff:<18} {_yes_no_cell(s, noise):<52} {drift:<26} {cap:<18} "
+                     f"{s['perplexity_delta_pct']:+.0f}%{'':<2} {words:<9} {s['minutes']:>4.0f}  "
+                     f"{'yes' if s['meets_bar'] else 'no'}")
     return "\n".join(lines)
 
 
-def plot(result: dict, path) -> None:
-    """Compliance vs interactions per trained preference (one colour per variant, control dashed), off-target
-    drift, capability and perplexity; mean over seeds with the min..max band."""
-    import matplotlib
+def _cell(v: dict | None, noise: dict | None, metric: str | None, scale: float = 100.0, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    m = mark(v["mean"], noise, metric, scale) if metric else f"{scale * v['mean']:+.0f}"
+    return f"{m}{unit} [{scale * v['min']:+.0f}, {scale * v['max']:+.0f}]"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    runs = result["runs"]
-    trained = list(dict.fromkeys(r["preference"] for r in runs if not r["control"]))
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
-    colours = {v: plt.get_cmap("tab10")(i) for i, v in enumerate(variants)}
-    panels = [(f"compliance: {p}", "compliance", p) for p in trained]
-    panels += [("off-target drift (mean Δ, untrained)", "drift", None), ("capability accuracy", "capability", None),
-               ("reference perplexity", "perplexity", None)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    markers = "osD^vP*X"
+def format_aggregate(rows: list[dict], noise: dict | None = None, ceiling: dict | None = None) -> str:
+    head = (f"{'variant':<17} {'trained':<13} {'population':<10} {'seeds':<6} {'Δ target':<18} {'efficiency':<18} "
+            f"{'Δ yes/no correct':<18} {'max drift':<18} {'Δ capability':<18} Δ ppl")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        gain = r["on_target_delta"]["mean"] if r["on_target_delta"] else None
+        eff = "—" if r["population"] == "control" else efficiency(gain, ceiling, r["trained"], r.get("template"))
+        lines.append(f"{r['variant']:<17} {r['trained']:<13} {r['population']:<10} "
+                     f"{','.join(map(str, r['seeds'])):<6} {_cell(r['on_target_delta'], noise, r['target']):<18} "
+                     f"{eff:<18} {_cell(r['yes_no_correct_delta'], noise, 'yes_no.correct'):<18} "
+                     f"{_cell(r['max_off_target_drift'], noise, None):<18} "
+                     f"{_cell(r['capability_delta'], noise, 'capability'):<18} "
+                     f"{_cell(r['perplexity_delta_pct'], None, None, 1.0, '%')}")
+    return "\n".join(lines)
 
-    def series(run: dict, what: str, pref: str | None) -> list[float]:
-        ev = run["evals"]
-        if what == "compliance":
-            return [e["compliance"][pref] for e in ev]
-        if what == "capability":
-            return [e["capability"]["accuracy"] for e in ev]
-        if what == "perplexity":
-            return [e["perplexity"] for e in ev]
-        own = None if run["control"] else run["preference"]
-        others = [p for p in ev[0]["compliance"] if p not in (own, run.get("opposes"))]
-        return [statistics.fmean(e["compliance"][p] - ev[0]["compliance"][p] for p in others) for e in ev]
 
-    for ax, (title, what, pref) in zip(axes[0], panels):
-        groups: dict[tuple, list[dict]] = defaultdict(list)
-        for r in runs:
-            if what == "compliance" and not r["control"] and r["preference"] != pref:
-                continue
-            groups[(r["variant"], run_label(r))].append(r)
-        for (variant, label), rs in groups.items():
-            xs = [e["interactions"] for e in rs[0]["evals"]]
-            ys = [series(r, what, pref) for r in rs]
-            n = min(len(y) for y in ys)
-            xs, ys = xs[:n], [y[:n] for y in ys]
-            mean = [statistics.fmean(col) for col in zip(*ys)]
-            style = "--" if label == "control" else "-"
-            marker = "" if label == "control" else markers[trained.index(label) % len(markers)]
-            ax.plot(xs, mean, style, marker=marker, color=colours[variant], label=f"{variant} · {label}")
-            if len(ys) > 1:
-                ax.fill_between(xs, [min(c) for c in zip(*ys)], [max(c) for c in zip(*ys)], color=colours[variant],
-                                alpha=0.15)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("interactions")
-        if what in ("compliance", "capability"):
-            ax.set_ylim(-0.03, 1.03)
-        else:
-            ax.ticklabel_format(axis="y", useOffset=False)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="best")
-    cfg = result["config"]
-    fig.suptitle(f"learning benchmark · {cfg['model']} · seeds {cfg['seeds']} · {cfg['interactions']} interactions",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def format_gain(rows: list[dict], noise: dict | None = None) -> str:
+    head = f"{'variant':<17} {'trained':<13} {'population':<10} {'seed':>4}  {'Δ trained':>10} {'Δ control':>10} " \
+           f"{'gain':>8} {'capability gain':>16}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        target = target_metric(r["trained"])
+        lines.append(f"{r['variant']:<17} {r['trained']:<13} {r['population']:<10} {r['seed']:>4}  "
+                     f"{mark(r['trained_delta'], noise, target):>10} {mark(r['control_delta'], noise, target):>10} "
+                     f"{mark(r['gain'], noise, target):>8} {mark(r['capability_gain'], noise, 'capability'):>16}")
+    return "\n".join(lines)
+
+
+def default_paths(result: dict, out_dir: Path) -> tuple[Path, Path]:
+    """The noise-floor and ceiling JSONs of the result's model and split in `out_dir`."""
+    model, split = Path(result["config"]["model"]).name, result["config"].get("split", "dev")
+    return out_dir / f"noise-{model}-{split}.json", out_dir / f"ceiling-{model}-{split}.json"
+
+
+def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None) -> str:
+    """Per-run table, seeds aggregated, gain over the matched control; with the noise floor and the ceiling."""
+    dn, dc = default_paths(result, Path(out_dir))
+    noise, ceiling = load_json(noise_path or dn), load_json(ceiling_path or dc)
+    summaries = [summarize_run(r) for r in result["runs"] if r.get("evals")]
+    split = result["config"].get("split", "dev")
+    parts = [f"split: {split}" + ("  (dev: for choosing settings — report test numbers)" if split == "dev" else ""),
+             f"noise floor: {noise_path or dn if noise else 'MISSING (python -m bench.learning.noise)'}; "
+             f"'~' = within it",
+             f"ceiling: {ceiling_path or dc if ceiling else 'MISSING (python -m bench.learning.ceiling)'}",
+             "", format_table(summaries, noise, ceiling)]
+    if summaries:
+        parts += ["", "over seeds: mean [min, max]", format_aggregate(aggregate(summaries), noise, ceiling)]
+    gains = gain_over_control(summaries)
+    if gains:
+        parts += ["", "gain over the matched control (target metric)", format_gain(gains, noise)]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.learning.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="learning-*.json result files (runs are merged)")
+    p.add_argument("--noise", default=None, help="noise-floor JSON (default: noise-<model>-<split>.json beside)")
+    p.add_argument("--ceiling", default=None, help="ceiling JSON (default: ceiling-<model>-<split>.json beside)")
+    args = p.parse_args(argv)
+    results = [json.loads(Path(f).read_text()) for f in args.results]
+    splits = {r["config"].get("split", "dev") for r in results}
+    if len(splits) > 1:
+        raise SystemExit(f"results from different splits {sorted(splits)}: report them separately")
+    merged = {**results[0], "runs": [run for r in results for run in r["runs"]]}
+    print(full_report(merged, Path(args.results[0]).parent, args.noise, args.ceiling))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

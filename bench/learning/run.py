@@ -1,6 +1,9 @@
-"""The learning benchmark's driver: for each (variant, trained preference, seed) — and a control per variant and
-seed with `--control` — bring the online loop up on a local Ray, let simulated users chat with it over HTTP, and
-evaluate before training and every K interactions. Called by `python -m bench.learning` (see __init__ for the CLI).
+"""The learning benchmark's driver: for each (variant, trained preference, seed, user population) bring the online
+loop up on a local Ray, let simulated users chat with it over HTTP, and evaluate on the chosen split (`--split dev`
+to choose settings, `--split test` to report) before training and every K interactions. Called by
+`python -m bench.learning` (see __init__ for the CLI). Populations (`users.py`): `feedback` (complaints when the
+preference is violated), `control` (matched: same users, questions and interaction count, follow-ups never about the
+reply), `mixed` (complaints, thanks and new topics mixed; what a feedback gate must sort out).
 
 Per run: `ray.init(address="local")` (unless Ray is already initialised, e.g. by a test fixture: then that Ray is
 used and left running), `running_loop(cfg)` (Serve chat + capture + queue + teacher + a Ray Train learner with
@@ -26,7 +29,8 @@ from pathlib import Path
 
 from bench.learning import report
 from bench.learning.preferences import PREFERENCES, Preference, parse_preferences
-from bench.learning.prompts import PromptSets, build_prompt_sets
+from bench.learning.prompts import EVAL_SPLITS, PromptSets, build_prompt_sets
+from bench.learning.users import POPULATIONS
 from bench.util import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,12 +99,43 @@ def _worker_kill_lines(temp: str, limit: int = 5) -> list[str]:
     return lines[-limit:]
 
 
-def run_one(args, variant: str, preference: Preference | None, seed: int, prompts: PromptSets,
+def run_label(variant: str, preference: str, population: str, seed: int, gate: str | None = None) -> str:
+    return f"{variant}/{preference}/{population}" + (f"/gate={gate}" if gate else "") + f"/seed {seed}"
+
+
+def _checkpoint(loop, learner, client, users, evaluator, cfg, run: dict, timings: dict, t_start: float, name: str,
+                log) -> None:
+    """Drain (everything sent is captured, trained and published), wait until the replicas serve it, evaluate."""
+    from bench.learning.evaluate import wait_for_drain, wait_until_serving
+
+    t0 = time.time()
+    wait_for_drain(loop, cfg.learner.batch_turns, users.stats.followups, learner)
+    fingerprint = wait_until_serving(loop, client, cfg.serve.replicas)
+    t1 = time.time()
+    ev = evaluator.evaluate(loop, fingerprint)
+    timings["drain_s"] += t1 - t0
+    timings["eval_s"] += time.time() - t1
+    s = loop.stats()
+    ev.update(interactions=users.stats.interactions, followups=users.stats.followups,
+              complaints=users.stats.complaints, captured=s["capture"]["captured"],
+              trained=s["queue"]["trained"], step=s["learner"].get("step", 0),
+              published_version=s["published_version"], elapsed_s=time.time() - t_start,
+              learner={k: v for k, v in s["learner"].items() if isinstance(v, (int, float))})
+    run["evals"].append(ev)
+    c = " ".join(f"{k} {100 * v:.0f}%" for k, v in ev["compliance"].items())
+    if "yes_no" in ev:
+        c += f" (yes/no correct {100 * ev['yes_no']['correct']:.0f}%)"
+    log(f"{name} @ {ev['interactions']} interactions ({ev['trained']} turns trained, {fingerprint}): {c} | "
+        f"capability {100 * ev['capability']['accuracy']:.0f}% | ppl {ev['perplexity']:.2f} | "
+        f"words {ev['mean_words_open']:.0f} | eval {time.time() - t1:.0f}s")
+
+
+def run_one(args, variant: str, preference: Preference, seed: int, population: str, prompts: PromptSets,
             measured: list[Preference], log) -> dict:
-    """One (variant, preference or control, seed): users + evaluations on a live loop. Returns the run record."""
+    """One (variant, preference, seed, population): users + evaluations on a live loop. Returns the run record."""
     from openai import OpenAI
 
-    from bench.learning.evaluate import Evaluator, wait_for_drain, wait_until_serving
+    from bench.learning.evaluate import Evaluator
     from bench.learning.users import SimulatedUsers
     from hsd_ray.loop.job import running_loop
     from hsd_ray.models import resolve_model
@@ -108,10 +143,10 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
     t_start = time.time()
     out_dir = tempfile.mkdtemp(prefix="hsdlb-run-", dir="/tmp")  # learner checkpoints: large, thrown away
     cfg = make_config(args, variant, seed, out_dir)
-    name = f"{variant}/{preference.name if preference else 'control'}/seed {seed}"
-    run: dict = {"variant": variant, "preference": preference.name if preference else None,
-                 "control": preference is None, "opposes": preference.opposes if preference else None, "seed": seed,
-                 "loop_config": json.loads(cfg.model_dump_json()),
+    name = run_label(variant, preference.name, population, seed, args.gate)
+    run: dict = {"variant": variant, "preference": preference.name, "population": population,
+                 "control": population == "control", "opposes": preference.opposes, "seed": seed, "gate": args.gate,
+                 "split": args.split, "loop_config": json.loads(cfg.model_dump_json()),
                  "evals": [], "loadavg_start": os.getloadavg()[0]}
     timings = {"startup_s": 0.0, "users_s": 0.0, "drain_s": 0.0, "eval_s": 0.0, "teardown_s": 0.0}
     try:
@@ -121,36 +156,19 @@ def run_one(args, variant: str, preference: Preference | None, seed: int, prompt
                 client = OpenAI(base_url=loop.base_url, api_key="bench", max_retries=2, timeout=600)
                 learner = loop.start_learner()
                 users = SimulatedUsers(client, preference, prompts, seed=seed, n_users=args.users,
-                                       max_tokens=args.max_tokens, temperature=cfg.serve.temperature,
-                                       top_p=cfg.serve.top_p, followup_max_tokens=args.followup_max_tokens,
+                                       population=population, max_tokens=args.max_tokens,
+                                       temperature=cfg.serve.temperature, top_p=cfg.serve.top_p,
+                                       followup_max_tokens=args.followup_max_tokens,
                                        turns_per_conversation=args.turns_per_conversation, p_ack=args.p_ack)
                 evaluator = Evaluator(client, prompts, measured, model_dir=str(resolve_model(args.model)),
-                                      samples=args.samples, max_tokens=args.max_tokens,
+                                      split=args.split, samples=args.samples, max_tokens=args.max_tokens,
                                       temperature=cfg.serve.temperature, top_p=cfg.serve.top_p,
-                                      capability_max_tokens=args.max_tokens, concurrency=cfg.serve.replicas,
-                                      via=args.eval_via, engine_kind=args.eval_engine)
+                                      capability_max_tokens=args.capability_max_tokens,
+                                      concurrency=cfg.serve.replicas, via=args.eval_via, engine_kind=args.eval_engine)
                 timings["startup_s"] = time.time() - t_start
 
                 def checkpoint() -> None:
-                    t0 = time.time()
-                    wait_for_drain(loop, cfg.learner.batch_turns, users.stats.followups, learner)
-                    fingerprint = wait_until_serving(loop, client, cfg.serve.replicas)
-                    t1 = time.time()
-                    ev = evaluator.evaluate(loop, fingerprint)
-                    timings["drain_s"] += t1 - t0
-                    timings["eval_s"] += time.time() - t1
-                    s = loop.stats()
-                    ev.update(interactions=users.stats.interactions, followups=users.stats.followups,
-                              complaints=users.stats.complaints, captured=s["capture"]["captured"],
-                              trained=s["queue"]["trained"], step=s["learner"].get("step", 0),
-                              published_version=s["published_version"], elapsed_s=time.time() - t_start,
-                              learner={k: v for k, v in s["learner"].items() if isinstance(v, (int, float))})
-                    run["evals"].append(ev)
-                    c = " ".join(f"{k} {100 * v:.0f}%" for k, v in ev["compliance"].items())
-                    log(f"{name} @ {ev['interactions']} interactions ({ev['trained']} turns trained, "
-                        f"{fingerprint}): {c} | capability {100 * ev['capability']['accuracy']:.0f}% | "
-                        f"ppl {ev['perplexity']:.2f} | words {ev['mean_words_open']:.0f} | "
-                        f"eval {time.time() - t1:.0f}s")
+                    _checkpoint(loop, learner, client, users, evaluator, cfg, run, timings, t_start, name, log)
 
                 checkpoint()
                 while users.stats.interactions < args.interactions:
@@ -182,9 +200,7 @@ def run_benchmark(args, log=print) -> dict:
     prompts = build_prompt_sets(args.prompt_seed, args.heldout, args.heldout_yes_no, args.capability)
     trained = parse_preferences(args.preferences)
     measured = list(PREFERENCES.values()) + [p for p in trained if p.name not in PREFERENCES]
-    plan = [(v, p, s) for s in args.seeds for v in args.variants for p in trained]
-    if args.control:
-        plan += [(v, None, s) for s in args.seeds for v in args.variants]
+    plan = [(v, p, s, pop) for s in args.seeds for v in args.variants for p in trained for pop in args.population]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / f"learning-{args.name}.json", out / f"learning-{args.name}.png"
@@ -196,16 +212,17 @@ def run_benchmark(args, log=print) -> dict:
                 "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
         "preferences": {p.name: {"description": p.description, "prompt_kind": p.prompt_kind,
                                  "about_length": p.about_length, "complaints": list(p.complaints)} for p in measured},
-        "prompts": {"heldout_open": list(prompts.heldout_open), "heldout_yes_no": list(prompts.heldout_yes_no),
-                    "capability": [p.question for p in prompts.capability], "train_open": len(prompts.train_open),
-                    "train_yes_no": len(prompts.train_yes_no)},
+        "prompts": {"split": args.split, "heldout_open": list(prompts.heldout("open", args.split)),
+                    "heldout_yes_no": [[q.question, q.answer] for q in prompts.eval_yes_no[args.split]],
+                    "capability": [p.question for p in prompts.capability(args.split)],
+                    "train_open": len(prompts.train_open), "train_yes_no": len(prompts.train_yes_no)},
         "runs": [], "errors": [], "summary": [],
     }
     previous = _previous_runs(json_path, result["config"], result) if args.resume else {}
     started = time.time()
-    for i, (variant, pref, seed) in enumerate(plan):
-        label = f"{variant}/{pref.name if pref else 'control'}/seed {seed}"
-        key = (variant, pref.name if pref else None, seed)
+    for i, (variant, pref, seed, population) in enumerate(plan):
+        label = run_label(variant, pref.name, population, seed, args.gate)
+        key = (variant, pref.name, seed, population)
         if key in previous:
             log(f"== run {i + 1}/{len(plan)}: {label}: kept from {json_path} (--resume)")
             result["runs"].append(previous[key])
@@ -213,7 +230,7 @@ def run_benchmark(args, log=print) -> dict:
             log(f"== run {i + 1}/{len(plan)}: {label}" + (f", retry {attempt}" if attempt else "")
                 + f" ({(time.time() - started) / 60:.1f} min so far)")
             try:
-                result["runs"].append(run_one(args, variant, pref, seed, prompts, measured, log))
+                result["runs"].append(run_one(args, variant, pref, seed, population, prompts, measured, log))
                 break
             except Exception as e:  # noqa: BLE001 - report it, retry or go on with the other runs
                 import traceback
@@ -225,17 +242,20 @@ def run_benchmark(args, log=print) -> dict:
                 log(f"!! {label} failed{'' if final else ' (will retry)'}: {type(e).__name__}: {str(e)[:500]}")
         result["summary"] = [report.summarize_run(r) for r in result["runs"] if r["evals"]]
         result["aggregate"] = report.aggregate(result["summary"])
+        result["gain_over_control"] = report.gain_over_control(result["summary"])
         result["wall_s"] = time.time() - started
         _write_json(json_path, result)
     if result["runs"]:
-        report.plot(result, png_path)
+        from bench.learning.plot import plot
+
+        plot(result, png_path)
     result["paths"] = {"json": str(json_path), "png": str(png_path) if result["runs"] else None}
     return result
 
 
 _RESUME_KEYS = ("model", "interactions", "eval_every", "heldout", "heldout_yes_no", "capability", "samples", "eval_via",
-                "max_tokens", "users", "turns_per_conversation", "p_ack", "followup_max_tokens", "prompt_seed",
-                "overrides")
+                "max_tokens", "capability_max_tokens", "users", "turns_per_conversation", "p_ack",
+                "followup_max_tokens", "prompt_seed", "split", "gate", "overrides")
 
 
 def _previous_runs(path: Path, config: dict, result: dict) -> dict:
@@ -248,7 +268,8 @@ def _previous_runs(path: Path, config: dict, result: dict) -> dict:
         raise SystemExit(f"--resume: {path} was made with other settings; use another --name")
     result["previous_errors"] = old.get("previous_errors", []) + [
         {**e, "command": old.get("command")} for e in old.get("errors", [])]
-    return {(r["variant"], r["preference"], r["seed"]): r for r in old["runs"] if r.get("evals")}
+    return {(r["variant"], r["preference"], r["seed"], r.get("population", "feedback")): r
+            for r in old["runs"] if r.get("evals")}
 
 
 def _write_json(path: Path, result: dict) -> None:
@@ -261,21 +282,29 @@ def _csv(kind):
     return lambda text: [kind(x.strip()) for x in text.split(",") if x.strip()]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__.split("\n\n")[0],
-                                epilog="Extra section.field=value arguments override the loop Config.")
+GATES = ("none", "rules", "learned", "ensemble")
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
     p.add_argument("--preferences", default="max_words", help=f"trained preferences: {', '.join(PREFERENCES)}")
     p.add_argument("--variants", type=_csv(str), default=["offline_template"],
                    help=f"of {', '.join(VARIANTS)} (default: offline_template = the system's defaults)")
-    p.add_argument("--seeds", type=_csv(int), default=[0])
-    p.add_argument("--control", action="store_true", help="also a control run (unrelated follow-ups) per variant/seed")
+    p.add_argument("--seeds", type=_csv(int), default=[0], help="default one seed (smoke); report with 0,1,2")
+    p.add_argument("--population", type=_csv(str), default=["feedback"],
+                   help=f"user populations, comma-separated, of {', '.join(POPULATIONS)} (users.py)")
+    p.add_argument("--control", action="store_true", help="same as adding 'control' to --population")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="dev",
+                   help="evaluation prompts: dev (choose settings on it) or test (report only)")
+    p.add_argument("--gate", choices=GATES, default=None,
+                   help="adds the loop override feedback.gate=<value> (default: no override)")
     p.add_argument("--interactions", type=int, default=60, help="user interactions (replies read) per run")
     p.add_argument("--eval-every", type=int, default=20, help="evaluate every K interactions (and before)")
-    p.add_argument("--heldout", type=int, default=20, help="held-out open prompts")
-    p.add_argument("--heldout-yes-no", type=int, default=10, help="held-out yes/no questions")
-    p.add_argument("--capability", type=int, default=48, help="checkable-answer prompts (48 = every one there is)")
-    p.add_argument("--samples", type=int, default=4, help="sampled replies per held-out prompt")
+    p.add_argument("--heldout", type=int, default=20, help="evaluated open prompts (of the split)")
+    p.add_argument("--heldout-yes-no", type=int, default=20, help="evaluated yes/no questions (balanced yes/no)")
+    p.add_argument("--capability", type=int, default=200, help="checkable-answer prompts (of the split)")
+    p.add_argument("--capability-max-tokens", type=int, default=24, help="max_tokens of a checkable-prompt reply")
+    p.add_argument("--samples", type=int, default=4, help="sampled replies per evaluated prompt")
     p.add_argument("--eval-via", choices=("engine", "http"), default="engine",
                    help="evaluate on an in-process engine that loads the published version (fast), or over HTTP")
     p.add_argument("--eval-engine", choices=("vllm", "hf"), default="vllm", help="the engine of --eval-via engine")
@@ -291,14 +320,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=1, help="re-run a failed run this many times")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an existing result file")
     p.add_argument("--verbose", action="store_true", help="show Ray worker logs")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__.split("\n\n")[0],
+                                epilog="Extra section.field=value arguments override the loop Config.")
+    _add_arguments(p)
     args, rest = p.parse_known_args(argv)
     bad = [r for r in rest if "=" not in r or r.startswith("-")]
     if bad:
         p.error(f"unrecognised arguments: {' '.join(bad)} (loop overrides are section.field=value)")
-    args.overrides = rest
+    args.overrides = rest + ([f"feedback.gate={json.dumps(args.gate)}"] if args.gate else [])
+    if args.control and "control" not in args.population:
+        args.population.append("control")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         p.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    bad_pop = [x for x in args.population if x not in POPULATIONS]
+    if bad_pop or not args.population:
+        p.error(f"unknown population(s) {bad_pop}; choose from {', '.join(POPULATIONS)}")
     try:
         parse_preferences(args.preferences)
     except ValueError as e:
@@ -308,8 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.name is None:
         model = Path(args.model).name
         prefs = "+".join(p.name for p in parse_preferences(args.preferences))
-        args.name = (f"{model}-{prefs}-{'+'.join(args.variants)}-s{'+'.join(map(str, args.seeds))}"
-                     + ("-control" if args.control else ""))
+        args.name = (f"{model}-{prefs}-{'+'.join(args.variants)}-{'+'.join(args.population)}"
+                     + (f"-gate_{args.gate}" if args.gate else "") + f"-s{'+'.join(map(str, args.seeds))}"
+                     + f"-{args.split}")
     exe = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
     args.command = f"{exe} -m bench.learning {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip()
     return args
@@ -331,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = run_benchmark(args, log)
     print()
-    print(report.format_table(result["summary"]))
-    if any(len(r["seeds"]) > 1 for r in result.get("aggregate", [])):
-        print("\nover seeds: mean [min, max]")
-        print(report.format_aggregate(result["aggregate"]))
+    print(report.full_report(result, Path(args.out)))
     for err in result["errors"]:
         print(f"!! {err['run']} FAILED (attempt {err['attempt']}{', retried' if err['retried'] else ''}): "
               f"{err['error'][:1000]}")

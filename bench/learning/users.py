@@ -1,17 +1,27 @@
 """Simulated users of the learning benchmark: HTTP clients of the running chat service (the `openai` client, exactly
 as a real client) with a hidden preference. Driven by `bench.learning.run` between evaluations.
 
-One interaction = a user asks a training question and reads the reply. Then:
-- the reply violates the hidden preference → the user's next message, in the same conversation, is a complaint in a
-  randomly chosen phrasing (the service captures this follow-up as implicit feedback);
-- the reply is fine → the user moves on: an acknowledgement ("Thanks!", also captured, as in real traffic) with
-  probability `p_ack`, otherwise a new question (in the same conversation while it has turns left, which makes the
-  question an unrelated follow-up of the reply; else in a new conversation, and the reply is never followed up);
-- control users have no preference: after every reply they send an unrelated follow-up ("What is 27*4?").
-A conversation holds at most `turns_per_conversation` read replies; the reply to its last follow-up is not read,
-so it is requested with `followup_max_tokens` (1 by default) to save CPU; the service captures the follow-up the
-same way.
-Requests carry a seed derived from the run seed and the interaction index, so a run is repeatable given the weights.
+One interaction = a user asks a training question (of the preference's prompt kind) and reads the reply. What the
+user sends next depends on the POPULATION:
+- `feedback`: a violated preference → a complaint in a randomly chosen phrasing (captured as implicit feedback); a
+  satisfying reply → an acknowledgement ("Thanks!", also captured) with probability `p_ack`, otherwise the user moves
+  on: a new question in the same conversation while it has turns left, else a new conversation (no follow-up).
+- `control` (matched to a feedback run of the same seed): the same users, questions and number of interactions, and a
+  follow-up exactly when a feedback user would send one — but never about the reply: a new question, thanks-and-
+  move-on ("Thanks! Next question: ...") or chit-chat, with equal chances.
+- `mixed` (traffic a feedback gate must sort out): a violated preference → a complaint, thanks, or a new topic with
+  equal chances; a satisfying reply → thanks (`p_ack`) or a new topic. A new topic is always sent as a follow-up.
+New questions and topics come from `PromptSets.new_topics` (training prompts and the training split's checkable
+questions, never evaluated).
+
+Repeatability and matching: each user has three random streams. The QUESTION stream (`question-<seed>-<user>`) draws
+only the question of each new conversation; the DECIDE stream only whether a satisfied user acknowledges (so a
+control follows up exactly where its feedback run would, given the same replies); the FOLLOW-UP stream all else.
+With one read reply per conversation (the default `turns_per_conversation=1`) a feedback, control and mixed run of
+the same seed therefore ask exactly the same questions in the same order. The read reply of interaction k is
+requested with seed `seed * 1_000_003 + 2k`, an unread one with `+ 2k + 1`, whatever the population.
+A conversation holds at most `turns_per_conversation` read replies; the reply to its last follow-up is not read, so it
+is requested with `followup_max_tokens` (1 by default) to save CPU; the service captures the follow-up the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ from bench.learning.preferences import Preference
 from bench.learning.prompts import PromptSets
 
 MODEL_NAME = "hsd-policy"
+POPULATIONS = ("feedback", "control", "mixed")
+FOLLOWUP_KINDS = ("complaint", "ack", "new_question", "thanks_next", "chitchat")
 
 
 @dataclass
@@ -32,9 +44,10 @@ class UserStats:
     violations: int = 0
     complaints: int = 0
     acknowledgements: int = 0
-    new_questions: int = 0  # new question as a follow-up in the same conversation
-    unrelated: int = 0  # control users' unrelated follow-ups
-    abandoned: int = 0  # satisfied, moved on to a new conversation (reply never followed up)
+    new_questions: int = 0  # a new question as the follow-up (same conversation)
+    thanks_next: int = 0  # "Thanks! Next question: ..." (control, mixed)
+    chitchat: int = 0  # small talk (control)
+    abandoned: int = 0  # moved on to a new conversation (reply never followed up)
     followups: int = 0  # follow-up messages sent (each should be captured as a turn)
     chat_s: float = 0.0
     log: list = field(default_factory=list)  # one record per interaction
@@ -51,19 +64,26 @@ class _Conversation:
 
 
 class SimulatedUsers:
-    """`n_users` users taking turns (one request at a time). `preference=None` makes control users."""
+    """`n_users` users taking turns (one request at a time), all with `preference`, behaving as `population`."""
 
-    def __init__(self, client, preference: Preference | None, prompts: PromptSets, *, seed: int = 0,
-                 n_users: int = 4, max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
+    def __init__(self, client, preference: Preference, prompts: PromptSets, *, seed: int = 0, n_users: int = 4,
+                 population: str = "feedback", max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
                  followup_max_tokens: int = 1, turns_per_conversation: int = 1, p_ack: float = 0.5):
+        if population not in POPULATIONS:
+            raise ValueError(f"population must be one of {POPULATIONS}, not {population!r}")
+        if preference is None:
+            raise ValueError("a user needs a preference (a control run is population='control')")
         self.client, self.preference, self.prompts, self.seed = client, preference, prompts, seed
+        self.population = population
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.followup_max_tokens, self.turns, self.p_ack = followup_max_tokens, turns_per_conversation, p_ack
-        self.pool = prompts.train(preference.prompt_kind if preference else "open")
+        self.pool = prompts.train(preference.prompt_kind)
+        self.topics = prompts.new_topics(preference.prompt_kind)
+        self.question_rngs = [random.Random(f"question-{seed}-{i}") for i in range(n_users)]
         self.rngs = [random.Random(f"user-{seed}-{i}") for i in range(n_users)]
+        self.decide_rngs = [random.Random(f"decide-{seed}-{i}") for i in range(n_users)]
         self.conversations = [_Conversation() for _ in range(n_users)]
         self.stats = UserStats()
-        self._requests = 0
 
     def run(self, n: int) -> UserStats:
         """Run `n` more interactions (users take turns); returns the cumulative stats."""
@@ -74,14 +94,16 @@ class SimulatedUsers:
 
     # ---- one interaction ------------------------------------------------------------------------------------------
     def _interact(self, i: int, rng: random.Random, conv: _Conversation) -> None:
+        k = self.stats.interactions
         if not conv.messages:
-            conv.question = rng.choice(self.pool)
+            conv.question = self.question_rngs[i].choice(self.pool)
             conv.messages = [{"role": "user", "content": conv.question}]
-        reply, fingerprint = self._chat(conv.messages, f"sim-{self.seed}-{i}", self.max_tokens)
+        reply, fingerprint = self._chat(conv.messages, f"sim-{self.seed}-{i}", self.max_tokens, 2 * k)
         conv.replies_read += 1
         self.stats.interactions += 1
-        ok = self.preference.verify(reply) if self.preference else None
-        kind, followup = self._choose_followup(rng, ok, conv)
+        ok = self.preference.verify(reply)
+        self.stats.violations += not ok
+        kind, followup = self.choose_followup(rng, ok, conv.replies_read < self.turns, self.decide_rngs[i])
         self.stats.log.append({"user": i, "question": conv.question, "context_messages": len(conv.messages),
                                "reply": reply, "ok": ok, "followup_kind": kind, "followup": followup,
                                "fingerprint": fingerprint})
@@ -91,36 +113,56 @@ class SimulatedUsers:
             return
         conv.messages.append({"role": "user", "content": followup})
         self.stats.followups += 1
-        keeps_going = kind in ("complaint", "new_question", "unrelated") and conv.replies_read < self.turns
-        if kind in ("new_question", "unrelated"):
+        keeps_going = kind in ("complaint", "new_question") and conv.replies_read < self.turns
+        if kind == "new_question":
             conv.question = followup
         if not keeps_going:  # the user leaves: the follow-up is sent, its reply not read
-            self._chat(conv.messages, f"sim-{self.seed}-{i}", self.followup_max_tokens)
+            self._chat(conv.messages, f"sim-{self.seed}-{i}", self.followup_max_tokens, 2 * k + 1)
             conv.messages, conv.replies_read = [], 0
 
-    def _choose_followup(self, rng: random.Random, ok: bool | None, conv: _Conversation) -> tuple[str, str | None]:
-        if self.preference is None:
-            self.stats.unrelated += 1
-            return "unrelated", rng.choice(self.prompts.unrelated_followups)
-        if not ok:
-            self.stats.violations += 1
-            self.stats.complaints += 1
-            return "complaint", rng.choice(self.preference.complaints)
-        if rng.random() < self.p_ack:
-            self.stats.acknowledgements += 1
-            return "ack", rng.choice(self.prompts.acknowledgements)
-        if conv.replies_read < self.turns:
-            self.stats.new_questions += 1
-            return "new_question", rng.choice(self.pool)
-        self.stats.abandoned += 1
-        return "none", None
+    def choose_followup(self, rng: random.Random, ok: bool, turns_left: bool,
+                        decide: random.Random | None = None) -> tuple[str, str | None]:
+        """(kind, message) of the follow-up to a reply that satisfied the preference (`ok`) or not; kind "none"
+        with message None when the user leaves without a follow-up. Updates the counters. `decide` draws whether a
+        satisfied user acknowledges (the same draws in a feedback run and its matched control); `rng` all else."""
+        kind = self._followup_kind(rng, decide or rng, ok, turns_left)
+        if kind == "none":
+            self.stats.abandoned += 1
+            return "none", None
+        counter = {"complaint": "complaints", "ack": "acknowledgements", "new_question": "new_questions",
+                   "thanks_next": "thanks_next", "chitchat": "chitchat"}[kind]
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        if kind == "complaint":
+            return kind, rng.choice(self.preference.complaints)
+        if kind == "ack":
+            return kind, rng.choice(self.prompts.acknowledgements)
+        if kind == "new_question":
+            return kind, rng.choice(self.topics)
+        if kind == "thanks_next":
+            return kind, rng.choice(self.prompts.thanks_next).format(q=rng.choice(self.topics))
+        return kind, rng.choice(self.prompts.chitchat)
 
-    def _chat(self, messages: list[dict], user: str, max_tokens: int) -> tuple[str, str]:
-        self._requests += 1
+    def _followup_kind(self, rng: random.Random, decide: random.Random, ok: bool, turns_left: bool) -> str:
+        if self.population == "mixed":
+            if not ok:
+                return rng.choice(("complaint", "ack", "new_question"))
+            return "ack" if decide.random() < self.p_ack else "new_question"
+        # feedback, and control: the control follows up exactly when a feedback user would (same draws)
+        if not ok:
+            would = "complaint"
+        elif decide.random() < self.p_ack:
+            would = "ack"
+        else:
+            would = "new_question" if turns_left else "none"
+        if self.population == "feedback" or would == "none":
+            return would
+        return rng.choice(("new_question", "thanks_next", "chitchat"))
+
+    def _chat(self, messages: list[dict], user: str, max_tokens: int, request: int) -> tuple[str, str]:
         t0 = time.perf_counter()
         r = self.client.chat.completions.create(
             model=MODEL_NAME, messages=messages, user=user, max_tokens=max_tokens, temperature=self.temperature,
-            top_p=self.top_p, seed=self.seed * 1_000_003 + self._requests,
+            top_p=self.top_p, seed=self.seed * 1_000_003 + request,
         )
         self.stats.chat_s += time.perf_counter() - t0
         return r.choices[0].message.content or "", r.system_fingerprint or ""

@@ -40,7 +40,8 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
         assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
         assert run["loop_config"]["engine"]["kind"] == loop_engine
         for ev in run["evals"]:
-            assert ev["via"] == eval_via
+            assert ev["via"] == eval_via and ev["split"] == "dev"
+            assert ev["yes_no"]["n"] == 2 * 2 and 0.0 <= ev["yes_no"]["correct"] <= 1.0
             assert set(ev["compliance"]) == set(PREFERENCES)
             assert all(0.0 <= v <= 1.0 for v in ev["compliance"].values())
             assert ev["compliance_n"]["yes_no_only"] == 2 * 2 and ev["compliance_n"]["max_words"] == 3 * 2
@@ -51,7 +52,8 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
             assert ev["perplexity_version"] == max(ev["published_version"], 0)
         users = run["users"]
         assert users["interactions"] == 8 and users["complaints"] > 0  # tiny-random never writes all lowercase
-        assert users["followups"] == users["complaints"] + users["acknowledgements"] + users["new_questions"]
+        assert users["followups"] == (users["complaints"] + users["acknowledgements"] + users["new_questions"]
+                                      + users["thanks_next"] + users["chitchat"])
         last = run["evals"][-1]
         assert last["captured"] == users["followups"]
         assert last["trained"] >= 4 and last["published_version"] >= 1  # the loop really trained and broadcast
@@ -63,7 +65,7 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
     summary = result["summary"][0]
     assert summary["trained"] == "all_lowercase" and -1.0 <= summary["on_target_delta"] <= 1.0
     assert summary["perplexity_before"] > 0 and isinstance(summary["meets_bar"], bool)
-    assert "all_lowercase" in printed and "before→after" in printed
+    assert "all_lowercase" in printed and "before→after" in printed and "split: dev" in printed
 
     png = (tmp_path / "learning-smoke.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -77,9 +79,10 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
     rc = main(["--model", "tiny-random", "--engine", "hf", "--samples", "1", "--heldout", "2", "--heldout-yes-no", "2",
                "--max-tokens", "6", "--out", str(tmp_path)])
     assert rc == 0
-    result = json.loads((tmp_path / "ceiling-tiny-random.json").read_text())
+    result = json.loads((tmp_path / "ceiling-tiny-random-test.json").read_text())
     assert set(result["compliance"]) == set(PREFERENCES)
     for row in result["compliance"].values():
         assert set(row) == {"baseline", "hindsight_online", "hindsight_offline", "instruction"}
         assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert set(result["target"]) == set(PREFERENCES) and set(result["yes_no"]) == set(row)
     assert result["n_per_cell"]["yes_no_only"] == 2 and "hindsight_online" in capsys.readouterr().out

@@ -1,12 +1,11 @@
-"""The learning benchmark's rule-based preference verifiers, complaint phrasings and prompt sets
-(bench/learning/preferences.py, bench/learning/prompts.py)."""
+"""The learning benchmark's rule-based preference verifiers and complaint phrasings (bench/learning/preferences.py).
+Prompt splits, answer checkers, populations and the report: tests/unit/test_learning_bench.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.learning import preferences as P
-from bench.learning.prompts import build_prompt_sets, check_disjoint, numbers_in
 
 pytestmark = pytest.mark.unit
 
@@ -152,52 +151,3 @@ def test_preference_registry_and_parse():
     assert {p.prompt_kind for n, p in P.PREFERENCES.items() if n != "yes_no_only"} == {"open"}
     with pytest.raises(ValueError):
         P.get_preference("no_such_preference")
-
-
-def test_prompt_sets_deterministic_and_disjoint():
-    a, b, c = build_prompt_sets(0), build_prompt_sets(0), build_prompt_sets(1)
-    assert a == b
-    assert a.train_open != c.train_open  # the seed matters
-    train = set(a.train_open) | set(a.train_yes_no)
-    assert not train & set(a.heldout_open)
-    assert not train & set(a.heldout_yes_no)
-    assert not train & {p.question for p in a.capability}
-    assert not set(a.train_topics) & set(a.heldout_topics)
-    for q in a.heldout_open:  # a held-out prompt's topic is never a training topic
-        assert any(t in q for t in a.heldout_topics) and not any(q.endswith(f" {t}.") or q.endswith(f" {t}?")
-                                                                 for t in a.train_topics)
-    assert len(a.heldout_open) == 10 and len(a.heldout_yes_no) == 6 and len(a.capability) == 18
-    assert all(q.endswith("?") for q in a.train_yes_no + a.heldout_yes_no)
-    assert {p.kind for p in a.capability} == {"arithmetic", "capital", "units"}
-    assert "Thanks, that's helpful." not in a.acknowledgements  # the contrastive baseline's own follow-up
-    assert any("*" in f for f in a.unrelated_followups)
-
-
-def test_check_disjoint_catches_leaks():
-    import dataclasses
-
-    s = build_prompt_sets(0)
-    with pytest.raises(AssertionError):
-        check_disjoint(dataclasses.replace(s, train_open=s.train_open + (s.heldout_open[0],)))
-    with pytest.raises(AssertionError):
-        check_disjoint(dataclasses.replace(s, train_topics=s.train_topics + (s.heldout_topics[0],)))
-
-
-def test_answer_checkers():
-    s = build_prompt_sets(0)
-    by_q = {p.question: p for p in s.capability}
-    from bench.learning.prompts import CheckablePrompt
-
-    add = CheckablePrompt("What is 7 + 5?", "arithmetic", ("12",))
-    assert add.check("7 + 5 = 12") and add.check("The answer is twelve.") and add.check("12.")
-    assert not add.check("7 + 5 = 13") and not add.check("It is 7 plus 5.") and not add.check("")
-    units = CheckablePrompt("How many grams are in 2 kilograms?", "units", ("2000",))
-    assert units.check("There are 2,000 grams in 2 kilograms.") and units.check("2000 g")
-    assert not units.check("200 grams") and not units.check("20000")
-    cap = CheckablePrompt("What is the capital of India?", "capital", ("New Delhi", "Delhi"))
-    assert cap.check("The capital of India is New Delhi.") and cap.check("delhi")
-    assert not cap.check("Mumbai") and not cap.check("Delhistan")
-    assert numbers_in("-3, 1.5 and 2,000 and seven") == [-3.0, 1.5, 2000.0, 7.0]
-    for p in by_q.values():  # every generated prompt accepts its own answer and rejects a wrong one
-        assert p.check(f"The answer is {p.answers[0]}.")
-        assert not p.check("I do not know.")
