@@ -22,7 +22,8 @@ import numpy as np
 from hsd_ray.core.feedback import (FEEDBACK_KINDS, GATE_KINDS, NOT_FEEDBACK_KINDS, EnsembleGate, LinearGate,
                                    make_gate)
 from hsd_ray.core.feedback_fit import choose_threshold, prf, roc_auc, train_linear_gate
-from hsd_ray.data import load_followups, row_categories
+from hsd_ray.core.feedback_rules import has_code
+from hsd_ray.data import load_followups
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_OUT = ROOT / "hsd_ray" / "data" / "feedback_gate.json"
@@ -31,6 +32,16 @@ MIN_PRECISION = 0.9
 L2_GRID = (1e-4, 1e-3, 1e-2)
 RULE_WEIGHT_GRID = (0.3, 0.5, 0.7)
 CATEGORIES = ("non_english", "code", "very_short", "very_long", "build_on")
+
+
+def row_categories(row: dict) -> list[str]:
+    """Evaluation slices a row belongs to: non_english, code, very_short (<= 2 words), very_long (> 60 words),
+    build_on (the hard negatives)."""
+    f = row["followup"]
+    n_words = len(f.split())
+    cats = [("non_english", row["lang"] != "en"), ("code", "`" in f or has_code(f)), ("very_short", n_words <= 2),
+            ("very_long", n_words > 60), ("build_on", row["kind"] == "build_on")]
+    return [name for name, hit in cats if hit]
 
 
 def _xy(rows: list[dict]) -> tuple[list[tuple[str, str, str]], np.ndarray]:

@@ -147,6 +147,21 @@ class CaptureConfig(_Section):
     call_timeout_s: float = Field(1.0, gt=0, description="chat path waits at most this long on capture")
 
 
+class FeedbackConfig(_Section):
+    """The feedback gate: which follow-ups are feedback on the reply, and how much each weighs (core/feedback.py)."""
+
+    # "ensemble" was chosen on the dev split of hsd_ray/data/followups.jsonl (bench/feedback_gate.py); a unit test
+    # keeps this default equal to the choice recorded in the shipped weights.
+    gate: Literal["none", "rules", "learned", "ensemble"] = Field(
+        "ensemble", description="none = every follow-up trains (the paper); rules / learned / ensemble = gated"
+    )
+    weights_path: str | None = Field(None, description="learned-gate weights JSON (None = the shipped ones)")
+    threshold: float | None = Field(None, ge=0, le=1, description="decision threshold (None = the one chosen on dev)")
+    kind_weights: dict[str, float] = Field(
+        default_factory=dict, description="loss weight per feedback kind, e.g. {positive: 0.5} (unset = defaults)"
+    )
+
+
 class QueueConfig(_Section):
     """The turn queue in the object store (captured -> teachers -> learner)."""
 
@@ -197,6 +212,7 @@ class Config(_Section):
     broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -1,6 +1,6 @@
 """The import layers, checked on the source (every import, also the lazy ones inside functions):
 
-    entry points (signal, chat) → loop (Ray glue) → engines → core;   config, models and metrics at the bottom.
+    entry points (signal, chat) → loop (Ray glue) → engines → core;   config, models, metrics, data at the bottom.
 
 Core is pure: it imports only core (no config, engines, loop, Ray or vLLM); `if TYPE_CHECKING:` imports are type names
 only and are allowed. No module imports a private name (`_x`) from another package.
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "hsd_ray"
-BOTTOM = {"hsd_ray.config", "hsd_ray.models", "hsd_ray.metrics"}
+BOTTOM = {"hsd_ray.config", "hsd_ray.models", "hsd_ray.metrics", "hsd_ray.data"}
 # what each layer may import from hsd_ray (by prefix)
 ALLOWED = {
     "bottom": (),
