@@ -25,8 +25,10 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hsd_capture_errors_total": ("counter", "capture calls that failed or timed out (chat still answered)", ()),
     # queue
     "hsd_queue_depth": ("gauge", "turns in the queue by stage", ("stage",)),
-    "hsd_turns_dropped_total": ("counter", "turns dropped (overflow or unscorable)", ("reason",)),
+    "hsd_turns_dropped_total": ("counter", "turns dropped, by reason (overflow, not_feedback, lost, ...)", ("reason",)),
     "hsd_turns_redelivered_total": ("counter", "turns re-delivered after an expired teacher lease", ()),
+    "hsd_gate_decisions_total": ("counter", "feedback gate decisions, e.g. feedback:complaint, not_feedback:new_topic",
+                                 ("decision",)),
     # teacher
     "hsd_teacher_tokens_scored_total": ("counter", "prompt+reply tokens scored by teachers", ()),
     "hsd_teacher_turns_scored_total": ("counter", "turns scored by teachers", ()),
@@ -114,6 +116,8 @@ class Tally:
             self._counts[key] += n
         else:
             by_label = self._counts[key]
+            if not isinstance(by_label, dict):
+                raise KeyError(f"{key!r} is not counted by label: declare it in `labels`")
             by_label[label] = by_label.get(label, 0) + n
         name = self._metric_of[key]
         if name is not None:

@@ -23,7 +23,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from hsd_ray.config import HindsightConfig
+from hsd_ray.config import FeedbackConfig, HindsightConfig
 from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES
 
 PROG = "hsd_ray.signal"
@@ -154,7 +154,20 @@ def format_table(rows: list[TokenSignal], summary: dict, *, baseline: str = "stu
         f"summary: tokens={summary['tokens']}  mean A={summary['mean_advantage']:+.4f}  "
         f"sum A={summary['sum_advantage']:+.4f}  A>0 on {summary['positive_fraction']:.0%} of tokens"
     )
+    if "feedback" in summary:
+        lines.append(feedback_line(summary["feedback"]))
     return "\n".join(lines)
+
+
+def feedback_line(fb: dict) -> str:
+    """What the feedback gate decided, and what the loop does with the turn."""
+    if fb["is_feedback"]:
+        then = f"trained with loss weight {fb['weight']:g}"
+    else:
+        then = "dropped before scoring (not_feedback): this signal never trains"
+    verdict = "feedback" if fb["is_feedback"] else "not feedback"
+    return (f"feedback gate ({fb['gate']}): {verdict}, kind {fb['kind']}, score {fb['score']:.2f} "
+            f"[{fb['reason']}] → {then}")
 
 
 def format_json(rows: list[TokenSignal], summary: dict, meta: dict | None = None) -> str:
@@ -232,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student = paper's A_i; reference = hindsight context with --reference-followup")
     p.add_argument("--reference-followup", default=None,
                    help=f"neutral follow-up of the reference baseline (default {default_ref!r})")
+    p.add_argument("--gate", choices=("none", "rules", "learned", "ensemble"), default=FeedbackConfig().gate,
+                   help="the feedback gate whose decision is shown (default: the loop's default)")
     p.add_argument("--device", default="cpu", help="torch device for the model")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--html", metavar="FILE", default=None, help="also write a coloured HTML view (paper Fig. 2 style)")
@@ -269,6 +284,10 @@ def run(args: argparse.Namespace) -> str:
     rows = compute_signal(engine, prompt=args.prompt, reply=args.reply, followup=args.followup,
                           template=args.template, baseline=args.baseline, reference_followup=args.reference_followup)
     summary = summarize(rows)
+    from hsd_ray.data import build_gate
+
+    decision = build_gate(FeedbackConfig(gate=args.gate)).decide(args.prompt, args.reply, args.followup)
+    summary["feedback"] = {"gate": args.gate, **asdict(decision)}
     if args.html:
         page = format_html(rows, summary, prompt=args.prompt, followup=args.followup, baseline=args.baseline,
                            title=f"Hindsight signal — {args.model}")

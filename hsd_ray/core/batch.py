@@ -83,6 +83,7 @@ class HindsightBatch:
     topk_ids_B_T_K: torch.Tensor | None
     topk_logp_B_T_K: torch.Tensor | None
     served_logp_B_T: torch.Tensor | None  # log-prob at serving time (importance weights); None if any is unknown
+    feedback_weight_B: torch.Tensor  # the feedback gate's loss weight per turn (1 when no gate decided)
     turn_ids: list[str]
     policy_versions: list[int | None]
     teacher_versions: list[int]
@@ -123,6 +124,7 @@ class HindsightBatch:
             topk_ids_B_T_K=stack([s.teacher_topk_ids_T_K for s in scores], 0, torch.long) if has_topk else None,
             topk_logp_B_T_K=stack([s.teacher_topk_logp_T_K for s in scores], 0.0, torch.float32) if has_topk else None,
             served_logp_B_T=stack(served, 0.0, torch.float32) if all(x is not None for x in served) else None,
+            feedback_weight_B=torch.tensor([t.feedback_weight() for t in turns], dtype=torch.float32),
             turn_ids=[t.turn_id for t in turns],
             policy_versions=[t.policy_version for t in turns],
             teacher_versions=[s.teacher_version for s in scores],

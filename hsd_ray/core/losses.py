@@ -51,13 +51,20 @@ def _bool(mask_B_T: torch.Tensor) -> torch.Tensor:
     return mask_B_T if mask_B_T.dtype == torch.bool else mask_B_T != 0
 
 
-def masked_sequence_mean(x_B_T: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tensor:
-    """Mean of x over each row's valid tokens, then mean over rows with >= 1 valid token (0 if none). No host sync."""
+def masked_sequence_mean(
+    x_B_T: torch.Tensor, mask_B_T: torch.Tensor, seq_weight_B: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of x over each row's valid tokens, then mean over rows with >= 1 valid token (0 if none). No host sync.
+
+    `seq_weight_B` scales each row's mean before the batch mean (the feedback gate's per-turn weight; 0 = the row
+    contributes nothing, but it still counts in the denominator, so weights never re-scale the other rows)."""
     m_B_T = _bool(mask_B_T)
     n_B = m_B_T.sum(-1)
     sum_B = torch.where(m_B_T, x_B_T, torch.zeros((), dtype=x_B_T.dtype, device=x_B_T.device)).sum(-1)
     has_B = n_B > 0
     per_seq_B = sum_B / n_B.clamp_min(1).to(sum_B.dtype)
+    if seq_weight_B is not None:
+        per_seq_B = per_seq_B * seq_weight_B.detach().to(device=per_seq_B.device, dtype=per_seq_B.dtype)
     return (per_seq_B * has_B.to(sum_B.dtype)).sum() / has_B.sum().clamp_min(1).to(sum_B.dtype)
 
 
@@ -152,6 +159,7 @@ def sampled_token_loss(
     A_B_T: torch.Tensor,
     mask_B_T: torch.Tensor,
     weights_B_T: torch.Tensor | None = None,
+    seq_weight_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The paper's loss L = -mean_seq( (1/|y|) sum_i stopgrad(A_i) w_i log pi_theta(y_i | x, y_<i) ).
 
@@ -167,7 +175,7 @@ def sampled_token_loss(
         coef_B_T = coef_B_T * _wide(weights_B_T.detach())
     # Zero the coefficient at padding before it meets logp, so garbage there cannot reach the gradient.
     coef_B_T = torch.where(m_B_T, coef_B_T, torch.zeros((), dtype=coef_B_T.dtype, device=coef_B_T.device))
-    loss = -masked_sequence_mean(coef_B_T.to(logp_B_T.dtype) * logp_B_T, m_B_T)
+    loss = -masked_sequence_mean(coef_B_T.to(logp_B_T.dtype) * logp_B_T, m_B_T, seq_weight_B)
     with torch.no_grad():
         a_B_T = A_B_T.detach()
         metrics = {
@@ -225,6 +233,7 @@ def topk_divergence_loss(
     *,
     divergence: Divergence = "reverse_kl",
     jsd_beta: float = 0.5,
+    seq_weight_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Full-distribution distillation loss over K+1 buckets: the teacher's top-k token ids plus one tail bucket.
 
@@ -264,7 +273,7 @@ def topk_divergence_loss(
     ls_B_T_K1 = bucket_logprobs(student_logits_B_T_V, ids_B_T_K)
     lt_B_T_K1 = teacher_bucket_logprobs(t_top_B_T_K).to(ls_B_T_K1.dtype)
     div_B_T = _divergence_from_logprobs(ls_B_T_K1, lt_B_T_K1, divergence, jsd_beta)
-    loss = masked_sequence_mean(div_B_T, m_B_T)
+    loss = masked_sequence_mean(div_B_T, m_B_T, seq_weight_B)
     with torch.no_grad():
         metrics = {
             "topk_div": float(loss.detach()),

@@ -40,7 +40,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             served = torch.where(torch.isnan(served), logp_B_T.detach(), served)  # unknown → weight 1
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
-        loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights)
+        loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights, batch.feedback_weight_B)
     else:
         if batch.topk_ids_B_T_K is None:
             raise ValueError("loss.kind=topk needs teacher top-k scores (teacher must score with top_k > 0)")
@@ -51,6 +51,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             mask_B_T,
             divergence=cfg.divergence,
             jsd_beta=cfg.jsd_beta,
+            seq_weight_B=batch.feedback_weight_B,
         )
     metrics.update(m)
     if cfg.kl_coef > 0:

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from hsd_ray.core.feedback import FeedbackDecision
 from hsd_ray.core.weights import BASE_ADAPTER
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
@@ -64,6 +65,15 @@ class Turn:
     source: str = "live"  # "live" | "logged"
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     scores: TurnScores | None = None
+    feedback: FeedbackDecision | None = None  # the feedback gate's decision (teacher), before scoring
+
+    def feedback_weight(self) -> float:
+        """The loss weight the feedback gate gave this turn (1.0 when no gate has decided)."""
+        return 1.0 if self.feedback is None else self.feedback.weight
+
+    def last_user_message(self) -> str:
+        """The user message the reply answered (what the feedback gate compares the follow-up with)."""
+        return next((m["content"] for m in reversed(self.context) if m["role"] == "user"), "")
 
     def is_scorable(self) -> bool:
         """A turn can be scored in hindsight (and so trained on) when its context has a user message to attach the

@@ -1,12 +1,16 @@
 """Data shipped with the package: the hand-labelled follow-up set (`followups.jsonl`, written by
 scripts/make_followups.py) and the trained feedback-gate weights (`feedback_gate.json`, written by
-`python -m bench.feedback_gate`). Loaders only (bottom layer, like config); the gate itself is `hsd_ray.core.feedback`."""
+`python -m bench.feedback_gate`), their loaders, and `build_gate`, the feedback gate a config asks for. The gate
+itself is `hsd_ray.core.feedback` (pure); this package is the layer above it that reads files."""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
 from pathlib import Path
+
+from hsd_ray.config import FeedbackConfig
+from hsd_ray.core.feedback import make_gate
 
 FOLLOWUPS = "followups.jsonl"
 FEEDBACK_GATE = "feedback_gate.json"
@@ -24,3 +28,9 @@ def load_feedback_gate(path: str | None = None) -> dict:
     if path is not None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     return json.loads(resources.files(__name__).joinpath(FEEDBACK_GATE).read_text(encoding="utf-8"))
+
+
+def build_gate(fcfg: FeedbackConfig):
+    """The feedback gate `fcfg` asks for (learned weights: the shipped ones unless `weights_path` is set)."""
+    weights = load_feedback_gate(fcfg.weights_path) if fcfg.gate in ("learned", "ensemble") else None
+    return make_gate(fcfg.gate, weights, fcfg.threshold, dict(fcfg.kind_weights) or None)

@@ -48,7 +48,7 @@ def teacher_settings(cfg: Config) -> TeacherSettings:
     from hsd_ray.models import resolve_model
 
     return TeacherSettings(str(resolve_model(cfg.model)), cfg.engine, cfg.teacher, cfg.hindsight, cfg.loss,
-                           enable_lora=cfg.learner.lora.enabled)
+                           cfg.feedback, enable_lora=cfg.learner.lora.enabled)
 
 
 class LearnerThread(threading.Thread):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ class Learner:
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker; `config["settings"]` is the LearnerSettings."""
-    logging.basicConfig(level=logging.INFO, format="[learner] %(message)s")
+    _log_to_stdout()
     learner = Learner(config["settings"])
     learner.restore()
     while (turns := learner.next_batch()) is not None:
@@ -272,6 +273,17 @@ def train_loop_per_worker(config: dict) -> None:
         learner.publish_if_due()
         learner.checkpoint_if_due()
     learner.finish()
+
+
+def _log_to_stdout() -> None:
+    """The learner's lines on the worker's stdout as "[learner] ..." (Ray forwards them to the driver). Ray Train
+    configures the worker's root logger before this runs, so this logger gets its own handler instead."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[learner] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _record_metrics(step_metrics: dict, turns: list[Turn], version: int) -> None:

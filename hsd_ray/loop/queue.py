@@ -37,7 +37,7 @@ from hsd_ray.core.turns import Turn
 from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
-DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "forgotten", "lost")
+DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost")
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,8 @@ class TurnQueue:
         self._lease_ids = itertools.count(1)
         self.tally = metrics.Tally(
             {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
-             "late_completions": None, "dropped": "hsd_turns_dropped_total"},
-            labels={"dropped": DROP_REASONS},
+             "late_completions": None, "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
+            labels={"dropped": DROP_REASONS, "gate": ()},
         )
 
     # ---- capture side -----------------------------------------------------------------------------------------
@@ -104,10 +104,13 @@ class TurnQueue:
         self._gauges()
         return Lease(lease_id, turns)
 
-    def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = ()) -> bool:
+    def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = (),
+                 not_feedback: list[str] = (), decisions: list[str] = ()) -> bool:
         """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
-        gone with its owner) as lost. False if the lease had already expired (its turns were re-delivered, so this
-        result must be discarded)."""
+        gone with its owner) as lost, `not_feedback` ones (the feedback gate said the follow-up is not about the
+        reply) as not_feedback. `decisions` are the gate's labels ("feedback:complaint", "not_feedback:new_topic"),
+        counted here so that a re-delivered lease is never counted twice. False if the lease had already expired
+        (its turns were re-delivered, so this result must be discarded)."""
         self._expire_leases()
         lease = self._leases.pop(lease_id, None)
         if lease is None:
@@ -117,6 +120,9 @@ class TurnQueue:
         self._scored.extend(t for t in scored if t.turn_id in still_leased)
         self.tally.add("dropped", len(failed), "unscorable")
         self.tally.add("dropped", len(lost), "lost")
+        self.tally.add("dropped", len(not_feedback), "not_feedback")
+        for decision in decisions:
+            self.tally.add("gate", 1, decision)
         overflow = 0
         while len(self._scored) > self.scored_capacity:
             self._scored.popleft()
@@ -216,8 +222,10 @@ class QueueClient:
     def lease(self, max_turns: int) -> Lease | None:
         return ray.get(self.handle.lease.remote(max_turns))
 
-    def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str]) -> bool:
-        return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost))
+    def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str],
+                 not_feedback: list[str] = (), decisions: list[str] = ()) -> bool:
+        return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
+                                                   list(decisions)))
 
     def take_scored(self, n: int) -> list[TurnRef]:
         return ray.get(self.handle.take_scored.remote(n))

@@ -3,8 +3,13 @@
 Each teacher holds one engine (vLLM prompt-logprob mode, or transformers) that follows the broadcast weights, so the
 teacher is the *current* policy (as in the paper) up to the broadcast cadence. Its loop:
 
-    QueueClient.lease → fetch_turns (one ray.get) → Turn.is_scorable → core.scoring.score_turns (engine batches by
-    token budget) → TurnRef.put each scored turn → QueueClient.complete(lease)
+    QueueClient.lease → fetch_turns (one ray.get) → Turn.is_scorable → the feedback gate (core.feedback: is the
+    follow-up about the reply?) → core.scoring.score_turns on the feedback turns (engine batches by token budget)
+    → TurnRef.put each scored turn → QueueClient.complete(lease), with the not-feedback turns and every decision
+
+The gate runs here, inside the teacher's batch (no extra round trip), before any engine work: a follow-up that is
+not feedback costs no scoring pass and never trains anything (dropped as `not_feedback`); the kind's loss weight
+travels on the Turn (`Turn.feedback`) to the learner.
 
 A teacher that dies mid-batch never completes its lease; the queue re-delivers those turns after the lease timeout.
 The loop starts in the constructor, so an actor restarted by Ray (max_restarts) resumes work by itself.
@@ -18,8 +23,9 @@ import time
 from dataclasses import dataclass
 
 from hsd_ray import metrics
-from hsd_ray.config import EngineConfig, HindsightConfig, LossConfig, TeacherConfig
+from hsd_ray.config import EngineConfig, FeedbackConfig, HindsightConfig, LossConfig, TeacherConfig
 from hsd_ray.core.scoring import score_turns
+from hsd_ray.data import build_gate
 from hsd_ray.loop.broadcast import WeightFollower
 from hsd_ray.loop.queue import Lease, QueueClient, TurnRef, fetch_turns
 
@@ -35,6 +41,7 @@ class TeacherSettings:
     teacher: TeacherConfig
     hindsight: HindsightConfig
     loss: LossConfig
+    feedback: FeedbackConfig
     enable_lora: bool  # the engine must accept LoRA adapters (the learner trains LoRA)
 
 
@@ -49,6 +56,7 @@ class TeacherWorker:
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   score_token_budget=settings.teacher.token_budget)
         self.follower = WeightFollower(self.engine, registry, role="teacher") if registry is not None else None
+        self.gate = build_gate(settings.feedback)
         self.tally = metrics.Tally({
             "batches": None, "turns": "hsd_teacher_turns_scored_total", "tokens": "hsd_teacher_tokens_scored_total",
             "failed": None, "late": None,
@@ -103,7 +111,13 @@ class TeacherWorker:
         scorable = [t for t in turns if t.is_scorable()]
         failed = [t.turn_id for t in turns if not t.is_scorable()]
         self.tally.add("failed", len(failed))
+        for t in scorable:
+            t.feedback = self.gate.decide(t.last_user_message(), t.reply, t.followup)
+        feedback = [t for t in scorable if t.feedback.is_feedback]
+        not_feedback = [t.turn_id for t in scorable if not t.feedback.is_feedback]
+        decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in scorable]
         s = self.settings
-        score_turns(self.engine, scorable, s.hindsight, s.loss)
-        accepted = self.queue.complete(lease, [TurnRef.put(t) for t in scorable], failed, [t.turn_id for t in lost])
-        return accepted, scorable
+        score_turns(self.engine, feedback, s.hindsight, s.loss)
+        accepted = self.queue.complete(lease, [TurnRef.put(t) for t in feedback], failed, [t.turn_id for t in lost],
+                                       not_feedback, decisions)
+        return accepted, feedback

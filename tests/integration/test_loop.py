@@ -225,3 +225,29 @@ def test_loop_with_vllm_engines(ray_session, tiny_model_dir, tmp_path, lora):
         fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == final_fp and p, 60, "the replica to load the new weights")
         n = min(len(lp0), len(lp1))
         assert n > 0 and max(abs(a - b) for a, b in zip(lp0[:n], lp1[:n])) > 1e-4
+
+
+def test_feedback_gate_in_the_teacher_batch(ray_session, tiny_model_dir, tmp_path):
+    """The default gate runs in the teacher: follow-ups that are not about the reply are dropped as not_feedback
+    before any scoring, every decision is counted once, and scored turns carry their decision and weight."""
+    from hsd_ray.core.turns import Turn
+    from hsd_ray.loop.job import running_loop
+    from hsd_ray.loop.queue import TurnRef, fetch_turns
+
+    followups = ["No, that's wrong: the capital is Canberra.", "Too long, please keep it to one sentence.",
+                 "Thanks, that's exactly what I needed!", "By the way, what's a good name for a goldfish?",
+                 "Different topic: how do I boil an egg?", "ok"]
+    turns = [Turn(context=[{"role": "user", "content": "What is the capital of Australia?"}],
+                  reply="The capital of Australia is Sydney, its largest city.", followup=f) for f in followups]
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    assert cfg.feedback.gate == "ensemble"
+    with running_loop(cfg, serve_chat=False, learner=False) as loop:
+        loop.queue.put([TurnRef.put(t) for t in turns])
+        q = _wait(lambda: (s := loop.queue.stats())["pending"] + s["leased"] == 0 and s, 120, "the teacher's batch")
+        assert q["dropped"]["not_feedback"] == 3 and q["scored"] == 3, q
+        assert sum(q["gate"].values()) == len(followups) and _accounting_holds(q), q
+        assert q["gate"]["feedback:positive"] == 1 and q["gate"].get("not_feedback:small_talk", 0) == 1, q
+        scored, lost = fetch_turns(loop.queue.take_scored(3))
+        assert not lost and sorted(t.followup for t in scored) == sorted(followups[:3])
+        weights = {t.followup: t.feedback.weight for t in scored}
+        assert weights[followups[0]] == 1.0 and weights[followups[2]] == 0.5  # positive feedback weighs half

@@ -1,6 +1,6 @@
 """The import layers, checked on the source (every import, also the lazy ones inside functions):
 
-    entry points (signal, chat) → loop (Ray glue) → engines → core;   config, models, metrics, data at the bottom.
+    entry points (signal, chat) → loop (Ray glue) → engines, data → core;   config, models and metrics at the bottom.
 
 Core is pure: it imports only core (no config, engines, loop, Ray or vLLM); `if TYPE_CHECKING:` imports are type names
 only and are allowed. No module imports a private name (`_x`) from another package.
@@ -19,13 +19,14 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "hsd_ray"
-BOTTOM = {"hsd_ray.config", "hsd_ray.models", "hsd_ray.metrics", "hsd_ray.data"}
+BOTTOM = {"hsd_ray.config", "hsd_ray.models", "hsd_ray.metrics"}
 # what each layer may import from hsd_ray (by prefix)
 ALLOWED = {
     "bottom": (),
     "core": ("hsd_ray.core",),
     "engines": ("hsd_ray.core", "hsd_ray.engines", *BOTTOM),
-    "loop": ("hsd_ray.core", "hsd_ray.engines", "hsd_ray.loop", *BOTTOM),
+    "data": ("hsd_ray.core", "hsd_ray.data", *BOTTOM),  # shipped data files and what is built from them
+    "loop": ("hsd_ray.core", "hsd_ray.engines", "hsd_ray.data", "hsd_ray.loop", *BOTTOM),
     "entry": ("hsd_ray",),
 }
 FORBIDDEN_THIRD_PARTY = {"core": ("ray", "vllm", "pydantic", "yaml"), "bottom": ("vllm",)}  # metrics exports through ray
@@ -39,7 +40,7 @@ def _module_name(path: Path) -> str:
 def _layer(module: str) -> str:
     if module in BOTTOM or module == "hsd_ray":
         return "bottom"
-    for layer in ("core", "engines", "loop"):
+    for layer in ("core", "engines", "data", "loop"):
         if module.startswith(f"hsd_ray.{layer}"):
             return layer
     return "entry"

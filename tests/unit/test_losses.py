@@ -434,3 +434,26 @@ def test_kl_penalty_step_on_logits_moves_policy_toward_reference():
         theta -= 0.1 * theta.grad
     after = kls()
     assert after[0] < before[0] and after[1] < before[1], (before, after)
+
+
+def test_sequence_weights_scale_each_row_and_zero_removes_it():
+    """The feedback gate's per-turn weight: row b's loss and gradient are multiplied by w_b; w_b = 0 removes the row's
+    gradient, and the other rows keep the same scale (the denominator still counts every row)."""
+    torch.manual_seed(0)
+    logp = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(3, 5, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    full, _ = L.sampled_token_loss(logp, A, mask)
+    (g_full,) = torch.autograd.grad(full, logp)
+    w = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+    weighted, _ = L.sampled_token_loss(logp, A, mask, seq_weight_B=w)
+    (g_w,) = torch.autograd.grad(weighted, logp)
+    torch.testing.assert_close(g_w, g_full * w[:, None])
+    assert torch.all(g_w[1] == 0)
+    ids = torch.randint(0, 7, (3, 5, 1))
+    logits = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    t_logp = torch.log_softmax(torch.randn(3, 5, 7, dtype=torch.float64), -1).gather(-1, ids)
+    per_row = [L.topk_divergence_loss(logits[b:b + 1], ids[b:b + 1], t_logp[b:b + 1], mask[b:b + 1])[0]
+               for b in range(3)]
+    topk_w, _ = L.topk_divergence_loss(logits, ids, t_logp, mask, seq_weight_B=w)
+    torch.testing.assert_close(topk_w, sum(wb * lb for wb, lb in zip(w, per_row)) / 3)

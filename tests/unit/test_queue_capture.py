@@ -100,3 +100,36 @@ def test_ledger_expiry_and_forget():
     assert ledger.forget_user("alice") == 1
     s = ledger.stats()
     assert s["recorded"] == s["captured"] + s["expired"] + s["outstanding"] + s["evicted"] + s["forgotten"]
+
+
+def test_tally_counts_and_snapshot_agree():
+    from hsd_ray.metrics import Tally
+
+    t = Tally({"seen": None, "dropped": "hsd_turns_dropped_total"}, labels={"dropped": ("overflow", "lost")})
+    t.add("seen", 2)
+    t.add("dropped", 3, "overflow")
+    t.add("dropped", 1, "not_feedback")  # a label not declared up front is counted too
+    t.add("seen", 0)
+    snap = t.snapshot()
+    assert snap == {"seen": 2, "dropped": {"overflow": 3, "lost": 0, "not_feedback": 1}}
+    assert t.total("dropped") == 4 and t["seen"] == 2
+    snap["dropped"]["overflow"] = 99  # a snapshot is a copy
+    assert t["dropped"]["overflow"] == 3
+    with pytest.raises(KeyError):
+        Tally({"x": "hsd_no_such_metric"})
+
+
+def test_not_feedback_turns_are_dropped_and_decisions_counted_once():
+    q = TurnQueue(lease_timeout_s=0.05)
+    q.put(_items(3))
+    stale = q.lease(3)
+    time.sleep(0.1)
+    fresh = q.lease(3)  # re-delivered: the first teacher's decisions must not count
+    assert q.complete(stale.lease_id, stale.turns[:1], not_feedback=["t1", "t2"],
+                      decisions=["feedback:complaint", "not_feedback:new_topic", "not_feedback:new_topic"]) is False
+    assert q.complete(fresh.lease_id, fresh.turns[:1], not_feedback=["t1", "t2"],
+                      decisions=["feedback:complaint", "not_feedback:new_topic", "not_feedback:small_talk"])
+    s = q.stats()
+    assert s["gate"] == {"feedback:complaint": 1, "not_feedback:new_topic": 1, "not_feedback:small_talk": 1}
+    assert s["dropped"]["not_feedback"] == 2 and s["scored"] == 1
+    assert s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)

@@ -47,7 +47,8 @@ def test_table_has_one_row_per_reply_token_plus_eos(capsys, tok):
     for m in rows:  # A = teacher - baseline up to the 4-decimal display
         t, b, a = float(m.group(3)), float(m.group(4)), float(m.group(5))
         assert a == pytest.approx(t - b, abs=1.5e-4)
-    summary = out.splitlines()[-1]
+    summary, gate = out.splitlines()[-2:]
+    assert gate.startswith("feedback gate (ensemble): feedback") and "trained with loss weight" in gate
     assert summary.startswith("summary:") and f"tokens={len(ids) + 1}" in summary and "mean A=" in summary
     assert "sum A=" in summary
 
@@ -181,3 +182,13 @@ def test_missing_model_is_an_argparse_error(capsys):
 def test_unwritable_html_is_an_argument_error(capsys, tmp_path):
     rc, out, err = _run(capsys, [*BASE, "--html", str(tmp_path / "missing-dir" / "x.html")])
     assert rc == 2 and err.startswith("hsd_ray.signal: error: cannot write --html") and len(err.splitlines()) == 1
+
+
+def test_gate_decision_is_shown_and_a_topic_change_never_trains(capsys):
+    argv = [a if a != FOLLOWUP else "By the way, what's a good name for a goldfish?" for a in BASE]
+    rc, out, err = _run(capsys, argv + ["--json"])
+    assert rc == 0, err
+    fb = json.loads(out)["summary"]["feedback"]
+    assert fb["gate"] == "ensemble" and fb["is_feedback"] is False and fb["weight"] == 0.0
+    rc, out, _ = _run(capsys, argv + ["--gate", "none"])
+    assert rc == 0 and out.splitlines()[-1].startswith("feedback gate (none): feedback, kind unknown")
