@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from followups import code_more, coding, extra, knowledge, life, multilingual, short_long, writing  # noqa: E402
+from followups import code_more, coding, extra, form_prefs, knowledge, life, multilingual, short_long, writing  # noqa: E402
 
 from hsd_ray.core.feedback import FEEDBACK_KINDS, NOT_FEEDBACK_KINDS  # noqa: E402
 
@@ -26,7 +26,7 @@ OUT = ROOT / "hsd_ray" / "data" / "followups.jsonl"
 
 def rows() -> list[dict]:
     out, seen = [], {}
-    for module in (coding, life, knowledge, writing, multilingual, short_long, code_more, extra):
+    for module in (coding, life, knowledge, writing, multilingual, short_long, code_more, extra, form_prefs):
         for ctx_id, prompt, reply, followups in module.CONTEXTS:
             for i, item in enumerate(followups):
                 text, kind, lang = (item + ("en",))[:3]

@@ -3,8 +3,9 @@
 Owned here: the rule tables (regexes and short-message lexicons, English first plus common Spanish, French, German,
 Portuguese, Italian and Chinese phrasings) and `match_rules`, which returns the first rule that fires as
 (kind, confidence, rule name). `hsd_ray.core.feedback.RuleGate` turns that into a decision; the learned gate uses the
-hits as features. Precedence (first match wins): short-message lexicon → code with an error report → correction →
-complaint → rephrase → topic-change cue → clarification → build-on → small talk → positive. Requests to change the
+hits as features. Precedence (first match wins): short-message lexicon → topic-change opener → code with an error
+report → correction → complaint → rephrase → form preference (a standing instruction about the form of replies) →
+topic-change cue → clarification → build-on → small talk → positive. Requests to change the
 answer itself ("now make it shorter") therefore beat build-on cues ("now ..."), and a positive opener followed by a
 new request ("great, now write a poem about it") is build-on, not praise.
 
@@ -71,7 +72,7 @@ CORRECTION_RX = _rx(
     r"\bthat'?s not (how|what|true|right|correct)\b", r"\bdoesn'?t exist\b", r"\byou (mixed|confused)\b",
     r"\b(that'?s|it'?s|this is) (a myth|outdated|out of date|not accurate)\b", r"\bi'?m pretty sure\b|^pretty sure\b",
     r"(^|[,;.]\s*)(it|that|this|the \w+|which)? ?should (be|have been|come|say)\b", r"\b(is|was|are|were) actually\b",
-    r"\bno longer\b|\bnot anymore\b",
+    r"\bno longer\b|\bnot anymore\b", r"\b(your|the) (\w+ ){1,2}(is|was|are|were) (wrong|incorrect|inaccurate|not (right|correct))\b",
     # es / fr / de / pt / it / zh
     r"\b(no es (correcto|cierto|así)|está mal|es incorrecto|te equivocas|c'?est faux|pas (correct|vrai|juste)|"
     r"tu te trompes|ce n'?est pas (ça|correct|vrai)|das (ist|stimmt) (falsch|nicht)|stimmt nicht|ist falsch|"
@@ -98,7 +99,11 @@ COMPLAINT_RX = _rx(
     r"no (es|era) lo que (pedí|pregunté)|ce n'?est pas ce que j'?ai demandé|"
     r"nicht (das|was) ich (gefragt|wollte)|não foi isso que (pedi|perguntei)|no me sirve|sers? à rien|hilft nicht",
     r"слишком \w+|太长|太短|太复杂|啰嗦|没用|不是我问的|我说了|我问的是|你没|你忘了|没考虑",
-    r"\b(this|that|it|you) (misses|missed|forgot|ignores|ignored|skips|skipped)\b", r"\bnot working\b")
+    r"\b(this|that|it|you) (misses|missed|forgot|ignores|ignored|skips|skipped)\b", r"\bnot working\b",
+    r"\b(double[- ]?check|re-?check|proof-?read)\b.{0,10}\b(your|the|that|this|it)\b",
+    r"\b(skip|drop|leave out|ditch|cut out|lose) (the|all the|those|these|that|your) [\w' ]{1,30}(next time|from now on|"
+    r"in (the )?future|going forward)\b",
+    r"^(from now on|next time|in (the )?future|going forward),? (skip|drop|leave out|ditch|cut out|lose|no|don'?t|never)\b")
 
 REPHRASE_RX = _rx(
     r"\b(try|do it|one more time|once more) again\b", r"\btry (another|a different)\b", r"\b(re-?write|re-?do|re-?phrase|"
@@ -164,11 +169,97 @@ THANKS_RX = _rx(r"\b(thanks|thank you|thx|ty|gracias|merci|danke|obrigad[oa]|gra
 WHY_WHAT_RX = _rx(r"^(why|how come|pourquoi|por qué|warum|por que|perché|为什么)", r"^what('?s| is| are| does| do)\b",
                   r"^[\w -]{1,25}\?$")
 
-# (kind, confidence) per table, in precedence order. Kinds are those of hsd_ray.core.feedback.
-TABLES: tuple[tuple[str, float, re.Pattern], ...] = (
-    ("correction", 0.93, CORRECTION_RX), ("complaint", 0.92, COMPLAINT_RX), ("rephrase", 0.9, REPHRASE_RX),
-    ("new_topic", 0.06, TOPIC_RX), ("clarification", 0.8, CLARIFY_RX), ("build_on", 0.1, BUILD_RX),
-    ("small_talk", 0.06, SMALLTALK_RX), ("positive", 0.85, POSITIVE_RX),
+# Standing instructions / preferences about the form of replies: a form word AND an instruction/preference cue, in a
+# message of at most FORM_MAX_WORDS words that does not open with a new task ("write a haiku ..., all lowercase").
+# "from now on" / "next time" / "I prefer" alone never fire ("from now on call me Sam", "next time I'll ask about Rome").
+FORM_WORD_RX = _rx(
+    r"\b(your|all|every|each|future|these|those) (answers?|repl(y|ies)|responses?|messages?|emails?|code)\b",
+    r"\b(in|with|for|to|from) (answers|replies|responses|messages)\b",
+    r"\b\d+ (words?|sentences?|lines?|characters?|chars|paragraphs?|bullets?|bullet points?|points)\b",
+    r"\b(brief|briefer|briefly|concise|succinct|short and sweet|to the point|wordy|verbose|long-winded|one[- ]liners?|"
+    r"tl;?dr|wall of text)\b", r"\b(short|shorter|long|longer) (answers?|repl(y|ies)|responses?|version|ones|mails?|emails?)\b",
+    r"\b(one|a|single|two|three) (sentence|line|paragraph|word)s?\b", r"\b(the )?(word|number|name|code( block)?) only\b",
+    r"\byes\b.{0,12}\bor\b.{0,12}\bno\b", r"\byes/no\b", r"\b(a|simple|plain) (yes|no)\b",
+    r"\b(markdown|bullet(ed)? ?(points?|lists?)?|bullets|numbered( lists?| steps)?|lists?|headings?|headers?|bold|"
+    r"italics?|formatting|formatted|code blocks?|prose|paragraphs?|plain text|line breaks|asterisks|hashtags|title)\b",
+    r"\b(a|as a|in a|into a|as|in) tables?\b|\btables? (format|instead)\b",
+    r"\b(lower ?case|upper ?case|capital letters?|capitals|capitali[sz]\w*|all caps|caps)\b",
+    r"\b(emojis?|emoji|emoticons?|smileys?)\b",
+    r"\b(formal|informal|casual|relaxed|friendly|polite|stiff|tone|jargon|slang|professional|dry|playful|funny|jokes?|"
+    r"cheerful|serious|enthusiastic|exclamation (marks?|points?)|sarcas\w*|condescending|patroni[sz]\w*|hedg\w*|rhym\w*|"
+    r"free verse)\b",
+    r"\b(sign[- ]?offs?|sign (it|them|these|your|each|every|off)|signature|greeting|salutation)\b",
+    r"\b(end|start|begin|open|close|finish)(ing|s)? (each|every|all|your|the|with)\b",
+    r"\b(in|into) (plain |simple |simpler )?(english|spanish|french|german|italian|portuguese|chinese|japanese|russian|"
+    r"dutch|korean|arabic|hindi)\b", r"\b(british|american|us|uk) (spelling|english)\b",
+    r"\b(explanations?|details|preamble|intro(duction)?s?|opener|disclaimers?|caveats?|apolog\w*|fluff|"
+    r"filler|pleasantries|great question|backstory|history lesson|summary|recap|sources|citations?|romaji|"
+    r"transliteration|type hints?|comments|docstrings?)\b",
+    r"\b(metric|imperial|celsius|fahrenheit|units|grams)\b",
+    r"respuestas?|r[ée]ponses?|antworten?|respostas?|rispost[ae]|corto|cortas?|breve|kurz|courts?|courtes?|curt[ao]s?|"
+    r"listas?|listes?|listen|viñetas|puces|aufzählung\w*|minúsculas|minuscules|kleinbuchstaben|maiúsculas|tabelle|"
+    r"tabla|tableau|emoticonos|sí o no|oui ou non|ja oder nein|sim ou não|sì o no|rimes?|reime?|explicaci[oó]n|"
+    r"explica[çc][ãa]o|spiegazion\w+|erklärung\w*|en (español|inglés)|en (français|anglais)|auf (deutsch|englisch)|"
+    r"em portugu[eê]s|in (italiano|inglese)|só a palavra",
+    r"简短|简洁|表情|列表|要点|格式|中文|英文|小写|字以内|回答|是或否|选项|коротк|смайл|эмодзи|списк|ответ")
+FORM_CUE_RX = _rx(
+    r"\b(from now on|next time|in (the )?future|going forward|henceforth|from here on|moving forward|for future)\b",
+    r"\b(always|never|every time|each time|anymore|any more)\b",
+    r"\b(stop|quit|enough( with)?|no more|cut (out|back on)|lay off|less|fewer|ditch|drop|lose|skip|avoid|get rid of|"
+    r"without|leave out|instead)\b",
+    r"\bi('d| would| really| honestly| much| strongly| actually)? ?(prefer|like|love|hate|want|need|only need|"
+    r"only want|just need|just want|rather|can'?t stand|don'?t like|dislike|don'?t need|don'?t want|enjoy|find|"
+    r"read these|present)\b", r"\b(please|pls|plz|per favore|por favor|s'il (te|vous) pla[iî]t|bitte)\b",
+    r"\b(just|only|simply|nothing else|nothing more|is plenty|is enough|all i'?m after|is all i)\b",
+    r"\bno need\b|\bdon'?t (need|bother)\b|(^|[,.;:!]\s*)no\b",
+    r"\b(can|could|would|will) you (please )?(keep|be|use|answer|reply|respond|write|stop|not|avoid|skip|drop|add|"
+    r"include|put|sign|end|start|format|switch|stick|sprinkle|cut|tone|talk|sound|speak|lose)\b",
+    r"^(keep|be|use|add|include|answer|reply|respond|give|put|sign|end|start|finish|format|switch|stick|cap|limit|"
+    r"avoid|skip|drop|lose|cut|tone|less|fewer)\b",
+    r"\bwhere('s| is| are| did| have)\b.{0,20}\b(go|gone|the)\b|\bwhat happened to\b",
+    r"\b(like|as) (we|i) (agreed|said|asked|discussed)\b|\bremember\b|\btoo\b|\bnot (enough|so)\b|\b(should|must|need to|has "
+    r"to|have to) (be|use|have|include|end|start|stay)\b|\bwould fit better\b|\bkeep doing\b|\bmax\b",
+    r"a partir de ahora|la pr[oó]xima vez|en (el )?futuro|siempre|prefiero|solo|s[oó]lamente|sin\b|[àa] l'avenir|"
+    r"d[ée]sormais|la prochaine fois|dor[ée]navant|toujours|je pr[ée]f[èe]re|seulement|sans\b|pas de\b|in zukunft|ab jetzt|"
+    r"n[äa]chstes mal|k[üu]nftig|immer|ich (m[öo]chte|h[äa]tte lieber|bevorzuge)|\bnur\b|\bohne\b|daqui (pra|para) frente|"
+    r"a partir de agora|da pr[óo]xima vez|sempre|prefiro|\bs[óo]\b|\bsem\b|d'ora in poi|la prossima volta|in futuro|"
+    r"preferisco|senza|以后|下次|今后|总是|别再|不要|只要|我喜欢|我更喜欢|请|впредь|в следующий раз|всегда|без|только")
+NEW_TASK_RX = _rx(r"^(please )?((can|could|would) you )?(write|compose|draft|create|generate|make|list|name|translate|tell|"
+                  r"describe|recommend|suggest|plan|give|summari[sz]e)( me)? (a|an|some|\d+|the following|this|my|about|how|"
+                  r"why|what|something|['\"‘“])")
+FORM_MAX_WORDS = 40
+
+
+class _FormPreference:
+    """`search(norm)`: a form word and an instruction/preference cue, in a short message that is not a new task."""
+
+    def search(self, norm: str) -> bool:
+        return (len(norm.split()) <= FORM_MAX_WORDS and not NEW_TASK_RX.search(norm)
+                and bool(FORM_WORD_RX.search(norm)) and bool(FORM_CUE_RX.search(norm)))
+
+
+# An explicit topic-change opener announces that the message is not about the reply, so it beats every cue after it
+# ("Completely unrelated, but is it true there's no such ...?"). "btw"/"by the way" count only when what follows does
+# not point at the reply ("btw, your date is wrong" stays a correction).
+TOPIC_OPENER_RX = _rx(
+    r"^(ok(ay)?|so|anyway|alright|hey)?[\s,.!]*((completely|totally|slightly|somewhat|kind of|a bit) )?(unrelated|"
+    r"off[- ]topic|different (topic|question|subject|note)|new (topic|question|subject)|change of (topic|subject)|"
+    r"changing (the )?(topic|subject)|switching gears|on (another|a different) note|random question|quick unrelated|"
+    r"unrelated question|(quick|random|other|separate) (question|thing),? (unrelated|not about this))\b",
+    r"^(can|could|shall) we (talk about|change|switch to) (something else|another|a different)\b|^let'?s (talk about "
+    r"something else|change the (topic|subject))\b",
+    r"^(btw|by the way)\b(?![\s,:;.-]*(you|your|you'?re|that|that'?s|this|this is|it|it'?s|the (answer|reply|code|"
+    r"number|date|list|poem|email|story))\b)",
+    r"^(por cierto|otra pregunta|cambiando de tema|au fait|autre question|autre chose|übrigens|andere frage|anderes "
+    r"thema|aliás|outra pergunta|mudando de assunto|a proposito|cambiando argomento|顺便问|换个话题|另外一个问题)")
+
+# (name, kind, confidence) per table, in precedence order. Kinds are those of hsd_ray.core.feedback.
+TABLES: tuple[tuple[str, str, float, object], ...] = (
+    ("correction", "correction", 0.93, CORRECTION_RX), ("complaint", "complaint", 0.92, COMPLAINT_RX),
+    ("rephrase", "rephrase", 0.9, REPHRASE_RX), ("form_preference", "complaint", 0.88, _FormPreference()),
+    ("new_topic", "new_topic", 0.06, TOPIC_RX), ("clarification", "clarification", 0.8, CLARIFY_RX),
+    ("build_on", "build_on", 0.1, BUILD_RX), ("small_talk", "small_talk", 0.06, SMALLTALK_RX),
+    ("positive", "positive", 0.85, POSITIVE_RX),
 )
 
 _TRAIL = re.compile(r"[\s.!,;:~)(*\U0001F300-\U0001FAFF\u2600-\u27BF]+$")
@@ -195,13 +286,15 @@ def match_rules(followup: str) -> tuple[str, float, str] | None:
         group, conf = SHORT[norm]
         kind = {"ack": "small_talk", "negative": _NEG_SHORT_KIND.get(norm, "complaint")}.get(group, group)
         return (kind, conf, f"short:{group}")
+    if TOPIC_OPENER_RX.search(norm):
+        return ("new_topic", 0.05, "rule:topic_opener")
     if has_code(followup) and ERROR_RX.search(followup):
         return ("correction", 0.9, "code_error")
-    for kind, conf, rx in TABLES:
+    for name, kind, conf, rx in TABLES:
         if rx.search(norm):
             if kind == "positive" and len(norm.split()) > 25 and "?" in norm:
                 continue  # a long message that opens with praise and then asks for something new
-            return (kind, conf, f"rule:{kind}")
+            return (kind, conf, f"rule:{name}")
     if THANKS_RX.search(norm) and len(norm.split()) <= 12:  # a short message that thanks, with no new request
         return ("positive", 0.85, "rule:thanks")
     return None

@@ -37,11 +37,29 @@ PROMPT, REPLY = "what is the capital of australia", "The capital of Australia is
     ("Demasiado largo, solo quería el nombre", "complaint"),
     ("c'est faux", "correction"),
     ("```python\nprint(capital('AU'))\n```\nTraceback: NameError: name 'capital' is not defined", "correction"),
+    # standing instructions / preferences about the form of replies (rule:form_preference)
+    ("from now on, keep your answers under 30 words", "complaint"),
+    ("I prefer replies without any markdown headings", "complaint"),
+    ("next time a plain yes or a no is enough", "complaint"),
+    ("Could you always reply in British English?", "complaint"),
+    ("can you quit it with the exclamation marks, from now on keep a calm tone", "complaint"),
+    ("Bitte in Zukunft ohne Aufzählungen", "complaint"),
+    ("drop the intro next time", "complaint"),
+    ("btw, your date is wrong, it was 1969", "correction"),
 ])
 def test_rule_gate_feedback(followup, kind):
     d = RuleGate().decide(PROMPT, REPLY, followup)
     assert (d.is_feedback, d.kind) == (True, kind), d
     assert d.weight > 0 and d.score >= 0.5 and d.reason.startswith(("rule:", "short:", "code_error"))
+
+
+@pytest.mark.parametrize("followup, reason", [
+    ("from now on, keep your answers under 30 words", "rule:form_preference"),
+    ("Could you always reply in British English?", "rule:form_preference"),
+    ("drop the intro next time", "rule:complaint"),
+])
+def test_rule_gate_reason_names_the_rule(followup, reason):
+    assert RuleGate().decide(PROMPT, REPLY, followup).reason == reason
 
 
 @pytest.mark.parametrize("followup, kind", [
@@ -54,11 +72,22 @@ def test_rule_gate_feedback(followup, kind):
     ("what about Germany?", "build_on"),
     ("continue", "build_on"),
     ("more", "build_on"),
+    # a bare "from now on" / "next time" / "I prefer" with no form word, or a new task carrying its own form constraint
+    ("from now on call me Sam", None),
+    ("I prefer trains to planes", None),
+    ("write a limerick about cheese, in lowercase please", "build_on"),
+    # an explicit topic-change opener beats a correction/complaint cue after it
+    ("Completely unrelated, but that's wrong of my neighbour, isn't it?", "new_topic"),
+    ("Different topic: way too many people skip breakfast, why?", "new_topic"),
+    ("btw, random thought: I said I'd learn Italian this year", "new_topic"),
 ])
 def test_rule_gate_not_feedback(followup, kind):
     d = RuleGate().decide(PROMPT, REPLY, followup)
-    assert (d.is_feedback, d.kind, d.weight) == (False, kind, 0.0), d
-    assert d.score < 0.5
+    assert (d.is_feedback, d.weight) == (False, 0.0) and d.score < 0.5, d
+    if kind is not None:  # None: no rule fires (the overlap fallback decides the kind)
+        assert d.kind == kind, d
+    else:
+        assert d.reason.startswith("overlap:"), d
 
 
 def test_rule_gate_unmatched_topic_change_is_not_feedback_and_scored_by_overlap():
