@@ -170,7 +170,7 @@ def lora_weight_set(model_dir, r: int, version: int):
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
 
     cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                             "up_proj", "down_proj"])
@@ -181,17 +181,17 @@ def lora_weight_set(model_dir, r: int, version: int):
                 p.normal_(0, 0.01)
     tensors = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     del model
-    return WeightSet(PolicyVersion("base", version), "lora", tensors, lora_config=cfg.to_dict())
+    return WeightSet(PolicyVersion(BASE_ADAPTER, version), "lora", tensors, lora_config=cfg.to_dict())
 
 
 def bench_reload(vllm_engine, hf_engine, model_dir, args) -> list[dict]:
-    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
     from hsd_ray.engines.hf import HFEngine
     from hsd_ray.engines.vllm import VLLMEngine
 
     rows = []
     state = {k: v.detach().clone() for k, v in hf_engine.model.state_dict().items()}
-    full = [WeightSet(PolicyVersion("base", 100 + i), "full", state) for i in range(args.reload_repeats + 1)]
+    full = [WeightSet(PolicyVersion(BASE_ADAPTER, 100 + i), "full", state) for i in range(args.reload_repeats + 1)]
     vllm_engine.load_weights(full[0])  # warm-up (first reload builds vLLM's layer-wise metadata)
     t_v = statistics.median(timed(lambda ws=ws: vllm_engine.load_weights(ws))[1] for ws in full[1:])
     t_h = statistics.median(timed(lambda ws=ws: hf_engine.load_weights(ws))[1] for ws in full[1:])

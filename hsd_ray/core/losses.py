@@ -2,7 +2,7 @@
 distribution loss, a KL-to-reference penalty and an exact (full-vocabulary) divergence for evaluation.
 
 Method: "Aligning Language Models from User Interactions" (arXiv 2603.12273); full-distribution form after SDPO
-(arXiv 2601.20802). See /work/shared/METHOD.md. The learner drives these functions; the teacher/scorer only produces
+(arXiv 2601.20802). The learner drives these functions; the teacher/scorer only produces
 the inputs (teacher log-probs, optional teacher top-k). Pure torch: tensors in, `(loss, metrics)` out; no Ray, vLLM,
 I/O, logging or globals.
 

@@ -137,27 +137,10 @@ class VLLMEngine(VersionedWeights):
             enable_prefix_caching=enable_prefix_caching,
         )
         self._on_cpu = not torch.cuda.is_available()
-        if not self._on_cpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
-            need = _kv_bytes_for(self.hf_config, max_model_len, dtype)
-            if kv_cache_bytes < need:  # vLLM refuses to start if one max-length sequence does not fit
-                logger.warning(
-                    "kv_cache_bytes=%d cannot hold one %d-token sequence of this model; using %d",
-                    kv_cache_bytes, max_model_len, need,
-                )
-                kv_cache_bytes = need
-            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        kwargs.update(self._memory_kwargs(kv_cache_bytes, gpu_memory_utilization))
         if enable_lora:
-            rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
-            if rank is None:
-                raise ValueError(f"max_lora_rank {max_lora_rank} exceeds vLLM's largest ({_VLLM_LORA_RANKS[-1]})")
-            # LoRA on the transformer's linear layers only: with the lm_head LoRA wrapper in place, vLLM's prompt
-            # logprobs break for batches of >1 request (LoRA logits indexed per sequence, not per prompt token:
-            # einsum shape error on CPU, vllm-project/vllm#16668 / #29955; lm_head deltas silently dropped on GPU,
-            # #51594). Adapters that target lm_head / embeddings are refused in load_weights.
             self._lora_modules = _hf_linear_suffixes(self.hf_config)
-            kwargs.update(enable_lora=True, max_lora_rank=rank, max_loras=1, lora_target_modules=self._lora_modules)
+            kwargs.update(_lora_kwargs(max_lora_rank, self._lora_modules))
 
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         self.llm = LLM(**kwargs)
@@ -176,6 +159,17 @@ class VLLMEngine(VersionedWeights):
         self._expected_lora_cache: dict[str, dict] = {}
         self._tied_aliases: dict[str, str] = {}  # alias name -> name of the tensor it shares
         self._flat_logprobs = _supports_flat_logprobs()
+
+    def _memory_kwargs(self, kv_cache_bytes: int, gpu_memory_utilization: float) -> dict:
+        """GPU: a memory fraction. CPU: a KV cache size, raised to one max-length sequence (vLLM refuses less)."""
+        if not self._on_cpu:
+            return {"gpu_memory_utilization": gpu_memory_utilization}
+        need = _kv_bytes_for(self.hf_config, self.max_model_len, self.dtype)
+        if kv_cache_bytes < need:
+            logger.warning("kv_cache_bytes=%d cannot hold one %d-token sequence of this model; using %d",
+                           kv_cache_bytes, self.max_model_len, need)
+            kv_cache_bytes = need
+        return {"kv_cache_memory_bytes": kv_cache_bytes}
 
     # ---- generation -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -355,6 +349,20 @@ class VLLMEngine(VersionedWeights):
         root = getattr(self, "_lora_root", None)
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _lora_kwargs(max_lora_rank: int, modules: list[str]) -> dict:
+    """vLLM's LoRA settings: the rank rounded up to one vLLM accepts, adapters on the transformer's linear layers.
+
+    Not on lm_head: with the lm_head LoRA wrapper in place, vLLM's prompt logprobs break for batches of >1 request
+    (LoRA logits indexed per sequence, not per prompt token: einsum shape error on CPU, vllm-project/vllm#16668 /
+    #29955; lm_head deltas silently dropped on GPU, #51594). Adapters that target lm_head / embeddings are refused in
+    load_weights.
+    """
+    rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
+    if rank is None:
+        raise ValueError(f"max_lora_rank {max_lora_rank} exceeds vLLM's largest ({_VLLM_LORA_RANKS[-1]})")
+    return dict(enable_lora=True, max_lora_rank=rank, max_loras=1, lora_target_modules=modules)
 
 
 def _kv_bytes_for(hf_config, tokens: int, dtype: str, block: int = 128) -> int:

@@ -31,7 +31,7 @@ import ray
 from hsd_ray import metrics
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
 from hsd_ray.loop import NAMESPACE
-from hsd_ray.loop.queue import QueueClient, TurnRef
+from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnRef
 
 LEDGER_ACTOR_NAME = "hsd-reply-ledger"
 LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing ledger actor
@@ -181,6 +181,15 @@ class CaptureClient:
             self.tally.add("recorded")
         except Exception as e:  # noqa: BLE001 - a timeout or a dead ledger must not fail the chat
             self._failed("record", e)
+
+    async def gate_stats(self) -> dict | None:
+        """The loop's feedback-gate decisions so far (from the queue actor), for /health; None without a loop."""
+        try:
+            queue = await asyncio.to_thread(ray.get_actor, QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+            stats = await asyncio.wait_for(queue.stats.remote(), self.call_timeout_s)
+        except Exception:  # noqa: BLE001 - standalone service, or the queue is busy/restarting: health still answers
+            return None
+        return {"decisions": stats["gate"], "dropped_not_feedback": stats["dropped"]["not_feedback"]}
 
     async def _settle(self, ref, what: str) -> None:
         try:

@@ -144,6 +144,7 @@ class ChatService:
             "following_registry": self.weights.follower is not None,
             "batching": self.batcher.stats(),
             "capture": self.capture.stats(),
+            "feedback_gate": await self.capture.gate_stats(),
         }
 
     # ---- chat -----------------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ def _accounting_holds(q: dict) -> bool:
 
 
 def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path):
+    import httpx
     from openai import OpenAI
 
     from hsd_ray.loop.job import running_loop
@@ -96,6 +97,9 @@ def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path
         assert stats["capture"]["captured"] == 7, stats
         assert stats["queue"]["trained"] == 6 and _accounting_holds(stats["queue"]), stats
         assert stats["published_version"] >= 3
+        health_url = loop.base_url.removesuffix("/v1") + "/health"
+        _wait(lambda: sum((httpx.get(health_url, timeout=30).json()["feedback_gate"] or {"decisions": {}})
+                          ["decisions"].values()) == 7, 60, "every captured turn's gate decision in /health")
         final_fp = f"hsd-base-v{stats['published_version']}"
         fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == final_fp and p, 30, "replicas to switch version")
         _wait(lambda: all(_probe(client)[0] == final_fp for _ in range(4)), 30, "every replica on the final version")
