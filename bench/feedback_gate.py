@@ -23,7 +23,7 @@ from hsd_ray.core.feedback import (FEEDBACK_KINDS, GATE_KINDS, NOT_FEEDBACK_KIND
                                    make_gate)
 from hsd_ray.core.feedback_fit import choose_threshold, prf, roc_auc, train_linear_gate
 from hsd_ray.core.feedback_rules import has_code
-from hsd_ray.data import load_followups
+from hsd_ray.data import load_feedback_gate, load_followups
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_OUT = ROOT / "hsd_ray" / "data" / "feedback_gate.json"
@@ -132,10 +132,33 @@ def print_report(dev: dict, test: dict, notes: dict, default: str, n: dict) -> N
         print(f"  {c:12} n={nc:<3}" + "".join(f"{x:>17}" for x in cells))
 
 
+def on_benchmark_followups() -> None:
+    """Diagnostic, never tuned on: how the shipped gates treat the learning benchmark's simulated follow-ups."""
+    from bench.learning.preferences import PREFERENCES
+    from bench.learning.prompts import ACKNOWLEDGEMENTS, CHITCHAT, THANKS_NEXT, build_prompt_sets
+
+    sets = build_prompt_sets(0)
+    new_questions = list(sets.train_open[:30]) + [q.question for q in sets.train_yes_no[:30]]
+    pools = {"complaint (feedback)": sorted({c for p in PREFERENCES.values() for c in p.complaints}),
+             "thanks (feedback)": list(ACKNOWLEDGEMENTS), "new question (not)": new_questions,
+             "small talk (not)": list(CHITCHAT), "thanks, next question (not)": list(THANKS_NEXT)}
+    weights = load_feedback_gate()
+    prompt, reply = "Is a dolphin a mammal?", "Dolphins are marine animals that live in groups and breathe air."
+    print(f"{'follow-ups of bench/learning':32}" + "".join(f"{g:>12}" for g in GATE_KINDS))
+    for name, texts in pools.items():
+        passed = [sum(make_gate(g, weights).decide(prompt, reply, t).is_feedback for t in texts) for g in GATE_KINDS]
+        print(f"{name:32}" + "".join(f"{f'{n}/{len(texts)}':>12}" for n in passed))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="evaluate only; write neither weights nor results")
+    ap.add_argument("--on-benchmark", action="store_true",
+                    help="only show how the shipped gates treat the learning benchmark's follow-ups (diagnostic)")
     args = ap.parse_args(argv)
+    if args.on_benchmark:
+        on_benchmark_followups()
+        return 0
     rows = load_followups()
     split = {s: [r for r in rows if r["split"] == s] for s in ("train", "dev", "test")}
     learned, learned_notes = train(split["train"], split["dev"])
