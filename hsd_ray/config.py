@@ -136,6 +136,14 @@ class ServeConfig(_Section):
     access_log: bool = Field(False, description="log every HTTP request from the replicas (noisy on a console)")
     max_batch: int = Field(8, ge=1, le=256, description="concurrent requests merged into one engine call (1 = off)")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="an idle replica waits this long for a batch to form")
+    # Input limits: every request beyond them is refused with a 4xx before any model work (openai_api.py).
+    max_body_bytes: int = Field(2 * 2**20, ge=1024, le=2**30, description="largest request body (bytes; 413 beyond)")
+    max_json_depth: int = Field(32, ge=4, le=512, description="deepest JSON nesting of a request body")
+    max_messages: int = Field(256, ge=1, le=100_000, description="most messages in one request")
+    max_message_chars: int = Field(100_000, ge=1, description="longest content of one message (characters)")
+    max_user_chars: int = Field(256, ge=1, le=65_536, description="longest `user` field (characters)")
+    max_stop_sequences: int = Field(4, ge=0, le=64, description="most `stop` strings in one request")
+    max_stop_chars: int = Field(256, ge=1, le=65_536, description="longest `stop` string (characters)")
 
 
 class CaptureConfig(_Section):

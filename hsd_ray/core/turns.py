@@ -102,9 +102,8 @@ def validate_messages(messages: Any, where: str = "messages") -> list[Message]:
 
 
 def content_text(content: Any, where: str = "content") -> str:
-    """OpenAI content is a string or a list of parts; only text parts are supported."""
-    if isinstance(content, str):
-        return content
+    """OpenAI content is a string or a list of parts; only text parts are supported. The text must be valid Unicode
+    (JSON can carry a lone surrogate such as "\\ud800", which no tokenizer accepts)."""
     if content is None:
         return ""
     if isinstance(content, list):
@@ -113,8 +112,23 @@ def content_text(content: Any, where: str = "content") -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise TurnFormatError(f"{where}[{j}] must be a text part ({{'type': 'text', 'text': ...}})")
             texts.append(part["text"])
-        return "".join(texts)
-    raise TurnFormatError(f"{where} must be a string or a list of text parts")
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise TurnFormatError(f"{where} must be a string or a list of text parts")
+    if not is_valid_text(content):
+        raise TurnFormatError(f"{where} is not valid Unicode (it contains a lone surrogate)")
+    return content
+
+
+def is_valid_text(text: str) -> bool:
+    """True when `text` encodes to UTF-8 (no lone surrogates)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def trim_context(messages: list[Message], max_messages: int) -> list[Message]:

@@ -7,27 +7,36 @@ What is accepted (everything else a client sends is ignored, as OpenAI clients s
 - `messages`: roles system / user / assistant, content a string or a list of text parts (checked by
   `hsd_ray.core.turns.validate_messages`); the last message must be the user's.
 - `max_completion_tokens` (preferred) or `max_tokens`, at most `ServeConfig.max_tokens_limit`; `temperature`, `top_p`,
-  `seed`, `stop` (a string or up to 4 strings), `stream` + `stream_options.include_usage`, `user`, and `n` = 1 only.
+  `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
+  and `n` = 1 only.
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
 
-Every rejection is HTTP 400 with `{"error": {"message", "type": "invalid_request_error", "param", "code"}}`.
+Hostile input is refused cheaply, cheapest check first (limits from `ServeConfig`): the body's size (413, from
+Content-Length before it is read, and while it is read), UTF-8, JSON nesting depth (a vectorised bracket count before
+`json.loads`, so deep nesting never reaches the recursive parser), NaN/Infinity, the message count (before any
+per-message validation), then each field: lengths of content, `user` and `stop`, and lone surrogates (valid JSON,
+invalid Unicode) anywhere in the text that is used.
+
+Every rejection is HTTP 400 (413 for the body size) with `{"error": {"message", "type": "invalid_request_error",
+"param", "code"}}`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hsd_ray.config import ServeConfig
-from hsd_ray.core.turns import Message, TurnFormatError, validate_messages
+from hsd_ray.core.turns import Message, TurnFormatError, is_valid_text, validate_messages
 
-MAX_STOP_SEQUENCES = 4
 SSE_DONE = "data: [DONE]\n\n"
 
 
@@ -94,6 +103,65 @@ def install_error_handlers(app) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
+# ---- request body --------------------------------------------------------------------------------------------------
+
+
+async def read_body(request, max_bytes: int) -> bytes:
+    """The raw body of a Starlette request, or APIError 413 as soon as it is known to exceed `max_bytes` (from
+    Content-Length before reading, else while reading: an oversized body is never held whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes, at_least=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> APIError:
+    got = f"{'at least ' if at_least else ''}{size} bytes"
+    return APIError(f"request body too large: {got}, the limit is {limit} bytes", status_code=413,
+                    code="request_too_large")
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash escape inside a JSON string (\" included)
+_BRACKET_STEP = np.zeros(256, np.int32)  # byte -> +1 opens, -1 closes, 0 otherwise
+_BRACKET_STEP[list(b"[{")], _BRACKET_STEP[list(b"]}")] = 1, -1
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays/objects in a JSON text, counted without parsing (brackets inside strings are
+    skipped): vectorised, so a megabyte is counted in milliseconds and 50k levels never reach a recursive parser."""
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(b"", raw)  # what is left of a string holds no quote that does not delimit it
+    byte = np.frombuffer(raw, np.uint8)
+    outside = (np.cumsum(byte == ord('"')) & 1) == 0  # after an even number of quotes (a bracket is never a quote)
+    return int(np.cumsum(_BRACKET_STEP[byte] * outside).max(initial=0))
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, max_depth: int) -> Any:
+    """Body bytes → JSON value, or APIError 400: not UTF-8, nested deeper than `max_depth`, NaN/Infinity, not JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise APIError(f"request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
+    depth = json_depth(raw)
+    if depth > max_depth:
+        raise APIError(f"request body is nested {depth} levels deep, at most {max_depth} are allowed",
+                       code="nesting_too_deep")
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise APIError("request body is not valid JSON") from None
+
+
 # ---- request -------------------------------------------------------------------------------------------------------
 
 
@@ -131,9 +199,7 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(v, str):
             return [v] if v else []
         if isinstance(v, list) and all(isinstance(s, str) for s in v):
-            if len(v) > MAX_STOP_SEQUENCES:
-                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed, got {len(v)}")
-            return [s for s in v if s]
+            return [s for s in v if s]  # count and lengths: checked against ServeConfig in parse_chat_request
         raise ValueError("must be a string or a list of strings")
 
 
@@ -158,6 +224,10 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
     """JSON body → ChatCall, or APIError (400) naming the offending parameter."""
     if not isinstance(body, dict):
         raise APIError("request body must be a JSON object")
+    n_messages = body.get("messages")
+    if isinstance(n_messages, list) and len(n_messages) > scfg.max_messages:  # before any per-message work
+        raise APIError(f"messages: at most {scfg.max_messages} messages are allowed, got {len(n_messages)}",
+                       param="messages", code="too_many_messages")
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as e:
@@ -167,10 +237,13 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         raise APIError(f"{param}: {msg}", param=param) from None
     if req.n not in (None, 1):
         raise APIError(f"n: only n=1 is supported, got {req.n}", param="n")
+    _check_limits(req, scfg)
     try:
         messages = validate_messages(req.messages)
     except TurnFormatError as e:
         raise APIError(str(e), param="messages") from None
+    for i, m in enumerate(messages):
+        _check_text(m["content"], f"messages[{i}].content", scfg.max_message_chars)
     if messages[-1]["role"] != "user":
         raise APIError(
             f"messages: the last message must have role 'user', got {messages[-1]['role']!r}", param="messages"
@@ -195,6 +268,26 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         model=req.model,
         logprobs=bool(req.logprobs),
     )
+
+
+def _check_limits(req: ChatCompletionRequest, scfg: ServeConfig) -> None:
+    """`user` and `stop` against their limits (count, length, valid Unicode)."""
+    if req.user is not None:
+        _check_text(req.user, "user", scfg.max_user_chars)
+    if len(req.stop) > scfg.max_stop_sequences:
+        raise APIError(f"stop: at most {scfg.max_stop_sequences} stop sequences are allowed, got {len(req.stop)}",
+                       param="stop")
+    for i, s in enumerate(req.stop):
+        _check_text(s, f"stop[{i}]", scfg.max_stop_chars)
+
+
+def _check_text(text: str, param: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise APIError(f"{param}: at most {max_chars} characters are allowed, got {len(text)}", param=param,
+                       code="string_above_max_length")
+    if not is_valid_text(text):
+        raise APIError(f"{param}: invalid Unicode (a lone surrogate such as \\ud800)", param=param,
+                       code="invalid_encoding")
 
 
 def user_identity(request_user: str | None, authorization_header: str | None) -> str:

@@ -6,8 +6,9 @@ the HTTP routes; the rest is delegated:
 - weights: a `RegistryAttachment` (broadcast.py) keeps a `WeightFollower` on the version registry once it appears, so
   the service also runs standalone without the loop. The engine lock makes each request run on exactly one policy
   version; the reply's `system_fingerprint` names it.
-- capture: a `CaptureClient` (capture.py). A request ending in [assistant, user] is shown to the ledger with
-  `observe` (fired, not awaited); the reply it produced is `record`ed — awaited, with `capture.call_timeout_s` —
+- capture: a `CaptureClient` (capture.py). Only a request that was validated and answered is captured: once its
+  reply is generated, a request ending in [assistant, user] is shown to the ledger with `observe` (fired, not
+  awaited; a rejected or failed request is never captured); the reply it produced is `record`ed — awaited, with `capture.call_timeout_s` —
   before the response is returned (streaming: before the finish chunk and `[DONE]`), so a follow-up sent right after
   is matched whichever replica serves it. Capture can never fail a chat: errors and timeouts are counted
   (`hsd_capture_errors_total`, and in /health) and logged.
@@ -25,7 +26,6 @@ Wire format and validation live in hsd_ray/loop/openai_api.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -74,12 +74,9 @@ class ServiceSettings:
 # ---- helpers (above the deployment: Serve pickles the class by value when it is decorated) ------------------------
 
 
-async def _json_body(request: Request):
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise oa.APIError("request body is not valid JSON") from None
+async def _json_body(request: Request, scfg: ServeConfig):
+    """The request's JSON, refused (413/400) by size and nesting depth before it is parsed."""
+    return oa.parse_json(await oa.read_body(request, scfg.max_body_bytes), scfg.max_json_depth)
 
 
 def _replica_id() -> str:
@@ -150,10 +147,8 @@ class ChatService:
     # ---- chat -----------------------------------------------------------------------------------------------------
     async def _chat(self, request: Request, t0: float):
         received_at = time.time()
-        call = oa.parse_chat_request(await _json_body(request), self.settings.serve)
+        call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
         user_id = oa.user_identity(call.user, request.headers.get("authorization"))
-        if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":
-            await self.capture.observe(user_id, call.messages, received_at)
         prompt, params = await asyncio.to_thread(self._prepare, call)
         try:
             gen = await self.batcher.generate(prompt, params)
@@ -163,6 +158,8 @@ class ChatService:
                 f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
             ) from None
         self._report_version(gen.version.version)
+        if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # validated and answered: capture
+            await self.capture.observe(user_id, call.messages, received_at)
         reply = ServedReply(
             user_id=user_id,
             adapter_id=gen.version.adapter_id,
