@@ -66,7 +66,7 @@ def _hostile_bodies(follow: list[dict]) -> list[tuple[str, dict]]:
         "prompt over context": {"messages": follow[:-1] + [{"role": "user", "content": "word " * 400}]},
     }
     fields = {
-        "max_tokens": [0, -1, "10", 1e10, 10**30, [4], 5000], "max_completion_tokens": [0, 5000],
+        "max_tokens": [0, -1, "ten", 1e10, 10**30, [4], 5000], "max_completion_tokens": [0, 5000],
         "temperature": [-1, 3, "hot", [1]], "top_p": [0, 2, "x"], "n": [0, 2, 100], "seed": [2**64, -(2**64), "x", 1.5],
         "stop": [["a", "b", "c", "d", "e"], 3, ["x" * 300], [1, 2], {"a": 1}, ["ok", "\ud800"]],
         "user": ["u" * 300, 123, ["x"], "me\udc00"], "stream": [[1], {"a": 1}], "stream_options": ["x", 3],
@@ -142,15 +142,3 @@ def test_fuzz_hostile_requests(app):
     health = app.http.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
 
-
-def test_100k_messages_refused_fast_even_under_a_large_body_limit():
-    """Without Serve: the message count is checked before any per-message validation (the body limit off)."""
-    from hsd_ray.config import ServeConfig
-    from hsd_ray.loop import openai_api as oa
-
-    scfg = ServeConfig(max_body_bytes=2**30)
-    raw = json.dumps({"messages": HI * 100_000}).encode()
-    t0 = time.perf_counter()
-    with pytest.raises(oa.APIError, match="at most 256 messages"):
-        oa.parse_chat_request(oa.parse_json(raw, scfg.max_json_depth), scfg)
-    assert time.perf_counter() - t0 < 1.0
