@@ -176,6 +176,8 @@ class QueueConfig(_Section):
     capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (oldest dropped beyond)")
     scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (oldest dropped)")
     lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
+    max_attempts: int = Field(3, ge=1, le=100, description="deliveries of a turn to teachers before it is dead-lettered")
+    dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
 
 
 class TeacherConfig(_Section):

@@ -139,7 +139,8 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
     opts = dict(namespace=NAMESPACE, num_cpus=0, get_if_exists=False)
     queue = ray.remote(TurnQueue).options(name=QUEUE_ACTOR_NAME, **opts).remote(
-        cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s
+        cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
+        cfg.queue.dead_letter_capacity
     )
     registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(cfg.broadcast.keep_versions)
     control = ray.remote(LearnerControl).options(name=CONTROL_ACTOR_NAME, **opts).remote()

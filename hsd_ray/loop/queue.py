@@ -14,6 +14,11 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
   on-policy), beyond `scored_capacity` the oldest scored turn; both are counted by reason.
 - At-least-once to teachers: a lease not completed within `lease_timeout_s` goes back to the front of pending. A late
   `complete` for an expired lease is refused, so a turn is never trained twice.
+- Poison turns cannot stall anything: the queue counts each turn's deliveries (leases). A turn a teacher could not
+  score (`complete(..., errors={turn_id: error})`; the teacher bisects a failing batch so only the bad turn is
+  named) goes back to the end of pending, and a lease that expires is redelivered, only while the turn has had
+  fewer than `max_attempts` deliveries; after that it goes to the dead-letter store (dropped as "dead_letter", kept
+  with its error text for `dead_letters()`, at most `dead_letter_capacity` of them), never retried without end.
 - User data can be found and removed: `forget_user` drops every turn of a user in every stage.
 - A payload dies with the process that `ray.put` it (Ray ownership): a teacher restarted after scoring takes its
   scored turns with it, a restarted ledger its captured ones. Consumers fetch with `fetch_turns`, which separates lost
@@ -37,7 +42,7 @@ from hsd_ray.core.turns import Turn
 from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
-DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost")
+DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost", "dead_letter")
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,12 @@ class Lease:
 class TurnQueue:
     """The queue actor's class (`ray.remote(TurnQueue)`, named QUEUE_ACTOR_NAME)."""
 
-    def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0):
+    def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0,
+                 max_attempts: int = 3, dead_letter_capacity: int = 256):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
+        self.max_attempts = max_attempts
+        self._attempts: dict[str, int] = {}  # deliveries so far of each pending or leased turn
+        self._dead: deque[dict] = deque(maxlen=dead_letter_capacity)
         self._pending: deque[TurnRef] = deque()
         self._leases: dict[int, tuple[float, list[TurnRef]]] = {}
         self._scored: deque[TurnRef] = deque()
@@ -74,7 +83,7 @@ class TurnQueue:
         self._lease_ids = itertools.count(1)
         self.tally = metrics.Tally(
             {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
-             "late_completions": None, "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
+             "retried": None, "late_completions": None, "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
             labels={"dropped": DROP_REASONS, "gate": ()},
         )
 
@@ -86,7 +95,7 @@ class TurnQueue:
         self.tally.add("captured", len(turns))
         dropped = 0
         while len(self._pending) > self.capacity:
-            self._pending.popleft()
+            self._attempts.pop(self._pending.popleft().turn_id, None)
             dropped += 1
         self.tally.add("dropped", dropped, "overflow")
         self._gauges()
@@ -99,24 +108,33 @@ class TurnQueue:
         if not self._pending:
             return None
         turns = [self._pending.popleft() for _ in range(min(max_turns, len(self._pending)))]
+        for t in turns:
+            self._attempts[t.turn_id] = self._attempts.get(t.turn_id, 0) + 1
         lease_id = next(self._lease_ids)
         self._leases[lease_id] = (time.monotonic() + self.lease_timeout_s, turns)
         self._gauges()
         return Lease(lease_id, turns)
 
     def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = (),
-                 not_feedback: list[str] = (), decisions: list[str] = ()) -> bool:
+                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None) -> bool:
         """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
         gone with its owner) as lost, `not_feedback` ones (the feedback gate said the follow-up is not about the
-        reply) as not_feedback. `decisions` are the gate's labels ("feedback:complaint", "not_feedback:new_topic"),
-        counted here so that a re-delivered lease is never counted twice. False if the lease had already expired
-        (its turns were re-delivered, so this result must be discarded)."""
+        reply) as not_feedback; `errors` maps the turns the teacher failed on to the error text: retried, or
+        dead-lettered after `max_attempts` deliveries. `decisions` are the gate's labels ("feedback:complaint",
+        "not_feedback:new_topic"), counted here so that a re-delivered lease is never counted twice. False if the
+        lease had already expired (its turns were re-delivered, so this result must be discarded)."""
         self._expire_leases()
         lease = self._leases.pop(lease_id, None)
         if lease is None:
             self.tally.add("late_completions")
             return False
-        still_leased = {t.turn_id for t in lease[1]}  # a turn forgotten while it was being scored is not kept
+        still_leased = {t.turn_id: t for t in lease[1]}  # a turn forgotten while it was being scored is not kept
+        errors = errors or {}
+        for tid, t in still_leased.items():
+            if tid in errors:
+                self._retry_or_dead_letter(t, errors[tid])
+            else:
+                self._attempts.pop(tid, None)  # it leaves the teacher stage
         self._scored.extend(t for t in scored if t.turn_id in still_leased)
         self.tally.add("dropped", len(failed), "unscorable")
         self.tally.add("dropped", len(lost), "lost")
@@ -163,6 +181,9 @@ class TurnQueue:
     # ---- privacy / introspection ------------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> int:
         n = 0
+        for t in self._pending:
+            if t.user_id == user_id:
+                self._attempts.pop(t.turn_id, None)
         for stage in (self._pending, self._scored):
             keep = [t for t in stage if t.user_id != user_id]
             n += len(stage) - len(keep)
@@ -176,13 +197,21 @@ class TurnQueue:
             n += len(turns) - len(keep)
             self._leases[lease_id] = (deadline, keep)
         self.tally.add("dropped", n, "forgotten")
+        kept = [d for d in self._dead if d["user_id"] != user_id]  # already counted as dead_letter: removed, not recounted
+        self._dead.clear()
+        self._dead.extend(kept)
         return n
+
+    def dead_letters(self) -> list[dict]:
+        """The dead-lettered turns kept (oldest first): turn_id, user_id, attempts, error, at (unix time), ref."""
+        return [dict(d) for d in self._dead]
 
     def stats(self) -> dict:
         self._expire_leases()
         counts = self.tally.snapshot()
         return {
             **counts,
+            "dead_letters": len(self._dead),
             "dropped_total": self.tally.total("dropped"),
             "pending": len(self._pending),
             "leased": sum(len(turns) for _, turns in self._leases.values()),
@@ -195,8 +224,27 @@ class TurnQueue:
         for lease_id, (deadline, turns) in list(self._leases.items()):
             if deadline < now:
                 del self._leases[lease_id]
-                self._pending.extendleft(reversed(turns))
-                self.tally.add("redelivered", len(turns))
+                again = [t for t in turns if self._attempts.get(t.turn_id, 0) < self.max_attempts]
+                for t in turns:
+                    if self._attempts.get(t.turn_id, 0) >= self.max_attempts:
+                        self._dead_letter(t, f"lease expired on each of {self._attempts[t.turn_id]} deliveries "
+                                             f"(lease_timeout_s={self.lease_timeout_s})")
+                self._pending.extendleft(reversed(again))
+                self.tally.add("redelivered", len(again))
+
+    def _retry_or_dead_letter(self, t: TurnRef, error: str) -> None:
+        """A turn a teacher failed on: to the end of pending while it has deliveries left, else dead-lettered."""
+        if self._attempts.get(t.turn_id, 0) < self.max_attempts:
+            self._pending.append(t)
+            self.tally.add("retried")
+        else:
+            self._dead_letter(t, error)
+
+    def _dead_letter(self, t: TurnRef, error: str) -> None:
+        attempts = self._attempts.pop(t.turn_id, 0)
+        self._dead.append({"turn_id": t.turn_id, "user_id": t.user_id, "attempts": attempts, "error": error,
+                           "at": time.time(), "ref": t.ref})
+        self.tally.add("dropped", 1, "dead_letter")
 
     def _gauges(self) -> None:
         metrics.set_gauge("hsd_queue_depth", len(self._pending), stage="pending")
@@ -223,9 +271,9 @@ class QueueClient:
         return ray.get(self.handle.lease.remote(max_turns))
 
     def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str],
-                 not_feedback: list[str] = (), decisions: list[str] = ()) -> bool:
+                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None) -> bool:
         return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
-                                                   list(decisions)))
+                                                   list(decisions), dict(errors or {})))
 
     def take_scored(self, n: int) -> list[TurnRef]:
         return ray.get(self.handle.take_scored.remote(n))
@@ -241,6 +289,9 @@ class QueueClient:
 
     def forget_user(self, user_id: str) -> int:
         return ray.get(self.handle.forget_user.remote(user_id))
+
+    def dead_letters(self) -> list[dict]:
+        return ray.get(self.handle.dead_letters.remote())
 
     def stats(self) -> dict:
         return ray.get(self.handle.stats.remote())

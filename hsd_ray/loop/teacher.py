@@ -11,6 +11,10 @@ The gate runs here, inside the teacher's batch (no extra round trip), before any
 not feedback costs no scoring pass and never trains anything (dropped as `not_feedback`); the kind's loss weight
 travels on the Turn (`Turn.feedback`) to the learner.
 
+A batch that fails to score is split in halves until the turns that fail alone are found (`_score_bisect`): the good
+ones go on, the bad ones are handed back with their error text (`complete(errors=...)`), and the queue retries or
+dead-letters them by their delivery count. A turn the feedback gate fails on is handled the same way.
+
 A teacher that dies mid-batch never completes its lease; the queue re-delivers those turns after the lease timeout.
 The loop starts in the constructor, so an actor restarted by Ray (max_restarts) resumes work by itself.
 """
@@ -59,7 +63,7 @@ class TeacherWorker:
         self.gate = build_gate(settings.feedback)
         self.tally = metrics.Tally({
             "batches": None, "turns": "hsd_teacher_turns_scored_total", "tokens": "hsd_teacher_tokens_scored_total",
-            "failed": None, "late": None,
+            "failed": None, "late": None, "errors": None,
         })
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
@@ -111,13 +115,35 @@ class TeacherWorker:
         scorable = [t for t in turns if t.is_scorable()]
         failed = [t.turn_id for t in turns if not t.is_scorable()]
         self.tally.add("failed", len(failed))
+        errors: dict[str, str] = {}
         for t in scorable:
-            t.feedback = self.gate.decide(t.last_user_message(), t.reply, t.followup)
-        feedback = [t for t in scorable if t.feedback.is_feedback]
-        not_feedback = [t.turn_id for t in scorable if not t.feedback.is_feedback]
-        decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in scorable]
-        s = self.settings
-        score_turns(self.engine, feedback, s.hindsight, s.loss)
-        accepted = self.queue.complete(lease, [TurnRef.put(t) for t in feedback], failed, [t.turn_id for t in lost],
-                                       not_feedback, decisions)
-        return accepted, feedback
+            try:
+                t.feedback = self.gate.decide(t.last_user_message(), t.reply, t.followup)
+            except Exception as e:  # noqa: BLE001 - a poison turn: handed back with its error, never the batch
+                errors[t.turn_id] = f"feedback gate: {type(e).__name__}: {e}"
+        decided = [t for t in scorable if t.turn_id not in errors]
+        self._score_bisect([t for t in decided if t.feedback.is_feedback], errors)
+        done = [t for t in decided if t.turn_id not in errors]  # a retried turn's decision is counted once, later
+        scored = [t for t in done if t.feedback.is_feedback]
+        not_feedback = [t.turn_id for t in done if not t.feedback.is_feedback]
+        decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in done]
+        self.tally.add("errors", len(errors))
+        accepted = self.queue.complete(lease, [TurnRef.put(t) for t in scored], failed, [t.turn_id for t in lost],
+                                       not_feedback, decisions, errors)
+        return accepted, scored
+
+    def _score_bisect(self, turns: list, errors: dict[str, str]) -> None:
+        """Score `turns`; when the batch fails, score each half again, down to the single turns that fail alone,
+        whose error text goes into `errors` (so one poison turn costs about 2·log2(batch) extra engine calls)."""
+        if not turns:
+            return
+        try:
+            score_turns(self.engine, turns, self.settings.hindsight, self.settings.loss)
+        except Exception as e:  # noqa: BLE001 - any scoring failure is some turn's (or the engine's) problem
+            if len(turns) == 1:
+                errors[turns[0].turn_id] = f"{type(e).__name__}: {e}"[:2000]
+                log.warning("%s: turn %s failed to score: %s", self.name, turns[0].turn_id, errors[turns[0].turn_id])
+                return
+            mid = len(turns) // 2
+            self._score_bisect(turns[:mid], errors)
+            self._score_bisect(turns[mid:], errors)
