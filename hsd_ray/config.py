@@ -228,6 +228,17 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)
 
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        """Combinations that would fail at run time (every teacher batch, or a rank's empty batch), named here."""
+        if self.loss.kind == "topk" and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
+            raise ValueError(f"loss.top_k ({self.loss.top_k}) must be <= engine.vllm_max_logprobs "
+                             f"({self.engine.vllm_max_logprobs}) with loss.kind=topk and engine.kind=vllm")
+        if self.learner.batch_turns < self.learner.num_workers:
+            raise ValueError(f"learner.batch_turns ({self.learner.batch_turns}) must be >= learner.num_workers "
+                             f"({self.learner.num_workers}): every worker needs a turn per step")
+        return self
+
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":

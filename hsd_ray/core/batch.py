@@ -82,7 +82,8 @@ class HindsightBatch:
     baseline_logp_B_T: torch.Tensor
     topk_ids_B_T_K: torch.Tensor | None
     topk_logp_B_T_K: torch.Tensor | None
-    served_logp_B_T: torch.Tensor | None  # log-prob at serving time (importance weights); None if any is unknown
+    served_logp_B_T: torch.Tensor | None  # log-prob at serving time (importance weights); NaN where unknown (a turn
+    # without logprobs is a NaN row = weight 1, the others keep theirs); None when no turn of the batch has them
     feedback_weight_B: torch.Tensor  # the feedback gate's loss weight per turn (1 when no gate decided)
     turn_ids: list[str]
     policy_versions: list[int | None]
@@ -123,7 +124,8 @@ class HindsightBatch:
             baseline_logp_B_T=stack([s.baseline_logp_T for s in scores], 0.0, torch.float32),
             topk_ids_B_T_K=stack([s.teacher_topk_ids_T_K for s in scores], 0, torch.long) if has_topk else None,
             topk_logp_B_T_K=stack([s.teacher_topk_logp_T_K for s in scores], 0.0, torch.float32) if has_topk else None,
-            served_logp_B_T=stack(served, 0.0, torch.float32) if all(x is not None for x in served) else None,
+            served_logp_B_T=stack(served, 0.0, torch.float32) if any(t.reply_logprobs is not None for t in turns)
+            else None,
             feedback_weight_B=torch.tensor([t.feedback_weight() for t in turns], dtype=torch.float32),
             turn_ids=[t.turn_id for t in turns],
             policy_versions=[t.policy_version for t in turns],
@@ -132,12 +134,11 @@ class HindsightBatch:
         )
 
 
-def _served_logp(turn: Turn) -> np.ndarray | None:
-    """Serving-time log-probs aligned with the scored targets; NaN where unknown (the appended EOS) = weight 1."""
-    if turn.reply_logprobs is None or turn.scores is None:
-        return None
+def _served_logp(turn: Turn) -> np.ndarray:
+    """Serving-time log-probs aligned with the scored targets; NaN where unknown (the appended EOS, or every token of
+    a turn logged without logprobs) = weight 1. Per turn: one turn without them never turns the others' off."""
     T = len(turn.scores.target_ids_T)
     lp = np.full(T, np.nan, dtype=np.float32)
-    n = min(T, len(turn.reply_logprobs))
-    lp[:n] = turn.reply_logprobs[:n]
+    n = min(T, len(turn.reply_logprobs or ()))
+    lp[:n] = (turn.reply_logprobs or [])[:n]
     return lp

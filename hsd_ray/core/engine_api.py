@@ -33,7 +33,9 @@ class SamplingParams:
 @dataclass
 class Generation:
     """A generated reply. `token_ids` exclude the end-of-turn token; `finished` is True when the model stopped on its
-    own (EOS or a stop string) and False when it hit max_tokens."""
+    own (EOS or a stop string) and False when it hit max_tokens (OpenAI's finish_reason). `ended_on_eos` is True only
+    for a real end of sequence (any of the model's EOS ids): what training may mark with an appended EOS — a reply
+    cut at a stop string is finished for the client but did not end there for the model."""
 
     token_ids: list[int]
     text: str
@@ -41,6 +43,7 @@ class Generation:
     finished: bool
     prompt_tokens: int
     version: PolicyVersion
+    ended_on_eos: bool = False
 
     @property
     def finish_reason(self) -> str:

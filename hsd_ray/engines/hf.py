@@ -48,7 +48,7 @@ class HFEngine(VersionedWeights):
             return [self._generate_one(p, params, i) for i, p in enumerate(prompts)]
 
     def _generate_one(self, prompt: list[int], params: SamplingParams, row: int = 0) -> Generation:
-        eos = self.tokenizer.eos_token_id
+        eos = self.eos_ids
         input_ids = torch.tensor([prompt], device=self.device)
         sample = params.temperature > 0
         gen_kwargs = dict(do_sample=sample, temperature=params.temperature, top_p=params.top_p) if sample else {}
@@ -70,7 +70,7 @@ class HFEngine(VersionedWeights):
         logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before temperature / top-p)
         logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
         logprobs = logprobs.tolist()
-        finished = bool(new) and new[-1] == eos
+        finished = ended_on_eos = bool(new) and new[-1] in eos
         if finished:
             new, logprobs = new[:-1], logprobs[:-1]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
@@ -78,10 +78,18 @@ class HFEngine(VersionedWeights):
             cut = text.find(stop)
             if cut >= 0:
                 new, logprobs, text = trim_to_text(self.tokenizer, new, logprobs, text[:cut])
-                finished = True
+                finished, ended_on_eos = True, False
         if not finished and len(new) < params.max_tokens:
             finished = True  # stopped by a stop string inside generate()
-        return Generation(new, text, logprobs, finished, len(prompt), self._version)
+        return Generation(new, text, logprobs, finished, len(prompt), self._version, ended_on_eos)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Every id that ends a sequence for this model: the tokenizer's EOS and the generation config's (a list on
+        some models, e.g. end-of-turn and end-of-text)."""
+        ids = [self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)]
+        flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
+        return list(dict.fromkeys(int(i) for i in flat))
 
     # ---- scoring --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -209,16 +209,19 @@ class VLLMEngine(VersionedWeights):
         ids = list(comp.token_ids)
         logprobs = _sampled_logprobs(comp.logprobs, ids)
         finished = comp.finish_reason == "stop"
-        if finished and ids and not isinstance(comp.stop_reason, str):
-            ids, logprobs = ids[:-1], logprobs[:-1]  # EOS (stop_reason None) or a stop token id: never returned
+        # EOS (stop_reason None) or one of the model's EOS ids vLLM stops on (an int): never returned. A stop string
+        # (str) is not an end of sequence.
+        ended_on_eos = finished and not isinstance(comp.stop_reason, str)
+        if ended_on_eos and ids:
+            ids, logprobs = ids[:-1], logprobs[:-1]
         # Decoded here (not vLLM's incremental text) so both engines give byte-identical text for the same ids.
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in params.stop:  # OpenAI semantics: the reply ends before the stop string
             cut = text.find(stop)
             if cut >= 0:
                 ids, logprobs, text = trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
-                finished = True
-        return Generation(ids, text, logprobs, finished, len(out.prompt_token_ids or []), version)
+                finished, ended_on_eos = True, False
+        return Generation(ids, text, logprobs, finished, len(out.prompt_token_ids or []), version, ended_on_eos)
 
     # ---- scoring --------------------------------------------------------------------------------------------
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:

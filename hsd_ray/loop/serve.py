@@ -167,7 +167,7 @@ class ChatService:
             reply=gen.text,
             token_ids=list(gen.token_ids),
             logprobs=[float(x) for x in gen.logprobs],
-            finished=gen.finished,
+            finished=gen.ended_on_eos,  # a reply cut at a stop string is not trained as ended (no EOS appended)
             policy_version=gen.version.version,
             replied_at=time.time(),
         )
