@@ -106,12 +106,48 @@ def cpu_copy(tensors: dict) -> dict:
     return out
 
 
+def trainable_state(model) -> dict:
+    """What a checkpoint keeps of the policy: the whole state dict, or only the adapter's (trainable) tensors."""
+    model = unwrap(model)
+    state = model.state_dict()
+    if is_peft(model):
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in names}
+    return state
+
+
+def load_trainable_state(model, state: dict) -> None:
+    """Load a `trainable_state` strictly: every key the model expects and no other (a LoRA model: exactly its adapter
+    keys). Raises ValueError naming the mismatched keys instead of silently keeping initial values."""
+    model = unwrap(model)
+    expected = set(trainable_state(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]} ({len(missing)}), "
+                         f"unexpected {unexpected[:5]} ({len(unexpected)})")
+    model.load_state_dict(state, strict=not is_peft(model))  # a peft model: the base keys are not in `state`
+
+
+def resume_policy(model, state: dict | None, *, kl_on: bool, kind: str = "initial", ema_rate: float = 0.05):
+    """Load a checkpoint's policy into `model` and return the KL reference (None when kl_on is False).
+
+    Order matters: the reference is taken from `model` BEFORE the checkpoint is loaded, so the "initial" anchor is
+    the base weights after any number of restarts; an "ema" reference gets its own checkpointed state back."""
+    reference = ReferencePolicy(model, kind, ema_rate) if kl_on else None
+    if state is not None:
+        load_trainable_state(model, state["model"])
+        if reference is not None and state.get("reference") is not None:
+            reference.load_state_dict(state["reference"])
+    return reference
+
+
 class ReferencePolicy:
     """The policy the KL penalty anchors to: the starting weights ("initial") or an EMA of the policy ("ema").
 
     For a LoRA policy with reference="initial" no copy is made: the base model with the adapter disabled *is* the
     starting policy. Otherwise a frozen copy is kept (2× weight memory) and, for "ema", moved toward the policy after
-    each step: ref ← (1 − rate)·ref + rate·policy.
+    each step: ref ← (1 − rate)·ref + rate·policy. Build it before loading a checkpoint (`resume_policy`); only the
+    EMA has state to checkpoint (`state_dict`).
     """
 
     def __init__(self, model, kind: str = "initial", ema_rate: float = 0.05):
@@ -139,3 +175,11 @@ class ReferencePolicy:
             return
         for ref_p, p in zip(self._copy.parameters(), self._policy.parameters()):
             ref_p.lerp_(p.detach(), self.ema_rate)
+
+    def state_dict(self) -> dict | None:
+        """The EMA copy's weights (what a checkpoint must keep); None for "initial" (the base weights are known)."""
+        return self._copy.state_dict() if self.kind == "ema" and self._copy is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.kind == "ema" and self._copy is not None:
+            self._copy.load_state_dict(state, strict=True)

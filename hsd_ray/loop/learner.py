@@ -137,20 +137,21 @@ class Learner:
         """Resume from the latest Ray Train checkpoint (if any), wrap for DDP, and take back in-flight turns."""
         from ray import train
 
-        from hsd_ray.core.policy import ReferencePolicy, unwrap
+        from hsd_ray.core.policy import resume_policy
 
-        checkpoint = train.get_checkpoint()
+        checkpoint, state = train.get_checkpoint(), None
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 state = torch.load(Path(d) / "learner.pt", map_location=self.device, weights_only=False)
-            unwrap(self.model).load_state_dict(state["model"], strict=False)
+        # the KL reference is taken before the checkpoint is loaded: the anchor stays the base weights; strict load
+        self.reference = resume_policy(self.model, state, kl_on=self.s.loss.kl_coef > 0, kind=self.s.loss.reference,
+                                       ema_rate=self.s.loss.ema_rate)
+        if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step_count, self.version = state["step"], state["version"]
         parallel = "ddp" if self.world > 1 else None
         self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
-        if self.s.loss.kl_coef > 0:
-            self.reference = ReferencePolicy(self.model, self.s.loss.reference, self.s.loss.ema_rate)
         if self.rank == 0:
             requeued = self.queue.requeue_training()
             if checkpoint is not None:
@@ -233,14 +234,10 @@ class Learner:
         return s.duration_s is not None and time.time() - self.started >= s.duration_s
 
     def _state(self) -> dict:
-        from hsd_ray.core.policy import unwrap
+        from hsd_ray.core.policy import trainable_state
 
-        model = unwrap(self.model)
-        trainable = model.state_dict()
-        if self.s.learner.lora.enabled:
-            names = {n for n, p in model.named_parameters() if p.requires_grad}
-            trainable = {k: v for k, v in trainable.items() if k in names}
-        return {"model": trainable, "optimizer": self.optimizer.state_dict(),
+        reference = self.reference.state_dict() if self.reference is not None else None
+        return {"model": trainable_state(self.model), "reference": reference, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version}
 
     def _persist_latest(self) -> None:
