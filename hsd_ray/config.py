@@ -205,6 +205,8 @@ class JobConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     duration_s: float | None = Field(None, gt=0, description="stop after this many seconds")
     source: str | None = Field(None, description="replay logged conversations (.jsonl / .parquet) instead of live")
+    source_language: str | None = Field(None, description="replay only records whose 'language' is this (WildChat)")
+    source_drop_toxic: bool = Field(False, description="replay skips records marked 'toxic' (WildChat)")
     output_dir: str = Field("runs/latest", description="checkpoints, final weights and logs")
     log_every_s: float = Field(10.0, gt=0, description="throughput summary cadence")
     simulate_users: int = Field(0, ge=0, description="built-in demo users that chat with the service (0 = none)")

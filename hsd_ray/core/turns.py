@@ -5,7 +5,8 @@ Capture (live traffic) and the logged-data readers both produce Turns; the teach
 them. The record gains fields along the way instead of being re-packed at each hop. Every turn carries the user id and
 the adapter id it trains, so a user's data can later be found (and deleted) wherever it sits.
 
-Pure: no Ray, no torch. Readers for OpenAI-messages JSONL and Parquet (pyarrow, imported lazily).
+Pure: no Ray, no torch. Readers for JSONL and Parquet (pyarrow, imported lazily) in the OpenAI-messages, ShareGPT
+and WildChat layouts; a malformed record is skipped and reported, never the end of a read.
 """
 
 from __future__ import annotations
@@ -176,51 +177,116 @@ def reply_key(user_id: str, context: list[Message], reply: str) -> str:
 
 # ---- logged data readers -----------------------------------------------------------------------------------------
 
+# ShareGPT speaker names → OpenAI roles (the dumps use several spellings)
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "assistant": "assistant",
+                  "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
 
-def read_conversations(path: str | Path) -> Iterator[tuple[str, list[Message]]]:
-    """Yield (user_id, messages) from OpenAI-messages JSONL or Parquet.
 
-    JSONL: one object per line with "messages" (and optional "user"). Parquet: a "messages" column holding either a
-    list of {role, content} structs or a JSON string, and an optional "user" column.
-    """
+@dataclass
+class ReadReport:
+    """What a reader skipped: malformed records with their location and reason, and records a filter dropped."""
+
+    records: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where: "file:line" or "file: row n", why)
+    filtered: dict[str, int] = field(default_factory=dict)  # filter name → records dropped
+
+    def summary(self, show: int = 5) -> str:
+        first = "; ".join(f"{w}: {why}" for w, why in self.skipped[:show])
+        return (f"{self.records} records, {len(self.skipped)} malformed skipped{' (' + first + ')' if first else ''}, "
+                f"filtered {self.filtered or 'none'}")
+
+
+def read_conversations(path: str | Path, *, language: str | None = None, drop_toxic: bool = False,
+                       report: ReadReport | None = None) -> Iterator[tuple[str, list[Message]]]:
+    """Yield (user_id, messages) from JSONL or Parquet records in any of three layouts:
+
+    - OpenAI: "messages" = [{role, content}] (and optional "user");
+    - ShareGPT: "conversations" = [{from: human|gpt|system, value}];
+    - WildChat: "conversation" = [{role, content, ...}], with "language" and "toxic" (and "hashed_ip" as the user).
+
+    A malformed record is skipped and noted in `report` with its line (or row) and the reason; it never ends the
+    read. Filters (counted in `report.filtered`): `language` keeps records whose "language" equals it
+    (case-insensitive; a record without one is dropped), `drop_toxic` drops records marked "toxic"."""
     path = Path(path)
+    report = report if report is not None else ReadReport()
     if not path.exists():
         raise FileNotFoundError(f"source file not found: {path}")
-    if path.suffix == ".jsonl":
-        yield from _read_jsonl(path)
-    elif path.suffix == ".parquet":
-        yield from _read_parquet(path)
-    else:
+    if path.suffix not in (".jsonl", ".parquet"):
         raise TurnFormatError(f"source {path}: unsupported format (use .jsonl or .parquet)")
+    records = _jsonl_records(path) if path.suffix == ".jsonl" else _parquet_records(path)
+    for where, record in records:
+        report.records += 1
+        try:
+            if isinstance(record, TurnFormatError):
+                raise record
+            if not isinstance(record, dict):
+                raise TurnFormatError("not a JSON object")
+            dropped_by = _filtered_by(record, language, drop_toxic)
+            if dropped_by:
+                report.filtered[dropped_by] = report.filtered.get(dropped_by, 0) + 1
+                continue
+            user, messages = _conversation(record)
+        except TurnFormatError as e:
+            report.skipped.append((where, str(e)))
+            continue
+        yield user, messages
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, list[Message]]]:
-    with path.open() as f:
+def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TurnFormatError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(record, dict) or "messages" not in record:
-                raise TurnFormatError(f"{path}:{lineno}: expected an object with a 'messages' field")
-            yield str(record.get("user") or "anonymous"), validate_messages(record["messages"], f"{path}:{lineno}")
+                yield f"{path}:{lineno}", json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                yield f"{path}:{lineno}", TurnFormatError(f"not JSON ({getattr(e, 'msg', type(e).__name__)})")
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, list[Message]]]:
+def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    if "messages" not in table.column_names:
-        raise TurnFormatError(f"{path}: expected a 'messages' column, found {table.column_names}")
-    users = table.column("user").to_pylist() if "user" in table.column_names else [None] * table.num_rows
-    for row, (user, messages) in enumerate(zip(users, table.column("messages").to_pylist())):
-        if isinstance(messages, str):
-            messages = json.loads(messages)
-        yield str(user or "anonymous"), validate_messages(messages, f"{path}: row {row}")
+    for row, record in enumerate(pq.read_table(path).to_pylist()):
+        for key in ("messages", "conversations", "conversation"):
+            if isinstance(record.get(key), str):  # a JSON string column
+                try:
+                    record[key] = json.loads(record[key])
+                except json.JSONDecodeError:
+                    record = TurnFormatError(f"{key} is not JSON")
+                    break
+        yield f"{path}: row {row}", record
 
 
-def turns_from_source(path: str | Path, max_context_messages: int = 5) -> Iterable[Turn]:
-    for user_id, messages in read_conversations(path):
+def _filtered_by(record: dict, language: str | None, drop_toxic: bool) -> str | None:
+    if language is not None and str(record.get("language") or "").lower() != language.lower():
+        return "language"
+    if drop_toxic and bool(record.get("toxic")):
+        return "toxic"
+    return None
+
+
+def _conversation(record: dict) -> tuple[str, list[Message]]:
+    """One record of any supported layout → (user_id, validated OpenAI messages)."""
+    user = str(record.get("user") or record.get("hashed_ip") or "anonymous")
+    if "messages" in record:
+        return user, validate_messages(record["messages"], "messages")
+    if "conversation" in record:
+        return user, validate_messages(record["conversation"], "conversation")
+    if "conversations" in record:
+        turns = record["conversations"]
+        if not isinstance(turns, list):
+            raise TurnFormatError("conversations must be a list")
+        messages = []
+        for j, m in enumerate(turns):
+            speaker = m.get("from") if isinstance(m, dict) else None
+            if speaker not in SHAREGPT_ROLES:
+                raise TurnFormatError(f"conversations[{j}].from must be one of {sorted(SHAREGPT_ROLES)}")
+            messages.append({"role": SHAREGPT_ROLES[speaker], "content": m.get("value")})
+        return user, validate_messages(messages, "conversations")
+    raise TurnFormatError("expected 'messages', 'conversations' (ShareGPT) or 'conversation' (WildChat)")
+
+
+def turns_from_source(path: str | Path, max_context_messages: int = 5, *, language: str | None = None,
+                      drop_toxic: bool = False, report: ReadReport | None = None) -> Iterable[Turn]:
+    for user_id, messages in read_conversations(path, language=language, drop_toxic=drop_toxic, report=report):
         yield from turns_from_conversation(messages, user_id=user_id, max_context_messages=max_context_messages)

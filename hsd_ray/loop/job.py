@@ -106,10 +106,11 @@ class Loop:
 
     def replay(self, path: str) -> int:
         """Logged conversations → turns → the same queue live capture feeds (each turn put once, by reference)."""
-        from hsd_ray.core.turns import turns_from_source
+        from hsd_ray.core.turns import ReadReport, turns_from_source
 
-        n, chunk = 0, []
-        for turn in turns_from_source(path, self.cfg.hindsight.max_context_messages):
+        n, chunk, report, job = 0, [], ReadReport(), self.cfg.job
+        for turn in turns_from_source(path, self.cfg.hindsight.max_context_messages, language=job.source_language,
+                                      drop_toxic=job.source_drop_toxic, report=report):
             chunk.append(TurnRef.put(turn))
             if len(chunk) == 64:
                 n += len(chunk)
@@ -118,6 +119,7 @@ class Loop:
         if chunk:
             n += len(chunk)
             self.queue.put(chunk)
+        log.info("[job] replay of %s: %s", path, report.summary())
         return n
 
     def shutdown(self) -> None:
