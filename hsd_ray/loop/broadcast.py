@@ -15,7 +15,9 @@ as it has resumed. A fetch
 that fails is retried on the next poll; a weight set an engine *rejects* is remembered and not retried, and the engine
 keeps serving what it had.
 
-Versions are monotonic per adapter id; the registry keeps the last `keep_versions` sets alive (rollback later).
+Versions are monotonic per adapter id; the registry keeps the last `keep_versions` accepted sets alive. With the
+version gate on, a published version is a candidate that followers never see until the gatekeeper (gatekeeper.py)
+accepts it.
 
 `VersionRegistry` is the registry actor's class (started by loop/job.py); `RegistryClient` is how the learner calls
 it; a chat replica runs a `RegistryAttachment`, which finds the registry when it appears (the service also runs
@@ -51,25 +53,86 @@ class PublishedWeights:
 
 
 class VersionRegistry:
-    """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME)."""
+    """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME).
 
-    def __init__(self, keep_versions: int = 2):
-        self.keep_versions = keep_versions
-        self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> versions, oldest first
+    With `gated` (version_gate.enabled) a published version is a *candidate*: `latest`/`latest_version`, which the
+    followers poll, return only accepted versions; the gatekeeper takes the newest candidate (`candidate`), and
+    `accept`s or `reject`s it with its numbers. An older candidate still undecided when a newer one arrives is
+    `superseded`. Every version number ever published is remembered (`highest_version`): none is reused."""
+
+    def __init__(self, keep_versions: int = 2, gated: bool = False):
+        self.keep_versions, self.gated = keep_versions, gated
+        self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> accepted versions, oldest first
+        self._candidates: dict[str, PublishedWeights] = {}  # adapter -> the newest undecided candidate
+        self._records: dict[str, dict[int, dict]] = {}  # adapter -> version -> {state, step, reason, numbers}
+        self._highest: dict[str, int] = {}
 
     def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
-        """Register a version. `durable` re-puts the set so this actor owns a copy that outlives the publisher (used
-        for the final version of a run: the learner process exits right after)."""
+        """Register a version (a candidate when gated). `durable` re-puts the set so this actor owns a copy that
+        outlives the publisher (used for the final version of a run: the learner process exits right after)."""
         version = published.version
-        history = self._versions.setdefault(version.adapter_id, [])
-        if history and version.version <= history[-1].version.version:
-            return False  # never go backwards (a stale learner must not overwrite a newer policy)
+        adapter = version.adapter_id
+        if version.version <= self._highest.get(adapter, 0):
+            return False  # never go backwards (a stale learner must not overwrite a newer policy), never reuse
+        self._highest[adapter] = version.version
         if durable:
             published = PublishedWeights(version, ray.put(ray.get(published.ref)))
+        records = self._records.setdefault(adapter, {})
+        records[version.version] = {"version": version.version, "step": version.step, "state": "candidate",
+                                    "reason": None, "numbers": None}
+        if self.gated:
+            previous = self._candidates.get(adapter)
+            if previous is not None:
+                records[previous.version.version]["state"] = "superseded"
+            self._candidates[adapter] = published
+            return True
+        self._accept(published)
+        return True
+
+    def candidate(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
+        """The newest undecided candidate (the gatekeeper evaluates it)."""
+        return self._candidates.get(adapter_id)
+
+    def accept(self, version: int, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
+        """The candidate passed the gate: followers may load it now."""
+        published = self._candidates.get(adapter_id)
+        if published is None or published.version.version != version:
+            return False
+        del self._candidates[adapter_id]
+        self._records[adapter_id][version]["numbers"] = numbers
+        self._accept(published)
+        return True
+
+    def reject(self, version: int, reason: str, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
+        """The candidate failed the gate: it is never served (its weights are released)."""
+        published = self._candidates.get(adapter_id)
+        if published is None or published.version.version != version:
+            return False
+        del self._candidates[adapter_id]
+        self._records[adapter_id][version].update(state="rejected", reason=reason, numbers=numbers)
+        return True
+
+    def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
+        """"candidate", "accepted", "rejected", "superseded", or None for a number never published."""
+        record = self._records.get(adapter_id, {}).get(version)
+        return None if record is None else record["state"]
+
+    def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
+        """Every published version with its state and gate numbers, oldest first; the served one is `current`."""
+        current = self.latest_version(adapter_id)
+        return [{**r, "current": r["version"] == current} for _, r in sorted(self._records.get(adapter_id, {}).items())]
+
+    def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        """The highest number ever published (accepted, candidate or rejected); the next version is above it."""
+        return self._highest.get(adapter_id, 0)
+
+    def _accept(self, published: PublishedWeights) -> None:
+        version = published.version
+        history = self._versions.setdefault(version.adapter_id, [])
         history.append(published)  # holding the ref keeps the object alive while its owner lives
         del history[: -self.keep_versions]
+        self._records[version.adapter_id][version.version]["state"] = "accepted"
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
-        return True
 
     def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         """Make the latest version durable (own a copy) without publishing a new one; returns its number."""
@@ -81,6 +144,7 @@ class VersionRegistry:
         return latest.version.version
 
     def latest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        """The newest *accepted* version (-1 when none): what followers serve."""
         history = self._versions.get(adapter_id)
         return history[-1].version.version if history else -1
 
@@ -107,6 +171,15 @@ class RegistryClient:
 
     def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         return ray.get(self.handle.persist_latest.remote(adapter_id))
+
+    def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        return ray.get(self.handle.highest_version.remote(adapter_id))
+
+    def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
+        return ray.get(self.handle.decision.remote(version, adapter_id))
+
+    def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
+        return ray.get(self.handle.versions.remote(adapter_id))
 
 
 def publish(registry, weights: WeightSet, durable: bool = False) -> float:

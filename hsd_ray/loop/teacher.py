@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, FeedbackConfig, HindsightConfig, LossConfig, TeacherConfig
 from hsd_ray.core.scoring import score_turns
+from hsd_ray.core.version_gate import rate_kind
 from hsd_ray.data import build_gate
 from hsd_ray.loop.broadcast import WeightFollower
 from hsd_ray.loop.queue import Lease, QueueClient, TurnRef, fetch_turns
@@ -116,8 +117,10 @@ class TeacherWorker:
         feedback = [t for t in scorable if t.feedback.is_feedback]
         not_feedback = [t.turn_id for t in scorable if not t.feedback.is_feedback]
         decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in scorable]
+        receptions = [(t.policy_version, rate_kind(t.feedback.is_feedback, t.feedback.kind) if t.feedback else "none")
+                      for t in turns]  # per served version (an unscorable turn: "none"); counted by the queue
         s = self.settings
         score_turns(self.engine, feedback, s.hindsight, s.loss)
         accepted = self.queue.complete(lease, [TurnRef.put(t) for t in feedback], failed, [t.turn_id for t in lost],
-                                       not_feedback, decisions)
+                                       not_feedback, decisions, receptions)
         return accepted, feedback
