@@ -131,9 +131,9 @@ class GateNumbers:
 
 
 def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
-    """Why the candidate is held back ([] = accept). A number that is not finite is a reason of its own."""
+    """Why the candidate is held back ([] = accept). A number that is NaN is a reason of its own ("invalid")."""
     numbers = (n.kl_accepted, n.kl_base, n.ppl, n.ppl_base, n.accuracy, n.accuracy_base, n.length, n.length_accepted)
-    if not all(math.isfinite(x) for x in numbers):
+    if any(math.isnan(x) for x in numbers):
         return ["invalid"]
     reasons = []
     if n.kl_accepted > limits.max_kl_accepted:

@@ -89,13 +89,16 @@ def rank0_broadcast(value, world: int):
     return box[0]
 
 
-def take_batch(queue: QueueClient, n: int, should_stop) -> list[Turn] | None:
-    """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None).
+def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[Turn] | None:
+    """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
+    or `interrupt()` (returns []: the version gate decided while the learner waited).
 
     Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
     rest are given back and a full batch is taken again.
     """
     while not should_stop():
+        if interrupt is not None and interrupt():
+            return []
         batch = queue.take_scored(n)
         if not batch:
             time.sleep(0.1)
@@ -168,9 +171,16 @@ class Learner(GateFollowing):
         self._sync_published(before)
 
     def next_batch(self) -> list[Turn] | None:
-        """The next batch of scored turns, the same on every rank; None when it is time to stop."""
-        batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop) if self.rank == 0 else None
-        return rank0_broadcast(batch, self.world)
+        """The next batch of scored turns, the same on every rank; None when it is time to stop. A version gate
+        decision that arrives while waiting is acted on at once (a rejection rolls back before the next step)."""
+        while True:
+            self._follow_gate()
+            batch = None
+            if self.rank == 0:
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._gate_decided)
+            batch = rank0_broadcast(batch, self.world)
+            if batch != []:
+                return batch
 
     def step(self, turns: list[Turn]) -> dict:
         """One optimizer step on this rank's slice of `turns`; rank 0 acknowledges them and reports progress."""

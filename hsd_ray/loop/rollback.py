@@ -89,6 +89,11 @@ class GateFollowing:
         if self.guard is not None and self.version != before:
             self.guard.on_publish(self._snapshot())
 
+    def _gate_decided(self) -> bool:
+        """Rank 0, while waiting for turns: has the pending candidate been decided?"""
+        pending = self.guard.pending if self.guard is not None else None
+        return pending is not None and self.registry.decision(pending.version) not in (None, "candidate")
+
     def _follow_gate(self, wait: bool = False) -> None:
         """Ask the registry about the pending candidate (rank 0) and act on the answer (every rank). `wait`: until
         decided; past `decision_timeout_s` an undecided candidate is treated as rejected (never kept unvetted)."""
