@@ -202,6 +202,12 @@ class VersionGateConfig(_Section):
     gpus: float = Field(0.0, ge=0, description="GPUs reserved for the gatekeeper actor")
 
 
+class AdminConfig(_Section):
+    """The admin API (loop/admin.py): versions, rollback, pause/resume; disabled while no key is set."""
+
+    key: str | None = Field(None, description="admin bearer key (None = env HSD_RAY_ADMIN_KEY; neither = disabled)")
+
+
 class RayConfig(_Section):
     """How the job attaches to (or starts) Ray."""
 
@@ -237,6 +243,7 @@ class Config(_Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     version_gate: VersionGateConfig = Field(default_factory=VersionGateConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)
 

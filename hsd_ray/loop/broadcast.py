@@ -66,6 +66,8 @@ class VersionRegistry:
         self._candidates: dict[str, PublishedWeights] = {}  # adapter -> the newest undecided candidate
         self._records: dict[str, dict[int, dict]] = {}  # adapter -> version -> {state, step, reason, numbers}
         self._highest: dict[str, int] = {}
+        self._served: dict[str, PublishedWeights] = {}  # adapter -> an earlier accepted version an admin rolled back to
+        self._rollback_to: dict[str, int] = {}  # adapter -> that version, until the learner has taken it
 
     def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
         """Register a version (a candidate when gated). `durable` re-puts the set so this actor owns a copy that
@@ -112,6 +114,27 @@ class VersionRegistry:
         self._records[adapter_id][version].update(state="rejected", reason=reason, numbers=numbers)
         return True
 
+    def rollback(self, version: int, adapter_id: str = BASE_ADAPTER) -> dict:
+        """Serve an earlier accepted version again (admin API): followers switch to it, an undecided candidate is
+        superseded, and the learner restarts from it (`learner_news`). Only versions still held (the last
+        `keep_versions` accepted) can be served again."""
+        target = next((p for p in self._versions.get(adapter_id, []) if p.version.version == version), None)
+        if target is None:
+            held = [p.version.version for p in self._versions.get(adapter_id, [])]
+            return {"ok": False, "error": f"v{version} is not an accepted version still held (held: {held})"}
+        candidate = self._candidates.pop(adapter_id, None)
+        if candidate is not None:
+            self._records[adapter_id][candidate.version.version]["state"] = "superseded"
+        self._served[adapter_id] = target
+        self._rollback_to[adapter_id] = version
+        metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
+        return {"ok": True, "version": version}
+
+    def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
+        """One call per learner check: the decision on its pending candidate, and a rollback to take (then cleared)."""
+        return {"decision": None if pending is None else self.decision(pending, adapter_id),
+                "rollback": self._rollback_to.pop(adapter_id, None)}
+
     def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
         """"candidate", "accepted", "rejected", "superseded", or None for a number never published."""
         record = self._records.get(adapter_id, {}).get(version)
@@ -131,6 +154,7 @@ class VersionRegistry:
         history = self._versions.setdefault(version.adapter_id, [])
         history.append(published)  # holding the ref keeps the object alive while its owner lives
         del history[: -self.keep_versions]
+        self._served.pop(version.adapter_id, None)  # a newly accepted version is served, after any rollback
         self._records[version.adapter_id][version.version]["state"] = "accepted"
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
 
@@ -144,11 +168,13 @@ class VersionRegistry:
         return latest.version.version
 
     def latest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
-        """The newest *accepted* version (-1 when none): what followers serve."""
-        history = self._versions.get(adapter_id)
-        return history[-1].version.version if history else -1
+        """The served version (-1 when none): the newest accepted one, or the one an admin rolled back to."""
+        latest = self.latest(adapter_id)
+        return latest.version.version if latest is not None else -1
 
     def latest(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
+        if adapter_id in self._served:
+            return self._served[adapter_id]
         history = self._versions.get(adapter_id)
         return history[-1] if history else None
 
@@ -181,6 +207,9 @@ class RegistryClient:
     def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
         return ray.get(self.handle.versions.remote(adapter_id))
 
+    def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
+        return ray.get(self.handle.learner_news.remote(pending, adapter_id))
+
 
 def publish(registry, weights: WeightSet, durable: bool = False) -> float:
     """Put `weights` into the object store once and register it (see VersionRegistry.publish). Returns seconds."""
@@ -204,10 +233,11 @@ class WeightFollower:
         self.last_error: str | None = None
 
     def poll(self) -> bool:
-        """Load the latest version if newer than the engine's; True if a new version was applied."""
+        """Load the served version if it is not the engine's (newer, or an earlier one after an admin rollback); True
+        if a new version was applied."""
         latest = ray.get(self.registry.latest_version.remote(self.adapter_id))
         current = self.engine.version.version
-        if latest <= current or latest in self._rejected:
+        if latest < 0 or latest == current or latest in self._rejected:
             return False
         published = ray.get(self.registry.latest.remote(self.adapter_id))
         if published is None:

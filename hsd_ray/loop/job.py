@@ -135,9 +135,11 @@ class Loop:
         if self.base_url:
             from ray import serve
 
+            from hsd_ray.loop.admin import ADMIN_APP_NAME
             from hsd_ray.loop.serve import APP_NAME
 
             serve.delete(APP_NAME)
+            serve.delete(ADMIN_APP_NAME)
         for actor in (self.ledger, self.control, self.registry.handle, self.queue.handle):
             ray.kill(actor)
 
@@ -160,9 +162,11 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers,
                 gatekeeper=start_gatekeeper(cfg, registry))
     if serve_chat:
+        from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service
 
         loop.base_url = run_service(cfg)
+        run_admin(cfg.admin.key)
     return loop
 
 

@@ -47,7 +47,15 @@ class LearnerControl:
 
     def __init__(self):
         self._stop = False
+        self._paused = False  # admin API: no optimizer step while paused (turns wait in the queue)
         self.progress: dict = {"step": 0, "version": 0}
+
+    def set_paused(self, paused: bool) -> bool:
+        self._paused = paused
+        return paused
+
+    def paused(self) -> bool:
+        return self._paused
 
     def request_stop(self) -> None:
         self._stop = True
@@ -176,7 +184,10 @@ class Learner(GateFollowing):
         while True:
             self._follow_gate()
             batch = None
-            if self.rank == 0:
+            if self.rank == 0 and ray.get(self.control.paused.remote()):
+                batch = None if self._should_stop() else []
+                time.sleep(0.2)
+            elif self.rank == 0:
                 batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._gate_decided)
             batch = rank0_broadcast(batch, self.world)
             if batch != []:
@@ -278,6 +289,19 @@ class Learner(GateFollowing):
 
     def _broadcast(self, value):
         return rank0_broadcast(value, self.world)
+
+    def _load_weights(self, weights) -> None:
+        """A published WeightSet into the model (an admin rollback); the optimizer starts afresh from it."""
+        from hsd_ray.core.policy import is_peft, unwrap
+
+        model = unwrap(self.model)
+        if is_peft(model):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, {k: v.to(self.device) for k, v in weights.tensors.items()})
+        else:
+            model.load_state_dict({k: v.to(self.device) for k, v in weights.tensors.items()}, strict=False)
+        self.optimizer.state.clear()
 
     def _load_state(self, state: dict) -> None:
         """Back to a snapshot's trainable weights, optimizer and scheduler state (the step counter keeps counting)."""

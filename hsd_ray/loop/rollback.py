@@ -89,28 +89,66 @@ class GateFollowing:
         if self.guard is not None and self.version != before:
             self.guard.on_publish(self._snapshot())
 
-    def _gate_decided(self) -> bool:
-        """Rank 0, while waiting for turns: has the pending candidate been decided?"""
+    def _news(self) -> dict:
+        """Rank 0: the decision on the pending candidate and an admin rollback, if any (kept until acted on)."""
         pending = self.guard.pending if self.guard is not None else None
-        return pending is not None and self.registry.decision(pending.version) not in (None, "candidate")
+        news = self.registry.learner_news(pending.version if pending is not None else None)
+        if news["rollback"] is not None:
+            self._rollback_news = news["rollback"]
+        news["rollback"] = getattr(self, "_rollback_news", None)
+        return news
+
+    def _gate_decided(self) -> bool:
+        """Rank 0, while waiting for turns: has the pending candidate been decided, or an admin rolled back?"""
+        news = self._news()
+        return news["rollback"] is not None or news["decision"] not in (None, "candidate")
 
     def _follow_gate(self, wait: bool = False) -> None:
         """Ask the registry about the pending candidate (rank 0) and act on the answer (every rank). `wait`: until
         decided; past `decision_timeout_s` an undecided candidate is treated as rejected (never kept unvetted)."""
         deadline = time.time() + self.s.decision_timeout_s
-        while self.guard is not None and self.guard.pending is not None:
-            decision = None
+        while True:
+            decision = rollback = None
             if self.rank == 0:
-                decision = self.registry.decision(self.guard.pending.version)
-                if wait and decision in (None, "candidate") and time.time() > deadline:
+                news = self._news()
+                decision, rollback = news["decision"], news["rollback"]
+                self._rollback_news = None
+                if wait and self.guard is not None and self.guard.pending is not None \
+                        and decision in (None, "candidate") and time.time() > deadline:
                     decision = "timeout"
-            decision = self._broadcast(decision)
+            decision, rollback = self._broadcast((decision, rollback))
+            if rollback is not None:
+                self._take_rollback(rollback)
+                return
+            if self.guard is None or self.guard.pending is None:
+                return
             if decision not in (None, "candidate"):
                 self._apply_decision(decision)
                 return
             if not wait:
                 return
             time.sleep(0.2)
+
+    def _take_rollback(self, version: int) -> None:
+        """An admin rolled serving back to `version`: restart from its weights (every rank fetches them from the
+        registry) with a fresh optimizer state; what was trained since the last accepted snapshot is `rejected`."""
+        import ray
+
+        published = self.registry.latest()
+        if published is None or published.version.version != version:
+            log.warning("rollback to v%d: the registry now serves another version; ignored", version)
+            return
+        self._load_weights(ray.get(published.ref))
+        if self.guard is not None:
+            rejected, self.turns_trained = self.turns_trained - self.guard.accepted.turns_trained, \
+                self.guard.accepted.turns_trained
+            if self.rank == 0:
+                self.queue.reject_trained(rejected)
+            self.guard.pending = None
+            self.guard.accepted = Snapshot(version, cpu_state(self._state()), self.turns_trained)
+        self.published_step = self.step_count
+        if self.rank == 0:
+            log.warning("rolled back by the admin API to v%d: the learner restarts from its weights", version)
 
     def _apply_decision(self, decision: str) -> None:
         pending = self.guard.pending

@@ -178,3 +178,91 @@ def test_cpu_state_is_a_deep_copy_optimizer_included():
     model.load_state_dict(snap["model"])
     opt.load_state_dict(cpu_state(snap["optimizer"]))
     assert torch.equal(model.weight, before[0])
+
+
+# ---- registry rollback and the admin API ---------------------------------------------------------------------------
+
+
+def test_registry_rollback_serves_an_earlier_accepted_version_and_tells_the_learner():
+    r = VersionRegistry(keep_versions=2, gated=True)
+    for v in (1, 2):
+        r.publish(_pub(v))
+        r.accept(v)
+    r.publish(_pub(3))  # undecided candidate
+    assert not r.rollback(7)["ok"] and r.latest_version() == 2
+    assert r.rollback(1) == {"ok": True, "version": 1}
+    assert r.latest_version() == 1 and r.latest().ref == "ref1" and r.decision(3) == "superseded"
+    assert r.learner_news(None) == {"decision": None, "rollback": 1}
+    assert r.learner_news(None)["rollback"] is None  # taken once
+    assert [v["version"] for v in r.versions() if v["current"]] == [1]
+    r.publish(_pub(4))
+    r.accept(4)
+    assert r.latest_version() == 4  # a newly accepted version is served again
+
+
+class _FakeBackend:
+    def __init__(self):
+        self.paused, self.rolled_back = False, []
+
+    async def versions(self):
+        return [{"version": 1, "state": "accepted", "current": True, "numbers": {"kl_accepted": 0.01}}]
+
+    async def rollback(self, version):
+        self.rolled_back.append(version)
+        return {"ok": version == 1, "version": version, "error": "not held"}
+
+    async def set_paused(self, paused):
+        self.paused = paused
+        return paused
+
+    async def learner(self):
+        return {"paused": self.paused, "progress": {"step": 3}}
+
+
+@pytest.fixture
+def admin_client(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from hsd_ray.loop.admin import admin_api
+
+    backend = _FakeBackend()
+    admin_api.state.admin_key, admin_api.state.backend = "s3cret", backend
+    with TestClient(admin_api) as client:
+        yield client, backend
+
+
+def test_admin_api_needs_the_key(admin_client):
+    client, backend = admin_client
+    for method, path in [("get", "/versions"), ("post", "/rollback"), ("post", "/pause"), ("post", "/resume"),
+                         ("get", "/learner")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = getattr(client, method)(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.json()["error"]["type"] == "authentication_error" and r.json()["error"]["message"]
+    assert backend.rolled_back == [] and not backend.paused
+
+
+def test_admin_api_with_the_key(admin_client):
+    client, backend = admin_client
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.get("/versions", headers=auth).json()["data"][0]["current"]
+    assert client.post("/pause", headers=auth).json() == {"paused": True} and backend.paused
+    assert client.get("/learner", headers=auth).json()["paused"]
+    assert client.post("/resume", headers=auth).json() == {"paused": False} and not backend.paused
+    assert client.post("/rollback", json={"version": 1}, headers=auth).json()["ok"]
+    bad = client.post("/rollback", json={"version": 5}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "version_not_available"
+    assert client.post("/rollback", json={}, headers=auth).json()["error"]["param"] == "version"
+
+
+def test_admin_api_without_a_configured_key_is_disabled(monkeypatch):
+    from hsd_ray.loop.admin import ADMIN_KEY_ENV, check_key, resolve_admin_key
+    from hsd_ray.loop.openai_api import APIError
+
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    assert resolve_admin_key(None) is None
+    with pytest.raises(APIError) as e:
+        check_key(None, "Bearer anything")
+    assert e.value.status_code == 401 and e.value.code == "admin_disabled"
+    monkeypatch.setenv(ADMIN_KEY_ENV, "from-env")
+    assert resolve_admin_key(None) == "from-env" and resolve_admin_key("cfg") == "cfg"
