@@ -30,6 +30,15 @@ ADMIN_KEY_ENV = "HSD_RAY_ADMIN_KEY"
 
 admin_api = FastAPI(title="hsd-ray admin", docs_url=None, redoc_url=None, openapi_url=None)
 oa.install_error_handlers(admin_api)
+_STATE: dict = {"key": None, "backend": None}  # set by `configure` in the replica (or a test)
+
+
+def configure(admin_key: str | None, backend) -> None:
+    """Set the key and backend the routes use. Through the imported module: Serve may hand the routes and the
+    deployment to the replica as by-value copies, whose globals are not this module's."""
+    import hsd_ray.loop.admin as module
+
+    module._STATE.update(key=admin_key, backend=backend)
 
 
 def resolve_admin_key(configured: str | None) -> str | None:
@@ -84,9 +93,10 @@ def _control():
 
 
 def _authorized(request: Request):
-    state = request.app.state
-    check_key(getattr(state, "admin_key", None), request.headers.get("authorization"))
-    return state.backend
+    import hsd_ray.loop.admin as module
+
+    check_key(module._STATE["key"], request.headers.get("authorization"))
+    return module._STATE["backend"]
 
 
 @admin_api.get("/versions")
@@ -128,8 +138,7 @@ class AdminService:
     """The admin app's one replica: the routes above, with the key and the Ray backend."""
 
     def __init__(self, admin_key: str | None):
-        admin_api.state.admin_key = admin_key
-        admin_api.state.backend = RayAdminBackend()
+        configure(admin_key, RayAdminBackend())
 
 
 def run_admin(configured_key: str | None) -> None:

@@ -33,7 +33,10 @@ class _CandidateTap(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
-            published = ray.get(self.registry.candidate.remote())
+            try:
+                published = ray.get(self.registry.candidate.remote())
+            except ray.exceptions.RayActorError:  # the loop was torn down (a failed test)
+                return
             if published is not None and published.version.version not in self.seen:
                 self.seen[published.version.version] = ray.get(published.ref).tensors
             time.sleep(0.05)

@@ -223,12 +223,13 @@ class _FakeBackend:
 def admin_client(monkeypatch):
     from fastapi.testclient import TestClient
 
-    from hsd_ray.loop.admin import admin_api
+    from hsd_ray.loop.admin import admin_api, configure
 
     backend = _FakeBackend()
-    admin_api.state.admin_key, admin_api.state.backend = "s3cret", backend
+    configure("s3cret", backend)
     with TestClient(admin_api) as client:
         yield client, backend
+    configure(None, None)
 
 
 def test_admin_api_needs_the_key(admin_client):
