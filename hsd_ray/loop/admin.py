@@ -1,12 +1,13 @@
-"""The admin API: versions and their gate numbers, rollback of serving, pause/resume of learning — behind an admin key.
+"""The admin API: versions and their gate numbers, rollback of serving, pause/resume of learning, behind a key.
 
 A Ray Serve application of its own ("hsd-admin", route prefix /admin, beside the chat app on the same HTTP port), so
 the chat service stays unauthenticated and unchanged. Started by loop/job.py `start_loop` with the chat service.
 
     GET  /admin/versions          every published version: state (accepted = served once, rejected, superseded,
                                   candidate), `current` (served now), gate numbers and reason
-    POST /admin/rollback          {"version": N}: serve an earlier accepted version still held (broadcast.keep_versions);
-                                  replicas and teachers switch on their next poll, the learner restarts from it
+    POST /admin/rollback          {"version": N}: serve an earlier accepted version still held
+                                  (broadcast.keep_versions); replicas and teachers switch on their next poll, the
+                                  learner restarts from it
     POST /admin/pause, /resume    stop / restart optimizer steps (turns keep queueing)
     GET  /admin/learner           the learner's progress and whether it is paused
 

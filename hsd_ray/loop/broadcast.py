@@ -26,10 +26,13 @@ standalone) and keeps a `WeightFollower` attached to it, re-attaching if the reg
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -58,16 +61,22 @@ class VersionRegistry:
     With `gated` (version_gate.enabled) a published version is a *candidate*: `latest`/`latest_version`, which the
     followers poll, return only accepted versions; the gatekeeper takes the newest candidate (`candidate`), and
     `accept`s or `reject`s it with its numbers. An older candidate still undecided when a newer one arrives is
-    `superseded`. Every version number ever published is remembered (`highest_version`): none is reused."""
+    `superseded`. Every version number ever published is remembered (`highest_version`): none is reused.
 
-    def __init__(self, keep_versions: int = 2, gated: bool = False):
+    `history_path` (the job's `<output_dir>/versions.json`) keeps the version records — states, gate numbers and
+    reasons, the highest number — across a job restart. Weights are not kept there (the learner's checkpoint is):
+    after a restart nothing is served until the resumed learner's first candidate is accepted."""
+
+    def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None):
         self.keep_versions, self.gated = keep_versions, gated
+        self.history_path = Path(history_path) if history_path else None
         self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> accepted versions, oldest first
         self._candidates: dict[str, PublishedWeights] = {}  # adapter -> the newest undecided candidate
         self._records: dict[str, dict[int, dict]] = {}  # adapter -> version -> {state, step, reason, numbers}
         self._highest: dict[str, int] = {}
         self._served: dict[str, PublishedWeights] = {}  # adapter -> an earlier accepted version an admin rolled back to
         self._rollback_to: dict[str, int] = {}  # adapter -> that version, until the learner has taken it
+        self._load_history()
 
     def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
         """Register a version (a candidate when gated). `durable` re-puts the set so this actor owns a copy that
@@ -87,6 +96,7 @@ class VersionRegistry:
             if previous is not None:
                 records[previous.version.version]["state"] = "superseded"
             self._candidates[adapter] = published
+            self._save_history()
             return True
         self._accept(published)
         return True
@@ -112,6 +122,7 @@ class VersionRegistry:
             return False
         del self._candidates[adapter_id]
         self._records[adapter_id][version].update(state="rejected", reason=reason, numbers=numbers)
+        self._save_history()
         return True
 
     def rollback(self, version: int, adapter_id: str = BASE_ADAPTER) -> dict:
@@ -127,7 +138,9 @@ class VersionRegistry:
             self._records[adapter_id][candidate.version.version]["state"] = "superseded"
         self._served[adapter_id] = target
         self._rollback_to[adapter_id] = version
+        self._records[adapter_id][version]["rolled_back_at"] = time.time()
         metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
+        self._save_history()
         return {"ok": True, "version": version}
 
     def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
@@ -157,6 +170,35 @@ class VersionRegistry:
         self._served.pop(version.adapter_id, None)  # a newly accepted version is served, after any rollback
         self._records[version.adapter_id][version.version]["state"] = "accepted"
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
+        self._save_history()
+
+    def _save_history(self) -> None:
+        """Write the records (atomically: temp file + rename); a failure is logged, never raised."""
+        if self.history_path is None:
+            return
+        try:
+            data = {"highest": self._highest, "records": {a: list(r.values()) for a, r in self._records.items()}}
+            self.history_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.history_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, self.history_path)
+        except OSError as e:
+            log.warning("could not save the version history to %s: %s", self.history_path, e)
+
+    def _load_history(self) -> None:
+        if self.history_path is None or not self.history_path.exists():
+            return
+        try:
+            data = json.loads(self.history_path.read_text())
+            highest = {a: int(v) for a, v in data.get("highest", {}).items()}
+            records = {a: {int(r["version"]): r for r in rs} for a, rs in data.get("records", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("version history %s unreadable (%s); starting a new one", self.history_path, e)
+            return
+        self._highest, self._records = highest, records
+        for r in (r for rs in records.values() for r in rs.values()):
+            if r["state"] == "candidate":  # undecided when the job stopped: never served
+                r["state"] = "superseded"
 
     def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         """Make the latest version durable (own a copy) without publishing a new one; returns its number."""

@@ -35,6 +35,7 @@ from hsd_ray.loop.runtime import connect
 from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
 
 log = logging.getLogger("hsd_ray.job")
+VERSIONS_FILE = "versions.json"  # the registry's version records (states, gate numbers), kept across restarts
 
 
 def learner_settings(cfg: Config) -> LearnerSettings:
@@ -151,7 +152,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s
     )
     registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(
-        cfg.broadcast.keep_versions, cfg.version_gate.enabled
+        cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(Path(cfg.job.output_dir).resolve() / VERSIONS_FILE)
     )
     control = ray.remote(LearnerControl).options(name=CONTROL_ACTOR_NAME, **opts).remote()
     ledger = ray.remote(ReplyLedger).options(name=LEDGER_ACTOR_NAME, **opts).remote(

@@ -267,3 +267,36 @@ def test_admin_api_without_a_configured_key_is_disabled(monkeypatch):
     assert e.value.status_code == 401 and e.value.code == "admin_disabled"
     monkeypatch.setenv(ADMIN_KEY_ENV, "from-env")
     assert resolve_admin_key(None) == "from-env" and resolve_admin_key("cfg") == "cfg"
+
+
+def test_registry_history_survives_a_restart(tmp_path):
+    path = tmp_path / "run" / "versions.json"
+    r = VersionRegistry(gated=True, history_path=str(path))
+    r.publish(_pub(1))
+    r.accept(1, {"kl_accepted": 0.01})
+    r.publish(_pub(2))
+    r.reject(2, "perplexity", {"ppl": 99.0})
+    r.publish(_pub(3))  # undecided when the job stops
+    again = VersionRegistry(gated=True, history_path=str(path))
+    states = {v["version"]: (v["state"], v["reason"], v["numbers"]) for v in again.versions()}
+    assert states == {1: ("accepted", None, {"kl_accepted": 0.01}), 2: ("rejected", "perplexity", {"ppl": 99.0}),
+                      3: ("superseded", None, None)}
+    assert again.highest_version() == 3 and not again.publish(_pub(3)) and again.publish(_pub(4))  # never reused
+    assert again.latest_version() == -1  # weights are not kept: nothing is served until a candidate is accepted
+    path.write_text("{not json")
+    assert VersionRegistry(gated=True, history_path=str(path)).versions() == []  # unreadable: a new history
+
+
+def test_summary_line_shows_rejections_and_per_version_rates():
+    from hsd_ray.loop.job import _summary_line
+
+    fb = VersionFeedback()
+    for v, k in [(0, "complaint"), (0, "none"), (1, "positive"), (1, "none")]:
+        fb.add(v, k)
+    s = {"queue": {"pending": 0, "scored": 0, "dropped_total": 0, "trained": 4},
+         "capture": {"recorded": 5, "captured": 4, "unmatched": 0, "expired": 0},
+         "learner": {"step": 2, "loss": 0.5}, "published_version": 1, "versions_rejected": 1,
+         "feedback_by_version": fb.rates()}
+    line = _summary_line(s, 0.1, 10.0)
+    assert "rejected 1" in line
+    assert "feedback v0 n2 complaint 0.50 thanks 0.00 none 0.50; v1 n2 complaint 0.00 thanks 0.50 none 0.50" in line
