@@ -198,7 +198,7 @@ class VersionGateConfig(_Section):
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
     poll_seconds: float = Field(0.2, gt=0, description="how often the gatekeeper looks for a candidate")
     decision_timeout_s: float = Field(600.0, gt=0, description="finish() waits this long for the final decision")
-    cpus: float = Field(0.5, ge=0, description="CPUs reserved for the gatekeeper actor")
+    cpus: float = Field(0.25, ge=0, description="CPUs reserved for the gatekeeper actor")
     gpus: float = Field(0.0, ge=0, description="GPUs reserved for the gatekeeper actor")
 
 
