@@ -191,6 +191,36 @@ class TeacherConfig(_Section):
     idle_sleep_s: float = Field(0.2, gt=0, description="sleep when the queue is empty")
 
 
+class VersionGateConfig(_Section):
+    """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py).
+
+    Defaults: see the "Version gate" notes in loop/gatekeeper.py (measured on tiny-random, reasoned for SmolLM2).
+    Off by default on CPU: with the transformers engine one candidate costs minutes on 2 cores (greedy generation of
+    56 probe prompts, one at a time), far more than a learner step, so the gate would set the publish cadence.
+    cluster/gpu.yaml turns it on."""
+
+    enabled: bool = Field(False, description="evaluate every candidate before replicas and teachers may load it")
+    probes_path: str | None = Field(None, description="probe set JSON (None = the shipped hsd_ray/data/probes.json)")
+    max_kl_accepted: float = Field(0.25, gt=0, description="max mean per-token KL(candidate ‖ last accepted), nats")
+    max_kl_base: float = Field(1.0, gt=0, description="max mean per-token KL(candidate ‖ base model), nats")
+    max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
+    max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
+    max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
+    probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
+    check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
+    top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
+    poll_seconds: float = Field(0.2, gt=0, description="how often the gatekeeper looks for a candidate")
+    decision_timeout_s: float = Field(600.0, gt=0, description="finish() waits this long for the final decision")
+    cpus: float = Field(0.25, ge=0, description="CPUs reserved for the gatekeeper actor")
+    gpus: float = Field(0.0, ge=0, description="GPUs reserved for the gatekeeper actor")
+
+
+class AdminConfig(_Section):
+    """The admin API (loop/admin.py): versions, rollback, pause/resume; disabled while no key is set."""
+
+    key: str | None = Field(None, description="admin bearer key (None = env HSD_RAY_ADMIN_KEY; neither = disabled)")
+
+
 class RayConfig(_Section):
     """How the job attaches to (or starts) Ray."""
 
@@ -227,6 +257,8 @@ class Config(_Section):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    version_gate: VersionGateConfig = Field(default_factory=VersionGateConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)
 

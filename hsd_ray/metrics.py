@@ -45,6 +45,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hsd_broadcast_s": ("histogram", "time to export and publish a weight set (seconds)", ()),
     "hsd_weight_load_s": ("histogram", "time for a replica/teacher to load a new weight set (seconds)", ("role",)),
     "hsd_weight_load_failures_total": ("counter", "weight sets a replica/teacher rejected", ("role",)),
+    # version gate and per-version feedback
+    "hsd_versions_rejected_total": ("counter", "candidate versions the version gate held back, by first reason",
+                                    ("reason",)),
+    "hsd_feedback_total": ("counter", "follow-ups to each served version by reception (complaint, positive, none)",
+                           ("version", "kind")),
 }
 
 _BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
@@ -123,6 +128,12 @@ class Tally:
         if name is not None:
             tags = {METRICS[name][2][0]: label} if label is not None else {}
             inc(name, n, **tags)
+
+    def discount(self, key: str, n: int) -> None:
+        """Lower an unlabelled count by `n` (a reclassification, e.g. trained → dropped:rejected). The exported metric
+        is a counter and stays where it is."""
+        if n > 0:
+            self._counts[key] -= n
 
     def __getitem__(self, key: str):
         return self._counts[key]

@@ -1,6 +1,6 @@
 """Data shipped with the package: the hand-labelled follow-up set (`followups.jsonl`, written by
-scripts/make_followups.py) and the trained feedback-gate weights (`feedback_gate.json`, written by
-`python -m bench.feedback_gate`), their loaders, and `build_gate`, the feedback gate a config asks for. The gate
+scripts/make_followups.py), the trained feedback-gate weights (`feedback_gate.json`, written by
+`python -m bench.feedback_gate`), the version gate's probe set (`probes.json`), their loaders, and `build_gate`, the feedback gate a config asks for. The gate
 itself is `hsd_ray.core.feedback` (pure); this package is the layer above it that reads files."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from hsd_ray.core.feedback import make_gate
 
 FOLLOWUPS = "followups.jsonl"
 FEEDBACK_GATE = "feedback_gate.json"
+PROBES = "probes.json"
 
 
 def load_followups() -> list[dict]:
@@ -28,6 +29,19 @@ def load_feedback_gate(path: str | None = None) -> dict:
     if path is not None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     return json.loads(resources.files(__name__).joinpath(FEEDBACK_GATE).read_text(encoding="utf-8"))
+
+
+def load_probes(path: str | None = None) -> dict:
+    """The version gate's probe set (fields: probes, reference_text, checkable = [{prompt, answer, kind}]): the shipped
+    `probes.json`, or the JSON file at `path` (config `version_gate.probes_path`)."""
+    if path is not None:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    else:
+        d = json.loads(resources.files(__name__).joinpath(PROBES).read_text(encoding="utf-8"))
+    missing = [k for k in ("probes", "reference_text", "checkable") if k not in d]
+    if missing:
+        raise ValueError(f"probe set {path or PROBES}: missing {missing}")
+    return d
 
 
 def build_gate(fcfg: FeedbackConfig):

@@ -15,7 +15,9 @@ as it has resumed. A fetch
 that fails is retried on the next poll; a weight set an engine *rejects* is remembered and not retried, and the engine
 keeps serving what it had.
 
-Versions are monotonic per adapter id; the registry keeps the last `keep_versions` sets alive (rollback later).
+Versions are monotonic per adapter id; the registry keeps the last `keep_versions` accepted sets alive. With the
+version gate on, a published version is a candidate that followers never see until the gatekeeper (gatekeeper.py)
+accepts it.
 
 `VersionRegistry` is the registry actor's class (started by loop/job.py); `RegistryClient` is how the learner calls
 it; a chat replica runs a `RegistryAttachment`, which finds the registry when it appears (the service also runs
@@ -24,10 +26,13 @@ standalone) and keeps a `WeightFollower` attached to it, re-attaching if the reg
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -51,25 +56,149 @@ class PublishedWeights:
 
 
 class VersionRegistry:
-    """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME)."""
+    """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME).
 
-    def __init__(self, keep_versions: int = 2):
-        self.keep_versions = keep_versions
-        self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> versions, oldest first
+    With `gated` (version_gate.enabled) a published version is a *candidate*: `latest`/`latest_version`, which the
+    followers poll, return only accepted versions; the gatekeeper takes the newest candidate (`candidate`), and
+    `accept`s or `reject`s it with its numbers. An older candidate still undecided when a newer one arrives is
+    `superseded`. Every version number ever published is remembered (`highest_version`): none is reused.
+
+    `history_path` (the job's `<output_dir>/versions.json`) keeps the version records — states, gate numbers and
+    reasons, the highest number — across a job restart. Weights are not kept there (the learner's checkpoint is):
+    after a restart nothing is served until the resumed learner's first candidate is accepted."""
+
+    def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None):
+        self.keep_versions, self.gated = keep_versions, gated
+        self.history_path = Path(history_path) if history_path else None
+        self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> accepted versions, oldest first
+        self._candidates: dict[str, PublishedWeights] = {}  # adapter -> the newest undecided candidate
+        self._records: dict[str, dict[int, dict]] = {}  # adapter -> version -> {state, step, reason, numbers}
+        self._highest: dict[str, int] = {}
+        self._served: dict[str, PublishedWeights] = {}  # adapter -> an earlier accepted version an admin rolled back to
+        self._rollback_to: dict[str, int] = {}  # adapter -> that version, until the learner has taken it
+        self._load_history()
 
     def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
-        """Register a version. `durable` re-puts the set so this actor owns a copy that outlives the publisher (used
-        for the final version of a run: the learner process exits right after)."""
+        """Register a version (a candidate when gated). `durable` re-puts the set so this actor owns a copy that
+        outlives the publisher (used for the final version of a run: the learner process exits right after)."""
         version = published.version
-        history = self._versions.setdefault(version.adapter_id, [])
-        if history and version.version <= history[-1].version.version:
-            return False  # never go backwards (a stale learner must not overwrite a newer policy)
+        adapter = version.adapter_id
+        if version.version <= self._highest.get(adapter, 0):
+            return False  # never go backwards (a stale learner must not overwrite a newer policy), never reuse
+        self._highest[adapter] = version.version
         if durable:
             published = PublishedWeights(version, ray.put(ray.get(published.ref)))
+        records = self._records.setdefault(adapter, {})
+        records[version.version] = {"version": version.version, "step": version.step, "state": "candidate",
+                                    "reason": None, "numbers": None}
+        if self.gated:
+            previous = self._candidates.get(adapter)
+            if previous is not None:
+                records[previous.version.version]["state"] = "superseded"
+            self._candidates[adapter] = published
+            self._save_history()
+            return True
+        self._accept(published)
+        return True
+
+    def candidate(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
+        """The newest undecided candidate (the gatekeeper evaluates it)."""
+        return self._candidates.get(adapter_id)
+
+    def accept(self, version: int, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
+        """The candidate passed the gate: followers may load it now."""
+        published = self._candidates.get(adapter_id)
+        if published is None or published.version.version != version:
+            return False
+        del self._candidates[adapter_id]
+        self._records[adapter_id][version]["numbers"] = numbers
+        self._accept(published)
+        return True
+
+    def reject(self, version: int, reason: str, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
+        """The candidate failed the gate: it is never served (its weights are released)."""
+        published = self._candidates.get(adapter_id)
+        if published is None or published.version.version != version:
+            return False
+        del self._candidates[adapter_id]
+        self._records[adapter_id][version].update(state="rejected", reason=reason, numbers=numbers)
+        self._save_history()
+        return True
+
+    def rollback(self, version: int, adapter_id: str = BASE_ADAPTER) -> dict:
+        """Serve an earlier accepted version again (admin API): followers switch to it, an undecided candidate is
+        superseded, and the learner restarts from it (`learner_news`). Only versions still held (the last
+        `keep_versions` accepted) can be served again."""
+        target = next((p for p in self._versions.get(adapter_id, []) if p.version.version == version), None)
+        if target is None:
+            held = [p.version.version for p in self._versions.get(adapter_id, [])]
+            return {"ok": False, "error": f"v{version} is not an accepted version still held (held: {held})"}
+        candidate = self._candidates.pop(adapter_id, None)
+        if candidate is not None:
+            self._records[adapter_id][candidate.version.version]["state"] = "superseded"
+        self._served[adapter_id] = target
+        self._rollback_to[adapter_id] = version
+        self._records[adapter_id][version]["rolled_back_at"] = time.time()
+        metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
+        self._save_history()
+        return {"ok": True, "version": version}
+
+    def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
+        """One call per learner check: the decision on its pending candidate, and a rollback to take (then cleared)."""
+        return {"decision": None if pending is None else self.decision(pending, adapter_id),
+                "rollback": self._rollback_to.pop(adapter_id, None)}
+
+    def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
+        """"candidate", "accepted", "rejected", "superseded", or None for a number never published."""
+        record = self._records.get(adapter_id, {}).get(version)
+        return None if record is None else record["state"]
+
+    def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
+        """Every published version with its state and gate numbers, oldest first; the served one is `current`."""
+        current = self.latest_version(adapter_id)
+        return [{**r, "current": r["version"] == current} for _, r in sorted(self._records.get(adapter_id, {}).items())]
+
+    def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        """The highest number ever published (accepted, candidate or rejected); the next version is above it."""
+        return self._highest.get(adapter_id, 0)
+
+    def _accept(self, published: PublishedWeights) -> None:
+        version = published.version
+        history = self._versions.setdefault(version.adapter_id, [])
         history.append(published)  # holding the ref keeps the object alive while its owner lives
         del history[: -self.keep_versions]
+        self._served.pop(version.adapter_id, None)  # a newly accepted version is served, after any rollback
+        self._records[version.adapter_id][version.version]["state"] = "accepted"
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
-        return True
+        self._save_history()
+
+    def _save_history(self) -> None:
+        """Write the records (atomically: temp file + rename); a failure is logged, never raised."""
+        if self.history_path is None:
+            return
+        try:
+            data = {"highest": self._highest, "records": {a: list(r.values()) for a, r in self._records.items()}}
+            self.history_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.history_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, self.history_path)
+        except OSError as e:
+            log.warning("could not save the version history to %s: %s", self.history_path, e)
+
+    def _load_history(self) -> None:
+        if self.history_path is None or not self.history_path.exists():
+            return
+        try:
+            data = json.loads(self.history_path.read_text())
+            highest = {a: int(v) for a, v in data.get("highest", {}).items()}
+            records = {a: {int(r["version"]): r for r in rs} for a, rs in data.get("records", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("version history %s unreadable (%s); starting a new one", self.history_path, e)
+            return
+        self._highest, self._records = highest, records
+        for r in (r for rs in records.values() for r in rs.values()):
+            if r["state"] == "candidate":  # undecided when the job stopped: never served
+                r["state"] = "superseded"
 
     def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         """Make the latest version durable (own a copy) without publishing a new one; returns its number."""
@@ -81,10 +210,13 @@ class VersionRegistry:
         return latest.version.version
 
     def latest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
-        history = self._versions.get(adapter_id)
-        return history[-1].version.version if history else -1
+        """The served version (-1 when none): the newest accepted one, or the one an admin rolled back to."""
+        latest = self.latest(adapter_id)
+        return latest.version.version if latest is not None else -1
 
     def latest(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
+        if adapter_id in self._served:
+            return self._served[adapter_id]
         history = self._versions.get(adapter_id)
         return history[-1] if history else None
 
@@ -107,6 +239,18 @@ class RegistryClient:
 
     def persist_latest(self, adapter_id: str = BASE_ADAPTER) -> int:
         return ray.get(self.handle.persist_latest.remote(adapter_id))
+
+    def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
+        return ray.get(self.handle.highest_version.remote(adapter_id))
+
+    def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
+        return ray.get(self.handle.decision.remote(version, adapter_id))
+
+    def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
+        return ray.get(self.handle.versions.remote(adapter_id))
+
+    def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
+        return ray.get(self.handle.learner_news.remote(pending, adapter_id))
 
 
 def publish(registry, weights: WeightSet, durable: bool = False) -> float:
@@ -131,10 +275,11 @@ class WeightFollower:
         self.last_error: str | None = None
 
     def poll(self) -> bool:
-        """Load the latest version if newer than the engine's; True if a new version was applied."""
+        """Load the served version if it is not the engine's (newer, or an earlier one after an admin rollback); True
+        if a new version was applied."""
         latest = ray.get(self.registry.latest_version.remote(self.adapter_id))
         current = self.engine.version.version
-        if latest <= current or latest in self._rejected:
+        if latest < 0 or latest == current or latest in self._rejected:
             return False
         published = ray.get(self.registry.latest.remote(self.adapter_id))
         if published is None:

@@ -28,12 +28,14 @@ from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
 from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger
+from hsd_ray.loop.gatekeeper import start_gatekeeper
 from hsd_ray.loop.learner import CONTROL_ACTOR_NAME, LearnerControl, LearnerSettings, make_trainer
 from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnQueue, TurnRef
 from hsd_ray.loop.runtime import connect
 from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
 
 log = logging.getLogger("hsd_ray.job")
+VERSIONS_FILE = "versions.json"  # the registry's version records (states, gate numbers), kept across restarts
 
 
 def learner_settings(cfg: Config) -> LearnerSettings:
@@ -41,7 +43,8 @@ def learner_settings(cfg: Config) -> LearnerSettings:
     from hsd_ray.models import resolve_model
 
     return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast,
-                           str(Path(cfg.job.output_dir).resolve()), cfg.job.max_steps, cfg.job.duration_s, cfg.seed)
+                           str(Path(cfg.job.output_dir).resolve()), cfg.job.max_steps, cfg.job.duration_s, cfg.seed,
+                           cfg.version_gate.enabled, cfg.version_gate.decision_timeout_s)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:
@@ -78,6 +81,7 @@ class Loop:
     teachers: list = field(default_factory=list)
     base_url: str | None = None
     learner: LearnerThread | None = None
+    gatekeeper: object = None  # Gatekeeper actor handle (None: version_gate.enabled=false)
 
     def start_learner(self, cfg: Config | None = None) -> LearnerThread:
         """Start a learner (Ray Train) on `cfg` (default: the loop's). A learner on the same output_dir resumes."""
@@ -92,13 +96,17 @@ class Loop:
             self.learner.join(timeout)
 
     def stats(self) -> dict:
-        queue, ledger, progress, version = ray.get([
+        queue, ledger, progress, version, versions = ray.get([
             self.queue.handle.stats.remote(),
             self.ledger.stats.remote(),
             self.control.get_progress.remote(),
             self.registry.handle.latest_version.remote(BASE_ADAPTER),
+            self.registry.handle.versions.remote(BASE_ADAPTER),
         ])
-        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": version}
+        rejected = sum(v["state"] == "rejected" for v in versions)
+        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": version,
+                "versions_rejected": rejected, "versions": versions,
+                "feedback_by_version": queue.pop("feedback_by_version", {})}
 
     def forget_user(self, user_id: str) -> dict:
         """Remove every trace of a user's turns that the loop holds (ledger and queue)."""
@@ -125,14 +133,16 @@ class Loop:
     def shutdown(self) -> None:
         """Stop the learner if it still runs, then remove the chat service, teachers and named actors."""
         self.stop_learner()
-        for t in self.teachers:
+        for t in [*self.teachers, *([self.gatekeeper] if self.gatekeeper is not None else [])]:
             ray.kill(t)
         if self.base_url:
             from ray import serve
 
+            from hsd_ray.loop.admin import ADMIN_APP_NAME
             from hsd_ray.loop.serve import APP_NAME
 
             serve.delete(APP_NAME)
+            serve.delete(ADMIN_APP_NAME)
         for actor in (self.ledger, self.control, self.registry.handle, self.queue.handle):
             ray.kill(actor)
 
@@ -144,18 +154,23 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
         cfg.queue.dead_letter_capacity
     )
-    registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(cfg.broadcast.keep_versions)
+    registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(
+        cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(Path(cfg.job.output_dir).resolve() / VERSIONS_FILE)
+    )
     control = ray.remote(LearnerControl).options(name=CONTROL_ACTOR_NAME, **opts).remote()
     ledger = ray.remote(ReplyLedger).options(name=LEDGER_ACTOR_NAME, **opts).remote(
         queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages
     )
     settings = teacher_settings(cfg)
     teachers = [start_teacher(cfg, settings, queue, registry, i) for i in range(cfg.teacher.num_workers)]
-    loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers)
+    loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers,
+                gatekeeper=start_gatekeeper(cfg, registry))
     if serve_chat:
+        from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service
 
         loop.base_url = run_service(cfg)
+        run_admin(cfg.admin.key)
     return loop
 
 
@@ -248,6 +263,15 @@ def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
         f"[job {elapsed:6.0f}s] replies {c['recorded']} | captured {c['captured']} unmatched {c['unmatched']} "
         f"expired {c['expired']} | queue pending {q['pending']} scored {q['scored']} dropped {q['dropped_total']} | "
         f"trained {q['trained']} ({turns_per_s:.2f} turns/s) | step {lr.get('step', 0)} "
-        f"v{max(0, s['published_version'])} "
-        f"loss {lr.get('loss', float('nan')):.4f}"
+        f"v{max(0, s['published_version'])} rejected {s.get('versions_rejected', 0)} "
+        f"loss {lr.get('loss', float('nan')):.4f}{_rates_text(s.get('feedback_by_version', {}))}"
     )
+
+
+def _rates_text(rates: dict, last: int = 3) -> str:
+    """The newest versions' reception rates: " | feedback v3 n12 complaint 0.25 thanks 0.08 none 0.67; ..."."""
+    if not rates:
+        return ""
+    parts = [f"v{v} n{r['turns']} complaint {r['complaint']:.2f} thanks {r['positive']:.2f} none {r['none']:.2f}"
+             for v, r in sorted(rates.items(), key=lambda kv: int(kv[0]))[-last:]]
+    return " | feedback " + "; ".join(parts)

@@ -36,6 +36,7 @@ from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
 from hsd_ray.loop.queue import QueueClient, fetch_turns
+from hsd_ray.loop.rollback import GateFollowing, Snapshot, VersionGuard, cpu_state
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"
 log = logging.getLogger(__name__)
@@ -46,7 +47,15 @@ class LearnerControl:
 
     def __init__(self):
         self._stop = False
+        self._paused = False  # admin API: no optimizer step while paused (turns wait in the queue)
         self.progress: dict = {"step": 0, "version": 0}
+
+    def set_paused(self, paused: bool) -> bool:
+        self._paused = paused
+        return paused
+
+    def paused(self) -> bool:
+        return self._paused
 
     def request_stop(self) -> None:
         self._stop = True
@@ -73,6 +82,8 @@ class LearnerSettings:
     max_steps: int | None = None
     duration_s: float | None = None
     seed: int = 0
+    gated: bool = False  # version_gate.enabled: publish candidates, roll back on rejection (rollback.py)
+    decision_timeout_s: float = 600.0
 
 
 def rank0_broadcast(value, world: int):
@@ -86,13 +97,16 @@ def rank0_broadcast(value, world: int):
     return box[0]
 
 
-def take_batch(queue: QueueClient, n: int, should_stop) -> list[Turn] | None:
-    """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None).
+def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[Turn] | None:
+    """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
+    or `interrupt()` (returns []: the version gate decided while the learner waited).
 
     Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
     rest are given back and a full batch is taken again.
     """
     while not should_stop():
+        if interrupt is not None and interrupt():
+            return []
         batch = queue.take_scored(n)
         if not batch:
             time.sleep(0.1)
@@ -106,7 +120,7 @@ def take_batch(queue: QueueClient, n: int, should_stop) -> list[Turn] | None:
     return None
 
 
-class Learner:
+class Learner(GateFollowing):
     """One Ray Train worker's model, optimizer and position in the stream of versions."""
 
     def __init__(self, settings: LearnerSettings):
@@ -131,6 +145,8 @@ class Learner:
         self.started = self.last_publish = time.time()
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
         self.reference = None
+        self.guard: VersionGuard | None = None
+        self.turns_trained = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -152,17 +168,31 @@ class Learner:
             self.step_count, self.version = state["step"], state["version"]
         parallel = "ddp" if self.world > 1 else None
         self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
+        if self.s.gated:  # the starting point counts as accepted (the base, or the checkpoint)
+            self.guard = VersionGuard(Snapshot(self.version, cpu_state(self._state()), 0))
+        before = self.version
         if self.rank == 0:
             requeued = self.queue.requeue_training()
             if checkpoint is not None:
                 log.info("resumed at step %d, version %d; %d in-flight turns requeued",
                          self.step_count, self.version, requeued)
                 self.publish()  # replicas that restarted on the base weights catch up at once
+        self._sync_published(before)
 
     def next_batch(self) -> list[Turn] | None:
-        """The next batch of scored turns, the same on every rank; None when it is time to stop."""
-        batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop) if self.rank == 0 else None
-        return rank0_broadcast(batch, self.world)
+        """The next batch of scored turns, the same on every rank; None when it is time to stop. A version gate
+        decision that arrives while waiting is acted on at once (a rejection rolls back before the next step)."""
+        while True:
+            self._follow_gate()
+            batch = None
+            if self.rank == 0 and ray.get(self.control.paused.remote()):
+                batch = None if self._should_stop() else []
+                time.sleep(0.2)
+            elif self.rank == 0:
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._gate_decided)
+            batch = rank0_broadcast(batch, self.world)
+            if batch != []:
+                return batch
 
     def step(self, turns: list[Turn]) -> dict:
         """One optimizer step on this rank's slice of `turns`; rank 0 acknowledges them and reports progress."""
@@ -174,6 +204,7 @@ class Learner:
                                     grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,
                                     reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16)
         self.step_count += 1
+        self.turns_trained += len(turns)
         if self.rank == 0:
             self.queue.ack_trained_nowait([t.turn_id for t in turns])
             _record_metrics(step_metrics, turns, self.version)
@@ -181,11 +212,16 @@ class Learner:
         return step_metrics
 
     def publish_if_due(self) -> None:
-        b = self.s.broadcast
-        if self.rank == 0 and self.step_count % b.every_steps == 0 and time.time() - self.last_publish >= b.every_seconds:
+        """Publish on the cadence; under the version gate, first act on the pending candidate's decision, and
+        publish no new candidate while one is pending."""
+        self._follow_gate()
+        b, before = self.s.broadcast, self.version
+        waiting = self.guard is not None and self.guard.pending is not None
+        if (self.rank == 0 and not waiting and self.step_count % b.every_steps == 0
+                and time.time() - self.last_publish >= b.every_seconds):
             self.publish()
             self.last_publish = time.time()
-        self.version = rank0_broadcast(self.version, self.world)  # every rank records the same version
+        self._sync_published(before)  # every rank records the same version
 
     def publish(self, final: bool = False) -> None:
         """Rank 0: snapshot the weights now (synchronous copy) and publish them in the background. The final version
@@ -196,7 +232,7 @@ class Learner:
             if final:
                 self._persist_latest()
             return
-        self.version = max(self.version, self.registry.latest_version(BASE_ADAPTER)) + 1
+        self.version = max(self.version, self.registry.highest_version(BASE_ADAPTER)) + 1
         self.publisher.submit(export_weights(self.model, self.version, self.step_count), durable=final)
         self.published_step = self.step_count
 
@@ -216,12 +252,20 @@ class Learner:
             train.report({"step": self.step_count, "version": self.version, "final": final}, checkpoint=ckpt)
 
     def finish(self) -> None:
-        """Clean stop: a final version, the weights in HF / peft format under output_dir/final, a final checkpoint."""
+        """Clean stop: a final version, the weights in HF / peft format under output_dir/final, a final checkpoint.
+        Under the version gate the final version is a candidate too: what is saved is the last accepted weights."""
+        self._follow_gate(wait=True)
+        before = self.version
         if self.rank == 0:
             self.publish(final=True)
             self.publisher.flush()
+        self._sync_published(before)
+        if self.guard is not None:
+            self._follow_gate(wait=True)
+            if self.rank == 0:
+                self._persist_latest()
+        if self.rank == 0:
             self._save_final(Path(self.s.output_dir) / "final")
-        self.version = rank0_broadcast(self.version, self.world)
         self.checkpoint(final=True)
 
     # ---- helpers ----------------------------------------------------------------------------------------------
@@ -239,6 +283,30 @@ class Learner:
         reference = self.reference.state_dict() if self.reference is not None else None
         return {"model": trainable_state(self.model), "reference": reference, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version}
+
+    def _broadcast(self, value):
+        return rank0_broadcast(value, self.world)
+
+    def _load_weights(self, weights) -> None:
+        """A published WeightSet into the model (an admin rollback); the optimizer starts afresh from it."""
+        from hsd_ray.core.policy import is_peft, unwrap
+
+        model = unwrap(self.model)
+        if is_peft(model):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, {k: v.to(self.device) for k, v in weights.tensors.items()})
+        else:
+            model.load_state_dict({k: v.to(self.device) for k, v in weights.tensors.items()}, strict=False)
+        self.optimizer.state.clear()
+
+    def _load_state(self, state: dict) -> None:
+        """Back to a snapshot's trainable weights, optimizer and scheduler state (the step counter keeps counting)."""
+        from hsd_ray.core.policy import unwrap
+
+        unwrap(self.model).load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def _persist_latest(self) -> None:
         self.publisher.flush()

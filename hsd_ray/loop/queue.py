@@ -39,10 +39,12 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.core.turns import Turn
+from hsd_ray.core.version_gate import VersionFeedback
 from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
-DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost", "dead_letter")
+DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost", "dead_letter",
+                "rejected")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class TurnQueue:
              "retried": None, "late_completions": None, "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
             labels={"dropped": DROP_REASONS, "gate": ()},
         )
+        self.feedback = VersionFeedback()  # per served version: complaint / positive / none (version gate issue)
 
     # ---- capture side -----------------------------------------------------------------------------------------
     def put(self, turns: list[TurnRef]) -> int:
@@ -116,13 +119,15 @@ class TurnQueue:
         return Lease(lease_id, turns)
 
     def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = (),
-                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None) -> bool:
+                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None,
+                 receptions: list[tuple[int | None, str]] = ()) -> bool:
         """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
         gone with its owner) as lost, `not_feedback` ones (the feedback gate said the follow-up is not about the
         reply) as not_feedback; `errors` maps the turns the teacher failed on to the error text: retried, or
         dead-lettered after `max_attempts` deliveries. `decisions` are the gate's labels ("feedback:complaint",
-        "not_feedback:new_topic"), counted here so that a re-delivered lease is never counted twice. False if the
-        lease had already expired (its turns were re-delivered, so this result must be discarded)."""
+        "not_feedback:new_topic"), counted here so that a re-delivered lease is never counted twice; so are
+        `receptions`, (policy version, "complaint" | "positive" | "none") per finished turn (`hsd_feedback_total`).
+        False if the lease had already expired (its turns were re-delivered, so this result must be discarded)."""
         self._expire_leases()
         lease = self._leases.pop(lease_id, None)
         if lease is None:
@@ -141,6 +146,9 @@ class TurnQueue:
         self.tally.add("dropped", len(not_feedback), "not_feedback")
         for decision in decisions:
             self.tally.add("gate", 1, decision)
+        for version, kind in receptions:
+            self.feedback.add(version, kind)
+            metrics.inc("hsd_feedback_total", version=str(version), kind=kind)
         overflow = 0
         while len(self._scored) > self.scored_capacity:
             self._scored.popleft()
@@ -163,6 +171,14 @@ class TurnQueue:
     def ack_trained(self, turn_ids: list[str]) -> None:
         self.tally.add("trained", sum(self._training.pop(tid, None) is not None for tid in turn_ids))
         self._gauges()
+
+    def reject_trained(self, n: int) -> int:
+        """The version gate rejected the version these `n` trained turns went into, and the learner rolled back: they
+        move from `trained` to dropped `rejected` (the sum stays exact)."""
+        n = max(0, min(n, self.tally["trained"]))
+        self.tally.discount("trained", n)
+        self.tally.add("dropped", n, "rejected")
+        return n
 
     def drop_lost(self, turn_ids: list[str]) -> int:
         """The learner could not fetch these turns (their payload's owner died): drop them, counted as lost."""
@@ -217,6 +233,7 @@ class TurnQueue:
             "leased": sum(len(turns) for _, turns in self._leases.values()),
             "scored": len(self._scored),
             "training": len(self._training),
+            "feedback_by_version": self.feedback.rates(),
         }
 
     def _expire_leases(self) -> None:
@@ -271,15 +288,19 @@ class QueueClient:
         return ray.get(self.handle.lease.remote(max_turns))
 
     def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str],
-                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None) -> bool:
+                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None,
+                 receptions: list[tuple[int | None, str]] = ()) -> bool:
         return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
-                                                   list(decisions), dict(errors or {})))
+                                                   list(decisions), dict(errors or {}), list(receptions)))
 
     def take_scored(self, n: int) -> list[TurnRef]:
         return ray.get(self.handle.take_scored.remote(n))
 
     def ack_trained_nowait(self, turn_ids: list[str]) -> None:
         self.handle.ack_trained.remote(turn_ids)
+
+    def reject_trained(self, n: int) -> int:
+        return ray.get(self.handle.reject_trained.remote(n))
 
     def drop_lost(self, turn_ids: list[str]) -> int:
         return ray.get(self.handle.drop_lost.remote(turn_ids))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, FeedbackConfig, HindsightConfig, LossConfig, TeacherConfig
 from hsd_ray.core.scoring import score_turns
+from hsd_ray.core.version_gate import rate_kind
 from hsd_ray.data import build_gate
 from hsd_ray.loop.broadcast import WeightFollower
 from hsd_ray.loop.queue import Lease, QueueClient, TurnRef, fetch_turns
@@ -127,9 +128,11 @@ class TeacherWorker:
         scored = [t for t in done if t.feedback.is_feedback]
         not_feedback = [t.turn_id for t in done if not t.feedback.is_feedback]
         decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in done]
+        receptions = [(t.policy_version, rate_kind(t.feedback.is_feedback, t.feedback.kind) if t.feedback else "none")
+                      for t in turns if t.turn_id not in errors]  # per served version; a retried turn counts later
         self.tally.add("errors", len(errors))
         accepted = self.queue.complete(lease, [TurnRef.put(t) for t in scored], failed, [t.turn_id for t in lost],
-                                       not_feedback, decisions, errors)
+                                       not_feedback, decisions, errors, receptions)
         return accepted, scored
 
     def _score_bisect(self, turns: list, errors: dict[str, str]) -> None:

@@ -1,0 +1,180 @@
+"""What is known about a policy version before and after it is served: the version gate's measures and decision,
+and the per-version feedback rates. Driven by hsd_ray/loop/gatekeeper.py (the gate) and hsd_ray/loop/queue.py (the
+rates).
+
+The gate compares a candidate version with the last accepted one and with the base model on a fixed probe set
+(hsd_ray/data/probes.json):
+- per-token KL(candidate ‖ accepted) and KL(candidate ‖ base), on the accepted version's greedy replies to the probe
+  prompts, from the top-k distributions the engines return (`topk_kl`: the candidate's top-k tokens plus one tail
+  bucket; a token outside the other model's top-k gets that model's k-th log-prob, an upper bound, so the value is
+  an estimate of the full KL, not a bound);
+- perplexity of a reference text; accuracy on checkable prompts under a strict checker (`check_answer`);
+- the mean reply length on the probe prompts against the accepted version's.
+`gate_reasons` turns the numbers and the limits into the reasons a candidate is held back (none = accepted).
+
+Not from the paper (arXiv 2603.12273): the paper trains offline and does not gate versions.
+
+Pure: numpy and plain records only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "invalid")
+RATE_KINDS = ("complaint", "positive", "none")
+_COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+# ---- the checker ---------------------------------------------------------------------------------------------------
+
+
+def first_number(text: str) -> str | None:
+    """The first number in `text` ("1,000" → "1000", "7.0" → "7"), or None."""
+    m = _NUMBER.search(text)
+    if m is None:
+        return None
+    raw = m.group(0).replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+", m.group(0)) else m.group(0)
+    raw = raw.replace(",", ".")
+    value = float(raw)
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def check_answer(reply: str, answer: str, kind: str) -> bool:
+    """Strict: kind "number" — the reply's *first* number is the answer (a later correct number does not count);
+    kind "named" — the answer is a whole word among the first 12 words of the reply's first sentence
+    (case-insensitive). No number, a wrong first number or a rambling first sentence is wrong."""
+    if kind == "number":
+        return first_number(reply) == first_number(answer)
+    if kind == "named":
+        sentence = re.split(r"[.!?\n]", reply.strip().lower(), maxsplit=1)[0]
+        words = _WORD.findall(sentence)
+        return answer.lower() in words[:12]
+    raise ValueError(f"unknown checkable kind {kind!r} (expected 'number' or 'named')")
+
+
+# ---- KL from top-k distributions -----------------------------------------------------------------------------------
+
+
+def topk_kl(p_ids_T_K: np.ndarray, p_logp_T_K: np.ndarray, q_ids_T_K: np.ndarray, q_logp_T_K: np.ndarray,
+            eps: float = 1e-6) -> np.ndarray:
+    """Per-position KL(p ‖ q) [T] over p's top-k tokens plus one tail bucket (the rest of the vocabulary). q's
+    log-prob of a token outside its own top-k is taken as q's k-th (smallest) top-k log-prob."""
+    T = p_ids_T_K.shape[0]
+    out = np.zeros(T, dtype=np.float64)
+    for t in range(T):
+        q_of = dict(zip(q_ids_T_K[t].tolist(), q_logp_T_K[t].tolist()))
+        floor = float(np.min(q_logp_T_K[t]))
+        p = np.exp(p_logp_T_K[t].astype(np.float64))
+        q = np.exp(np.array([q_of.get(i, floor) for i in p_ids_T_K[t].tolist()], dtype=np.float64))
+        if q.sum() > 1.0:
+            q = q / q.sum() * (1.0 - eps)
+        p_tail, q_tail = max(1.0 - p.sum(), eps), max(1.0 - q.sum(), eps)
+        p, q = np.maximum(p, eps), np.maximum(q, eps)
+        out[t] = float(np.sum(p * (np.log(p) - np.log(q))) + p_tail * (math.log(p_tail) - math.log(q_tail)))
+    return np.maximum(out, 0.0)
+
+
+def mean_kl(p_rows: list, q_rows: list) -> float:
+    """Mean per-token KL(p ‖ q) over all positions of several replies; rows are (ids_T_K, logp_T_K) pairs."""
+    values = [topk_kl(pi, pl, qi, ql) for (pi, pl), (qi, ql) in zip(p_rows, q_rows) if len(pi)]
+    return float(np.concatenate(values).mean()) if values else float("nan")
+
+
+def perplexity(logp_rows: list[np.ndarray]) -> float:
+    """exp(mean negative log-likelihood per token) over the rows."""
+    flat = np.concatenate([np.asarray(r, dtype=np.float64) for r in logp_rows]) if logp_rows else np.zeros(0)
+    return float(math.exp(-flat.mean())) if flat.size else float("nan")
+
+
+# ---- the decision --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """The thresholds of the version gate (config: `version_gate`)."""
+
+    max_kl_accepted: float
+    max_kl_base: float
+    max_ppl_ratio: float
+    max_accuracy_drop: float
+    max_length_change: float
+
+
+@dataclass
+class GateNumbers:
+    """One candidate's measures. `*_base` and `length_accepted` are the references it is judged against."""
+
+    kl_accepted: float
+    kl_base: float
+    ppl: float
+    ppl_base: float
+    accuracy: float
+    accuracy_base: float
+    length: float
+    length_accepted: float
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+    def summary(self) -> str:
+        return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
+                f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
+                f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f})")
+
+
+def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
+    """Why the candidate is held back ([] = accept). A number that is NaN is a reason of its own ("invalid")."""
+    numbers = (n.kl_accepted, n.kl_base, n.ppl, n.ppl_base, n.accuracy, n.accuracy_base, n.length, n.length_accepted)
+    if any(math.isnan(x) for x in numbers):
+        return ["invalid"]
+    reasons = []
+    if n.kl_accepted > limits.max_kl_accepted:
+        reasons.append("kl_accepted")
+    if n.kl_base > limits.max_kl_base:
+        reasons.append("kl_base")
+    if n.ppl > limits.max_ppl_ratio * n.ppl_base:
+        reasons.append("perplexity")
+    if n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9:
+        reasons.append("accuracy")
+    if abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change:
+        reasons.append("length")
+    return reasons
+
+
+# ---- per-version feedback rates ------------------------------------------------------------------------------------
+
+
+def rate_kind(is_feedback: bool | None, kind: str | None) -> str:
+    """How a reply was received, from the feedback gate's decision on its follow-up: "complaint" (a correction,
+    complaint, redo or clarification request), "positive" (thanks) or "none" (no feedback on the reply)."""
+    if not is_feedback:
+        return "none"
+    return "positive" if kind == "positive" else "complaint"
+
+
+@dataclass
+class VersionFeedback:
+    """Counts of `rate_kind` per served policy version (-1 = unknown, e.g. logged data)."""
+
+    counts: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, version: int | None, kind: str, n: int = 1) -> None:
+        row = self.counts.setdefault(-1 if version is None else int(version), {k: 0 for k in RATE_KINDS})
+        row[kind] += n
+
+    def rates(self) -> dict[int, dict]:
+        """{version: {"turns": n, "complaint": share, "positive": share, "none": share, "counts": {...}}}."""
+        out = {}
+        for v, row in sorted(self.counts.items()):
+            total = sum(row.values())
+            out[v] = {"turns": total, **{k: round(row[k] / total, 4) if total else 0.0 for k in RATE_KINDS},
+                      "counts": dict(row)}
+        return out

@@ -1,0 +1,81 @@
+"""The admin API on a real local Ray (tiny random model, version gate on): 401 without the key, pause/resume of the
+learner, and a rollback of serving that restores the earlier version's seeded replies token for token, after which
+the learner's next version starts from the rolled-back weights."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from tests.integration.test_loop import _cfg, _chat, _conversation, _wait
+from tests.integration.test_version_gate import _CandidateTap, _max_diff
+
+pytestmark = pytest.mark.integration
+
+KEY = "admin-test-key"
+LR = 1e-3
+
+
+def _seeded(client):
+    r = _chat(client, [{"role": "user", "content": "Tell me a story."}], "probe", temperature=0.9, seed=11,
+              logprobs=True, max_tokens=12)
+    lp = r.choices[0].logprobs.content
+    return r.system_fingerprint, r.choices[0].message.content, [t.token for t in lp], [t.logprob for t in lp]
+
+
+def test_admin_rollback_pause_and_auth(ray_session, tiny_model_dir, tmp_path):
+    import httpx
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import running_loop
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{
+        "version_gate.enabled": "true", "admin.key": KEY, "learner.lr": LR, "job.max_steps": 3,
+        "learner.checkpoint_every_steps": 10, "broadcast.keep_versions": 3,
+        "version_gate.probe_max_tokens": 8, "version_gate.check_max_tokens": 4,
+    })
+    with running_loop(cfg, learner=False) as loop:
+        admin = loop.base_url.removesuffix("/v1") + "/admin"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            r = httpx.get(f"{admin}/versions", headers=headers, timeout=30)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error", r.text
+        ray.get(loop.gatekeeper.stats.remote())
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        tap = _CandidateTap(loop.registry.handle)
+        tap.start()
+        learner = loop.start_learner()
+        seeded = {}
+        for v in (1, 2):  # each step's candidate is accepted and served
+            for i in range(2):
+                _conversation(client, f"user-{v}-{i}", f"Question {v}.{i}?", "No, that is wrong. Be brief.")
+            _wait(lambda: loop.registry.decision(v) == "accepted", 240, f"v{v} accepted")
+            seeded[v] = _wait(lambda: (s := _seeded(client))[0] == f"hsd-base-v{v}" and s, 60, f"replica on v{v}")
+        assert seeded[1][3] != seeded[2][3]  # the two versions answer differently
+
+        # Pause: turns queue up, no step is taken; resume: the step happens.
+        assert httpx.post(f"{admin}/pause", headers=auth, timeout=30).json() == {"paused": True}
+        trained = loop.queue.stats()["trained"]
+        # Rollback to v1: replicas switch back, token-identical seeded reply (log-probs included).
+        r = httpx.post(f"{admin}/rollback", json={"version": 1}, headers=auth, timeout=30)
+        assert r.status_code == 200 and r.json()["ok"], r.text
+        again = _wait(lambda: (s := _seeded(client))[0] == "hsd-base-v1" and s, 60, "replica back on v1")
+        assert again == seeded[1]
+        for i in range(2):
+            _conversation(client, f"user-3-{i}", f"Question 3.{i}?", "No, that is wrong. Be brief.")
+        time.sleep(3)
+        assert loop.queue.stats()["trained"] == trained and ray.get(loop.control.paused.remote())
+        assert httpx.post(f"{admin}/resume", headers=auth, timeout=30).json() == {"paused": False}
+        learner.join(timeout=400)
+        tap.stop.set()
+        assert not learner.is_alive() and learner.error is None, learner.error
+
+        # The learner restarted from v1 (fresh Adam: one step moves each weight by at most LR).
+        last = max(tap.seen)
+        assert last >= 3 and _max_diff(tap.seen[last], tap.seen[1]) <= LR * 1.001, sorted(tap.seen)
+        versions = httpx.get(f"{admin}/versions", headers=auth, timeout=30).json()["data"]
+        by_version = {v["version"]: v for v in versions}
+        assert by_version[1]["state"] == by_version[2]["state"] == "accepted"
+        assert by_version[1]["numbers"]["kl_accepted"] >= 0 and sum(v["current"] for v in versions) == 1

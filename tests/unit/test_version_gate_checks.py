@@ -1,0 +1,305 @@
+"""The version gate's pure parts (checker, KL, decision, feedback rates), the registry's candidate states, the
+learner's rollback bookkeeping and the queue's accounting of rejected turns — as plain objects, no Ray."""
+
+import math
+
+import numpy as np
+import pytest
+from pathlib import Path
+import torch
+
+from hsd_ray.config import Config
+from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer,
+                                       first_number, gate_reasons, mean_kl, perplexity, rate_kind, topk_kl)
+from hsd_ray.core.weights import PolicyVersion
+from hsd_ray.data import load_probes
+from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
+from hsd_ray.loop.queue import TurnQueue, TurnRef
+from hsd_ray.loop.rollback import Snapshot, VersionGuard, cpu_state
+
+pytestmark = pytest.mark.unit
+
+LIMITS = GateLimits(max_kl_accepted=0.25, max_kl_base=1.0, max_ppl_ratio=1.25, max_accuracy_drop=0.1,
+                    max_length_change=0.5)
+
+
+def _numbers(**kw) -> GateNumbers:
+    base = dict(kl_accepted=0.01, kl_base=0.1, ppl=10.0, ppl_base=10.0, accuracy=0.5, accuracy_base=0.5,
+                length=40.0, length_accepted=40.0)
+    return GateNumbers(**{**base, **kw})
+
+
+# ---- checker -------------------------------------------------------------------------------------------------------
+
+
+def test_checker_is_strict():
+    assert first_number("It is 1,000 or so") == "1000" and first_number("7.0") == "7" and first_number("none") is None
+    assert check_answer("12", "12", "number") and check_answer("The answer is 12.", "12", "number")
+    assert not check_answer("7 plus 5 is 12", "12", "number")  # the first number is what counts
+    assert not check_answer("twelve", "12", "number")
+    assert check_answer("Paris.", "Paris", "named") and check_answer("The capital is paris", "Paris", "named")
+    assert not check_answer("I think it is London. Or maybe Paris.", "Paris", "named")  # not in the first sentence
+    assert not check_answer("Parisian food is great", "Paris", "named")  # whole words only
+    with pytest.raises(ValueError):
+        check_answer("x", "y", "vibes")
+
+
+def test_shipped_probe_set_answers_pass_its_checker():
+    probes = load_probes()
+    assert len(probes["probes"]) == 16 and len(probes["checkable"]) == 40 and len(probes["reference_text"]) > 200
+    assert all(check_answer(c["answer"], c["answer"], c["kind"]) for c in probes["checkable"])
+    assert all(not check_answer("I am not sure.", c["answer"], c["kind"]) for c in probes["checkable"])
+
+
+# ---- measures ------------------------------------------------------------------------------------------------------
+
+
+def test_topk_kl_zero_for_equal_and_positive_for_different():
+    ids = np.array([[1, 2, 3], [4, 5, 6]])
+    logp = np.log(np.array([[0.5, 0.3, 0.1], [0.7, 0.1, 0.1]]))
+    assert np.allclose(topk_kl(ids, logp, ids, logp), 0.0, atol=1e-9)
+    sharp = np.log(np.array([[0.98, 0.01, 0.005], [0.98, 0.01, 0.005]]))
+    kl = topk_kl(ids, sharp, ids, logp)
+    assert (kl > 0.1).all()
+    other = np.array([[7, 8, 9], [7, 8, 9]])  # no overlap: q's mass on p's tokens is at most q's k-th log-prob
+    assert (topk_kl(ids, sharp, other, logp) > kl).all()
+    assert mean_kl([(ids, sharp)], [(ids, logp)]) == pytest.approx(float(kl.mean()))
+    assert math.isnan(mean_kl([], []))
+    assert perplexity([np.log(np.full(4, 0.25))]) == pytest.approx(4.0)
+
+
+def test_gate_reasons_each_threshold():
+    assert gate_reasons(_numbers(), LIMITS) == []
+    assert gate_reasons(_numbers(kl_accepted=0.3), LIMITS) == ["kl_accepted"]
+    assert gate_reasons(_numbers(kl_base=1.5), LIMITS) == ["kl_base"]
+    assert gate_reasons(_numbers(ppl=12.6), LIMITS) == ["perplexity"] and gate_reasons(_numbers(ppl=12.4), LIMITS) == []
+    assert gate_reasons(_numbers(accuracy=0.4), LIMITS) == []  # exactly the allowed drop
+    assert gate_reasons(_numbers(accuracy=0.375), LIMITS) == ["accuracy"]
+    assert gate_reasons(_numbers(length=19.0), LIMITS) == ["length"] and gate_reasons(_numbers(length=61.0), LIMITS)
+    assert gate_reasons(_numbers(accuracy=0.6), LIMITS) == []  # better than the base is fine
+    assert gate_reasons(_numbers(kl_accepted=float("nan")), LIMITS) == ["invalid"]
+    assert gate_reasons(_numbers(kl_accepted=3.0, ppl=30.0), LIMITS) == ["kl_accepted", "perplexity"]
+    assert "KL(cand‖accepted) 0.0100" in _numbers().summary() and _numbers().to_dict()["ppl"] == 10.0
+
+
+def test_config_gate_off_on_cpu_on_in_the_gpu_config():
+    cfg = Config()
+    assert not cfg.version_gate.enabled and cfg.version_gate.max_kl_accepted < cfg.version_gate.max_kl_base
+    assert Config.load(overrides=["version_gate.enabled=true"]).version_gate.enabled
+    root = Path(__file__).resolve().parents[2]
+    assert Config.load(root / "cluster" / "gpu.yaml").version_gate.enabled
+
+
+# ---- per-version feedback rates ------------------------------------------------------------------------------------
+
+
+def test_rate_kind_and_per_version_rates_add_up():
+    assert rate_kind(True, "complaint") == rate_kind(True, "correction") == rate_kind(True, "rephrase") == "complaint"
+    assert rate_kind(True, "positive") == "positive"
+    assert rate_kind(False, "new_topic") == rate_kind(None, None) == "none"
+    fb = VersionFeedback()
+    for v, k in [(1, "complaint"), (1, "none"), (1, "positive"), (1, "complaint"), (2, "none"), (None, "none")]:
+        fb.add(v, k)
+    rates = fb.rates()
+    assert rates[1]["turns"] == 4 and rates[1]["complaint"] == 0.5 and rates[1]["positive"] == 0.25
+    assert rates[2]["counts"] == {"complaint": 0, "positive": 0, "none": 1} and rates[-1]["turns"] == 1
+    assert all(sum(r[k] for k in RATE_KINDS) == pytest.approx(1.0) for r in rates.values())
+
+
+def test_queue_counts_receptions_per_version_once_and_rejected_turns_keep_the_sum():
+    q = TurnQueue(capacity=100, scored_capacity=100, lease_timeout_s=60)
+    q.put([TurnRef(f"t{i}", "u", None) for i in range(6)])
+    lease = q.lease(6)
+    receptions = [(1, "complaint"), (1, "none"), (2, "positive"), (2, "complaint"), (2, "complaint"), (2, "none")]
+    assert q.complete(lease.lease_id, lease.turns[:4], not_feedback=["t4", "t5"], receptions=receptions)
+    assert not q.complete(lease.lease_id, lease.turns[:4], receptions=receptions)  # a late completion counts nothing
+    s = q.stats()
+    per_version = s["feedback_by_version"]
+    assert per_version[1]["turns"] == 2 and per_version[2]["turns"] == 4  # = the turns each version produced
+    assert sum(r["turns"] for r in per_version.values()) == s["captured"]
+    q.ack_trained([t.turn_id for t in q.take_scored(4)])
+    assert q.reject_trained(3) == 3
+    s = q.stats()
+    assert s["trained"] == 1 and s["dropped"]["rejected"] == 3
+    assert s["captured"] == s["trained"] + s["dropped_total"] + s["pending"] + s["leased"] + s["scored"] + s["training"]
+    assert q.reject_trained(5) == 1  # never more than were trained
+
+
+# ---- registry: candidates, decisions, monotonic numbers ------------------------------------------------------------
+
+
+def _pub(v: int) -> PublishedWeights:
+    return PublishedWeights(PolicyVersion(version=v, step=v), f"ref{v}")
+
+
+def test_registry_serves_only_accepted_versions():
+    r = VersionRegistry(keep_versions=2, gated=True)
+    assert r.publish(_pub(1)) and r.latest_version() == -1 and r.latest() is None
+    assert r.candidate().version.version == 1 and r.decision(1) == "candidate"
+    assert r.accept(1, {"kl_accepted": 0.0}) and r.latest_version() == 1 and r.candidate() is None
+    assert r.publish(_pub(2)) and r.reject(2, "kl_accepted", {"kl_accepted": 3.0})
+    assert r.latest_version() == 1 and r.decision(2) == "rejected" and r.highest_version() == 2
+    assert not r.publish(_pub(2)) and not r.publish(_pub(1))  # a number is never reused
+    assert r.publish(_pub(3)) and r.publish(_pub(4)) and r.decision(3) == "superseded"
+    assert not r.accept(3) and r.accept(4)
+    states = {v["version"]: (v["state"], v["current"]) for v in r.versions()}
+    assert states == {1: ("accepted", False), 2: ("rejected", False), 3: ("superseded", False), 4: ("accepted", True)}
+    assert r.versions()[1]["numbers"] == {"kl_accepted": 3.0} and r.versions()[1]["reason"] == "kl_accepted"
+
+
+def test_registry_ungated_behaves_as_before():
+    r = VersionRegistry(keep_versions=2)
+    assert r.publish(_pub(1)) and r.latest_version() == 1 and r.candidate() is None and r.decision(1) == "accepted"
+    assert not r.publish(_pub(1)) and r.publish(_pub(3)) and r.latest().ref == "ref3"
+
+
+# ---- learner rollback bookkeeping ----------------------------------------------------------------------------------
+
+
+def test_version_guard_decisions():
+    g = VersionGuard(Snapshot(0, {"w": 0}, 0))
+    g.on_publish(Snapshot(1, {"w": 1}, 4))
+    assert g.on_decision("candidate") is None and g.pending is not None
+    assert g.on_decision("accepted") is None and g.accepted.version == 1 and g.pending is None
+    g.on_publish(Snapshot(2, {"w": 2}, 8))
+    target = g.on_decision("rejected")
+    assert target is g.accepted and target.version == 1 and g.pending is None and g.rejected_versions == [2]
+    assert g.on_decision("rejected") is None  # nothing pending
+
+
+def test_cpu_state_is_a_deep_copy_optimizer_included():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    snap = cpu_state({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 1})
+    before = snap["model"]["weight"].clone(), snap["optimizer"]["state"][0]["exp_avg"].clone()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    assert torch.equal(snap["model"]["weight"], before[0])
+    assert torch.equal(snap["optimizer"]["state"][0]["exp_avg"], before[1])
+    model.load_state_dict(snap["model"])
+    opt.load_state_dict(cpu_state(snap["optimizer"]))
+    assert torch.equal(model.weight, before[0])
+
+
+# ---- registry rollback and the admin API ---------------------------------------------------------------------------
+
+
+def test_registry_rollback_serves_an_earlier_accepted_version_and_tells_the_learner():
+    r = VersionRegistry(keep_versions=2, gated=True)
+    for v in (1, 2):
+        r.publish(_pub(v))
+        r.accept(v)
+    r.publish(_pub(3))  # undecided candidate
+    assert not r.rollback(7)["ok"] and r.latest_version() == 2
+    assert r.rollback(1) == {"ok": True, "version": 1}
+    assert r.latest_version() == 1 and r.latest().ref == "ref1" and r.decision(3) == "superseded"
+    assert r.learner_news(None) == {"decision": None, "rollback": 1}
+    assert r.learner_news(None)["rollback"] is None  # taken once
+    assert [v["version"] for v in r.versions() if v["current"]] == [1]
+    r.publish(_pub(4))
+    r.accept(4)
+    assert r.latest_version() == 4  # a newly accepted version is served again
+
+
+class _FakeBackend:
+    def __init__(self):
+        self.paused, self.rolled_back = False, []
+
+    async def versions(self):
+        return [{"version": 1, "state": "accepted", "current": True, "numbers": {"kl_accepted": 0.01}}]
+
+    async def rollback(self, version):
+        self.rolled_back.append(version)
+        return {"ok": version == 1, "version": version, "error": "not held"}
+
+    async def set_paused(self, paused):
+        self.paused = paused
+        return paused
+
+    async def learner(self):
+        return {"paused": self.paused, "progress": {"step": 3}}
+
+
+@pytest.fixture
+def admin_client(monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from hsd_ray.loop.admin import admin_api, configure
+
+    backend = _FakeBackend()
+    configure("s3cret", backend)
+    with TestClient(admin_api) as client:
+        yield client, backend
+    configure(None, None)
+
+
+def test_admin_api_needs_the_key(admin_client):
+    client, backend = admin_client
+    for method, path in [("get", "/versions"), ("post", "/rollback"), ("post", "/pause"), ("post", "/resume"),
+                         ("get", "/learner")]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = getattr(client, method)(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert r.json()["error"]["type"] == "authentication_error" and r.json()["error"]["message"]
+    assert backend.rolled_back == [] and not backend.paused
+
+
+def test_admin_api_with_the_key(admin_client):
+    client, backend = admin_client
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.get("/versions", headers=auth).json()["data"][0]["current"]
+    assert client.post("/pause", headers=auth).json() == {"paused": True} and backend.paused
+    assert client.get("/learner", headers=auth).json()["paused"]
+    assert client.post("/resume", headers=auth).json() == {"paused": False} and not backend.paused
+    assert client.post("/rollback", json={"version": 1}, headers=auth).json()["ok"]
+    bad = client.post("/rollback", json={"version": 5}, headers=auth)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "version_not_available"
+    assert client.post("/rollback", json={}, headers=auth).json()["error"]["param"] == "version"
+
+
+def test_admin_api_without_a_configured_key_is_disabled(monkeypatch):
+    from hsd_ray.loop.admin import ADMIN_KEY_ENV, check_key, resolve_admin_key
+    from hsd_ray.loop.openai_api import APIError
+
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    assert resolve_admin_key(None) is None
+    with pytest.raises(APIError) as e:
+        check_key(None, "Bearer anything")
+    assert e.value.status_code == 401 and e.value.code == "admin_disabled"
+    monkeypatch.setenv(ADMIN_KEY_ENV, "from-env")
+    assert resolve_admin_key(None) == "from-env" and resolve_admin_key("cfg") == "cfg"
+
+
+def test_registry_history_survives_a_restart(tmp_path):
+    path = tmp_path / "run" / "versions.json"
+    r = VersionRegistry(gated=True, history_path=str(path))
+    r.publish(_pub(1))
+    r.accept(1, {"kl_accepted": 0.01})
+    r.publish(_pub(2))
+    r.reject(2, "perplexity", {"ppl": 99.0})
+    r.publish(_pub(3))  # undecided when the job stops
+    again = VersionRegistry(gated=True, history_path=str(path))
+    states = {v["version"]: (v["state"], v["reason"], v["numbers"]) for v in again.versions()}
+    assert states == {1: ("accepted", None, {"kl_accepted": 0.01}), 2: ("rejected", "perplexity", {"ppl": 99.0}),
+                      3: ("superseded", None, None)}
+    assert again.highest_version() == 3 and not again.publish(_pub(3)) and again.publish(_pub(4))  # never reused
+    assert again.latest_version() == -1  # weights are not kept: nothing is served until a candidate is accepted
+    path.write_text("{not json")
+    assert VersionRegistry(gated=True, history_path=str(path)).versions() == []  # unreadable: a new history
+
+
+def test_summary_line_shows_rejections_and_per_version_rates():
+    from hsd_ray.loop.job import _summary_line
+
+    fb = VersionFeedback()
+    for v, k in [(0, "complaint"), (0, "none"), (1, "positive"), (1, "none")]:
+        fb.add(v, k)
+    s = {"queue": {"pending": 0, "scored": 0, "dropped_total": 0, "trained": 4},
+         "capture": {"recorded": 5, "captured": 4, "unmatched": 0, "expired": 0},
+         "learner": {"step": 2, "loss": 0.5}, "published_version": 1, "versions_rejected": 1,
+         "feedback_by_version": fb.rates()}
+    line = _summary_line(s, 0.1, 10.0)
+    assert "rejected 1" in line
+    assert "feedback v0 n2 complaint 0.50 thanks 0.00 none 0.50; v1 n2 complaint 0.00 thanks 0.50 none 0.50" in line
