@@ -42,11 +42,12 @@ def test_signal_cli_on_smollm2(tmp_path):
     rows = [m for m in map(ROW.match, lines) if m]
     assert len(rows) >= 15  # ~19 reply tokens + <|im_end|>
     assert [int(m.group(1)) for m in rows] == list(range(len(rows)))
-    assert "'<|im_end|>'" in lines[len(lines) - 2]  # the appended EOS is the last row
+    assert "'<|im_end|>'" in lines[len(lines) - 3]  # the appended EOS is the last row
     for m in rows:
         t, b, a = (float(m.group(i)) for i in (2, 3, 4))
         assert t <= 0 and b <= 0 and a == pytest.approx(t - b, abs=1.5e-4)
-    assert lines[-1].startswith(f"summary: tokens={len(rows)}")
+    assert lines[-2].startswith(f"summary: tokens={len(rows)}")
+    assert lines[-1].startswith("feedback gate (ensemble): ")  # the gate's decision on this turn, then what happens
     assert page.read_text(encoding="utf-8").count('<span class="tok"') == len(rows)
 
 
