@@ -145,6 +145,7 @@ class CaptureClient:
         self.enabled, self.call_timeout_s, self.where = enabled, call_timeout_s, where
         self.tally = metrics.Tally({"observed": None, "recorded": None, "errors": "hsd_capture_errors_total"})
         self._ledger = None
+        self._queue = None  # the queue actor, for /health's gate counts
         self._ledger_seen = False  # once found, a missing ledger means lost capture (counted as errors)
         self._next_lookup = 0.0
         self._background: set[asyncio.Task] = set()
@@ -185,9 +186,11 @@ class CaptureClient:
     async def gate_stats(self) -> dict | None:
         """The loop's feedback-gate decisions so far (from the queue actor), for /health; None without a loop."""
         try:
-            queue = await asyncio.to_thread(ray.get_actor, QUEUE_ACTOR_NAME, namespace=NAMESPACE)
-            stats = await asyncio.wait_for(queue.stats.remote(), self.call_timeout_s)
+            if self._queue is None:  # looked up once, and again only after a failure (the queue may be replaced)
+                self._queue = await asyncio.to_thread(ray.get_actor, QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+            stats = await asyncio.wait_for(self._queue.stats.remote(), self.call_timeout_s)
         except Exception:  # noqa: BLE001 - standalone service, or the queue is busy/restarting: health still answers
+            self._queue = None
             return None
         return {"decisions": stats["gate"], "dropped_not_feedback": stats["dropped"]["not_feedback"]}
 

@@ -113,8 +113,10 @@ class TeacherWorker:
         turns, lost = fetch_turns(lease.turns)
         if lost:
             log.warning("%s: %d captured turns were lost with their owner (dropped)", self.name, len(lost))
-        scorable = [t for t in turns if t.is_scorable()]
-        failed = [t.turn_id for t in turns if not t.is_scorable()]
+        scorable, unscorable = [], []
+        for t in turns:  # ask each turn once
+            (scorable if t.is_scorable() else unscorable).append(t)
+        failed = [t.turn_id for t in unscorable]
         self.tally.add("failed", len(failed))
         errors: dict[str, str] = {}
         for t in scorable:
