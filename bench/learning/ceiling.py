@@ -28,21 +28,32 @@ from bench.learning.preferences import PREFERENCES, parse_preferences
 from bench.learning.prompts import EVAL_SPLITS, build_prompt_sets
 from bench.learning.scoring import yes_no_metrics
 
-CONDITIONS = ("baseline", "hindsight_online", "hindsight_offline", "instruction")
+# Candidate wordings measured beside the authors' two (choose on dev, then name the winner in core/prompts.py):
+# a 135M model follows a plainly appended request better than a framed "hindsight context" (test split,
+# instruction vs online: 49 vs 39% on "<= 20 words"), so the candidates frame the follow-up less.
+CANDIDATE_TEMPLATES: dict[str, str] = {
+    "plain": "\n\n{followup}",
+    "note": "\n\n(Note from me, read before answering: {followup})",
+}
 
 
-def conditions(prompt: str, complaints: tuple[str, ...], k: int) -> dict[str, list[dict]]:
-    """Messages for each condition; the complaint rotates with k (prompt index + sample)."""
-    from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages
+def condition_names(templates: list[str]) -> tuple[str, ...]:
+    return ("baseline", *(f"hindsight_{t}" for t in templates), "instruction")
+
+
+def conditions(prompt: str, complaints: tuple[str, ...], k: int,
+               templates: tuple[str, ...] = ("online", "offline")) -> dict[str, list[dict]]:
+    """Messages for each condition; the complaint rotates with k (prompt index + sample). `templates` are template
+    names of core/prompts.py or CANDIDATE_TEMPLATES."""
+    from hsd_ray.core.prompts import hindsight_messages, template_text
 
     user = [{"role": "user", "content": prompt}]
     complaint = complaints[k % len(complaints)]
-    return {
-        "baseline": user,
-        "hindsight_online": hindsight_messages(user, complaint, HINDSIGHT_TEMPLATES["online"]),
-        "hindsight_offline": hindsight_messages(user, complaint, HINDSIGHT_TEMPLATES["offline"]),
-        "instruction": [{"role": "user", "content": f"{prompt}\n\n{complaint}"}],
-    }
+    out = {"baseline": user}
+    out.update({f"hindsight_{t}": hindsight_messages(user, complaint, CANDIDATE_TEMPLATES.get(t) or template_text(t))
+                for t in templates})
+    out["instruction"] = [{"role": "user", "content": f"{prompt}\n\n{complaint}"}]
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--split", choices=EVAL_SPLITS, default="test")
     p.add_argument("--preferences", default=",".join(PREFERENCES), help="preferences to measure (default: all)")
+    p.add_argument("--templates", default="online,offline",
+                   help="hindsight templates measured (names in hsd_ray.core.prompts.HINDSIGHT_TEMPLATES)")
     p.add_argument("--samples", type=int, default=4, help="sampled replies per evaluated prompt and condition")
     p.add_argument("--heldout", type=int, default=20)
     p.add_argument("--heldout-yes-no", type=int, default=20)
@@ -65,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    templates = tuple(t for t in args.templates.split(",") if t)
+    conds = condition_names(list(templates))
     from hsd_ray.config import EngineConfig
     from hsd_ray.core.prompts import render_prompt
     from hsd_ray.core.engine_api import SamplingParams
@@ -87,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         qs = [(j, s, q) for j, q in enumerate(evaluated) for s in range(args.samples)]
         key = (pref.prompt_kind, cond) if cond == "baseline" else (pref.name, cond)
         if key not in cache:
-            batch = [render_prompt(engine.tokenizer, conditions(q, pref.complaints, j + s)[cond]) for j, s, q in qs]
+            batch = [render_prompt(engine.tokenizer, conditions(q, pref.complaints, j + s, templates)[cond]) for j, s, q in qs]
             params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                     seed=args.seed + offset[pref.prompt_kind])
             cache[key] = [g.text for g in engine.generate(batch, params)]
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, target, yes_no, samples_out = {}, {}, {}, {}
     for pref in prefs:
         rows[pref.name], target[pref.name], samples_out[pref.name] = {}, {}, {}
-        for cond in CONDITIONS:
+        for cond in conds:
             qs, texts = replies(pref, cond)
             rows[pref.name][cond] = sum(map(pref.verify, texts)) / len(texts)
             target[pref.name][cond] = rows[pref.name][cond]
@@ -104,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                 yes_no[cond] = yes_no_metrics(qs, texts, truth)
                 target[pref.name][cond] = yes_no[cond]["good"]
             samples_out[pref.name][cond] = texts[:3]
-    print(f"{'preference':<15}" + "".join(f"{c:>19}" for c in CONDITIONS) + "   (target metric)")
+    print(f"{'preference':<15}" + "".join(f"{c:>19}" for c in conds) + "   (target metric)")
     for name, row in target.items():
-        print(f"{name:<15}" + "".join(f"{100 * row[c]:>18.0f}%" for c in CONDITIONS))
+        print(f"{name:<15}" + "".join(f"{100 * row[c]:>18.0f}%" for c in conds))
     for cond, m in yes_no.items():
         print(f"yes/no {cond:<18} format {100 * m['format']:.0f}%  correct {100 * m['correct']:.0f}%  "
               f"good {100 * m['good']:.0f}%  said yes {100 * m['said_yes']:.0f}%")
