@@ -1,7 +1,7 @@
 """Does it learn? A learning-efficacy benchmark of the online loop with simulated users (issue 5).
 
     python -m bench.learning [--model smollm2-135m-instruct] [--preferences max_words,yes_no_only,...]
-        [--variants paper,contrastive,topk,offline_template] [--population feedback,control,mixed]
+        [--variants default,paper,contrastive,topk,offline_template] [--population feedback,control,mixed]
         [--split dev|test] [--gate none|rules|learned|ensemble] [--seeds 0,1,2] [--interactions N] [--eval-every K]
         [--out bench/results/learning] [section.field=value ...]
     python -m bench.learning.noise --split test --repeats 3      # noise floor of the evaluation
@@ -17,7 +17,7 @@ yes/no format, strict accuracy on >= 200 checkable prompts, and perplexity of a 
 runs and writes a JSON result and a PNG curve (`plot.py`); `report.py` prints the tables with the noise floor
 (`noise.py`) and distillation efficiency (`ceiling.py`).
 
-Defaults (a smoke-sized run): one run (offline_template = the system's default loss and template, max_words,
+Defaults (a smoke-sized run): one run (`default` = the loop config's own loss, template and KL, max_words,
 feedback users, seed 0, dev split), 60 interactions, evaluation every 20 on 20 open + 20 yes/no prompts × 4 samples
 and 200 checkable prompts (max_tokens 48 / 24), SmolLM2-135M-Instruct on CPU with vLLM (about 7 minutes on 2 cores).
 """

@@ -45,6 +45,8 @@ VARIANTS: dict[str, dict] = {
     "topk": {"loss.kind": "topk", "loss.baseline": "student", "hindsight.template": "online"},
     "offline_template": {"loss.kind": "sampled_token", "loss.baseline": "reference_followup",
                          "loss.center_advantages": True, "hindsight.template": "offline"},
+    # whatever hsd_ray/config.py's defaults are today (loss, template, KL): the row README reports
+    "default": {},
 }
 # The loop as the benchmark runs it: full fine-tune, 4 turns per step, every step published, a KL anchor to the
 # initial weights (without it capability fell 11-17 points in 60 interactions; README), vLLM for the replica and the
@@ -288,8 +290,8 @@ GATES = ("none", "rules", "learned", "ensemble")
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
     p.add_argument("--preferences", default="max_words", help=f"trained preferences: {', '.join(PREFERENCES)}")
-    p.add_argument("--variants", type=_csv(str), default=["offline_template"],
-                   help=f"of {', '.join(VARIANTS)} (default: offline_template = the system's defaults)")
+    p.add_argument("--variants", type=_csv(str), default=["default"],
+                   help=f"of {', '.join(VARIANTS)} (default: default = the loop config defaults)")
     p.add_argument("--seeds", type=_csv(int), default=[0], help="default one seed (smoke); report with 0,1,2")
     p.add_argument("--population", type=_csv(str), default=["feedback"],
                    help=f"user populations, comma-separated, of {', '.join(POPULATIONS)} (users.py)")
