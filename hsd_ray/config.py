@@ -173,8 +173,10 @@ class FeedbackConfig(_Section):
 class QueueConfig(_Section):
     """The turn queue in the object store (captured -> teachers -> learner)."""
 
-    capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (oldest dropped beyond)")
-    scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (oldest dropped)")
+    capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (live: oldest dropped "
+                          "beyond; a replay waits for room)")
+    scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (live: oldest dropped; "
+                                 "a replay's teachers wait for room)")
     lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
     max_attempts: int = Field(3, ge=1, le=100, description="deliveries of a turn to teachers before it is dead-lettered")
     dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
@@ -271,6 +273,9 @@ class Config(_Section):
         if self.learner.batch_turns < self.learner.num_workers:
             raise ValueError(f"learner.batch_turns ({self.learner.batch_turns}) must be >= learner.num_workers "
                              f"({self.learner.num_workers}): every worker needs a turn per step")
+        if self.queue.scored_capacity < self.learner.batch_turns:
+            raise ValueError(f"queue.scored_capacity ({self.queue.scored_capacity}) must be >= learner.batch_turns "
+                             f"({self.learner.batch_turns}): a full batch must fit in the scored queue")
         return self
 
     # ---- loading -------------------------------------------------------------------------------------------

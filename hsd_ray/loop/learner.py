@@ -99,7 +99,8 @@ def rank0_broadcast(value, world: int):
 
 def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[Turn] | None:
     """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
-    or `interrupt()` (returns []: the version gate decided while the learner waited).
+    or `interrupt()` (returns []: the version gate decided while the learner waited). At the end of a closed source
+    (a replay) the final batch may hold fewer than `n` turns, and once the queue is drained this returns None.
 
     Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
     rest are given back and a full batch is taken again.
@@ -108,6 +109,9 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[
         if interrupt is not None and interrupt():
             return []
         batch = queue.take_scored(n)
+        if batch is None:  # a replay's source is exhausted and every turn was handed out: time to stop
+            log.info("the source is exhausted and every turn was trained: stopping")
+            return None
         if not batch:
             time.sleep(0.1)
             continue
