@@ -97,18 +97,35 @@ class Loop:
             self.control.request_stop.remote()
             self.learner.join(timeout)
 
-    def stats(self) -> dict:
-        queue, ledger, progress, version, versions = ray.get([
-            self.queue.handle.stats.remote(),
-            self.ledger.stats.remote(),
-            self.control.get_progress.remote(),
-            self.registry.handle.latest_version.remote(BASE_ADAPTER),
-            self.registry.handle.versions.remote(BASE_ADAPTER),
-        ])
-        rejected = sum(v["state"] == "rejected" for v in versions)
-        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": version,
-                "versions_rejected": rejected, "versions": versions,
-                "feedback_by_version": queue.pop("feedback_by_version", {})}
+    def stats(self, timeout_s: float = 30.0) -> dict:
+        """The funnel counts of every actor. Never raises: a part whose actor is dead or does not answer within
+        `timeout_s` keeps an empty value and is named, with its error, under "errors" (absent when all answered), so
+        the driver's monitor and its final summary.json outlive any one actor."""
+        calls = {
+            "queue": (self.queue.handle.stats, (), {}),
+            "capture": (self.ledger.stats, (), {}),
+            "learner": (self.control.get_progress, (), {}),
+            "published_version": (self.registry.handle.latest_version, (BASE_ADAPTER,), -1),
+            "versions": (self.registry.handle.versions, (BASE_ADAPTER,), []),
+        }
+        refs, out, errors = {}, {}, {}
+        for key, (method, args, empty) in calls.items():
+            out[key] = empty
+            try:
+                refs[key] = method.remote(*args)
+            except Exception as e:  # noqa: BLE001 - a handle that cannot even submit
+                errors[key] = f"{type(e).__name__}: {e}"
+        deadline = time.monotonic() + timeout_s
+        for key, ref in refs.items():
+            try:
+                out[key] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001 - RayActorError, GetTimeoutError, ...: reported, never raised
+                errors[key] = f"{type(e).__name__}: {e}"[:500]
+        out["versions_rejected"] = sum(v["state"] == "rejected" for v in out["versions"])
+        out["feedback_by_version"] = out["queue"].pop("feedback_by_version", {})
+        if errors:
+            out["errors"] = errors
+        return out
 
     def forget_user(self, user_id: str) -> dict:
         """Remove every trace of a user's turns that the loop holds (ledger and queue)."""
@@ -292,6 +309,9 @@ def _monitor(loop: Loop, learner: LearnerThread) -> None:
             if time.time() - last_log >= cfg.job.log_every_s:
                 s = loop.stats()
                 dt, last_log = time.time() - last_log, time.time()
+                if "errors" in s:  # an actor is dead or slow: say so and go on watching the learner
+                    log.warning("[job %6.0fs] stats unavailable: %s", time.time() - started, s["errors"])
+                    continue
                 trained = s["queue"]["trained"]
                 log.info(_summary_line(s, (trained - last_trained) / dt, time.time() - started))
                 last_trained = trained
