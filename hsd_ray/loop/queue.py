@@ -182,12 +182,14 @@ class TurnQueue:
         return True
 
     # ---- learner side -----------------------------------------------------------------------------------------
-    def take_scored(self, n: int) -> list[TurnRef] | None:
+    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
         """Exactly n scored turns (or none: a step's batch is all-or-nothing), except at the end of a closed source:
-        once nothing is pending or leased, the last fewer than n scored turns, then None (drained, nothing will come)."""
+        once nothing is pending or leased, the last fewer than n scored turns, then None (drained, nothing will come).
+        A final batch needs `at_least` turns (one per learner worker); fewer stay in scored, visible in the counts,
+        and None is returned."""
         self._expire_leases()
         upstream_done = self.closed and not self._pending and not self._leases
-        if upstream_done and not self._scored:
+        if upstream_done and len(self._scored) < max(1, at_least):
             return None
         if len(self._scored) < n and not upstream_done:
             return []
@@ -329,8 +331,8 @@ class QueueClient:
         return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
                                                    list(decisions), dict(errors or {}), list(receptions)))
 
-    def take_scored(self, n: int) -> list[TurnRef] | None:
-        return ray.get(self.handle.take_scored.remote(n))
+    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
+        return ray.get(self.handle.take_scored.remote(n, at_least))
 
     def ack_trained_nowait(self, turn_ids: list[str]) -> None:
         self.handle.ack_trained.remote(turn_ids)

@@ -98,6 +98,17 @@ def test_partial_batch_only_after_close_and_upstream_empty():
     assert _ids(q.take_scored(4)) == ["t0", "t1"] and q.take_scored(4) is None
 
 
+def test_final_remainder_below_the_worker_count_stays_counted():
+    q = TurnQueue(capacity=10, lossless=True)
+    q.offer(_items(1))
+    q.close()
+    lease = q.lease(4)
+    q.complete(lease.lease_id, lease.turns)
+    assert q.take_scored(4, at_least=2) is None  # one turn for two workers: not handed out, the learner stops
+    s = q.stats()
+    assert s["scored"] == 1 and s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
+
+
 def test_live_put_still_drops_the_oldest_scored():
     q = TurnQueue(capacity=10, scored_capacity=2)
     q.put(_items(3))
