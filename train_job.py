@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.job.source is not None and not Path(cfg.job.source).is_file():
         print(f"train_job.py: job.source: no such file: {cfg.job.source}", file=sys.stderr)
         return 2
-    if cfg.job.max_steps is None and cfg.job.duration_s is None:
+    if cfg.job.max_steps is None and cfg.job.duration_s is None and cfg.job.source is None:
         print("train_job.py: runs until Ctrl-C (set --max-steps or --duration to stop by itself)", file=sys.stderr)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)

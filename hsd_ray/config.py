@@ -144,6 +144,19 @@ class ServeConfig(_Section):
     max_user_chars: int = Field(256, ge=1, le=65_536, description="longest `user` field (characters)")
     max_stop_sequences: int = Field(4, ge=0, le=64, description="most `stop` strings in one request")
     max_stop_chars: int = Field(256, ge=1, le=65_536, description="longest `stop` string (characters)")
+    # Back-pressure and health (loop/admission.py): overload, a timeout or a user over the rate limit gets a 503 / 429
+    # with Retry-After and an OpenAI error body, never an unbounded wait.
+    max_ongoing_requests: int = Field(16, ge=1, le=4096, description="chat requests a replica works on at once")
+    max_queued_requests: int = Field(64, ge=0, le=65_536,
+                                     description="chat requests waiting for a replica's slot (503 beyond)")
+    request_timeout_s: float = Field(300.0, gt=0, description="wait + generation of one request (503 beyond)")
+    retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After (seconds) sent with a 503")
+    user_rate_per_s: float = Field(0.0, ge=0, description="requests a second per user and replica (0 = no limit)")
+    user_burst: int = Field(20, ge=1, description="requests a user may send at once before the rate applies")
+    health_check_period_s: float = Field(10.0, gt=0, description="how often Serve checks each replica's health")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="a health check that takes longer fails")
+    engine_stall_s: float = Field(600.0, gt=0,
+                                  description="an engine call running longer fails the health check (replaced)")
 
 
 class CaptureConfig(_Section):
@@ -173,8 +186,10 @@ class FeedbackConfig(_Section):
 class QueueConfig(_Section):
     """The turn queue in the object store (captured -> teachers -> learner)."""
 
-    capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (oldest dropped beyond)")
-    scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (oldest dropped)")
+    capacity: int = Field(1024, ge=1, description="captured turns waiting for a teacher (live: oldest dropped "
+                          "beyond; a replay waits for room)")
+    scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (live: oldest dropped; "
+                                 "a replay's teachers wait for room)")
     lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
     max_attempts: int = Field(3, ge=1, le=100, description="deliveries of a turn to teachers before it is dead-lettered")
     dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
@@ -271,6 +286,9 @@ class Config(_Section):
         if self.learner.batch_turns < self.learner.num_workers:
             raise ValueError(f"learner.batch_turns ({self.learner.batch_turns}) must be >= learner.num_workers "
                              f"({self.learner.num_workers}): every worker needs a turn per step")
+        if self.queue.scored_capacity < self.learner.batch_turns:
+            raise ValueError(f"queue.scored_capacity ({self.queue.scored_capacity}) must be >= learner.batch_turns "
+                             f"({self.learner.batch_turns}): a full batch must fit in the scored queue")
         return self
 
     # ---- loading -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def ray_session():
     import ray
 
     from hsd_ray.loop import NAMESPACE
+    from hsd_ray.loop.runtime import LOCAL_RUNTIME_ENV
 
     temp = tempfile.mkdtemp(prefix="hsdray-", dir="/tmp")  # short path: Ray's unix sockets have a length limit
     ray.init(
@@ -35,6 +36,7 @@ def ray_session():
         namespace=NAMESPACE,
         _temp_dir=temp,
         log_to_driver=True,
+        runtime_env=LOCAL_RUNTIME_ENV,  # no Train PG-cleaner warning every second (hsd_ray/loop/runtime.py)
     )
     yield ray
     from hsd_ray.loop.runtime import disconnect

@@ -14,6 +14,7 @@ engine call); the others wait for a later batch, in arrival order.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import astuple
 
@@ -33,6 +34,7 @@ class GenerationBatcher:
         self.requests = 0  # requests generated (stats for /health and the tests)
         self.calls = 0  # engine.generate calls made
         self.largest = 0  # largest batch so far
+        self.busy_since: float | None = None  # time.monotonic() when the running engine call began (health check)
 
     async def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
         """The reply to one prompt; raises what the engine raised for its batch."""
@@ -45,7 +47,12 @@ class GenerationBatcher:
 
     def stats(self) -> dict:
         return {"requests": self.requests, "engine_calls": self.calls, "largest_batch": self.largest,
-                "waiting": len(self._pending)}
+                "waiting": len(self._pending), "engine_busy_s": self.busy_s()}
+
+    def busy_s(self) -> float:
+        """How long the running engine call has run (0 when idle)."""
+        since = self.busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     async def _drain(self) -> None:
         first = True
@@ -57,6 +64,7 @@ class GenerationBatcher:
             if not batch:
                 continue
             prompts, params = [p for p, _, _ in batch], batch[0][1]
+            self.busy_since = time.monotonic()
             try:
                 gens = await asyncio.to_thread(self._generate, prompts, params)
                 if len(gens) != len(batch):
@@ -66,6 +74,8 @@ class GenerationBatcher:
                     if not future.done():
                         future.set_exception(e)
                 continue
+            finally:
+                self.busy_since = None
             self.calls += 1
             self.requests += len(batch)
             self.largest = max(self.largest, len(batch))

@@ -7,7 +7,8 @@ the tests all use `running_loop`:
 Each part receives only its own config sections, resolved once here (`TeacherSettings`, `ServiceSettings`,
 `LearnerSettings`). The learner (Ray Train's `TorchTrainer.fit()`) runs in a thread of this driver. `run_job` is the
 whole job: it prints a one-line throughput summary every `job.log_every_s`, sweeps expired replies, stops on
-max_steps / duration / Ctrl-C and writes the final funnel counts to `<output_dir>/summary.json`.
+max_steps / duration / Ctrl-C (a replay, `job.source`: also once every turn is trained) and writes the final funnel
+counts to `<output_dir>/summary.json`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class Loop:
     base_url: str | None = None
     learner: LearnerThread | None = None
     gatekeeper: object = None  # Gatekeeper actor handle (None: version_gate.enabled=false)
+    replayer: "ReplayThread | None" = None
 
     def start_learner(self, cfg: Config | None = None) -> LearnerThread:
         """Start a learner (Ray Train) on `cfg` (default: the loop's). A learner on the same output_dir resumes."""
@@ -95,43 +97,50 @@ class Loop:
             self.control.request_stop.remote()
             self.learner.join(timeout)
 
-    def stats(self) -> dict:
-        queue, ledger, progress, version, versions = ray.get([
-            self.queue.handle.stats.remote(),
-            self.ledger.stats.remote(),
-            self.control.get_progress.remote(),
-            self.registry.handle.latest_version.remote(BASE_ADAPTER),
-            self.registry.handle.versions.remote(BASE_ADAPTER),
-        ])
-        rejected = sum(v["state"] == "rejected" for v in versions)
-        return {"queue": queue, "capture": ledger, "learner": progress, "published_version": version,
-                "versions_rejected": rejected, "versions": versions,
-                "feedback_by_version": queue.pop("feedback_by_version", {})}
+    def stats(self, timeout_s: float = 30.0) -> dict:
+        """The funnel counts of every actor. Never raises: a part whose actor is dead or does not answer within
+        `timeout_s` keeps an empty value and is named, with its error, under "errors" (absent when all answered), so
+        the driver's monitor and its final summary.json outlive any one actor."""
+        calls = {
+            "queue": (self.queue.handle.stats, (), {}),
+            "capture": (self.ledger.stats, (), {}),
+            "learner": (self.control.get_progress, (), {}),
+            "published_version": (self.registry.handle.latest_version, (BASE_ADAPTER,), -1),
+            "versions": (self.registry.handle.versions, (BASE_ADAPTER,), []),
+        }
+        refs, out, errors = {}, {}, {}
+        for key, (method, args, empty) in calls.items():
+            out[key] = empty
+            try:
+                refs[key] = method.remote(*args)
+            except Exception as e:  # noqa: BLE001 - a handle that cannot even submit
+                errors[key] = f"{type(e).__name__}: {e}"
+        deadline = time.monotonic() + timeout_s
+        for key, ref in refs.items():
+            try:
+                out[key] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001 - RayActorError, GetTimeoutError, ...: reported, never raised
+                errors[key] = f"{type(e).__name__}: {e}"[:500]
+        out["versions_rejected"] = sum(v["state"] == "rejected" for v in out["versions"])
+        out["feedback_by_version"] = out["queue"].pop("feedback_by_version", {})
+        if errors:
+            out["errors"] = errors
+        return out
 
     def forget_user(self, user_id: str) -> dict:
         """Remove every trace of a user's turns that the loop holds (ledger and queue)."""
         return {"capture": ray.get(self.ledger.forget_user.remote(user_id)), "queue": self.queue.forget_user(user_id)}
 
-    def replay(self, path: str) -> int:
-        """Logged conversations → turns → the same queue live capture feeds (each turn put once, by reference)."""
-        from hsd_ray.core.turns import ReadReport, turns_from_source
-
-        n, chunk, report, job = 0, [], ReadReport(), self.cfg.job
-        for turn in turns_from_source(path, self.cfg.hindsight.max_context_messages, language=job.source_language,
-                                      drop_toxic=job.source_drop_toxic, report=report):
-            chunk.append(TurnRef.put(turn))
-            if len(chunk) == 64:
-                n += len(chunk)
-                self.queue.put(chunk)
-                chunk = []
-        if chunk:
-            n += len(chunk)
-            self.queue.put(chunk)
-        log.info("[job] replay of %s: %s", path, report.summary())
-        return n
+    def replay(self, path: str) -> "ReplayThread":
+        """Start replaying logged conversations into the queue (a thread beside the learner; see ReplayThread)."""
+        self.replayer = ReplayThread(self, path)
+        self.replayer.start()
+        return self.replayer
 
     def shutdown(self) -> None:
         """Stop the learner if it still runs, then remove the chat service, teachers and named actors."""
+        if self.replayer is not None:
+            self.replayer.stop()
         self.stop_learner()
         for t in [*self.teachers, *([self.gatekeeper] if self.gatekeeper is not None else [])]:
             ray.kill(t)
@@ -147,12 +156,60 @@ class Loop:
             ray.kill(actor)
 
 
+class ReplayThread(threading.Thread):
+    """Logged conversations → turns → the same queue live capture feeds, each turn `ray.put` once, with
+    back-pressure: turns are offered in chunks (`QueueClient.offer`), and what does not fit is offered again after a
+    short wait, so a replay never drops a turn to overflow (live traffic's `put` drops the oldest instead). When the
+    source is read the queue is closed, so the learner trains the final partial batch and then stops."""
+
+    CHUNK = 64  # turns put into the object store at a time (at most this many wait in the driver)
+
+    def __init__(self, loop: Loop, path: str, wait_s: float = 0.05):
+        super().__init__(name="replay", daemon=True)
+        self.loop, self.path, self.wait_s = loop, path, wait_s
+        self.offered, self.error = 0, None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        from hsd_ray.core.turns import ReadReport, turns_from_source
+
+        report, job = ReadReport(), self.loop.cfg.job
+        try:
+            chunk = []
+            for turn in turns_from_source(self.path, self.loop.cfg.hindsight.max_context_messages,
+                                          language=job.source_language, drop_toxic=job.source_drop_toxic,
+                                          report=report):
+                chunk.append(TurnRef.put(turn))
+                if len(chunk) == self.CHUNK:
+                    self._offer_all(chunk)
+                    chunk = []
+            self._offer_all(chunk)
+            if not self._halt.is_set():
+                self.loop.queue.close()
+                log.info("[job] replayed %d turns from %s: %s", self.offered, self.path, report.summary())
+        except BaseException as e:  # noqa: BLE001 - reported by the driver
+            self.error = e
+            log.error("[job] replay of %s failed after %d turns: %s", self.path, self.offered, e)
+
+    def _offer_all(self, refs: list[TurnRef]) -> None:
+        while refs and not self._halt.is_set():
+            taken = self.loop.queue.offer(refs)
+            self.offered += taken
+            refs = refs[taken:]
+            if refs:
+                self._halt.wait(self.wait_s)  # the queue is full: wait for teachers to lease
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._halt.set()
+        self.join(timeout)
+
+
 def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
     opts = dict(namespace=NAMESPACE, num_cpus=0, get_if_exists=False)
     queue = ray.remote(TurnQueue).options(name=QUEUE_ACTOR_NAME, **opts).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
-        cfg.queue.dead_letter_capacity
+        cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None  # a replay loses nothing to overflow
     )
     registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(Path(cfg.job.output_dir).resolve() / VERSIONS_FILE)
@@ -212,7 +269,8 @@ def run_job(cfg: Config, *, on_ready=None) -> dict:
         users = None
         try:
             if cfg.job.source is not None:
-                log.info("[job] replaying %d logged turns from %s", loop.replay(cfg.job.source), cfg.job.source)
+                log.info("[job] replaying %s (the job ends once every turn is trained)", cfg.job.source)
+                loop.replay(cfg.job.source)
             if loop.base_url:
                 log.info("[job] chat endpoint: %s  (try: python -m hsd_ray.chat --url %s)", loop.base_url,
                          loop.base_url)
@@ -226,6 +284,8 @@ def run_job(cfg: Config, *, on_ready=None) -> dict:
             _monitor(loop, learner)
             if learner.error is not None:
                 raise RuntimeError(f"learner failed: {learner.error}") from learner.error
+            if loop.replayer is not None and loop.replayer.error is not None:
+                raise RuntimeError(f"replay failed: {loop.replayer.error}") from loop.replayer.error
         finally:
             if users is not None:
                 users.stop()
@@ -249,6 +309,9 @@ def _monitor(loop: Loop, learner: LearnerThread) -> None:
             if time.time() - last_log >= cfg.job.log_every_s:
                 s = loop.stats()
                 dt, last_log = time.time() - last_log, time.time()
+                if "errors" in s:  # an actor is dead or slow: say so and go on watching the learner
+                    log.warning("[job %6.0fs] stats unavailable: %s", time.time() - started, s["errors"])
+                    continue
                 trained = s["queue"]["trained"]
                 log.info(_summary_line(s, (trained - last_trained) / dt, time.time() - started))
                 last_trained = trained

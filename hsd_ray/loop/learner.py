@@ -97,9 +97,11 @@ def rank0_broadcast(value, world: int):
     return box[0]
 
 
-def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[Turn] | None:
+def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: int = 1) -> list[Turn] | None:
     """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
-    or `interrupt()` (returns []: the version gate decided while the learner waited).
+    or `interrupt()` (returns []: the version gate decided while the learner waited). At the end of a closed source
+    (a replay) the final batch may hold fewer than `n` turns (but at least `world`, one per worker: a remainder
+    below that is left in the queue, counted as scored), and once the queue is drained this returns None.
 
     Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
     rest are given back and a full batch is taken again.
@@ -107,7 +109,10 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None) -> list[
     while not should_stop():
         if interrupt is not None and interrupt():
             return []
-        batch = queue.take_scored(n)
+        batch = queue.take_scored(n, at_least=world)
+        if batch is None:  # a replay's source is exhausted and every turn was handed out: time to stop
+            log.info("the source is exhausted and every turn was trained: stopping")
+            return None
         if not batch:
             time.sleep(0.1)
             continue
@@ -189,7 +194,8 @@ class Learner(GateFollowing):
                 batch = None if self._should_stop() else []
                 time.sleep(0.2)
             elif self.rank == 0:
-                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._gate_decided)
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._gate_decided,
+                                   world=self.world)
             batch = rank0_broadcast(batch, self.world)
             if batch != []:
                 return batch

@@ -54,9 +54,11 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         type: str = "invalid_request_error",  # noqa: A002 - the OpenAI field name
+        headers: dict[str, str] | None = None,  # e.g. Retry-After on a 429 / 503
     ):
         super().__init__(message)
         self.message, self.status_code, self.param, self.code, self.type = message, status_code, param, code, type
+        self.headers = headers
 
     def body(self) -> dict:
         return error_body(self.message, param=self.param, code=self.code, type=self.type)
@@ -80,7 +82,7 @@ def install_error_handlers(app) -> None:
     from starlette.exceptions import HTTPException
 
     async def on_api_error(request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     async def on_validation_error(request, exc: RequestValidationError):
         errors = exc.errors()

@@ -10,8 +10,13 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
                ▲               │ (lease expired: teacher died)      ▲           │ (learner restarted)
                └──redelivered──┘                                    └─requeue───┘
 
-- Overflow never blocks the caller: beyond `capacity` the *oldest* pending turn is dropped (newest turns are the most
-  on-policy), beyond `scored_capacity` the oldest scored turn; both are counted by reason.
+- Live traffic (`put`): overflow never blocks the caller: beyond `capacity` the *oldest* pending turn is dropped
+  (newest turns are the most on-policy), beyond `scored_capacity` the oldest scored turn; both are counted by reason.
+- A replay (`offer`, and a queue made with `lossless=True`) loses nothing to back-pressure: `offer` takes only the
+  turns that fit under `capacity` (the replay waits and offers the rest again), teachers are leased only as many
+  turns as there is room for in scored, and scored is never trimmed. `close()` says the source is exhausted: from
+  then on, once nothing is pending or leased, `take_scored` hands out the final partial batch and then None
+  (drained), so the learner trains the last turns and stops.
 - At-least-once to teachers: a lease not completed within `lease_timeout_s` goes back to the front of pending. A late
   `complete` for an expired lease is refused, so a turn is never trained twice.
 - Poison turns cannot stall anything: the queue counts each turn's deliveries (leases). A turn a teacher could not
@@ -73,9 +78,11 @@ class TurnQueue:
     """The queue actor's class (`ray.remote(TurnQueue)`, named QUEUE_ACTOR_NAME)."""
 
     def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0,
-                 max_attempts: int = 3, dead_letter_capacity: int = 256):
+                 max_attempts: int = 3, dead_letter_capacity: int = 256, lossless: bool = False):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
         self.max_attempts = max_attempts
+        self.lossless = lossless  # a replay: teachers wait for room in scored, which is never trimmed
+        self.closed = False  # the source is exhausted (set by `close`; a replay's end)
         self._attempts: dict[str, int] = {}  # deliveries so far of each pending or leased turn
         self._dead: deque[dict] = deque(maxlen=dead_letter_capacity)
         self._pending: deque[TurnRef] = deque()
@@ -104,11 +111,28 @@ class TurnQueue:
         self._gauges()
         return dropped
 
+    def offer(self, turns: list[TurnRef]) -> int:
+        """Append as many of `turns` (from the front) as fit under `capacity`, dropping nothing. Returns how many were
+        taken; the caller waits and offers the rest again (a replay's back-pressure)."""
+        self._expire_leases()
+        taken = turns[: max(0, self.capacity - len(self._pending))]
+        self._pending.extend(taken)
+        self.tally.add("captured", len(taken))
+        self._gauges()
+        return len(taken)
+
+    def close(self) -> None:
+        """No more turns will come (a replay read its whole source): the final partial batch may go to the learner."""
+        self.closed = True
+
     # ---- teacher side -----------------------------------------------------------------------------------------
     def lease(self, max_turns: int) -> Lease | None:
         """Up to `max_turns` pending turns, oldest first; None when nothing is pending."""
         self._expire_leases()
-        if not self._pending:
+        if self.lossless:  # never lease more than scored can take: a scored turn is never trimmed away
+            room = self.scored_capacity - len(self._scored) - sum(len(ts) for _, ts in self._leases.values())
+            max_turns = min(max_turns, room)
+        if not self._pending or max_turns < 1:
             return None
         turns = [self._pending.popleft() for _ in range(min(max_turns, len(self._pending)))]
         for t in turns:
@@ -150,7 +174,7 @@ class TurnQueue:
             self.feedback.add(version, kind)
             metrics.inc("hsd_feedback_total", version=str(version), kind=kind)
         overflow = 0
-        while len(self._scored) > self.scored_capacity:
+        while len(self._scored) > self.scored_capacity and not self.lossless:
             self._scored.popleft()
             overflow += 1
         self.tally.add("dropped", overflow, "scored_overflow")
@@ -158,11 +182,18 @@ class TurnQueue:
         return True
 
     # ---- learner side -----------------------------------------------------------------------------------------
-    def take_scored(self, n: int) -> list[TurnRef]:
-        """Exactly n scored turns (or none): a step's batch is all-or-nothing."""
-        if len(self._scored) < n:
+    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
+        """Exactly n scored turns (or none: a step's batch is all-or-nothing), except at the end of a closed source:
+        once nothing is pending or leased, the last fewer than n scored turns, then None (drained, nothing will come).
+        A final batch needs `at_least` turns (one per learner worker); fewer stay in scored, visible in the counts,
+        and None is returned."""
+        self._expire_leases()
+        upstream_done = self.closed and not self._pending and not self._leases
+        if upstream_done and len(self._scored) < max(1, at_least):
+            return None
+        if len(self._scored) < n and not upstream_done:
             return []
-        batch = [self._scored.popleft() for _ in range(n)]
+        batch = [self._scored.popleft() for _ in range(min(n, len(self._scored)))]
         for t in batch:
             self._training[t.turn_id] = t
         self._gauges()
@@ -233,6 +264,7 @@ class TurnQueue:
             "leased": sum(len(turns) for _, turns in self._leases.values()),
             "scored": len(self._scored),
             "training": len(self._training),
+            "closed": self.closed,
             "feedback_by_version": self.feedback.rates(),
         }
 
@@ -284,6 +316,12 @@ class QueueClient:
     def put_nowait(self, turns: list[TurnRef]) -> None:
         self.handle.put.remote(turns)
 
+    def offer(self, turns: list[TurnRef]) -> int:
+        return ray.get(self.handle.offer.remote(turns))
+
+    def close(self) -> None:
+        ray.get(self.handle.close.remote())
+
     def lease(self, max_turns: int) -> Lease | None:
         return ray.get(self.handle.lease.remote(max_turns))
 
@@ -293,8 +331,8 @@ class QueueClient:
         return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
                                                    list(decisions), dict(errors or {}), list(receptions)))
 
-    def take_scored(self, n: int) -> list[TurnRef]:
-        return ray.get(self.handle.take_scored.remote(n))
+    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
+        return ray.get(self.handle.take_scored.remote(n, at_least))
 
     def ack_trained_nowait(self, turn_ids: list[str]) -> None:
         self.handle.ack_trained.remote(turn_ids)

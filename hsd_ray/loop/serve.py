@@ -19,6 +19,14 @@ reply's position in a batch never changes it (seeded requests run alone).
 Streaming is real SSE framing, but the offline engines do not generate incrementally: the whole reply is generated
 first, then streamed one token (decoded piece) per chunk.
 
+Back-pressure and health (admission.py, limits in `serve.*`): a replica works on at most `max_ongoing_requests` chat
+requests and lets `max_queued_requests` more wait; beyond that, or past `request_timeout_s`, a request gets a 503,
+and a user over `user_rate_per_s` a 429, each with `Retry-After` and an OpenAI error body. Serve's own per-replica
+limits sit above these (so the replica, not Serve's proxy with its plain-text 503, answers overload), with a 503 +
+Retry-After of Serve's as the backstop. `check_health` fails while an engine call has run longer than
+`engine_stall_s`, so Serve replaces a replica whose engine is stuck (and one whose event loop is blocked: its check
+times out).
+
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health (policy version, replica id, capture counts).
 Wire format and validation live in hsd_ray/loop/openai_api.py.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -39,6 +48,7 @@ from hsd_ray.config import CaptureConfig, Config, EngineConfig, ServeConfig
 from hsd_ray.core.engine_api import SamplingParams
 from hsd_ray.core.prompts import render_prompt
 from hsd_ray.loop import openai_api as oa
+from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserRateLimit
 from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
 from hsd_ray.loop.capture import CaptureClient, ServedReply
@@ -86,7 +96,7 @@ def _replica_id() -> str:
         return "local"
 
 
-@serve.deployment(max_ongoing_requests=16)
+@serve.deployment
 @serve.ingress(api)
 class ChatService:
     """One serving replica: the HTTP routes over one engine."""
@@ -102,6 +112,9 @@ class ChatService:
             self.engine.generate, max_batch=settings.serve.max_batch, wait_s=settings.serve.batch_wait_ms / 1000
         )
         self.created = int(time.time())
+        scfg = settings.serve
+        self.gate = AdmissionGate(scfg.max_ongoing_requests, scfg.max_queued_requests)
+        self.rate = UserRateLimit(scfg.user_rate_per_s, scfg.user_burst)
         self.capture = CaptureClient(settings.capture.enabled, settings.capture.call_timeout_s, where)
         self.weights = RegistryAttachment(self.engine, role="serve", poll_s=settings.poll_s, where=where)
         self._report_version()
@@ -140,6 +153,7 @@ class ChatService:
             "fingerprint": version.fingerprint(),
             "following_registry": self.weights.follower is not None,
             "batching": self.batcher.stats(),
+            "admission": {**self.gate.stats(), "rate_limited": self.rate.refused},
             "capture": self.capture.stats(),
             "feedback_gate": await self.capture.gate_stats(),
         }
@@ -149,14 +163,7 @@ class ChatService:
         received_at = time.time()
         call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
         user_id = oa.user_identity(call.user, request.headers.get("authorization"))
-        prompt, params = await asyncio.to_thread(self._prepare, call)
-        try:
-            gen = await self.batcher.generate(prompt, params)
-        except Exception as e:  # noqa: BLE001 - any engine failure is this request's 500, the replica stays up
-            log.error("generation failed on replica %s: %s: %s", self.replica_id, type(e).__name__, e)
-            raise oa.APIError(
-                f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
-            ) from None
+        gen = await self._generate(call, user_id)
         self._report_version(gen.version.version)
         if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # validated and answered: capture
             await self.capture.observe(user_id, call.messages, received_at)
@@ -212,6 +219,41 @@ class ChatService:
         headers["cache-control"] = "no-cache"
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+    async def _generate(self, call: oa.ChatCall, user_id: str):
+        """The reply, once the user's rate limit and the replica's admission gate let the request in, within the
+        request timeout (429 / 503 with Retry-After otherwise); an engine failure is this request's 500."""
+        scfg = self.settings.serve
+        try:
+            self.rate.take(user_id)
+            async with asyncio.timeout(scfg.request_timeout_s), self.gate.slot():
+                prompt, params = await asyncio.to_thread(self._prepare, call)
+                return await self.batcher.generate(prompt, params)
+        except RateLimited as e:
+            raise oa.APIError(str(e), status_code=429, type="requests", code="rate_limit_exceeded",
+                              headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
+        except Overloaded as e:
+            raise oa.APIError(str(e), status_code=503, type="server_error", code="overloaded",
+                              headers={"Retry-After": str(scfg.retry_after_s)}) from None
+        except TimeoutError:
+            raise oa.APIError(f"the request did not finish within serve.request_timeout_s ({scfg.request_timeout_s:g} "
+                              "s); retry later", status_code=503, type="server_error", code="timeout",
+                              headers={"Retry-After": str(scfg.retry_after_s)}) from None
+        except oa.APIError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any engine failure is this request's 500, the replica stays up
+            log.error("generation failed on replica %s: %s: %s", self.replica_id, type(e).__name__, e)
+            raise oa.APIError(
+                f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
+            ) from None
+
+    def check_health(self) -> None:
+        """Serve's health check: fails while an engine call has run longer than serve.engine_stall_s, so a replica
+        with a stuck engine is replaced."""
+        busy = self.batcher.busy_s()
+        if busy > self.settings.serve.engine_stall_s:
+            raise RuntimeError(f"engine call running for {busy:.1f} s (serve.engine_stall_s="
+                               f"{self.settings.serve.engine_stall_s:g}): the engine is stuck")
+
     def _prepare(self, call: oa.ChatCall) -> tuple[list[int], SamplingParams]:
         """Render with the one prompt renderer; the sampling params (runs on a worker thread, off the event loop)."""
         limit = self.settings.engine.max_model_len
@@ -253,10 +295,22 @@ class ChatService:
 
 def build_app(cfg: Config) -> serve.Application:
     """The chat application for `cfg` (replicas and their CPU reservation from cfg.serve)."""
+    from ray.serve.config import BackpressureConfig
+
+    s = cfg.serve
     return ChatService.options(
-        num_replicas=cfg.serve.replicas,
-        ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
-        logging_config={"enable_access_log": cfg.serve.access_log},
+        num_replicas=s.replicas,
+        ray_actor_options={"num_cpus": s.cpus_per_replica},
+        logging_config={"enable_access_log": s.access_log},
+        # Serve's limits sit above the replica's admission gate (+8 for /health and /v1/models), so overload is
+        # answered by the replica with an OpenAI body; Serve's 503 + Retry-After is the backstop beyond them. Every
+        # request passes through the router's queue for a moment, so its limit must not be tight (at 1, a health
+        # probe beside one chat request was dropped).
+        max_ongoing_requests=s.max_ongoing_requests + s.max_queued_requests + 8,
+        max_queued_requests=s.max_ongoing_requests + s.max_queued_requests + 64,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=s.retry_after_s),
+        health_check_period_s=s.health_check_period_s,
+        health_check_timeout_s=s.health_check_timeout_s,
     ).bind(ServiceSettings.from_config(cfg))
 
 

@@ -48,7 +48,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_reply():
     assert [g.text for g in gens] == [f"reply to {i} at T=0.7" for i in range(10)]
     assert sorted(x for b in engine.batches for x in b) == list(range(10))
     assert max(len(b) for b in engine.batches) == 4 and len(engine.batches) == 3
-    assert batcher.stats() == {"requests": 10, "engine_calls": 3, "largest_batch": 4, "waiting": 0}
+    assert batcher.stats() == {"requests": 10, "engine_calls": 3, "largest_batch": 4, "waiting": 0, "engine_busy_s": 0.0}
     assert "MainThread" not in engine.threads  # the engine never blocks the event loop
 
 

@@ -61,6 +61,62 @@ def test_take_is_all_or_nothing_and_restart_requeues_training():
     assert _ids(q.take_scored(3)) == ["t0", "t1", "t2"]
 
 
+def test_replay_offer_waits_for_room_and_trains_the_final_partial_batch():
+    """A replay (offer + lossless) drops nothing at any capacity; the closed source's last 2 < 3 turns still go out."""
+    q = TurnQueue(capacity=2, scored_capacity=3, lease_timeout_s=60, lossless=True)
+    items, trained = _items(11), []
+    while items or trained != [f"t{i}" for i in range(11)]:
+        if items:
+            items = items[q.offer(items):]  # at most 2 pending at a time: the rest waits in the caller
+            assert q.stats()["pending"] <= 2
+            if not items:
+                q.close()
+        lease = q.lease(8)
+        if lease is not None:
+            assert len(lease.turns) <= 3  # never more than scored has room for
+            assert q.complete(lease.lease_id, lease.turns)
+        assert q.stats()["scored"] <= 3
+        batch = q.take_scored(3)
+        assert batch is not None, "drained before every turn was trained"
+        q.ack_trained(_ids(batch))
+        trained += _ids(batch)
+    assert q.take_scored(3) is None  # drained: the learner stops
+    s = q.stats()
+    assert s["captured"] == s["trained"] == 11 and s["dropped_total"] == 0
+
+
+def test_partial_batch_only_after_close_and_upstream_empty():
+    q = TurnQueue(capacity=10, lossless=True)
+    q.offer(_items(2))
+    lease = q.lease(1)
+    q.complete(lease.lease_id, lease.turns)
+    assert q.take_scored(4) == []  # not closed: a full batch is awaited
+    q.close()
+    assert q.take_scored(4) == []  # closed, but t1 is still pending: it may still fill the batch
+    lease = q.lease(4)
+    q.complete(lease.lease_id, lease.turns)
+    assert _ids(q.take_scored(4)) == ["t0", "t1"] and q.take_scored(4) is None
+
+
+def test_final_remainder_below_the_worker_count_stays_counted():
+    q = TurnQueue(capacity=10, lossless=True)
+    q.offer(_items(1))
+    q.close()
+    lease = q.lease(4)
+    q.complete(lease.lease_id, lease.turns)
+    assert q.take_scored(4, at_least=2) is None  # one turn for two workers: not handed out, the learner stops
+    s = q.stats()
+    assert s["scored"] == 1 and s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
+
+
+def test_live_put_still_drops_the_oldest_scored():
+    q = TurnQueue(capacity=10, scored_capacity=2)
+    q.put(_items(3))
+    lease = q.lease(3)  # a live queue leases regardless of room in scored
+    q.complete(lease.lease_id, lease.turns)
+    assert _ids(q.take_scored(2)) == ["t1", "t2"] and q.stats()["dropped"]["scored_overflow"] == 1
+
+
 def test_forget_user_removes_every_stage():
     q = TurnQueue()
     q.put(_items(2, "alice") + _items(2, "bob", start=2))
