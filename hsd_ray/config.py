@@ -125,10 +125,11 @@ class ServeConfig(_Section):
     """The OpenAI-compatible chat service (Ray Serve)."""
 
     replicas: int = Field(1, ge=1, description="serving replicas")
-    host: str = Field("127.0.0.1", description="HTTP bind address")
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 exposes the chat API beyond this host)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     model_name: str = Field("hsd-policy", description="model id reported by /v1/models")
     cpus_per_replica: float = Field(0.1, ge=0, description="CPUs reserved per replica")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved per replica (a vLLM engine on a GPU)")
     max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
     temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
@@ -227,6 +228,12 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="cluster address; None = the submitting cluster or a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray (None = all)")
     object_store_bytes: int = Field(2 * 2**30, ge=64 * 2**20, description="object store of an embedded local Ray")
+    auth_mode: Literal["token", "disabled"] | None = Field(
+        None, description="Ray token authentication (sets RAY_AUTH_MODE; None = Ray's default, token for a new local Ray)"
+    )
+    dashboard: bool | None = Field(None, description="embedded local Ray starts its dashboard (None = if ray[default])")
+    dashboard_host: str = Field("127.0.0.1", description="bind address of the embedded Ray's dashboard")
+    dashboard_port: int | None = Field(None, ge=1, le=65535, description="dashboard port (None = 8265 or the next free)")
 
 
 class JobConfig(_Section):

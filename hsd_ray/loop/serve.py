@@ -255,7 +255,7 @@ def build_app(cfg: Config) -> serve.Application:
     """The chat application for `cfg` (replicas and their CPU reservation from cfg.serve)."""
     return ChatService.options(
         num_replicas=cfg.serve.replicas,
-        ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+        ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica, "num_gpus": cfg.serve.gpus_per_replica},
         logging_config={"enable_access_log": cfg.serve.access_log},
     ).bind(ServiceSettings.from_config(cfg))
 
