@@ -8,7 +8,8 @@ from hsd_ray.config import Config, ConfigError, parse_overrides
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted(p for p in ROOT.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts)
+# Kubernetes manifests (cluster/kuberay/) are not project configs: tests/unit/test_kuberay_manifests.py validates them.
+YAMLS = sorted(p for p in ROOT.rglob("*.yaml") if not {".venv", "runs", "kuberay"} & set(p.parts))
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(ROOT)) for p in YAMLS])
