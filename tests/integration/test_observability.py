@@ -56,7 +56,8 @@ def drive(model_dir: str, out_dir: str) -> None:
 
         stats = loop.stats() if learner.error is None else {"error": repr(learner.error)}
         stats["teachers"] = ray.get([t.stats.remote() for t in loop.teachers])
-        ready = {"stats": stats, "dashboard": dashboard_url(), "temp": temp}
+        ready = {"stats": stats, "dashboard": dashboard_url(), "temp": temp, "chat": loop.base_url,
+                 "node_ip": ray.util.get_node_ip_address()}
         (out / "ready.json").write_text(json.dumps(ready, default=str))
         deadline = time.time() + 600
         while not (out / "stop").exists() and time.time() < deadline:
@@ -110,6 +111,18 @@ def test_dashboard_lists_the_loops_actors_and_its_job(observed_loop):
     assert any(j.get("job_id") == loop_job and j["status"] == "RUNNING" for j in jobs), jobs
 
 
+def test_chat_and_dashboard_listen_on_localhost_only_by_default(observed_loop):
+    """serve.host and ray.dashboard_host default to 127.0.0.1: not reachable on the machine's other address."""
+    ready, _, _ = observed_loop
+    if ready["node_ip"].startswith("127."):
+        pytest.skip("this machine has no address besides loopback to try")
+    for url in (ready["chat"].removesuffix("/v1") + "/health", ready["dashboard"]):
+        assert httpx.get(url, timeout=30).status_code in (200, 401, 403), url  # up on localhost
+        port = url.split(":")[2].split("/")[0]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://{ready['node_ip']}:{port}/", timeout=10)
+
+
 def test_ray_job_submit_against_the_embedded_dashboard(observed_loop):
     """A submitted job runs on the loop's cluster and sees its named actors."""
     ready, token, env = observed_loop
@@ -158,9 +171,38 @@ def test_prometheus_scrapes_the_funnel_with_rays_own_scrape_config(observed_loop
                 break
             time.sleep(2)
         assert got == want, (got, want, (tmp_path / "prometheus.log").read_text()[-2000:])
+        _dashboard_queries_answer(port)
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def _dashboard_queries_answer(port: int) -> None:
+    """Every Grafana panel query whose metrics this run produced returns data (names, labels and the SessionName
+    filter are what Ray really exports); the funnel's are among them."""
+    from tests.unit.test_grafana_dashboard import expand, metric_names, panels
+
+    emitted = {r["metric"]["__name__"] for r in _series(port, 'group by (__name__) ({__name__=~"ray_hsd_.+"})')}
+    funnel = {"ray_hsd_replies_recorded_total", "ray_hsd_turns_captured_total", "ray_hsd_gate_decisions_total",
+              "ray_hsd_teacher_turns_scored_total", "ray_hsd_learner_turns_total", "ray_hsd_chat_latency_s_bucket",
+              "ray_hsd_queue_depth", "ray_hsd_replica_policy_version", "ray_hsd_staleness_versions_bucket"}
+    assert funnel <= emitted, sorted(funnel - emitted)
+    queries = [(p["title"], expand(t["expr"])) for p in panels() for t in p["targets"]
+               if metric_names(t["expr"]) <= emitted]
+    deadline = time.time() + 60  # a series first scraped a moment ago has one sample: rate() needs two
+    while True:
+        empty = [(title, q) for title, q in queries if not _series(port, q)]
+        if not empty or time.time() > deadline:
+            break
+        time.sleep(5)
+    assert not empty, empty
+    assert len(queries) >= 15, len(queries)
+
+
+def _series(port: int, promql: str) -> list[dict]:
+    body = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql}, timeout=10).json()
+    assert body["status"] == "success", (promql, body)
+    return body["data"]["result"]
 
 
 def _prometheus_binary() -> str:
