@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements/cpu.lock pyproject.toml | sha1sum | cut -c1-12)
 RUN_ARGS ?= --config cluster/local.yaml --max-steps 12
 
-.PHONY: setup run test test-unit bench clean
+.PHONY: setup run test test-unit bench prometheus clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ test-unit: setup
 
 bench: setup
 	$(BIN)/python -m bench.bench_core
+
+# A Prometheus server (Debian package) for the metrics test and for scraping a local run (README, "Metrics").
+prometheus:
+	bash scripts/install_prometheus.sh
 
 clean:
 	rm -rf $(VENV) runs

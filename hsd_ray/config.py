@@ -45,7 +45,8 @@ class HindsightConfig(_Section):
 
     # "offline" by default: on SmolLM2-135M it learned yes/no-only answers on 2 of 2 seeds with the least drift and
     # capability loss of the variants tested (bench/learning/README.md); the paper uses "online" for live chat.
-    template: str = Field("offline", description="'online', 'offline' or a custom text containing {followup}")
+    template: str = Field("online", description="'online', 'offline' or a custom text containing {followup} "
+                          "(online chosen on the dev split: bench/results/learning/ceiling-*-dev.json)")
     max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
     max_context_tokens: int = Field(1024, ge=16, description="contexts are left-truncated to this many tokens")
     max_reply_tokens: int = Field(512, ge=1, description="replies are right-truncated to this many tokens")
@@ -125,10 +126,11 @@ class ServeConfig(_Section):
     """The OpenAI-compatible chat service (Ray Serve)."""
 
     replicas: int = Field(1, ge=1, description="serving replicas")
-    host: str = Field("127.0.0.1", description="HTTP bind address")
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 exposes the chat API beyond this host)")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port")
     model_name: str = Field("hsd-policy", description="model id reported by /v1/models")
     cpus_per_replica: float = Field(0.1, ge=0, description="CPUs reserved per replica")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved per replica (a vLLM engine on a GPU)")
     max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
     temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
@@ -242,6 +244,12 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="cluster address; None = the submitting cluster or a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray (None = all)")
     object_store_bytes: int = Field(2 * 2**30, ge=64 * 2**20, description="object store of an embedded local Ray")
+    auth_mode: Literal["token", "disabled"] | None = Field(
+        None, description="Ray token authentication (sets RAY_AUTH_MODE; None = Ray's default, token for a new local Ray)"
+    )
+    dashboard: bool | None = Field(None, description="embedded local Ray starts its dashboard (None = if ray[default])")
+    dashboard_host: str = Field("127.0.0.1", description="bind address of the embedded Ray's dashboard")
+    dashboard_port: int | None = Field(None, ge=1, le=65535, description="dashboard port (None = 8265 or the next free)")
 
 
 class JobConfig(_Section):

@@ -10,6 +10,7 @@ Funnel: replies recorded → turns captured / unmatched / expired → queue dept
 from __future__ import annotations
 
 import threading
+import time
 
 # name -> (kind, description, tag keys)
 METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -53,8 +54,14 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 _BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800]
+# Ray 2.60 stops exporting a gauge about two export intervals after its last `set` (measured: a gauge set once was gone
+# from the metrics endpoint 20-25 s later while its actor lived on), so an idle queue would lose its depth and a replica
+# its version. Every gauge a process has set is set again this often, for as long as the process lives.
+GAUGE_REFRESH_S = 5.0
 _lock = threading.Lock()
 _made: dict[str, object] = {}
+_gauge_values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_refresher: threading.Thread | None = None
 
 
 def _get(name: str):
@@ -83,10 +90,30 @@ def inc(name: str, value: float = 1.0, **tags: str) -> None:
 
 
 def set_gauge(name: str, value: float, **tags: str) -> None:
+    """Set a gauge; it is set again every GAUGE_REFRESH_S so that Ray keeps exporting it."""
+    global _refresher
+    with _lock:
+        _gauge_values[(name, tuple(sorted(tags.items())))] = value
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_gauges, name="hsd-gauge-refresh", daemon=True)
+            _refresher.start()
+    _set_gauge(name, value, tags)
+
+
+def _set_gauge(name: str, value: float, tags: dict[str, str]) -> None:
     try:
         _get(name).set(value, tags=tags or None)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _refresh_gauges() -> None:
+    while True:
+        time.sleep(GAUGE_REFRESH_S)
+        with _lock:
+            values = list(_gauge_values.items())
+        for (name, tags), value in values:
+            _set_gauge(name, value, dict(tags))
 
 
 def observe(name: str, value: float, **tags: str) -> None:

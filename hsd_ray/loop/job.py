@@ -260,7 +260,7 @@ def running_loop(cfg: Config, *, serve_chat: bool = True, learner: bool = True) 
 
 def run_job(cfg: Config, *, on_ready=None) -> dict:
     """The whole job: returns (and writes) the final funnel summary. `on_ready(loop)` runs once the loop is up."""
-    connect(cfg.ray)
+    dashboard = connect(cfg.ray)
     out = Path(cfg.job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
@@ -274,6 +274,8 @@ def run_job(cfg: Config, *, on_ready=None) -> dict:
             if loop.base_url:
                 log.info("[job] chat endpoint: %s  (try: python -m hsd_ray.chat --url %s)", loop.base_url,
                          loop.base_url)
+            log.info("[job] Ray dashboard: %s", f"{dashboard}  (jobs, actors, metrics; ray job submit --address "
+                     f"{dashboard})" if dashboard else "not running (install ray[default], or ray.dashboard=false)")
             if cfg.job.simulate_users and loop.base_url:
                 from hsd_ray.loop.users import DemoUsers
 

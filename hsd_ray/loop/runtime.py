@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from typing import Iterator
 
@@ -18,12 +19,11 @@ from hsd_ray.loop import NAMESPACE
 
 
 # Ray Train v2 starts a detached `PlacementGroupCleaner` actor per run that asks the state API every second whether
-# the Train controller is still alive. The state API needs the dashboard, which an embedded local Ray here runs
-# without (include_dashboard=False: it costs a process and memory on a small machine), so every check fails and
-# logs "Failed to query Ray Train Controller actor state ..." at WARNING: 45 lines in a 60 s `train_job.py` run,
-# 166 in a `make run`. The cleaner only matters when a controller dies while the cluster lives on; an embedded Ray
+# the Train controller is still alive. The state API needs the dashboard; an embedded Ray without one (the tests'
+# local_ray(), `ray.dashboard=false`) fails every check and logs "Failed to query Ray Train Controller actor
+# state ..." at WARNING: 45 lines in a 60 s `train_job.py` run, 166 in a `make run`. The cleaner only matters when a controller dies while the cluster lives on; an embedded Ray
 # dies with its driver. Ray has no setting for the cleaner, so every worker of an embedded Ray drops exactly that
-# message (its other warnings stay); a cluster with a dashboard (ray job submit) never logs it and is left alone.
+# message (its other warnings stay); with a dashboard the check succeeds and the filter never fires.
 _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 _CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
 
@@ -40,16 +40,48 @@ def quiet_train_cleaner() -> None:
 LOCAL_RUNTIME_ENV = {"worker_process_setup_hook": quiet_train_cleaner}
 
 
-def connect(rcfg: RayConfig) -> None:
-    """Attach to the cluster this runs on (ray job submit sets RAY_ADDRESS), or start an embedded local Ray."""
+def connect(rcfg: RayConfig) -> str | None:
+    """Attach to the cluster this runs on (ray job submit sets RAY_ADDRESS), or start an embedded local Ray.
+
+    Returns the Ray dashboard's URL (None when no dashboard runs). An embedded Ray starts its dashboard (job, actor and
+    metrics views, `ray job submit`) when `ray[default]` is installed, unless `ray.dashboard=false`.
+    """
     if ray.is_initialized():
-        return
+        return dashboard_url()
+    if rcfg.auth_mode is not None:
+        _set_auth_mode(rcfg.auth_mode)
     address = rcfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, namespace=NAMESPACE)
+        ctx = ray.init(address=address, namespace=NAMESPACE)
     else:
-        ray.init(address="local", num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_bytes,
-                 namespace=NAMESPACE, include_dashboard=False, runtime_env=LOCAL_RUNTIME_ENV)
+        ctx = ray.init(address="local", num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_bytes,
+                       namespace=NAMESPACE, include_dashboard=rcfg.dashboard, dashboard_host=rcfg.dashboard_host,
+                       dashboard_port=rcfg.dashboard_port, runtime_env=LOCAL_RUNTIME_ENV)
+    return _as_url(ctx.dashboard_url)
+
+
+def _set_auth_mode(mode: str) -> None:
+    """RAY_AUTH_MODE for this process and the Ray processes it starts. Ray reads the mode only from the environment
+    and caches its config at import, so the config is re-read the way Ray does when it turns token mode on itself
+    (ray._private.authentication.authentication_token_setup._enable_token_auth)."""
+    os.environ["RAY_AUTH_MODE"] = mode
+    from ray._raylet import Config as RayletConfig
+
+    RayletConfig.initialize("")
+
+
+def dashboard_url() -> str | None:
+    """The connected cluster's dashboard URL, `http://host:port` (None without a dashboard)."""
+    try:
+        return _as_url(ray.get_runtime_context().worker.node.address_info.get("webui_url"))
+    except Exception:  # noqa: BLE001 - not connected, or a client connection without node info
+        return None
+
+
+def _as_url(address: str | None) -> str | None:
+    if not address:
+        return None
+    return address if "://" in address else f"http://{address}"
 
 
 def disconnect() -> None:
@@ -71,17 +103,21 @@ def local_ray(
     log_to_driver: bool = True,
     quiet: bool = False,
     keep_logs_on_error: bool = True,
+    dashboard: bool = False,
 ) -> Iterator[str]:
     """A fresh embedded local Ray in its own temp folder (yields the folder); Serve and Ray are stopped on exit.
 
     Logical CPUs default to 8 (more than this machine's 2 cores): the loop's actors and Train workers reserve
     fractions of a CPU and must all fit. If the body raises, the Ray logs are kept and their place is added to the
-    error; otherwise the folder is removed.
+    error; otherwise the folder is removed. `dashboard=True` starts the dashboard (and with it the metrics agent and
+    Prometheus files under the temp folder) on a free port on 127.0.0.1; `dashboard_url()` names it.
     """
     temp = tempfile.mkdtemp(prefix="hsdray-", dir="/tmp")  # short path: Ray's unix sockets have a length limit
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_bytes,
-             namespace=NAMESPACE, _temp_dir=temp, log_to_driver=log_to_driver,
-             logging_level=logging.WARNING if quiet else logging.INFO, runtime_env=LOCAL_RUNTIME_ENV)
+    extra = dict(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port()) if dashboard else \
+        dict(include_dashboard=False)
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes, namespace=NAMESPACE,
+             _temp_dir=temp, log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO,
+             runtime_env=LOCAL_RUNTIME_ENV, **extra)
     failed = False
     try:
         yield temp
@@ -94,3 +130,9 @@ def local_ray(
         disconnect()
         if not failed:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

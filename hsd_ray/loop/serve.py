@@ -300,7 +300,7 @@ def build_app(cfg: Config) -> serve.Application:
     s = cfg.serve
     return ChatService.options(
         num_replicas=s.replicas,
-        ray_actor_options={"num_cpus": s.cpus_per_replica},
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
         logging_config={"enable_access_log": s.access_log},
         # Serve's limits sit above the replica's admission gate (+8 for /health and /v1/models), so overload is
         # answered by the replica with an OpenAI body; Serve's 503 + Retry-After is the backstop beyond them. Every

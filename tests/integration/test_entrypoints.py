@@ -31,6 +31,9 @@ def test_train_job_live_with_demo_users(tiny_model_dir, tmp_path):
     )
     assert proc.returncode == 0, tail
     assert "[job" in proc.stdout and "turns/s" in proc.stdout, tail  # the periodic one-line summary
+    # ray[default] is installed: the embedded Ray runs its dashboard (on localhost) and the job says where, with the chat
+    assert "[job] chat endpoint: http://127.0.0.1:" in proc.stdout, tail
+    assert "[job] Ray dashboard: http://127.0.0.1:" in proc.stdout, tail
     summary = json.loads((out / "summary.json").read_text())
     assert summary["learner"]["step"] == 2 and summary["queue"]["trained"] == 4, summary
     assert summary["capture"]["captured"] >= 4

@@ -8,7 +8,8 @@ from hsd_ray.config import Config, ConfigError, parse_overrides
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted(p for p in ROOT.rglob("*.yaml") if ".venv" not in p.parts and "runs" not in p.parts)
+# Kubernetes manifests (cluster/kuberay/) are not project configs: tests/unit/test_kuberay_manifests.py validates them.
+YAMLS = sorted(p for p in ROOT.rglob("*.yaml") if not {".venv", "runs", "kuberay"} & set(p.parts))
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[str(p.relative_to(ROOT)) for p in YAMLS])
@@ -59,3 +60,10 @@ def test_config_imports_without_heavy_deps():
 
     code = "import sys, hsd_ray.config; bad = {'torch', 'ray', 'vllm'} & set(sys.modules); assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nothing_listens_beyond_localhost_unless_configured():
+    """The chat API and the embedded Ray's dashboard bind 127.0.0.1 unless a config says otherwise; the project's
+    configs do not (the KubeRay manifests set serve.host=0.0.0.0 inside their pods, explicitly)."""
+    for cfg in [Config(), *(Config.load(p) for p in sorted((ROOT / "cluster").glob("*.yaml")))]:
+        assert cfg.serve.host == "127.0.0.1" and cfg.ray.dashboard_host == "127.0.0.1"

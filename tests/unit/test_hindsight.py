@@ -112,7 +112,7 @@ def test_long_context_left_truncated_reply_right_truncated(tok):
 
 def test_config_templates():
     assert template_text(HindsightConfig(template="online").template) == ONLINE
-    assert HindsightConfig().template == "offline"  # the default
+    assert HindsightConfig().template == "online"  # the default, chosen on dev
     assert "{followup}" in template_text("offline")
     assert template_text(HindsightConfig(template="custom: {followup}").template) == "custom: {followup}"
     assert set(TEMPLATE_NAMES) == set(HINDSIGHT_TEMPLATES)  # config's names and core's texts stay in step
