@@ -45,7 +45,7 @@ def main() -> None:
     engine = AsyncVLLMEngine(model_dir, max_model_len=512, kv_cache_bytes=256 * 2**20)
     tok = engine.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "Tell me about the sea."}], add_generation_prompt=True)
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)  # BatchEncoding in transformers 5
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     shut: list[tuple[float, float]] = []  # (start, end) of every swap, time.monotonic
     stop = threading.Event()
