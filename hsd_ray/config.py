@@ -38,6 +38,11 @@ class EngineConfig(_Section):
     vllm_max_logprobs: int = Field(20, ge=1, le=100, description="vLLM max_logprobs (bounds teacher top-k)")
     vllm_enforce_eager: bool = Field(True, description="disable CUDA graphs / torch.compile (fast start)")
     max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank the vLLM engine accepts")
+    vllm_async: bool = Field(
+        True, description="chat replicas run vLLM's async engine (continuous batching, token streaming); false = the "
+        "offline engine behind serve's GenerationBatcher"
+    )
+    vllm_max_num_seqs: int = Field(16, ge=1, description="replies the async engine generates at once (vLLM max_num_seqs)")
 
 
 class HindsightConfig(_Section):

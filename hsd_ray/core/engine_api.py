@@ -4,6 +4,11 @@ Implementations live in hsd_ray/engines (`HFEngine`: transformers, `VLLMEngine`:
 token ids in and give token ids / log-probs out; chat templating and hindsight construction happen in
 hsd_ray.core.prompts / hsd_ray.core.hindsight so that both engines see byte-identical prompts.
 
+`stream(prompt, params)` is the serving path: an async iterator of `GenerationDelta`s (the new tokens and text since
+the last one) ending with the whole `Generation`. An engine with `continuous_batching = True` (vLLM's async engine,
+engines/vllm_async.py) yields each delta as tokens are sampled and batches concurrent streams itself; the offline
+engines generate the whole reply first and yield it as one delta (callers batch them with loop/batching.py).
+
 Weights change by `load_weights(WeightSet)`: a full state dict or a LoRA adapter, tagged with its `PolicyVersion`.
 An update either fully applies or raises and leaves the previous version serving.
 
@@ -12,6 +17,7 @@ Pure: no torch, no Ray; numpy arrays in the score records.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -51,6 +57,17 @@ class Generation:
 
 
 @dataclass
+class GenerationDelta:
+    """What a streamed reply gained since the previous delta: sampled ids, their raw log-probs and the new text. The
+    final `Generation` is authoritative (a stop string can trim ids that were already streamed)."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    version: PolicyVersion | None = None  # the version generating this reply (fixed for the whole reply)
+
+
+@dataclass
 class ScoreRequest:
     """Score `target_ids` as a continuation of `prompt_ids` (teacher forcing)."""
 
@@ -71,12 +88,15 @@ class TokenScores:
 class Engine(Protocol):
     """Generation + scoring + versioned weights, over token ids."""
 
+    continuous_batching: bool  # True: stream() admits requests while others generate (no external batcher needed)
     tokenizer: object  # a transformers tokenizer (for chat templates and decoding)
 
     @property
     def version(self) -> PolicyVersion: ...
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
+
+    def stream(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationDelta | Generation]: ...
 
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]: ...
 

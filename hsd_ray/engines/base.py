@@ -1,4 +1,4 @@
-"""What both engines share, engine-neutral: the versioned load under the engine lock, the checks every weight set
+"""What both engines share, engine-neutral: the versioned load under the engine lock, a whole-reply `stream`, the checks every weight set
 passes before it touches a model, token-budget batching, and cutting a reply at a stop string.
 
 Used by engines/hf.py and engines/vllm.py only; the engine interface and its records live in hsd_ray.core.engine_api.
@@ -6,8 +6,11 @@ Used by engines/hf.py and engines/vllm.py only; the engine interface and its rec
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import torch
 
+from hsd_ray.core.engine_api import Generation, GenerationDelta, SamplingParams
 from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet
 
 
@@ -18,9 +21,20 @@ class VersionedWeights:
     whole set before it touches the model, so a rejected set leaves the previous version serving.
     """
 
+    continuous_batching = False  # offline engines: one generate call at a time, batched by loop/batching.py
+
     @property
     def version(self) -> PolicyVersion:
         return self._version
+
+    async def stream(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationDelta | Generation]:
+        """The offline engines' stream: the whole reply is generated (on a worker thread), then yielded as one delta
+        and its Generation."""
+        import asyncio
+
+        (gen,) = await asyncio.to_thread(self.generate, [prompt], params)
+        yield GenerationDelta(list(gen.token_ids), gen.text, list(gen.logprobs), gen.version)
+        yield gen
 
     def load_weights(self, weights: WeightSet) -> None:
         with self._lock:

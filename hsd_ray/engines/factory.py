@@ -23,11 +23,13 @@ def make_engine(
     enable_lora: bool = False,
     adapter_id: str = BASE_ADAPTER,
     score_token_budget: int = 8192,
+    serving: bool = False,
 ) -> "Engine":
     """An `HFEngine` (kind="hf") or a `VLLMEngine` (kind="vllm") for the model in `model_dir`.
 
     `enable_lora` only matters for vLLM (it must reserve LoRA slots at start-up; the HF engine wraps itself in peft on
-    the first LoRA set); `score_token_budget` only for HF (vLLM schedules its own batches).
+    the first LoRA set); `score_token_budget` only for HF (vLLM schedules its own batches). `serving` (a chat
+    replica) with kind="vllm" and `ecfg.vllm_async` gives an `AsyncVLLMEngine` (engines/vllm_async.py).
     """
     if ecfg.kind == "hf":
         from hsd_ray.engines.hf import HFEngine
@@ -42,7 +44,12 @@ def make_engine(
     if ecfg.kind == "vllm":
         from hsd_ray.engines.vllm import VLLMEngine
 
-        return VLLMEngine(
+        engine_cls, extra = VLLMEngine, {}
+        if serving and ecfg.vllm_async:
+            from hsd_ray.engines.vllm_async import AsyncVLLMEngine
+
+            engine_cls, extra = AsyncVLLMEngine, {"max_num_seqs": ecfg.vllm_max_num_seqs}
+        return engine_cls(
             model_dir,
             dtype=ecfg.dtype,
             max_model_len=ecfg.max_model_len,
@@ -54,5 +61,6 @@ def make_engine(
             enable_lora=enable_lora,
             max_lora_rank=ecfg.max_lora_rank,
             adapter_id=adapter_id,
+            **extra,
         )
     raise ValueError(f"unknown engine kind {ecfg.kind!r} (expected 'hf' or 'vllm')")

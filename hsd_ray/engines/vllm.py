@@ -71,7 +71,6 @@ import threading  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hsd_ray.core.engine_api import (  # noqa: E402
@@ -84,6 +83,7 @@ from hsd_ray.core.engine_api import (  # noqa: E402
 from hsd_ray.core.policy import tied_aliases  # noqa: E402
 from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet  # noqa: E402
 from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text, validate_tensors  # noqa: E402
+from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs, supports_flat_logprobs  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,6 @@ class VLLMEngine(VersionedWeights):
         keep_torch_threads: bool = True,
     ):
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM
 
         self.model_dir = Path(model_dir)
         self.dtype = dtype
@@ -143,7 +142,7 @@ class VLLMEngine(VersionedWeights):
             kwargs.update(_lora_kwargs(max_lora_rank, self._lora_modules))
 
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
-        self.llm = LLM(**kwargs)
+        self.llm = self._start(kwargs)
         if keep_torch_threads and torch.set_num_threads is not set_threads:
             torch.set_num_threads = set_threads  # vLLM's CPU worker made it a process-wide no-op
             if torch.get_num_threads() != threads:
@@ -158,7 +157,13 @@ class VLLMEngine(VersionedWeights):
         self._expected_full: dict[str, tuple[int, ...]] | None = None
         self._expected_lora_cache: dict[str, dict] = {}
         self._tied_aliases: dict[str, str] = {}  # alias name -> name of the tensor it shares
-        self._flat_logprobs = _supports_flat_logprobs()
+        self._flat_logprobs = supports_flat_logprobs()
+
+    def _start(self, kwargs: dict):
+        """The vLLM engine itself (the offline `LLM` here; engines/vllm_async.py starts an `AsyncLLM`)."""
+        from vllm import LLM
+
+        return LLM(**kwargs)
 
     def _memory_kwargs(self, kv_cache_bytes: int, gpu_memory_utilization: float) -> dict:
         """GPU: a memory fraction. CPU: a KV cache size, raised to one max-length sequence (vLLM refuses less)."""
@@ -173,21 +178,11 @@ class VLLMEngine(VersionedWeights):
 
     # ---- generation -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
-        sample = params.temperature > 0
-        vparams = VSamplingParams(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature if sample else 0.0,
-            top_p=params.top_p if sample else 1.0,
-            stop=list(params.stop) or None,
-            seed=params.seed,
-            logprobs=0,  # only the sampled token's (raw) log-prob
-            skip_special_tokens=True,
-        )
+        vparams = self._vparams(params)
         if params.seed is not None and len(prompts) > 1:
             # vLLM seeds every request alike: prompt i gets seed + i (as in HFEngine), so repeated prompts in one
             # batch are distinct samples and each is still reproducible.
@@ -204,14 +199,33 @@ class VLLMEngine(VersionedWeights):
             )
         return [self._to_generation(o, params, version) for o in outs]
 
+    def _vparams(self, params: SamplingParams):
+        """vLLM's sampling params for ours: the sampled token's raw log-prob, greedy at temperature 0."""
+        from vllm import SamplingParams as VSamplingParams
+
+        sample = params.temperature > 0
+        return VSamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature if sample else 0.0,
+            top_p=params.top_p if sample else 1.0,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            logprobs=0,  # only the sampled token's (raw) log-prob
+            skip_special_tokens=True,
+        )
+
     def _to_generation(self, out, params: SamplingParams, version: PolicyVersion) -> Generation:
         comp = out.outputs[0]
         ids = list(comp.token_ids)
-        logprobs = _sampled_logprobs(comp.logprobs, ids)
-        finished = comp.finish_reason == "stop"
+        return self._make_generation(ids, sampled_logprobs(comp.logprobs, ids), comp.finish_reason, comp.stop_reason,
+                                     len(out.prompt_token_ids or []), params, version)
+
+    def _make_generation(self, ids, logprobs, finish_reason, stop_reason, prompt_tokens: int, params: SamplingParams,
+                         version: PolicyVersion) -> Generation:
+        finished = finish_reason == "stop"
         # EOS (stop_reason None) or one of the model's EOS ids vLLM stops on (an int): never returned. A stop string
         # (str) is not an end of sequence.
-        ended_on_eos = finished and not isinstance(comp.stop_reason, str)
+        ended_on_eos = finished and not isinstance(stop_reason, str)
         if ended_on_eos and ids:
             ids, logprobs = ids[:-1], logprobs[:-1]
         # Decoded here (not vLLM's incremental text) so both engines give byte-identical text for the same ids.
@@ -221,17 +235,24 @@ class VLLMEngine(VersionedWeights):
             if cut >= 0:
                 ids, logprobs, text = trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
                 finished, ended_on_eos = True, False
-        return Generation(ids, text, logprobs, finished, len(out.prompt_token_ids or []), version, ended_on_eos)
+        return Generation(ids, text, logprobs, finished, prompt_tokens, version, ended_on_eos)
 
     # ---- scoring --------------------------------------------------------------------------------------------
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:
+        if not requests:
+            return []
+        prompts, vparams = self._score_inputs(requests, top_k)
+        with self._lock:
+            outs = self.llm.generate(prompts, vparams, use_tqdm=False, lora_request=self._lora_request)
+        return [extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)]
+
+    def _score_inputs(self, requests: list[ScoreRequest], top_k: int):
+        """Checked requests → (vLLM prompts, sampling params asking for the prompt logprobs)."""
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
         if top_k < 0 or top_k > self.max_logprobs:
             raise ValueError(f"top_k={top_k} must be in [0, max_logprobs={self.max_logprobs}] for this vLLM engine")
-        if not requests:
-            return []
         for i, r in enumerate(requests):
             if not r.prompt_ids or not r.target_ids:
                 raise ValueError(f"score request {i}: prompt and target must both be non-empty")
@@ -243,9 +264,7 @@ class VLLMEngine(VersionedWeights):
         extra = {"flat_logprobs": True} if self._flat_logprobs else {}
         vparams = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k, detokenize=False, **extra)
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids) + list(r.target_ids)) for r in requests]
-        with self._lock:
-            outs = self.llm.generate(prompts, vparams, use_tqdm=False, lora_request=self._lora_request)
-        return [_extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)]
+        return prompts, vparams
 
     # ---- weights (load_weights: VersionedWeights) -------------------------------------------------------------
     def _expected_full_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -260,6 +279,17 @@ class VLLMEngine(VersionedWeights):
         return self._expected_full
 
     def _load_full(self, tensors: dict) -> None:
+        items = self._full_items(tensors)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
+            if self._on_cpu:
+                self.llm.collective_rpc(_refresh_output_heads)
+        except Exception as e:  # validated above, so this is not expected; the engine state is unknown now
+            raise WeightLoadError(f"vLLM reload_weights failed: {e}") from e
+        self.llm.reset_prefix_cache()  # KV blocks computed with the old weights must never be reused
+
+    def _full_items(self, tensors: dict) -> list:
+        """A full set validated against the HF parameters → the (name, tensor) items vLLM's reload takes."""
         expected = {k: _Shape(s) for k, s in self._expected_full_shapes().items()}
         required = {k: v for k, v in expected.items() if k not in self._tied_aliases}
         validate_tensors(tensors, expected, require_all=False)
@@ -270,16 +300,27 @@ class VLLMEngine(VersionedWeights):
         if missing:  # a partial set would leave fused vLLM layers half-updated
             raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
         check_tied(tensors, self._tied_aliases)  # vLLM loads the shared tensor once, from its source name
-        items = [(k, v.detach()) for k, v in tensors.items() if k not in self._tied_aliases]
-        try:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
-            if self._on_cpu:
-                self.llm.collective_rpc(_refresh_output_heads)
-        except Exception as e:  # validated above, so this is not expected; the engine state is unknown now
-            raise WeightLoadError(f"vLLM reload_weights failed: {e}") from e
-        self.llm.reset_prefix_cache()  # KV blocks computed with the old weights must never be reused
+        return [(k, v.detach()) for k, v in tensors.items() if k not in self._tied_aliases]
 
     def _load_lora(self, weights: WeightSet) -> None:
+        request, folder = self._write_lora(weights)
+        try:
+            if not self.llm.llm_engine.add_lora(request):
+                raise WeightLoadError(f"vLLM refused adapter {request.lora_name}")
+        except Exception as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(e, WeightLoadError):
+                raise
+            raise WeightLoadError(f"vLLM could not load adapter {request.lora_name}: {e}") from e
+        old_request = self._swap_lora(request, folder)
+        if old_request is not None:
+            try:
+                self.llm.llm_engine.remove_lora(old_request.lora_int_id)
+            except Exception:  # already evicted by the LRU cache
+                pass
+
+    def _write_lora(self, weights: WeightSet):
+        """A LoRA set validated and written in peft's format → (its LoRARequest, its folder); not loaded yet."""
         from vllm.lora.request import LoRARequest
 
         if not self.enable_lora:
@@ -302,23 +343,18 @@ class VLLMEngine(VersionedWeights):
         folder = self._lora_root / name
         try:
             _write_adapter(folder, cfg, weights.tensors)
-            request = LoRARequest(name, lora_id, str(folder))
-            if not self.llm.llm_engine.add_lora(request):
-                raise WeightLoadError(f"vLLM refused adapter {name}")
         except Exception as e:
             shutil.rmtree(folder, ignore_errors=True)
-            if isinstance(e, WeightLoadError):
-                raise
-            raise WeightLoadError(f"vLLM could not load adapter {name}: {e}") from e
+            raise WeightLoadError(f"could not write adapter {name}: {e}") from e
+        return LoRARequest(name, lora_id, str(folder)), folder
+
+    def _swap_lora(self, request, folder: Path):
+        """Make a loaded adapter the one in use; the previous one's folder is deleted and its request returned."""
         old_request, old_dir = self._lora_request, self._lora_dir
         self._lora_request, self._lora_dir = request, folder
-        if old_request is not None:
-            try:
-                self.llm.llm_engine.remove_lora(old_request.lora_int_id)
-            except Exception:  # already evicted by the LRU cache
-                pass
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)
+        return old_request
 
     def _expected_lora(self, cfg) -> dict:
         """peft adapter names → shapes for `cfg` on this model (peft on a meta-device model; cached per config)."""
@@ -415,60 +451,6 @@ class _Shape:
     """Stands in for an expected tensor in `validate_tensors` (which only reads `.shape`)."""
 
     shape: tuple[int, ...]
-
-
-def _supports_flat_logprobs() -> bool:
-    from vllm import SamplingParams as VSamplingParams
-
-    try:
-        VSamplingParams(max_tokens=1, flat_logprobs=True)
-    except TypeError:
-        return False
-    return True
-
-
-def _sampled_logprobs(container, ids: list[int]) -> list[float]:
-    """Log-prob of each sampled id from a generation's logprobs (requested with logprobs=0)."""
-    if container is None:
-        return [float("nan")] * len(ids)
-    if hasattr(container, "start_indices"):  # FlatLogprobs: the sampled token is the first entry of each position
-        return [float(container.logprobs[s]) for s in container.start_indices[: len(ids)]]
-    return [float(d[t].logprob) for d, t in zip(container, ids)]
-
-
-def _extract_scores(plp, req: ScoreRequest, top_k: int) -> TokenScores:
-    """The target positions of one request's prompt logprobs → TokenScores ([T], [T, K])."""
-    P, T = len(req.prompt_ids), len(req.target_ids)
-    if plp is None or len(plp) != P + T:
-        raise RuntimeError(f"vLLM returned {None if plp is None else len(plp)} prompt logprobs for {P + T} tokens")
-    logp = np.empty(T, dtype=np.float32)
-    ids = np.empty((T, top_k), dtype=np.int64)
-    lps = np.empty((T, top_k), dtype=np.float32)
-    if hasattr(plp, "start_indices"):  # FlatLogprobs: per position [actual, rank 1, ..., rank k]
-        starts = plp.start_indices[P : P + T]
-        ends = plp.end_indices[P : P + T]
-        for t, (s, e) in enumerate(zip(starts, ends)):
-            if e - s != top_k + 1 or plp.token_ids[s] != req.target_ids[t]:
-                raise RuntimeError(f"unexpected vLLM prompt-logprob layout at target {t}")
-            logp[t] = plp.logprobs[s]
-            if top_k:
-                ids[t] = plp.token_ids[s + 1 : e]
-                lps[t] = plp.logprobs[s + 1 : e]
-    else:  # list of dicts token -> Logprob; the actual token is always present, with its true rank
-        for t in range(T):
-            entry = plp[P + t]
-            actual = req.target_ids[t]
-            logp[t] = entry[actual].logprob
-            if top_k:
-                # rank ties (the actual token tying with the k-th) are resolved in favour of the real top-k entry
-                ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == actual))[:top_k]
-                if len(ranked) != top_k:
-                    raise RuntimeError(f"vLLM returned {len(ranked)} < {top_k} top log-probs at target {t}")
-                ids[t] = [tok for tok, _ in ranked]
-                lps[t] = [lp.logprob for _, lp in ranked]
-    if not top_k:
-        return TokenScores(logp)
-    return TokenScores(logp, ids, lps)
 
 
 def _peft_config(config: dict):

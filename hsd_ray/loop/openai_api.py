@@ -419,15 +419,21 @@ def stream_chunks(
     common = dict(id=id, model=model, fingerprint=fingerprint, created=created, include_usage=include_usage)
     body = [chat_chunk(delta={"role": "assistant", "content": ""}, **common)]
     body += [chat_chunk(delta={"content": p}, **common) for p in pieces if p]
-    closing = [chat_chunk(delta={}, finish_reason=finish_reason, **common)]
-    if include_usage:
-        closing.append(
-            usage_chunk(
-                id=id, model=model, fingerprint=fingerprint, created=created,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            )
-        )
+    closing = closing_chunks(finish_reason=finish_reason, prompt_tokens=prompt_tokens,
+                             completion_tokens=completion_tokens, **common)
     return body, closing
+
+
+def closing_chunks(
+    *, id: str, model: str, fingerprint: str, created: int, finish_reason: str,  # noqa: A002
+    prompt_tokens: int, completion_tokens: int, include_usage: bool,
+) -> list[dict]:
+    """The end of a streamed reply: the chunk with finish_reason and, with include_usage, the usage chunk."""
+    common = dict(id=id, model=model, fingerprint=fingerprint, created=created)
+    closing = [chat_chunk(delta={}, finish_reason=finish_reason, include_usage=include_usage, **common)]
+    if include_usage:
+        closing.append(usage_chunk(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, **common))
+    return closing
 
 
 def sse(obj: dict) -> str:

@@ -13,11 +13,14 @@ the HTTP routes; the rest is delegated:
   is matched whichever replica serves it. Capture can never fail a chat: errors and timeouts are counted
   (`hsd_capture_errors_total`, and in /health) and logged.
 
-Concurrent requests with equal sampling settings share one engine call (`GenerationBatcher`, serve.max_batch); the
-reply's position in a batch never changes it (seeded requests run alone).
-
-Streaming is real SSE framing, but the offline engines do not generate incrementally: the whole reply is generated
-first, then streamed one token (decoded piece) per chunk.
+Engines: with an engine that batches continuously (`engine.continuous_batching`: vLLM's async engine,
+engines/vllm_async.py) every request goes straight to `engine.stream`; a streamed reply is sent chunk by chunk as the
+engine samples it (`_live_stream`; the admission slot is held until the stream ends, and a client that goes away
+cancels the stream, which aborts the request in the engine). The fingerprint is the version of the reply's first
+delta: the engine drains before a weight swap, so one reply has one version. The offline engines (transformers, or
+vLLM with engine.vllm_async=false) go through `GenerationBatcher` (serve.max_batch): concurrent requests with equal
+sampling settings share one engine call, the reply's position in a batch never changes it (seeded requests run
+alone), and a streamed reply is generated whole first, then sent one token (decoded piece) per chunk.
 
 Back-pressure and health (admission.py, limits in `serve.*`): a replica works on at most `max_ongoing_requests` chat
 requests and lets `max_queued_requests` more wait; beyond that, or past `request_timeout_s`, a request gets a 503,
@@ -34,6 +37,7 @@ Wire format and validation live in hsd_ray/loop/openai_api.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -45,7 +49,7 @@ from ray import serve
 
 from hsd_ray import metrics
 from hsd_ray.config import CaptureConfig, Config, EngineConfig, ServeConfig
-from hsd_ray.core.engine_api import SamplingParams
+from hsd_ray.core.engine_api import Generation, SamplingParams
 from hsd_ray.core.prompts import render_prompt
 from hsd_ray.loop import openai_api as oa
 from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserRateLimit
@@ -105,7 +109,8 @@ class ChatService:
         from hsd_ray.engines.factory import make_engine
 
         self.settings = settings
-        self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora)
+        self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
+                                  serving=True)
         self.replica_id = _replica_id()
         where = f"replica {self.replica_id}"
         self.batcher = GenerationBatcher(
@@ -152,7 +157,7 @@ class ChatService:
             "adapter_id": version.adapter_id,
             "fingerprint": version.fingerprint(),
             "following_registry": self.weights.follower is not None,
-            "batching": self.batcher.stats(),
+            "batching": self.engine.stats() if self.engine.continuous_batching else self.batcher.stats(),
             "admission": {**self.gate.stats(), "rate_limited": self.rate.refused},
             "capture": self.capture.stats(),
             "feedback_gate": await self.capture.gate_stats(),
@@ -163,21 +168,10 @@ class ChatService:
         received_at = time.time()
         call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
         user_id = oa.user_identity(call.user, request.headers.get("authorization"))
+        if call.stream and self.engine.continuous_batching:
+            return await self._live_stream(call, user_id, received_at, t0)
         gen = await self._generate(call, user_id)
-        self._report_version(gen.version.version)
-        if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # validated and answered: capture
-            await self.capture.observe(user_id, call.messages, received_at)
-        reply = ServedReply(
-            user_id=user_id,
-            adapter_id=gen.version.adapter_id,
-            context=call.messages,
-            reply=gen.text,
-            token_ids=list(gen.token_ids),
-            logprobs=[float(x) for x in gen.logprobs],
-            finished=gen.ended_on_eos,  # a reply cut at a stop string is not trained as ended (no EOS appended)
-            policy_version=gen.version.version,
-            replied_at=time.time(),
-        )
+        reply = await self._answered(call, user_id, received_at, gen)
         ids = dict(id=oa.completion_id(), model=self.settings.serve.model_name, fingerprint=gen.version.fingerprint())
         headers = {REPLICA_HEADER: self.replica_id}
         if not call.stream:
@@ -219,36 +213,128 @@ class ChatService:
         headers["cache-control"] = "no-cache"
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
+    async def _live_stream(self, call: oa.ChatCall, user_id: str, received_at: float, t0: float):
+        """SSE on the async engine: a chunk leaves as soon as vLLM sampled its tokens. Admission and the first token
+        are awaited here, so a refusal or a failure before the first token still gets its HTTP status; the admission
+        slot is held until the stream ends, and a client that goes away cancels the stream (the engine aborts it)."""
+        scfg = self.settings.serve
+        deadline = asyncio.get_running_loop().time() + scfg.request_timeout_s
+        held = contextlib.AsyncExitStack()
+        try:
+            self.rate.take(user_id)
+            await held.enter_async_context(self.gate.slot())
+            async with asyncio.timeout_at(deadline):
+                prompt, params = await asyncio.to_thread(self._prepare, call)
+                items = self.engine.stream(prompt, params)
+                held.push_async_callback(items.aclose)
+                first = await anext(items)
+        except BaseException as e:
+            await held.aclose()
+            if isinstance(e, Exception):
+                raise self._api_error(e) from None
+            raise
+        version = first.version
+        common = dict(id=oa.completion_id(), model=scfg.model_name, fingerprint=version.fingerprint(),
+                      created=int(time.time()), include_usage=call.include_usage)
+
+        async def events():
+            sent: list[str] = []
+            item = first
+            try:
+                yield oa.sse(oa.chat_chunk(delta={"role": "assistant", "content": ""}, **common))
+                while not isinstance(item, Generation):
+                    if item.text:
+                        sent.append(item.text)
+                        yield oa.sse(oa.chat_chunk(delta={"content": item.text}, **common))
+                    async with asyncio.timeout_at(deadline):
+                        item = await anext(items)
+                gen = item
+            except Exception as e:  # noqa: BLE001 - headers are sent: the error goes into the stream
+                err = self._api_error(e)
+                yield oa.sse(oa.error_body(err.message, code=err.code, type=err.type))
+                return
+            finally:
+                await held.aclose()
+            await self._record_stream(call, user_id, received_at, gen, "".join(sent))
+            for chunk in oa.closing_chunks(finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
+                                           completion_tokens=len(gen.token_ids), **common):
+                yield oa.sse(chunk)
+            yield oa.SSE_DONE
+            metrics.observe("hsd_chat_latency_s", time.perf_counter() - t0)
+
+        headers = {REPLICA_HEADER: self.replica_id, "cache-control": "no-cache"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    async def _record_stream(self, call, user_id: str, received_at: float, gen, streamed: str) -> None:
+        """Capture a live-streamed reply, before the client sees its end. Only when the text the client got is the
+        text of the recorded token ids (else the follow-up could not be matched to the right tokens)."""
+        reply = await self._answered(call, user_id, received_at, gen)
+        if streamed != gen.text:
+            log.warning("streamed text differs from the decoded reply (%d vs %d chars): not captured",
+                        len(streamed), len(gen.text))
+            return
+        await self.capture.record(reply)
+
+    async def _answered(self, call: oa.ChatCall, user_id: str, received_at: float, gen) -> ServedReply:
+        """A request that was validated and answered: its follow-up is shown to the ledger (if it ends in [assistant,
+        user]); the reply to record for capture."""
+        self._report_version(gen.version.version)
+        if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # validated and answered: capture
+            await self.capture.observe(user_id, call.messages, received_at)
+        return ServedReply(
+            user_id=user_id,
+            adapter_id=gen.version.adapter_id,
+            context=call.messages,
+            reply=gen.text,
+            token_ids=list(gen.token_ids),
+            logprobs=[float(x) for x in gen.logprobs],
+            finished=gen.ended_on_eos,  # a reply cut at a stop string is not trained as ended (no EOS appended)
+            policy_version=gen.version.version,
+            replied_at=time.time(),
+        )
+
     async def _generate(self, call: oa.ChatCall, user_id: str):
         """The reply, once the user's rate limit and the replica's admission gate let the request in, within the
         request timeout (429 / 503 with Retry-After otherwise); an engine failure is this request's 500."""
-        scfg = self.settings.serve
         try:
             self.rate.take(user_id)
-            async with asyncio.timeout(scfg.request_timeout_s), self.gate.slot():
+            async with asyncio.timeout(self.settings.serve.request_timeout_s), self.gate.slot():
                 prompt, params = await asyncio.to_thread(self._prepare, call)
-                return await self.batcher.generate(prompt, params)
-        except RateLimited as e:
-            raise oa.APIError(str(e), status_code=429, type="requests", code="rate_limit_exceeded",
-                              headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))}) from None
-        except Overloaded as e:
-            raise oa.APIError(str(e), status_code=503, type="server_error", code="overloaded",
-                              headers={"Retry-After": str(scfg.retry_after_s)}) from None
-        except TimeoutError:
-            raise oa.APIError(f"the request did not finish within serve.request_timeout_s ({scfg.request_timeout_s:g} "
-                              "s); retry later", status_code=503, type="server_error", code="timeout",
-                              headers={"Retry-After": str(scfg.retry_after_s)}) from None
-        except oa.APIError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any engine failure is this request's 500, the replica stays up
-            log.error("generation failed on replica %s: %s: %s", self.replica_id, type(e).__name__, e)
-            raise oa.APIError(
-                f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error", code="engine_error"
-            ) from None
+                if not self.engine.continuous_batching:
+                    return await self.batcher.generate(prompt, params)
+                gen = None
+                async for gen in self.engine.stream(prompt, params):  # the last item is the Generation
+                    pass
+                return gen
+        except Exception as e:  # noqa: BLE001 - mapped to the request's error status
+            raise self._api_error(e) from None
+
+    def _api_error(self, e: Exception) -> oa.APIError:
+        """429 / 503 (with Retry-After) for admission refusals and timeouts; any engine failure is a 500."""
+        scfg = self.settings.serve
+        if isinstance(e, RateLimited):
+            return oa.APIError(str(e), status_code=429, type="requests", code="rate_limit_exceeded",
+                               headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))})
+        if isinstance(e, Overloaded):
+            return oa.APIError(str(e), status_code=503, type="server_error", code="overloaded",
+                               headers={"Retry-After": str(scfg.retry_after_s)})
+        if isinstance(e, TimeoutError):
+            return oa.APIError(f"the request did not finish within serve.request_timeout_s ({scfg.request_timeout_s:g} "
+                               "s); retry later", status_code=503, type="server_error", code="timeout",
+                               headers={"Retry-After": str(scfg.retry_after_s)})
+        if isinstance(e, oa.APIError):
+            return e
+        log.error("generation failed on replica %s: %s: %s", self.replica_id, type(e).__name__, e)
+        return oa.APIError(f"generation failed: {type(e).__name__}: {e}", status_code=500, type="server_error",
+                           code="engine_error")
 
     def check_health(self) -> None:
         """Serve's health check: fails while an engine call has run longer than serve.engine_stall_s, so a replica
         with a stuck engine is replaced."""
+        if self.engine.continuous_batching:
+            if self.engine.dead():
+                raise RuntimeError("the vLLM engine core died")
+            return
         busy = self.batcher.busy_s()
         if busy > self.settings.serve.engine_stall_s:
             raise RuntimeError(f"engine call running for {busy:.1f} s (serve.engine_stall_s="
