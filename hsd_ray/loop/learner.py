@@ -181,6 +181,12 @@ class Learner(GateFollowing):
             if checkpoint is not None:
                 log.info("resumed at step %d, version %d; %d in-flight turns requeued",
                          self.step_count, self.version, requeued)
+                if self.s.max_steps is not None and self.step_count >= self.s.max_steps:
+                    # job.max_steps counts from the first step of this output_dir, so a second `make run` on the
+                    # same folder would otherwise end silently without training
+                    log.warning("job.max_steps is %d and this output_dir's checkpoint is already at step %d: nothing "
+                                "to train. Raise --max-steps, or start fresh with another job.output_dir.",
+                                self.s.max_steps, self.step_count)
                 self.publish()  # replicas that restarted on the base weights catch up at once
         self._sync_published(before)
 
