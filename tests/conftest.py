@@ -36,7 +36,7 @@ def ray_session():
         namespace=NAMESPACE,
         _temp_dir=temp,
         log_to_driver=True,
-        runtime_env=LOCAL_RUNTIME_ENV,  # no Train PG-cleaner warning every second (hsd_ray/loop/runtime.py)
+        runtime_env=dict(LOCAL_RUNTIME_ENV),  # no Train PG-cleaner warning every second (hsd_ray/loop/runtime.py)
     )
     yield ray
     from hsd_ray.loop.runtime import disconnect

@@ -37,6 +37,7 @@ def quiet_train_cleaner() -> None:
     logging.getLogger(_CLEANER_LOGGER).addFilter(_drop_cleaner_noise)
 
 
+# ray.init replaces the hook in the dict it is given with its import path: always pass a copy
 LOCAL_RUNTIME_ENV = {"worker_process_setup_hook": quiet_train_cleaner}
 
 
@@ -56,7 +57,7 @@ def connect(rcfg: RayConfig) -> str | None:
     else:
         ctx = ray.init(address="local", num_cpus=rcfg.num_cpus, object_store_memory=rcfg.object_store_bytes,
                        namespace=NAMESPACE, include_dashboard=rcfg.dashboard, dashboard_host=rcfg.dashboard_host,
-                       dashboard_port=rcfg.dashboard_port, runtime_env=LOCAL_RUNTIME_ENV)
+                       dashboard_port=rcfg.dashboard_port, runtime_env=dict(LOCAL_RUNTIME_ENV))
     return _as_url(ctx.dashboard_url)
 
 
@@ -117,7 +118,7 @@ def local_ray(
         dict(include_dashboard=False)
     ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes, namespace=NAMESPACE,
              _temp_dir=temp, log_to_driver=log_to_driver, logging_level=logging.WARNING if quiet else logging.INFO,
-             runtime_env=LOCAL_RUNTIME_ENV, **extra)
+             runtime_env=dict(LOCAL_RUNTIME_ENV), **extra)
     failed = False
     try:
         yield temp

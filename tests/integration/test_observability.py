@@ -137,7 +137,7 @@ def test_ray_job_submit_against_the_embedded_dashboard(observed_loop):
         pytest.skip("the dashboard agent's port 52365 is held by another Ray on this host: no job agent to submit to")
     probe = "import ray; ray.init(); print('named', sorted(a['name'] for a in ray.util.list_named_actors(True)))"
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ready["dashboard"], "--",
-           "python", "-c", probe]
+           sys.executable, "-c", probe]  # the venv's python: a bare `python` may not have ray
     deadline = time.time() + 60
     while True:  # the dashboard answers before its job agent is ready: "No available agent to submit job"
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -130,7 +130,7 @@ def test_timeout_then_stuck_engine_replica_replaced(ray_session, tiny_model_dir)
                 return None  # the proxy may answer 503 (plain text) while no replica is up
             return h["replica"] if h.get("replica") not in (None, before) else None
 
-        after = _wait(replaced, 120, "Serve to replace the replica whose engine is stuck")
+        after = _wait(replaced, 300, "Serve to replace the replica whose engine is stuck")
         reply = client.chat.completions.create(model="m", messages=Q, user="a", max_tokens=2)
         assert after != before and reply.choices[0].message.content is not None
     finally:
