@@ -163,7 +163,8 @@ class ServeConfig(_Section):
     health_check_period_s: float = Field(10.0, gt=0, description="how often Serve checks each replica's health")
     health_check_timeout_s: float = Field(30.0, gt=0, description="a health check that takes longer fails")
     engine_stall_s: float = Field(600.0, gt=0,
-                                  description="an engine call running longer fails the health check (replaced)")
+                                  description="an engine call running longer fails the health check; Serve "
+                                  "replaces a replica after 3 failed checks in a row")
 
 
 class CaptureConfig(_Section):

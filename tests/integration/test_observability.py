@@ -189,9 +189,11 @@ def _dashboard_queries_answer(port: int) -> None:
     assert funnel <= emitted, sorted(funnel - emitted)
     queries = [(p["title"], expand(t["expr"])) for p in panels() for t in p["targets"]
                if metric_names(t["expr"]) <= emitted]
+    # Over the last 10 minutes, as a Grafana panel asks (query_range): the learner's gauges leave the export when
+    # its Train worker exits after job.max_steps, so an instant query may already find them stale.
     deadline = time.time() + 60  # a series first scraped a moment ago has one sample: rate() needs two
     while True:
-        empty = [(title, q) for title, q in queries if not _series(port, q)]
+        empty = [(title, q) for title, q in queries if not _series(port, q, range_s=600)]
         if not empty or time.time() > deadline:
             break
         time.sleep(5)
@@ -199,8 +201,14 @@ def _dashboard_queries_answer(port: int) -> None:
     assert len(queries) >= 15, len(queries)
 
 
-def _series(port: int, promql: str) -> list[dict]:
-    body = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql}, timeout=10).json()
+def _series(port: int, promql: str, range_s: float = 0) -> list[dict]:
+    """The query's result now, or over the last `range_s` seconds at a 5 s step (a panel's range query)."""
+    if range_s:
+        now = time.time()
+        params = {"query": promql, "start": now - range_s, "end": now, "step": 5}
+        body = httpx.get(f"http://127.0.0.1:{port}/api/v1/query_range", params=params, timeout=10).json()
+    else:
+        body = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql}, timeout=10).json()
     assert body["status"] == "success", (promql, body)
     return body["data"]["result"]
 

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.integration
 Q = [{"role": "user", "content": "Name a colour."}]
 
 
-def _service(tiny_model_dir, **serve):
+def _service(tiny_model_dir, max_model_len=1024, **serve):
     from hsd_ray.loop.serve import run_service
 
     overrides = {"model": str(tiny_model_dir), "serve.port": free_port(), "serve.cpus_per_replica": 0,
-                 "engine.kind": "hf", "engine.max_model_len": 1024, "capture.enabled": "false",
+                 "engine.kind": "hf", "engine.max_model_len": max_model_len, "capture.enabled": "false",
                  "serve.max_batch": 1, **{f"serve.{k}": v for k, v in serve.items()}}
     return run_service(Config.load(None, [f"{k}={v}" for k, v in overrides.items()]))
 
@@ -113,13 +113,15 @@ def test_timeout_then_stuck_engine_replica_replaced(ray_session, tiny_model_dir)
 
     from hsd_ray.loop.serve import APP_NAME
 
-    url = _service(tiny_model_dir, request_timeout_s=1.0, engine_stall_s=1.0, health_check_period_s=1.0,
-                   health_check_timeout_s=5.0)
+    # Serve replaces a replica after 3 failed checks in a row, so the engine call must outlive engine_stall_s by
+    # more than 3 check periods: 1900 greedy tokens (the tiny model never stops early) take ~4 s on an idle core.
+    url = _service(tiny_model_dir, request_timeout_s=0.5, engine_stall_s=0.3, health_check_period_s=0.3,
+                   health_check_timeout_s=5.0, max_model_len=2048, max_tokens_limit=2000)
     client = _client(url)
     try:
         before = _health(url)["replica"]
-        with pytest.raises(openai.APIStatusError) as info:  # ~10+ s of greedy generation, far past the 1 s timeout
-            client.chat.completions.create(model="m", messages=Q, user="a", max_tokens=800, temperature=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="m", messages=Q, user="a", max_tokens=1900, temperature=0)
         assert info.value.status_code == 503 and info.value.code == "timeout"
         assert info.value.response.headers["retry-after"] == "1"
 
