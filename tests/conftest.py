@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -48,3 +50,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def ray_job_submit(cmd: list[str], env: dict, agent_wait_s: float, timeout_s: float) -> tuple[int, str]:
+    """Run a `ray job submit` command line → (exit code, stdout + stderr). The dashboard answers before its job agent
+    is ready ("No available agent to submit job"): that answer is retried for up to `agent_wait_s`."""
+    deadline = time.time() + agent_wait_s
+    while True:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        text = proc.stdout + proc.stderr
+        if "No available agent" not in text or time.time() > deadline:
+            return proc.returncode, text
+        time.sleep(2)

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (0 = the benchmark evaluator's)")
     p.add_argument("--prompt-seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/learning")
+    p.add_argument("--name", default="", help="suffix of the result file, so a side measurement (candidate "
+                   "preferences) does not replace ceiling-<model>-<split>.json, which the report reads")
     return p.parse_args(argv)
 
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               f"good {100 * m['good']:.0f}%  said yes {100 * m['said_yes']:.0f}%")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ceiling-{Path(args.model).name}-{args.split}.json"
+    path = out / f"ceiling-{Path(args.model).name}-{args.split}{'-' + args.name if args.name else ''}.json"
     path.write_text(json.dumps({
         "config": vars(args), "compliance": rows, "target": target, "yes_no": yes_no, "samples": samples_out,
         "seeding": "per (prompt kind, condition) batch in evaluator order; request i drawn with seed + offset + i",

@@ -36,6 +36,8 @@ _EMOJI_RE = re.compile(f"[{_EMOJI_CLASS}]|.\uFE0F|\u20E3|\u200D[{_EMOJI_CLASS}]"
 _BULLET_RE = re.compile(r"^\s*(?:[-*+•◦‣▪●·]|\d{1,3}[.)])\s+", re.MULTILINE)
 _SIGN_OFF_RE = re.compile(r"(?:-{1,2}|[–—])\s*bot[.!]?$", re.IGNORECASE)
 _YES_NO = {"yes", "no"}
+# Markdown bold: the delimiters hug the text (no space just inside them); `__` only outside a word (not snake__case)
+_BOLD_RE = re.compile(r"\*\*(?!\s)([^*\n]+?)(?<!\s)\*\*|(?<!\w)__(?!\s)([^_\n]+?)(?<!\s)__(?!\w)")
 
 
 def _blank(reply: str) -> bool:
@@ -89,6 +91,21 @@ def ends_with_sign_off(reply: str) -> bool:
     """The reply has content and ends with the sign-off "— Bot" (any dash or --, any case, an optional . or !)."""
     m = _SIGN_OFF_RE.search(reply.rstrip())
     return m is not None and not _blank(reply[: m.start()])
+
+
+def uses_list(reply: str) -> bool:
+    """At least two lines start with a bullet or a list number: the answer is laid out as a list."""
+    return not _blank(reply) and len(_BULLET_RE.findall(reply)) >= 2
+
+
+def uses_bold(reply: str) -> bool:
+    """At least one markdown bold span (**term** or __term__) with a letter or digit in it."""
+    return not _blank(reply) and any(not _blank(m.group(1) or m.group(2)) for m in _BOLD_RE.finditer(reply))
+
+
+def ends_with_question(reply: str) -> bool:
+    """The reply's last sentence is a question: it ends with "?" (closing quotes, emphasis or brackets allowed)."""
+    return not _blank(reply) and reply.rstrip().rstrip("\"'*_)]»”’ ").endswith("?")
 
 
 # ---- preferences ----------------------------------------------------------------------------------------------------
@@ -210,6 +227,51 @@ PREFERENCES: dict[str, Preference] = {
     )
 }
 
+# Candidates: defined and verifiable, but not in the measured matrix of every run until an in-context ceiling shows
+# that the model can follow them (`python -m bench.learning.ceiling --preferences use_list,use_bold,ask_back`).
+CANDIDATE_PREFERENCES: dict[str, Preference] = {
+    p.name: p
+    for p in (
+        Preference(
+            "use_list",
+            "the answer laid out as a bulleted or numbered list",
+            uses_list,
+            (
+                "Can you put that in a list? Bullet points are much easier for me to scan.",
+                "Please answer with bullet points, not a paragraph.",
+                "Break it down into a numbered list next time, please.",
+                "A list would be clearer. Use bullets for the main points.",
+                "I like answers as lists: one point per line with a dash in front.",
+            ),
+            opposes="no_bullets",
+        ),
+        Preference(
+            "use_bold",
+            "the key term or answer in **bold**",
+            uses_bold,
+            (
+                "Please put the key answer in bold so I can spot it.",
+                "Use **bold** for the most important words, please.",
+                "Highlight the main point in bold next time.",
+                "I skim a lot. Could you bold the key terms?",
+                "Make the actual answer bold, with two asterisks around it.",
+            ),
+        ),
+        Preference(
+            "ask_back",
+            "ends with a question back to the user",
+            ends_with_question,
+            (
+                "End with a question for me, so I can tell you what I need next.",
+                "Please finish your replies by asking me a follow-up question.",
+                "Ask me something at the end to check I understood.",
+                "I like it when you close with a question back to me.",
+                "Finish with a question, please, so the conversation keeps going.",
+            ),
+        ),
+    )
+}
+
 ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only",
            "bullets": "no_bullets"}
 
@@ -219,10 +281,13 @@ def get_preference(name: str) -> Preference:
     name = ALIASES.get(name, name)
     if name in PREFERENCES:
         return PREFERENCES[name]
+    if name in CANDIDATE_PREFERENCES:
+        return CANDIDATE_PREFERENCES[name]
     m = re.fullmatch(r"max_words_(\d+)", name)
     if m and int(m.group(1)) > 0:
         return _max_words_pref(int(m.group(1)))
-    raise ValueError(f"unknown preference {name!r}; known: {', '.join(PREFERENCES)} (or max_words_N)")
+    known = ", ".join([*PREFERENCES, *CANDIDATE_PREFERENCES])
+    raise ValueError(f"unknown preference {name!r}; known: {known} (or max_words_N)")
 
 
 def parse_preferences(text: str) -> list[Preference]:

@@ -305,19 +305,26 @@ class VLLMEngine(VersionedWeights):
     def _load_lora(self, weights: WeightSet) -> None:
         request, folder = self._write_lora(weights)
         try:
-            if not self.llm.llm_engine.add_lora(request):
-                raise WeightLoadError(f"vLLM refused adapter {request.lora_name}")
-        except Exception as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            if isinstance(e, WeightLoadError):
-                raise
-            raise WeightLoadError(f"vLLM could not load adapter {request.lora_name}: {e}") from e
-        old_request = self._swap_lora(request, folder)
+            added = self.llm.llm_engine.add_lora(request)
+        except Exception as e:  # noqa: BLE001 - judged by _use_lora
+            added = e
+        old_request = self._use_lora(request, folder, added)
         if old_request is not None:
             try:
                 self.llm.llm_engine.remove_lora(old_request.lora_int_id)
-            except Exception:  # already evicted by the LRU cache
+            except Exception:  # noqa: BLE001 - already evicted by the LRU cache
                 pass
+
+    def _use_lora(self, request, folder: Path, added: bool | Exception):
+        """After the engine's add_lora answered `added` (its result, or what it raised): make the adapter the one in
+        use and return the previous request (to remove), or raise WeightLoadError with the new folder deleted. Shared
+        by the offline and the async engine, whose add_lora differ only in being awaited."""
+        if added is True:
+            return self._swap_lora(request, folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(added, Exception):
+            raise WeightLoadError(f"vLLM could not load adapter {request.lora_name}: {added}") from added
+        raise WeightLoadError(f"vLLM refused adapter {request.lora_name}")
 
     def _write_lora(self, weights: WeightSet):
         """A LoRA set validated and written in peft's format → (its LoRARequest, its folder); not loaded yet."""

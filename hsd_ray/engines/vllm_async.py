@@ -240,18 +240,12 @@ class AsyncVLLMEngine(VLLMEngine):
         await self.llm.reset_prefix_cache()  # KV blocks computed with the old weights must never be reused
 
     async def _load_lora_async(self, weights: WeightSet) -> None:
-        import shutil
-
         request, folder = self._write_lora(weights)
         try:
-            if not await self.llm.add_lora(request):
-                raise WeightLoadError(f"vLLM refused adapter {request.lora_name}")
-        except Exception as e:
-            shutil.rmtree(folder, ignore_errors=True)
-            if isinstance(e, WeightLoadError):
-                raise
-            raise WeightLoadError(f"vLLM could not load adapter {request.lora_name}: {e}") from e
-        old = self._swap_lora(request, folder)
+            added = await self.llm.add_lora(request)
+        except Exception as e:  # noqa: BLE001 - judged by _use_lora
+            added = e
+        old = self._use_lora(request, folder, added)
         if old is not None:
             try:
                 await self.llm.remove_lora(old.lora_int_id)

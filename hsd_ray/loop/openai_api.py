@@ -10,6 +10,9 @@ What is accepted (everything else a client sends is ignored, as OpenAI clients s
   `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
   and `n` = 1 only.
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
+- Refused with a 400 naming the field, because ignoring them would silently give a different answer than asked for
+  (`_refuse_unsupported`): tools / functions (non-empty), tool_choice or function_call that require a call,
+  response_format other than text, non-zero frequency_penalty / presence_penalty, a non-empty logit_bias.
 
 Hostile input is refused cheaply, cheapest check first (limits from `ServeConfig`): the body's size (413, from
 Content-Length before it is read, and while it is read), UTF-8, JSON nesting depth (a vectorised bracket count before
@@ -239,6 +242,7 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         raise APIError(f"{param}: {msg}", param=param) from None
     if req.n not in (None, 1):
         raise APIError(f"n: only n=1 is supported, got {req.n}", param="n")
+    _refuse_unsupported(body)
     _check_limits(req, scfg)
     try:
         messages = validate_messages(req.messages)
@@ -270,6 +274,28 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         model=req.model,
         logprobs=bool(req.logprobs),
     )
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """400 for a field the service cannot honour and whose neutral value it is not (see the module docstring)."""
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise APIError(f"{name}: tool and function calling is not supported by this service", param=name,
+                           code="unsupported_parameter")
+    for name in ("tool_choice", "function_call"):
+        if body.get(name) not in (None, "none", "auto"):
+            raise APIError(f"{name}: tool and function calling is not supported by this service", param=name,
+                           code="unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise APIError("response_format: only {'type': 'text'} is supported", param="response_format",
+                       code="unsupported_parameter")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = body.get(name)
+        if value is not None and value != 0:
+            raise APIError(f"{name}: only 0 is supported, got {value!r}", param=name, code="unsupported_parameter")
+    if body.get("logit_bias"):
+        raise APIError("logit_bias: not supported", param="logit_bias", code="unsupported_parameter")
 
 
 def _check_limits(req: ChatCompletionRequest, scfg: ServeConfig) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, ray_job_submit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,14 +134,8 @@ def test_ray_job_submit_against_the_embedded_dashboard(observed_loop):
     probe = "import ray; ray.init(); print('named', sorted(a['name'] for a in ray.util.list_named_actors(True)))"
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ready["dashboard"], "--",
            sys.executable, "-c", probe]  # the venv's python: a bare `python` may not have ray
-    deadline = time.time() + 60
-    while True:  # the dashboard answers before its job agent is ready: "No available agent to submit job"
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        text = proc.stdout + proc.stderr
-        if "No available agent" not in text or time.time() > deadline:
-            break
-        time.sleep(2)
-    assert proc.returncode == 0 and "succeeded" in text.lower(), text[-3000:]
+    returncode, text = ray_job_submit(cmd, env, agent_wait_s=60, timeout_s=300)
+    assert returncode == 0 and "succeeded" in text.lower(), text[-3000:]
     assert "'hsd-turn-queue'" in text, text[-3000:]
 
 

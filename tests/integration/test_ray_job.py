@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, ray_job_submit
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,14 +60,8 @@ def test_ray_job_submit_replays_logged_conversations(tiny_model_dir, tmp_path):
             f"model={tiny_model_dir}", "engine.kind=hf", "learner.batch_turns=2", "learner.cpus_per_worker=1",
             f"job.output_dir={out}", "job.log_every_s=2",
         ]
-        deadline = time.time() + 120
-        while True:  # the dashboard answers before its job agent is ready: "No available agent to submit job"
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-            log = proc.stdout + proc.stderr
-            if "No available agent" not in log or time.time() > deadline:
-                break
-            time.sleep(2)
-        assert proc.returncode == 0, log[-4000:]
+        returncode, log = ray_job_submit(cmd, env, agent_wait_s=120, timeout_s=600)
+        assert returncode == 0, log[-4000:]
         assert "succeeded" in log.lower(), log[-4000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["queue"]["captured"] == 4 and summary["queue"]["trained"] == 4, summary

@@ -72,9 +72,31 @@ def test_max_completion_tokens_wins_over_max_tokens():
     assert oa.parse_chat_request(_req(max_tokens=5, max_completion_tokens=7), SCFG).max_tokens == 7
 
 
-def test_unknown_fields_are_ignored():
-    body = _req(frequency_penalty=0.1, logit_bias={"1": 2}, tools=[], metadata={"a": "b"}, parallel_tool_calls=False)
+def test_unknown_fields_and_neutral_values_are_ignored():
+    body = _req(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, tools=[], tool_choice="none",
+                response_format={"type": "text"}, metadata={"a": "b"}, parallel_tool_calls=False, store=True)
     assert oa.parse_chat_request(body, SCFG).messages[-1]["content"] == "hi"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ("functions", [{"name": "f", "parameters": {}}]),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("function_call", {"name": "f"}),
+        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ("response_format", "text"),
+        ("frequency_penalty", 0.5),
+        ("presence_penalty", -1),
+        ("logit_bias", {"50256": -100}),
+    ],
+)
+def test_output_changing_fields_the_service_cannot_honour_are_refused(field, value):
+    err = _error(_req(**{field: value}))
+    assert err.param == field and field in err.message and err.code == "unsupported_parameter"
 
 
 def test_n_other_than_one_is_rejected():

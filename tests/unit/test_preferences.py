@@ -133,8 +133,45 @@ def test_sign_off():
     assert not P.ends_with_sign_off("I am a robot")
 
 
+def test_use_list():
+    assert P.uses_list("Options:\n- tea\n- coffee")
+    assert P.uses_list("1. Boil water.\n2. Add the tea.\n3. Wait.")
+    assert P.uses_list("  * one\n  * two")
+    assert not P.uses_list("- only one bullet here")
+    assert not P.uses_list("Tea - or coffee - both fine.")  # dashes inside a sentence
+    assert not P.uses_list("In 1. place and 2. place")  # numbers not at line start
+    assert not P.uses_list("-\n-")  # bullets with nothing in them are blank
+
+
+def test_use_bold():
+    assert P.uses_bold("The capital is **Paris**.")
+    assert P.uses_bold("__Paris__ it is")
+    assert P.uses_bold("**42**")
+    assert not P.uses_bold("The capital is *Paris*.")  # italics
+    assert not P.uses_bold("2 ** 3 ** 4")  # power operators, no letter or digit between the pairs
+    assert not P.uses_bold("**** ----")
+    assert not P.uses_bold("**unclosed bold")
+    assert not P.uses_bold("snake__case_name and __init")
+
+
+def test_ends_with_question():
+    assert P.ends_with_question("Paris. Anything else you'd like to know?")
+    assert P.ends_with_question("Would you like more examples?**")
+    assert P.ends_with_question("Shall I go on?\n")
+    assert P.ends_with_question("(Want the recipe?)")
+    assert not P.ends_with_question("Why is the sky blue? Because of Rayleigh scattering.")
+    assert not P.ends_with_question("?")
+    assert not P.ends_with_question("")
+
+
+def test_candidates_are_reachable_by_name_but_not_measured_by_default():
+    for name, pref in P.CANDIDATE_PREFERENCES.items():
+        assert P.get_preference(name) is pref and name not in P.PREFERENCES
+    assert P.CANDIDATE_PREFERENCES["use_list"].opposes == "no_bullets"
+
+
 def test_complaints_are_varied():
-    for pref in P.PREFERENCES.values():
+    for pref in [*P.PREFERENCES.values(), *P.CANDIDATE_PREFERENCES.values()]:
         c = pref.complaints
         assert len(c) >= 4 and len(set(c)) == len(c), pref.name
         first_words = {x.split()[0].lower().strip(",.!'") for x in c}
