@@ -1,0 +1,50 @@
+"""The learning benchmark's reply-quality checks (bench/learning/quality.py): the pure parts, exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.learning import quality as Q
+
+pytestmark = pytest.mark.unit
+
+
+def test_loops_are_degenerate():
+    assert Q.is_degenerate("It's all about giving, right? It's all about taking, right? It's all about the")
+    assert Q.is_degenerate("1. Recycling is a waste of resources.\n2. Recycling is a waste of resources.")
+    assert Q.is_degenerate("the end the end the end the end")  # "the end the" three times
+
+
+def test_ordinary_replies_are_not_degenerate():
+    assert not Q.is_degenerate("The moon orbits Earth about once a month.")
+    assert not Q.is_degenerate("Bees make honey. Bees also pollinate flowers. Bees live in hives.")  # 'bees' x3, no 3-gram
+    assert not Q.is_degenerate("- ok\n- ok")  # short lines repeat legitimately
+    assert not Q.is_degenerate("")
+
+
+def test_mismatched_question_shares_no_topic_word():
+    qs = ["Tell me about volunteering.", "Why is volunteering important?", "How would you summarize the moon?",
+          "Write a cheerful social media post about the moon.", "What are some facts about honey bees?"]
+    other = Q.mismatched(qs + qs)  # repeated samples of the same prompts
+    assert set(other) == set(qs)
+    assert other["Tell me about volunteering."] == "How would you summarize the moon?"
+    assert other["How would you summarize the moon?"] == "What are some facts about honey bees?"
+    for q, o in other.items():
+        assert not Q.topic_words(q) & Q.topic_words(o), (q, o)
+
+
+def test_a_question_with_no_other_topic_has_no_control():
+    assert Q.mismatched(["Tell me about the moon.", "Why does the moon shine?"]) == {}
+
+
+def test_summarize():
+    replies = [{"text": "a b c a b c a b c"}, {"text": "Paris is the capital."}]
+    s = Q.summarize(replies, pmi_own=[5.0, 1.0], pmi_other=[1.0, 2.0])
+    assert s == {"n": 2, "loops": 0.5, "on_topic": 0.5, "pmi_own": 3.0, "pmi_other": 1.5, "mean_words": 6.5}
+
+
+def test_truncate_words():
+    assert Q.truncate_words("The moon  orbits\nEarth.", 2) == "The moon"
+    assert Q.truncate_words("The moon  orbits\nEarth.", 3) == "The moon  orbits"
+    assert Q.truncate_words("Bees:\n\n- make honey", 9) == "Bees:\n\n- make honey"  # shorter: unchanged
+    assert Q.truncate_words("x y", 0) == ""
