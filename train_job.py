@@ -17,10 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config file (see cluster/)")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
-    parser.add_argument("--source", help="replay logged conversations (.jsonl / .parquet) instead of live traffic")
+    parser.add_argument("--source", help="replay logged conversations (.jsonl / .parquet, or a turn log folder) "
+                        "instead of live traffic")
     args, overrides = parser.parse_known_args(argv)
 
     from hsd_ray.config import Config, ConfigError
+    from hsd_ray.data.turnlog import is_turn_log
 
     for flag, key in (("max_steps", "job.max_steps"), ("duration", "job.duration_s"), ("source", "job.source")):
         if getattr(args, flag) is not None:
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"train_job.py: {e}", file=sys.stderr)
         return 2
-    if cfg.job.source is not None and not Path(cfg.job.source).is_file():
+    if cfg.job.source is not None and not (Path(cfg.job.source).is_file() or is_turn_log(cfg.job.source)):
         print(f"train_job.py: job.source: no such file: {cfg.job.source}", file=sys.stderr)
         return 2
     if cfg.job.max_steps is None and cfg.job.duration_s is None and cfg.job.source is None:

@@ -124,6 +124,8 @@ class BroadcastConfig(_Section):
     every_steps: int = Field(1, ge=1, description="publish after this many optimizer steps ...")
     every_seconds: float = Field(0.0, ge=0, description="... or at least this many seconds apart (0 = steps only)")
     keep_versions: int = Field(2, ge=1, description="weight sets kept alive in the object store")
+    persist_weights: bool = Field(True, description="the registry also writes the latest accepted weight set to "
+                                  "<output_dir>/served_weights.pt, so a restarted registry serves it (not v0)")
     poll_seconds: float = Field(0.5, gt=0, description="how often replicas/teachers look for a new version")
 
 
@@ -201,6 +203,15 @@ class QueueConfig(_Section):
     lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
     max_attempts: int = Field(3, ge=1, le=100, description="deliveries of a turn to teachers before it is dead-lettered")
     dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
+
+
+class TurnLogConfig(_Section):
+    """The durable turn log: captured turns and their outcomes as Parquet segments (loop/turnlog.py's writer)."""
+
+    enabled: bool = Field(True, description="log captured turns and outcomes; a restarted queue rebuilds from it")
+    uri: str | None = Field(None, description="where the segments go: a path or a pyarrow filesystem URI "
+                            "(s3://..., gs://...); default <job.output_dir>/turnlog")
+    retention_s: float = Field(7 * 86400.0, gt=0, description="segments older than this are deleted (seconds)")
 
 
 class TeacherConfig(_Section):
@@ -285,6 +296,7 @@ class Config(_Section):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    turnlog: TurnLogConfig = Field(default_factory=TurnLogConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     version_gate: VersionGateConfig = Field(default_factory=VersionGateConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)

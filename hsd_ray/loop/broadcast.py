@@ -64,19 +64,26 @@ class VersionRegistry:
     `superseded`. Every version number ever published is remembered (`highest_version`): none is reused.
 
     `history_path` (the job's `<output_dir>/versions.json`) keeps the version records — states, gate numbers and
-    reasons, the highest number — across a job restart. Weights are not kept there (the learner's checkpoint is):
-    after a restart nothing is served until the resumed learner's first candidate is accepted."""
+    reasons, the highest number — across a job restart. `weights_path` (`<output_dir>/served_weights.pt`,
+    broadcast.persist_weights) keeps the served weight set of each adapter, written on a background thread whenever
+    the served version changes (the newest wins; the registry never waits for the disk): a registry restarted by Ray
+    (or a job restarted) serves that version again at once, so a restarted replica gets it, not v0. Without it,
+    nothing is served after a restart until the learner's next version is accepted."""
 
-    def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None):
+    def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None,
+                 weights_path: str | None = None):
         self.keep_versions, self.gated = keep_versions, gated
         self.history_path = Path(history_path) if history_path else None
+        self.weights_path = Path(weights_path) if weights_path else None
         self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> accepted versions, oldest first
         self._candidates: dict[str, PublishedWeights] = {}  # adapter -> the newest undecided candidate
         self._records: dict[str, dict[int, dict]] = {}  # adapter -> version -> {state, step, reason, numbers}
         self._highest: dict[str, int] = {}
         self._served: dict[str, PublishedWeights] = {}  # adapter -> an earlier accepted version an admin rolled back to
         self._rollback_to: dict[str, int] = {}  # adapter -> that version, until the learner has taken it
+        self._saver = WeightSaver(self.weights_path) if self.weights_path is not None else None
         self._load_history()
+        self._load_served_weights()
 
     def publish(self, published: PublishedWeights, durable: bool = False) -> bool:
         """Register a version (a candidate when gated). `durable` re-puts the set so this actor owns a copy that
@@ -141,6 +148,7 @@ class VersionRegistry:
         self._records[adapter_id][version]["rolled_back_at"] = time.time()
         metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
         self._save_history()
+        self._save_served()
         return {"ok": True, "version": version}
 
     def learner_news(self, pending: int | None, adapter_id: str = BASE_ADAPTER) -> dict:
@@ -171,6 +179,31 @@ class VersionRegistry:
         self._records[version.adapter_id][version.version]["state"] = "accepted"
         metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
         self._save_history()
+        self._save_served()
+
+    def _save_served(self) -> None:
+        if self._saver is not None:
+            self._saver.submit({a: self.latest(a) for a in self._versions if self.latest(a) is not None})
+
+    def _load_served_weights(self) -> None:
+        """The served weight sets saved by an earlier incarnation, put into the object store (this actor owns them)."""
+        if self.weights_path is None or not self.weights_path.exists():
+            return
+        try:
+            import torch
+
+            saved: dict[str, WeightSet] = torch.load(self.weights_path, weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file: serve nothing until the next version
+            log.warning("served weights %s unreadable (%s); nothing served until the next version", self.weights_path, e)
+            return
+        for adapter, weights in saved.items():
+            v = weights.version.version
+            self._records.setdefault(adapter, {}).setdefault(v, {"version": v, "step": weights.version.step,
+                                                                 "state": "accepted", "reason": None, "numbers": None})
+            self._highest[adapter] = max(self._highest.get(adapter, 0), v)
+            self._versions[adapter] = [PublishedWeights(weights.version, ray.put(weights))]
+            metrics.set_gauge("hsd_policy_version", v, adapter=adapter)
+            log.info("registry restored v%d of %s from %s", v, adapter, self.weights_path)
 
     def _save_history(self) -> None:
         """Write the records (atomically: temp file + rename); a failure is logged, never raised."""
@@ -219,6 +252,42 @@ class VersionRegistry:
             return self._served[adapter_id]
         history = self._versions.get(adapter_id)
         return history[-1] if history else None
+
+
+class WeightSaver:
+    """Writes {adapter: WeightSet} to one file on a daemon thread (temp file + rename); a newer submission replaces
+    one still waiting, so the disk never holds back the registry and the file always holds one whole version."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._cv = threading.Condition()
+        self._waiting: dict | None = None
+        self.saved: dict[str, int] = {}  # adapter -> version now on disk
+        threading.Thread(target=self._run, name="served-weights-saver", daemon=True).start()
+
+    def submit(self, served: dict[str, PublishedWeights]) -> None:
+        with self._cv:
+            self._waiting = served
+            self._cv.notify()
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._waiting is not None)
+                served, self._waiting = self._waiting, None
+            if {a: p.version.version for a, p in served.items()} == self.saved:
+                continue
+            try:
+                weights = {a: ray.get(p.ref) for a, p in served.items()}
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                torch.save(weights, tmp)
+                os.replace(tmp, self.path)
+                self.saved = {a: w.version.version for a, w in weights.items()}
+            except Exception as e:  # noqa: BLE001 - the weights' owner died, or the disk is full: try on the next
+                log.warning("could not save the served weights to %s: %s", self.path, e)
 
 
 class RegistryClient:
@@ -358,12 +427,20 @@ class BackgroundPublisher:
 
 class RegistryAttachment:
     """A replica's link to the registry: looks for the registry actor every LOOKUP_RETRY_S on a daemon thread and keeps
-    a started `WeightFollower` on the current one (a restarted registry is a new actor: the follower is replaced)."""
+    a started `WeightFollower` on the current one (a restarted registry is a new actor: the follower is replaced).
+    The first look, and the first weight load, happen before the constructor returns: a replica that starts (or is
+    restarted) while a loop runs serves the latest published version from its first request, not v0."""
 
     def __init__(self, engine, *, role: str, poll_s: float, where: str = "replica"):
         self.engine, self.role, self.poll_s, self.where = engine, role, poll_s, where
         self.follower: WeightFollower | None = None
         self._stop = threading.Event()
+        self._attach()
+        if self.follower is not None:
+            try:
+                self.follower.poll()
+            except Exception as e:  # noqa: BLE001 - the registry is restarting: the follower's thread tries again
+                log.warning("%s: first weight poll failed (%s); serving what it has", where, e)
         threading.Thread(target=self._run, name="hsd-registry-attach", daemon=True).start()
 
     def stop(self) -> None:
@@ -372,18 +449,20 @@ class RegistryAttachment:
             self.follower.stop()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                registry = ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE)
-            except Exception:  # noqa: BLE001 - not running (standalone), or Ray briefly unreachable
-                registry = None
-            current = self.follower.registry if self.follower is not None else None
-            if registry is not None and _actor_id(registry) != _actor_id(current):
-                if self.follower is not None:
-                    self.follower.stop()
-                self.follower = WeightFollower(self.engine, registry, role=self.role, poll_s=self.poll_s).start()
-                log.info("%s follows the weight registry", self.where)
-            self._stop.wait(LOOKUP_RETRY_S)
+        while not self._stop.wait(LOOKUP_RETRY_S):
+            self._attach()
+
+    def _attach(self) -> None:
+        try:
+            registry = ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE)
+        except Exception:  # noqa: BLE001 - not running (standalone), or Ray briefly unreachable
+            return
+        current = self.follower.registry if self.follower is not None else None
+        if _actor_id(registry) != _actor_id(current):
+            if self.follower is not None:
+                self.follower.stop()
+            self.follower = WeightFollower(self.engine, registry, role=self.role, poll_s=self.poll_s).start()
+            log.info("%s follows the weight registry", self.where)
 
 
 def _actor_id(handle) -> object:

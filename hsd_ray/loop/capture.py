@@ -13,6 +13,12 @@ before it, its text) — `hsd_ray.core.turns.reply_key`:
 
 Nothing about a user is kept here that `forget_user` cannot find and delete.
 
+With a durable turn log (`log_uri`, data/turnlog.py) a captured turn is appended to it *before* it goes to the queue:
+that is the moment a turn is acknowledged, and from then on a queue or ledger crash cannot lose it. A restarted
+ledger (Ray restarts the actor) asks the queue to `resync` with the log, in case it died between logging a turn and
+handing it over. The replies still waiting for a follow-up are not logged: they die with the ledger, and their
+follow-ups are counted as `unmatched`.
+
 `ReplyLedger` is the ledger actor's class (started by loop/job.py). `CaptureClient` is what a chat replica holds: it
 finds the ledger lazily (the service also runs standalone), shows it follow-ups without waiting, records replies with
 a bounded wait, and counts every failure — capture can never fail a chat.
@@ -30,6 +36,7 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
+from hsd_ray.data.turnlog import TurnLog
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnRef
 
@@ -63,15 +70,19 @@ class ReplyLedger:
     """Plain class; `ray.remote(ReplyLedger)` makes the ledger actor. Every method is O(1) amortised and never
     blocks on anything, so the chat path's calls return in milliseconds."""
 
-    def __init__(self, queue, reply_ttl_s: float = 1800.0, max_context_messages: int = 5, max_entries: int = 100_000):
+    def __init__(self, queue, reply_ttl_s: float = 1800.0, max_context_messages: int = 5, max_entries: int = 100_000,
+                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0):
         self.queue = QueueClient(queue) if queue is not None else None  # None: records, emits nowhere (tests)
+        self.log = TurnLog(log_uri, log_retention_s) if log_uri else None
         self.reply_ttl_s, self.max_context_messages, self.max_entries = reply_ttl_s, max_context_messages, max_entries
         self._replies: OrderedDict[str, ServedReply] = OrderedDict()  # insertion order == age order
         self.tally = metrics.Tally({
             "recorded": "hsd_replies_recorded_total", CAPTURED: "hsd_turns_captured_total",
             UNMATCHED: "hsd_turns_unmatched_total", "expired": "hsd_replies_expired_total",
-            "evicted": None, "forgotten": None,
+            "evicted": None, "forgotten": None, "log_errors": None,
         })
+        if self.log is not None and self.queue is not None:
+            self.queue.resync_nowait()  # a restart: hand over what an earlier incarnation logged but never handed
 
     def record(self, reply: ServedReply) -> str:
         self.sweep()
@@ -109,6 +120,12 @@ class ReplyLedger:
             source="live",
         )
         self.tally.add(CAPTURED)
+        if self.log is not None:
+            try:
+                self.log.append_turns([turn])  # acknowledged from here on (durable)
+            except Exception as e:  # noqa: BLE001 - storage trouble costs durability, never the turn or the chat
+                self.tally.add("log_errors")
+                log.warning("turn log append failed (turn goes on, not durable): %s: %s", type(e).__name__, e)
         if self.queue is not None:
             # Put once here; only the reference travels on. Not awaited: the queue never blocks capture.
             self.queue.put_nowait([TurnRef.put(turn)])

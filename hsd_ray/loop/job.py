@@ -25,6 +25,7 @@ from typing import Iterator
 import ray
 
 from hsd_ray.config import Config
+from hsd_ray.data.turnlog import TurnLog, is_turn_log
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
@@ -37,6 +38,25 @@ from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
 
 log = logging.getLogger("hsd_ray.job")
 VERSIONS_FILE = "versions.json"  # the registry's version records (states, gate numbers), kept across restarts
+SERVED_WEIGHTS_FILE = "served_weights.pt"  # the latest accepted weight set, for a restarted registry
+CONTROL_FILE = "learner_control.json"  # the driver's stop / admin pause, for a restarted learner control
+TURNLOG_DIR = "turnlog"  # the durable turn log's default place under job.output_dir
+
+
+def turnlog_uri(cfg: Config) -> str | None:
+    """Where the durable turn log lives (None: turnlog.enabled is false)."""
+    if not cfg.turnlog.enabled:
+        return None
+    return cfg.turnlog.uri or str(Path(cfg.job.output_dir).resolve() / TURNLOG_DIR)
+
+
+def control_actor_options(name: str) -> dict:
+    """A control actor (queue, ledger, registry, learner control): restarted by Ray when it dies, and its calls
+    retried on the new incarnation (each one is idempotent, or harmless when repeated; see each class). Each
+    rebuilds its state in __init__: the queue from the turn log, the registry from versions.json and the served
+    weights on disk, the learner control from its file."""
+    return dict(name=name, namespace=NAMESPACE, num_cpus=0, get_if_exists=False, max_restarts=-1,
+                max_task_retries=-1)
 
 
 def learner_settings(cfg: Config) -> LearnerSettings:
@@ -84,6 +104,7 @@ class Loop:
     learner: LearnerThread | None = None
     gatekeeper: object = None  # Gatekeeper actor handle (None: version_gate.enabled=false)
     replayer: "ReplayThread | None" = None
+    turnlog: TurnLog | None = None  # the durable turn log (a replay logs its turns into it too)
 
     def start_learner(self, cfg: Config | None = None) -> LearnerThread:
         """Start a learner (Ray Train) on `cfg` (default: the loop's). A learner on the same output_dir resumes."""
@@ -153,11 +174,12 @@ class Loop:
             serve.delete(APP_NAME)
             serve.delete(ADMIN_APP_NAME)
         for actor in (self.ledger, self.control, self.registry.handle, self.queue.handle):
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
 
 
 class ReplayThread(threading.Thread):
-    """Logged conversations → turns → the same queue live capture feeds, each turn `ray.put` once, with
+    """Logged conversations (or a turn log: `--source <output_dir>/turnlog` replays its turns, exact token ids
+    included) → turns → the same queue live capture feeds, each turn `ray.put` once, with
     back-pressure: turns are offered in chunks (`QueueClient.offer`), and what does not fit is offered again after a
     short wait, so a replay never drops a turn to overflow (live traffic's `put` drops the oldest instead). When the
     source is read the queue is closed, so the learner trains the final partial batch and then stops."""
@@ -176,10 +198,11 @@ class ReplayThread(threading.Thread):
         report, job = ReadReport(), self.loop.cfg.job
         try:
             chunk = []
-            for turn in turns_from_source(self.path, self.loop.cfg.hindsight.max_context_messages,
-                                          language=job.source_language, drop_toxic=job.source_drop_toxic,
-                                          report=report):
-                chunk.append(TurnRef.put(turn))
+            turns = (TurnLog(self.path).turns() if is_turn_log(self.path) else
+                     turns_from_source(self.path, self.loop.cfg.hindsight.max_context_messages,
+                                       language=job.source_language, drop_toxic=job.source_drop_toxic, report=report))
+            for turn in turns:
+                chunk.append(turn)
                 if len(chunk) == self.CHUNK:
                     self._offer_all(chunk)
                     chunk = []
@@ -191,7 +214,10 @@ class ReplayThread(threading.Thread):
             self.error = e
             log.error("[job] replay of %s failed after %d turns: %s", self.path, self.offered, e)
 
-    def _offer_all(self, refs: list[TurnRef]) -> None:
+    def _offer_all(self, turns: list) -> None:
+        if self.loop.turnlog is not None and turns:  # durable before the queue sees them (a queue restart rebuilds)
+            self.loop.turnlog.append_turns(turns)
+        refs = [TurnRef.put(t) for t in turns]
         while refs and not self._halt.is_set():
             taken = self.loop.queue.offer(refs)
             self.offered += taken
@@ -206,22 +232,27 @@ class ReplayThread(threading.Thread):
 
 def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
-    opts = dict(namespace=NAMESPACE, num_cpus=0, get_if_exists=False)
-    queue = ray.remote(TurnQueue).options(name=QUEUE_ACTOR_NAME, **opts).remote(
+    out, log_uri, retention = Path(cfg.job.output_dir).resolve(), turnlog_uri(cfg), cfg.turnlog.retention_s
+    queue = ray.remote(TurnQueue).options(**control_actor_options(QUEUE_ACTOR_NAME)).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
-        cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None  # a replay loses nothing to overflow
+        cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None,  # a replay loses nothing to overflow
+        log_uri=log_uri, log_retention_s=retention,
     )
-    registry = ray.remote(VersionRegistry).options(name=REGISTRY_ACTOR_NAME, **opts).remote(
-        cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(Path(cfg.job.output_dir).resolve() / VERSIONS_FILE)
+    registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
+        cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),
+        str(out / SERVED_WEIGHTS_FILE) if cfg.broadcast.persist_weights else None,
     )
-    control = ray.remote(LearnerControl).options(name=CONTROL_ACTOR_NAME, **opts).remote()
-    ledger = ray.remote(ReplyLedger).options(name=LEDGER_ACTOR_NAME, **opts).remote(
-        queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages
+    (out / CONTROL_FILE).unlink(missing_ok=True)  # a new job is neither stopped nor paused; a restarted actor reads it
+    control = ray.remote(LearnerControl).options(**control_actor_options(CONTROL_ACTOR_NAME)).remote(
+        str(out / CONTROL_FILE))
+    ledger = ray.remote(ReplyLedger).options(**control_actor_options(LEDGER_ACTOR_NAME)).remote(
+        queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages, log_uri=log_uri, log_retention_s=retention
     )
     settings = teacher_settings(cfg)
     teachers = [start_teacher(cfg, settings, queue, registry, i) for i in range(cfg.teacher.num_workers)]
     loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers,
-                gatekeeper=start_gatekeeper(cfg, registry))
+                gatekeeper=start_gatekeeper(cfg, registry),
+                turnlog=TurnLog(log_uri, retention) if log_uri else None)
     if serve_chat:
         from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service

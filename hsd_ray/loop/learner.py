@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -43,15 +44,25 @@ log = logging.getLogger(__name__)
 
 
 class LearnerControl:
-    """The named actor through which the driver stops the learner and reads its progress."""
+    """The named actor through which the driver stops the learner and reads its progress. With `state_path` the
+    driver's requests (stop, admin pause) are kept in that file, so a restarted control actor still holds them;
+    progress comes back with the learner's next report."""
 
-    def __init__(self):
+    def __init__(self, state_path: str | None = None):
+        self.state_path = Path(state_path) if state_path else None
         self._stop = False
         self._paused = False  # admin API: no optimizer step while paused (turns wait in the queue)
         self.progress: dict = {"step": 0, "version": 0}
+        if self.state_path is not None and self.state_path.exists():
+            try:
+                saved = json.loads(self.state_path.read_text())
+                self._stop, self._paused = bool(saved["stop"]), bool(saved["paused"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("learner control state %s unreadable (%s): not stopped, not paused", self.state_path, e)
 
     def set_paused(self, paused: bool) -> bool:
         self._paused = paused
+        self._save()
         return paused
 
     def paused(self) -> bool:
@@ -59,6 +70,18 @@ class LearnerControl:
 
     def request_stop(self) -> None:
         self._stop = True
+        self._save()
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"stop": self._stop, "paused": self._paused}))
+            os.replace(tmp, self.state_path)
+        except OSError as e:
+            log.warning("could not save learner control state to %s: %s", self.state_path, e)
 
     def should_stop(self) -> bool:
         return self._stop

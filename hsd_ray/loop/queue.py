@@ -27,7 +27,15 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
 - User data can be found and removed: `forget_user` drops every turn of a user in every stage.
 - A payload dies with the process that `ray.put` it (Ray ownership): a teacher restarted after scoring takes its
   scored turns with it, a restarted ledger its captured ones. Consumers fetch with `fetch_turns`, which separates lost
-  payloads; those turns are dropped as "lost" (counted), never retried forever and never crash the consumer.
+  payloads. With a durable turn log (data/turnlog.py) such a turn is read back from the log and goes to pending again
+  (counted as `recovered`); without one, or if the log lacks it, it is dropped as "lost" (counted), never retried
+  forever and never crashing the consumer.
+- Durable (with `log_uri`): the producer (ledger, replay) logs each turn before the queue sees it, and the queue logs
+  every outcome (trained, dropped by reason). A restarted queue (Ray restarts the actor) rebuilds from the log: every
+  logged turn without an outcome goes back to pending (this actor puts the payload again) and the counts are read
+  back, so the accounting stays exact. Turn ids are idempotent: a turn this queue already has or has finished is not
+  taken again (`put`, `offer`, `resync`), and an `ack_trained` from a batch leased by an earlier incarnation removes
+  the turn wherever it now waits, so it is trained once.
 
 `TurnQueue` is the actor's class (started by loop/job.py); `QueueClient` is how every other part calls it.
 """
@@ -35,6 +43,7 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -45,9 +54,12 @@ import ray
 from hsd_ray import metrics
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.version_gate import VersionFeedback
+from hsd_ray.data.turnlog import TRAINED, TurnLog
 from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
+PRUNE_EVERY_S = 600.0  # how often the queue deletes turn-log segments past their retention
+log = logging.getLogger(__name__)
 DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost", "dead_letter",
                 "rejected")
 
@@ -78,7 +90,8 @@ class TurnQueue:
     """The queue actor's class (`ray.remote(TurnQueue)`, named QUEUE_ACTOR_NAME)."""
 
     def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0,
-                 max_attempts: int = 3, dead_letter_capacity: int = 256, lossless: bool = False):
+                 max_attempts: int = 3, dead_letter_capacity: int = 256, lossless: bool = False,
+                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
         self.max_attempts = max_attempts
         self.lossless = lossless  # a replay: teachers wait for room in scored, which is never trimmed
@@ -89,35 +102,43 @@ class TurnQueue:
         self._leases: dict[int, tuple[float, list[TurnRef]]] = {}
         self._scored: deque[TurnRef] = deque()
         self._training: OrderedDict[str, TurnRef] = OrderedDict()
-        self._lease_ids = itertools.count(1)
+        self._lease_ids = itertools.count(time.time_ns() // 1000)  # never reused by a restarted queue
         self.tally = metrics.Tally(
             {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
-             "retried": None, "late_completions": None, "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
+             "retried": None, "late_completions": None, "recovered": None, "log_errors": None,
+             "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
             labels={"dropped": DROP_REASONS, "gate": ()},
         )
         self.feedback = VersionFeedback()  # per served version: complaint / positive / none (version gate issue)
+        self.log = TurnLog(log_uri, log_retention_s) if log_uri else None
+        self._known: set[str] = set()  # ids of every turn taken (with a log): a turn id is never taken twice
+        self._next_prune = 0.0
+        if self.log is not None:
+            self._rebuild()
 
     # ---- capture side -----------------------------------------------------------------------------------------
     def put(self, turns: list[TurnRef]) -> int:
         """Append captured turns. Returns how many older turns were dropped to make room."""
         self._expire_leases()
+        turns = self._fresh(turns)
         self._pending.extend(turns)
         self.tally.add("captured", len(turns))
-        dropped = 0
+        dropped = []
         while len(self._pending) > self.capacity:
-            self._attempts.pop(self._pending.popleft().turn_id, None)
-            dropped += 1
-        self.tally.add("dropped", dropped, "overflow")
+            dropped.append(self._pending.popleft().turn_id)
+            self._attempts.pop(dropped[-1], None)
+        self._drop(dropped, "overflow")
         self._gauges()
-        return dropped
+        return len(dropped)
 
     def offer(self, turns: list[TurnRef]) -> int:
         """Append as many of `turns` (from the front) as fit under `capacity`, dropping nothing. Returns how many were
         taken; the caller waits and offers the rest again (a replay's back-pressure)."""
         self._expire_leases()
         taken = turns[: max(0, self.capacity - len(self._pending))]
-        self._pending.extend(taken)
-        self.tally.add("captured", len(taken))
+        fresh = self._fresh(taken)  # a turn offered again after a restart is taken (counted) once
+        self._pending.extend(fresh)
+        self.tally.add("captured", len(fresh))
         self._gauges()
         return len(taken)
 
@@ -165,19 +186,18 @@ class TurnQueue:
             else:
                 self._attempts.pop(tid, None)  # it leaves the teacher stage
         self._scored.extend(t for t in scored if t.turn_id in still_leased)
-        self.tally.add("dropped", len(failed), "unscorable")
-        self.tally.add("dropped", len(lost), "lost")
-        self.tally.add("dropped", len(not_feedback), "not_feedback")
+        self._drop(failed, "unscorable")
+        self._drop(self._recover([tid for tid in lost if tid in still_leased]), "lost")  # forgotten: not revived
+        self._drop(not_feedback, "not_feedback")
         for decision in decisions:
             self.tally.add("gate", 1, decision)
         for version, kind in receptions:
             self.feedback.add(version, kind)
             metrics.inc("hsd_feedback_total", version=str(version), kind=kind)
-        overflow = 0
+        overflow = []
         while len(self._scored) > self.scored_capacity and not self.lossless:
-            self._scored.popleft()
-            overflow += 1
-        self.tally.add("dropped", overflow, "scored_overflow")
+            overflow.append(self._scored.popleft().turn_id)
+        self._drop(overflow, "scored_overflow")
         self._gauges()
         return True
 
@@ -200,7 +220,11 @@ class TurnQueue:
         return batch
 
     def ack_trained(self, turn_ids: list[str]) -> None:
-        self.tally.add("trained", sum(self._training.pop(tid, None) is not None for tid in turn_ids))
+        """The learner stepped on these turns. An id this queue did not hand out (the batch came from an earlier
+        incarnation, rebuilt from the log since) is taken out of whatever stage it waits in: trained once."""
+        done = [tid for tid in turn_ids if self._training.pop(tid, None) is not None or self._remove_waiting(tid)]
+        self.tally.add("trained", len(done))
+        self._log_outcome(done, TRAINED)
         self._gauges()
 
     def reject_trained(self, n: int) -> int:
@@ -209,14 +233,18 @@ class TurnQueue:
         n = max(0, min(n, self.tally["trained"]))
         self.tally.discount("trained", n)
         self.tally.add("dropped", n, "rejected")
+        if self.log is not None and n:
+            self._logged(self.log.append_rejected, n)
         return n
 
     def drop_lost(self, turn_ids: list[str]) -> int:
-        """The learner could not fetch these turns (their payload's owner died): drop them, counted as lost."""
-        n = sum(self._training.pop(tid, None) is not None for tid in turn_ids)
-        self.tally.add("dropped", n, "lost")
+        """The learner could not fetch these turns (their payload's owner died): back to pending from the turn log
+        (to be scored again), or dropped as lost. Returns how many were dropped."""
+        gone = [tid for tid in turn_ids if self._training.pop(tid, None) is not None]
+        lost = self._recover(gone)
+        self._drop(lost, "lost")
         self._gauges()
-        return n
+        return len(lost)
 
     def requeue_training(self) -> int:
         """A restarted learner lost its in-flight batch: give those turns back to the front of `scored`."""
@@ -227,23 +255,23 @@ class TurnQueue:
 
     # ---- privacy / introspection ------------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> int:
-        n = 0
+        gone: list[str] = []
         for t in self._pending:
             if t.user_id == user_id:
                 self._attempts.pop(t.turn_id, None)
         for stage in (self._pending, self._scored):
+            gone += [t.turn_id for t in stage if t.user_id == user_id]
             keep = [t for t in stage if t.user_id != user_id]
-            n += len(stage) - len(keep)
             stage.clear()
             stage.extend(keep)
         for tid in [tid for tid, t in self._training.items() if t.user_id == user_id]:
             del self._training[tid]
-            n += 1
+            gone.append(tid)
         for lease_id, (deadline, turns) in list(self._leases.items()):
-            keep = [t for t in turns if t.user_id != user_id]
-            n += len(turns) - len(keep)
-            self._leases[lease_id] = (deadline, keep)
-        self.tally.add("dropped", n, "forgotten")
+            gone += [t.turn_id for t in turns if t.user_id == user_id]
+            self._leases[lease_id] = (deadline, [t for t in turns if t.user_id != user_id])
+        self._drop(gone, "forgotten")
+        n = len(gone)
         kept = [d for d in self._dead if d["user_id"] != user_id]  # already counted as dead_letter: removed, not recounted
         self._dead.clear()
         self._dead.extend(kept)
@@ -253,8 +281,23 @@ class TurnQueue:
         """The dead-lettered turns kept (oldest first): turn_id, user_id, attempts, error, at (unix time), ref."""
         return [dict(d) for d in self._dead]
 
+    def resync(self) -> int:
+        """Take the logged turns this queue has never seen (a restarted ledger calls this: it may have logged a turn
+        and died before handing it over). Returns how many were added to pending."""
+        if self.log is None:
+            return 0
+        try:
+            new = self._fresh(self.log.state().open_turns)
+        except Exception as e:  # noqa: BLE001 - an unreadable log must not take the queue down
+            return self._log_failed("resync", e) or 0
+        self._pending.extend(TurnRef.put(t) for t in new)
+        self.tally.add("captured", len(new))
+        self._gauges()
+        return len(new)
+
     def stats(self) -> dict:
         self._expire_leases()
+        self._maybe_prune()
         counts = self.tally.snapshot()
         return {
             **counts,
@@ -293,7 +336,81 @@ class TurnQueue:
         attempts = self._attempts.pop(t.turn_id, 0)
         self._dead.append({"turn_id": t.turn_id, "user_id": t.user_id, "attempts": attempts, "error": error,
                            "at": time.time(), "ref": t.ref})
-        self.tally.add("dropped", 1, "dead_letter")
+        self._drop([t.turn_id], "dead_letter")
+
+    # ---- the durable log ----------------------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        """A (re)started queue: every logged turn without an outcome to pending, and the counts read back."""
+        st = self.log.state()
+        self._known = st.known
+        self._pending.extend(TurnRef.put(t) for t in st.open_turns)
+        self.tally.add("captured", st.captured)
+        self.tally.add("trained", st.trained)
+        for reason, n in st.dropped.items():
+            self.tally.add("dropped", n, reason)
+        if st.captured:
+            log.info("turn queue rebuilt from %s: %d open turns, %d trained, %d dropped", self.log.uri,
+                     len(st.open_turns), st.trained, sum(st.dropped.values()))
+
+    def _fresh(self, turns: list) -> list:
+        """The turns (TurnRefs or Turns) whose id this queue has not taken before (always all, without a log)."""
+        if self.log is None:
+            return list(turns)
+        out = [t for t in turns if t.turn_id not in self._known]
+        self._known.update(t.turn_id for t in out)
+        return out
+
+    def _drop(self, turn_ids: list[str], reason: str) -> None:
+        self.tally.add("dropped", len(turn_ids), reason)
+        self._log_outcome(turn_ids, f"dropped:{reason}")
+
+    def _log_outcome(self, turn_ids: list[str], outcome: str) -> None:
+        if self.log is not None and turn_ids:
+            self._logged(self.log.append_outcomes, turn_ids, outcome)
+
+    def _logged(self, write, *args) -> None:
+        try:
+            write(*args)
+        except Exception as e:  # noqa: BLE001 - a storage hiccup is counted; the queue goes on
+            self._log_failed(write.__name__, e)
+
+    def _log_failed(self, what: str, e: BaseException) -> None:
+        self.tally.add("log_errors")
+        log.warning("turn log %s failed: %s: %s", what, type(e).__name__, e)
+
+    def _recover(self, turn_ids: list[str]) -> list[str]:
+        """Turns whose payload died with its owner: read back from the log and put at the front of pending (this
+        actor owns the new payload). Returns the ids that could not be recovered (no log, or not in it)."""
+        if self.log is None or not turn_ids:
+            return list(turn_ids)
+        try:
+            found = self.log.turns(set(turn_ids))
+        except Exception as e:  # noqa: BLE001
+            self._log_failed("recover", e)
+            return list(turn_ids)
+        self._pending.extendleft(reversed([TurnRef.put(t) for t in found]))
+        self.tally.add("recovered", len(found))
+        ids = {t.turn_id for t in found}
+        return [tid for tid in turn_ids if tid not in ids]
+
+    def _remove_waiting(self, turn_id: str) -> bool:
+        """Take a turn out of pending, a lease or scored (it was trained by an earlier incarnation's batch)."""
+        for stage in (self._pending, self._scored):
+            for t in stage:
+                if t.turn_id == turn_id:
+                    stage.remove(t)
+                    self._attempts.pop(turn_id, None)
+                    return True
+        for lease_id, (deadline, turns) in self._leases.items():
+            if any(t.turn_id == turn_id for t in turns):
+                self._leases[lease_id] = (deadline, [t for t in turns if t.turn_id != turn_id])
+                return True
+        return False
+
+    def _maybe_prune(self) -> None:
+        if self.log is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
+            self._logged(self.log.prune)
 
     def _gauges(self) -> None:
         metrics.set_gauge("hsd_queue_depth", len(self._pending), stage="pending")
@@ -348,6 +465,9 @@ class QueueClient:
 
     def forget_user(self, user_id: str) -> int:
         return ray.get(self.handle.forget_user.remote(user_id))
+
+    def resync_nowait(self) -> None:
+        self.handle.resync.remote()
 
     def dead_letters(self) -> list[dict]:
         return ray.get(self.handle.dead_letters.remote())

@@ -39,6 +39,19 @@ def test_replay_with_a_tiny_queue_trains_every_turn(ray_session, tiny_model_dir,
     assert summary["learner"]["step"] == 4  # three full batches and the final partial one
     assert (tmp_path / "run" / "final" / "config.json").exists()
 
+    # The durable turn log holds every replayed turn with its outcome, and is itself a `--source`.
+    from hsd_ray.data.turnlog import TurnLog
+
+    log = TurnLog(str(tmp_path / "run" / "turnlog"))
+    st = log.state()
+    assert st.captured == 10 and st.trained == 10 and st.open_turns == [], st
+    overrides.update({"job.source": str(tmp_path / "run" / "turnlog"), "job.output_dir": str(tmp_path / "run2")})
+    again = run_job(Config.load(overrides=[f"{k}={v}" for k, v in overrides.items()]))
+    assert again["queue"]["captured"] == 10 and again["queue"]["trained"] == 10, again["queue"]
+    replayed = TurnLog(str(tmp_path / "run2" / "turnlog"))
+    assert [t.turn_id for t in replayed.turns()] == [t.turn_id for t in log.turns()]  # the same turns, same ids
+    assert [t.reply for t in replayed.turns()] == [t.reply for t in log.turns()]
+
 
 def test_driver_outlives_a_failed_stats_call(ray_session, tiny_model_dir, tmp_path):
     """The ledger actor is killed as the job starts: every stats() call the driver makes fails for it, yet the job
