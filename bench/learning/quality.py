@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * a['on_topic']:>5.0f}% → {100 * b['on_topic']:>3.0f}% "
                   f"{a['pmi_own']:>5.1f} ({a['pmi_other']:>5.1f}) → {b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f}) "
                   f"{b.get('pmi_base_same_length', float('nan')):>9.1f} {a['mean_words']:>4.0f} → {b['mean_words']:>3.0f}")
-        out = path.with_name(path.name.replace("learning-", "quality-", 1))
+        out = path.with_name("quality-" + path.name.removeprefix("learning-"))  # never the input file
         out.write_text(json.dumps({"source": path.name, "model": model, "query": QUERY, "runs": rows,
                                    "wall_s": time.time() - t0}, indent=1) + "\n")
         print(f"  → {out}")
