@@ -98,10 +98,11 @@ def _replicas() -> list:
 
 
 def _train_worker_pid() -> int | None:
-    from ray.util.state import list_actors
+    """The pid of this cluster's Ray Train worker, from the GCS actor table (the state API would need the dashboard)."""
+    from ray._private.state import actors
 
-    alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
-    return alive[0]["pid"] if alive else None
+    alive = [a for a in actors(actor_state_name="ALIVE").values() if a["ActorClassName"] == "RayTrainWorker"]
+    return alive[0]["Pid"] if alive else None
 
 
 def kill(loop, what: str) -> str:
