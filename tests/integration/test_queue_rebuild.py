@@ -13,6 +13,7 @@ from hsd_ray.data.turnlog import TurnLog
 from hsd_ray.loop.capture import CAPTURED, ReplyLedger, ServedReply
 from hsd_ray.loop.job import control_actor_options
 from hsd_ray.loop.queue import QueueClient, TurnQueue, fetch_turns
+from tests.integration.test_loop import _wait
 
 pytestmark = pytest.mark.integration
 
@@ -34,16 +35,6 @@ def _capture(ledger, n: int, start: int = 0) -> None:
         assert ray.get(ledger.observe.remote(reply.user_id, msgs)) == CAPTURED
 
 
-def _wait_for(predicate, timeout: float = 60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
-
 def test_queue_and_ledger_crashes_lose_no_acknowledged_turn(ray_session, tmp_path):
     uri = str(tmp_path / "turnlog")
     handle = ray.remote(TurnQueue).options(**control_actor_options("test-rebuild-queue")).remote(
@@ -53,7 +44,7 @@ def test_queue_and_ledger_crashes_lose_no_acknowledged_turn(ray_session, tmp_pat
     queue = QueueClient(handle)
     try:
         _capture(ledger, 8)
-        _wait_for(lambda: queue.stats()["captured"] == 8)
+        _wait(lambda: queue.stats()["captured"] == 8, 60, "8 turns captured")
         lease = queue.lease(6)
         ids = [t.turn_id for t in lease.turns]
         assert queue.complete(lease, lease.turns[:5], failed=[], lost=[], not_feedback=[ids[5]])
@@ -64,7 +55,7 @@ def test_queue_and_ledger_crashes_lose_no_acknowledged_turn(ray_session, tmp_pat
         assert before["trained"] == 2 and before["dropped"]["not_feedback"] == 1 and before["training"] == 2
 
         ray.kill(handle, no_restart=False)  # Ray restarts it; it rebuilds from the log
-        after = _exact(_wait_for(lambda: (s := queue.stats())["training"] == 0 and s))  # ray.kill is asynchronous
+        after = _exact(_wait(lambda: (s := queue.stats())["training"] == 0 and s, 60, "the rebuilt queue"))  # ray.kill is asynchronous
         assert (after["captured"], after["trained"], after["dropped_total"]) == (8, 2, 1)
         assert after["pending"] == 5 and after["training"] == 0  # every open turn waits again: 5 = 8 - 2 - 1
         queue.ack_trained_nowait([t.turn_id for t in in_training])  # the learner's late ack reaches the new queue
@@ -74,10 +65,10 @@ def test_queue_and_ledger_crashes_lose_no_acknowledged_turn(ray_session, tmp_pat
         assert _exact(queue.stats())["captured"] == 8
 
         _capture(ledger, 2, start=8)  # payloads owned by the ledger ...
-        _wait_for(lambda: queue.stats()["captured"] == 10)
+        _wait(lambda: queue.stats()["captured"] == 10, 60, "10 turns captured")
         ray.kill(ledger, no_restart=False)  # ... die with it
-        lease = _wait_for(lambda: queue.lease(10))
-        _wait_for(lambda: fetch_turns(lease.turns[-2:])[1], 30)  # Ray has noticed the owner's death
+        lease = _wait(lambda: queue.lease(10), 60, "a lease")
+        _wait(lambda: fetch_turns(lease.turns[-2:])[1], 30, "lost payloads")  # Ray has noticed the owner's death
         live, lost = fetch_turns(lease.turns)
         assert {t.turn_id for t in lost} >= {t.turn_id for t in lease.turns[-2:]}
         assert queue.complete(lease, [t for t in lease.turns if t not in lost], [], [t.turn_id for t in lost])
@@ -88,7 +79,7 @@ def test_queue_and_ledger_crashes_lose_no_acknowledged_turn(ray_session, tmp_pat
         assert {t.turn_id for t in again.turns} == {t.turn_id for t in lost}
 
         _capture(ledger, 1, start=10)  # the restarted ledger captures and logs as before
-        _wait_for(lambda: queue.stats()["captured"] == 11)
+        _wait(lambda: queue.stats()["captured"] == 11, 60, "11 turns captured")
         assert ray.get(ledger.stats.remote())["log_errors"] == 0
         st = TurnLog(uri).state()
         assert st.captured == 11 and st.trained == 4 and len(st.open_turns) == 11 - 4 - 1
