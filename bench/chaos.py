@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -128,13 +129,12 @@ def kill(loop, what: str) -> str:
     raise ValueError(f"unknown kill {what!r}; known: {', '.join(KILLS)}")
 
 
-def recover(loop, traffic: Traffic, since: float, timeout_s: float) -> dict:
-    """Wait for two more turns trained than at the kill and a probe answered; the recovery numbers."""
-    start = _trained(loop)
+def recover(loop, traffic: Traffic, since: float, timeout_s: float, start: int) -> dict:
+    """Wait for two more turns trained than `start` (the count just before the kill) and a probe answered."""
     deadline = since + timeout_s
     while time.time() < deadline:
         trained = _trained(loop)
-        if trained is not None and start is not None and trained >= start + 2 and _probe(traffic) is not None:
+        if trained is not None and trained >= start + 2 and _probe(traffic) is not None:
             return {"recovered": True, "recovery_s": round(time.time() - since, 1)}
         time.sleep(1.0)
     return {"recovered": False, "recovery_s": None}
@@ -157,9 +157,10 @@ def _probe(traffic: Traffic) -> str | None:
 
 
 def run_kill(loop, traffic: Traffic, what: str, timeout_s: float) -> dict:
+    before = loop.queue.stats()["trained"]  # read before the kill: a restarting queue cannot answer
     t_kill = time.time()
     how = kill(loop, what)
-    row = {"kill": what, "how": how, **recover(loop, traffic, t_kill, timeout_s)}
+    row = {"kill": what, "how": how, **recover(loop, traffic, t_kill, timeout_s, before)}
     time.sleep(10.0)  # traffic after recovery belongs to this kill's window too
     row["chat"] = traffic.window(t_kill, time.time())
     row["availability"] = row["chat"]["answered"] / max(1, row["chat"]["sent"])
@@ -182,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     from hsd_ray.models import resolve_model
 
     out_dir = Path(args.out)
-    cfg = chaos_config(str(resolve_model(args.model)), out_dir / "chaos-run")
     rows, t0 = [], time.time()
-    with local_ray(quiet=True), running_loop(cfg) as loop:
+    # the loop's own output (checkpoints, turn log, final weights) is scratch: only the report is kept
+    with tempfile.TemporaryDirectory(prefix="hsd-chaos-") as scratch, local_ray(quiet=True), \
+            running_loop(chaos_config(str(resolve_model(args.model)), Path(scratch))) as loop:
         traffic = Traffic(loop.base_url)
         traffic.start()
-        warm = recover(loop, traffic, time.time(), args.recovery_timeout)
+        warm = recover(loop, traffic, time.time(), args.recovery_timeout, loop.queue.stats()["trained"])
         print(f"warm-up: {warm}", flush=True)
         for what in [k for k in args.kills.split(",") if k]:
             row = run_kill(loop, traffic, what, args.recovery_timeout)
