@@ -319,7 +319,7 @@ class VLLMEngine(VersionedWeights):
         """After the engine's add_lora answered `added` (its result, or what it raised): make the adapter the one in
         use and return the previous request (to remove), or raise WeightLoadError with the new folder deleted. Shared
         by the offline and the async engine, whose add_lora differ only in being awaited."""
-        if added is True:
+        if added and not isinstance(added, Exception):  # vLLM answers True, or False for a refusal
             return self._swap_lora(request, folder)
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(added, Exception):

@@ -289,7 +289,8 @@ class TurnQueue:
         try:
             new = self._fresh(self.log.state().open_turns)
         except Exception as e:  # noqa: BLE001 - an unreadable log must not take the queue down
-            return self._log_failed("resync", e) or 0
+            self._log_failed("resync", e)
+            return 0
         self._pending.extend(TurnRef.put(t) for t in new)
         self.tally.add("captured", len(new))
         self._gauges()
