@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import ray
 
 from hsd_ray import metrics
 from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
+from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 
 REGISTRY_ACTOR_NAME = "hsd-version-registry"
@@ -211,10 +211,7 @@ class VersionRegistry:
             return
         try:
             data = {"highest": self._highest, "records": {a: list(r.values()) for a, r in self._records.items()}}
-            self.history_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.history_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, self.history_path)
+            replace_atomically(self.history_path, lambda tmp: tmp.write_text(json.dumps(data, indent=1, default=str)))
         except OSError as e:
             log.warning("could not save the version history to %s: %s", self.history_path, e)
 
@@ -281,10 +278,7 @@ class WeightSaver:
                 continue
             try:
                 weights = {a: ray.get(p.ref) for a, p in served.items()}
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                torch.save(weights, tmp)
-                os.replace(tmp, self.path)
+                replace_atomically(self.path, lambda tmp: torch.save(weights, tmp))
                 self.saved = {a: w.version.version for a, w in weights.items()}
             except Exception as e:  # noqa: BLE001 - the weights' owner died, or the disk is full: try on the next
                 log.warning("could not save the served weights to %s: %s", self.path, e)

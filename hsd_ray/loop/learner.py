@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from hsd_ray import metrics
 from hsd_ray.config import BroadcastConfig, LearnerConfig, LossConfig
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.weights import BASE_ADAPTER
+from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
 from hsd_ray.loop.queue import QueueClient, fetch_turns
@@ -76,10 +76,8 @@ class LearnerControl:
         if self.state_path is None:
             return
         try:
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"stop": self._stop, "paused": self._paused}))
-            os.replace(tmp, self.state_path)
+            state = json.dumps({"stop": self._stop, "paused": self._paused})
+            replace_atomically(self.state_path, lambda tmp: tmp.write_text(state))
         except OSError as e:
             log.warning("could not save learner control state to %s: %s", self.state_path, e)
 
