@@ -157,6 +157,7 @@ def test_prometheus_scrapes_the_funnel_with_rays_own_scrape_config(observed_loop
                 "ray_hsd_learner_turns_total": stats["queue"]["trained"],
                 "ray_hsd_learner_steps_total": stats["learner"]["step"]}
         assert want["ray_hsd_turns_captured_total"] == 4 and want["ray_hsd_learner_steps_total"] == 2, stats
+        _wait_until_ready(port, server, tmp_path / "prometheus.log")
         got: dict = {}
         deadline = time.time() + 120  # Ray's config scrapes every 10 s; Ray exports a new value within ~10 s
         while time.time() < deadline:
@@ -219,10 +220,24 @@ def _prometheus_binary() -> str:
     return found
 
 
+def _wait_until_ready(port: int, server: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Prometheus answers 503 'Service Unavailable' until its TSDB is open; a loaded CI host takes seconds."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        assert server.poll() is None, f"prometheus exited: {_tail(log)}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"prometheus not ready after {timeout_s} s: {_tail(log)}")
+
+
 def _query(port: int, promql: str) -> float | None:
     try:
         body = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": promql}, timeout=10).json()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # ValueError: a non-JSON answer (e.g. a 503 page) — ask again
         return None
     result = body.get("data", {}).get("result", [])
     return float(result[0]["value"][1]) if result else None
