@@ -44,8 +44,40 @@ class HFEngine(VersionedWeights):
     # ---- generation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Greedy requests without stop strings run as left-padded batches (cut by the token budget): the gatekeeper's
+        probe sets and a batch of greedy chats cost one generate call per batch instead of one per prompt. Sampled
+        rows stay one at a time: row i is drawn with seed + i, which a shared batch cannot reproduce."""
+        results: list[Generation | None] = [None] * len(prompts)
         with self._lock:
-            return [self._generate_one(p, params, i) for i, p in enumerate(prompts)]
+            if params.temperature <= 0 and not params.stop and len(prompts) > 1:
+                lengths = [len(p) + params.max_tokens for p in prompts]
+                for group in chunk_by_budget(lengths, self.score_token_budget):
+                    for i, gen in zip(group, self._generate_greedy_batch([prompts[i] for i in group], params)):
+                        results[i] = gen
+            for i, p in enumerate(prompts):
+                if results[i] is None:
+                    results[i] = self._generate_one(p, params, i)
+        return results  # type: ignore[return-value]
+
+    def _generate_greedy_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        if len(prompts) == 1:
+            return [self._generate_one(prompts[0], params)]
+        width, pad = max(len(p) for p in prompts), self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.eos_ids[0]
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        out = self.model.generate(input_ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=False,
+                                  eos_token_id=self.eos_ids, pad_token_id=pad, output_logits=True,
+                                  return_dict_in_generate=True)
+        logp_T_B_V = torch.log_softmax(torch.stack(out.logits, 0).float(), -1)
+        eos, gens = set(self.eos_ids), []
+        for b, prompt in enumerate(prompts):
+            new = out.sequences[b, width:].tolist()
+            end = next((t + 1 for t, tok in enumerate(new) if tok in eos), len(new))  # after EOS: padding
+            new = new[:end]
+            logprobs = [float(logp_T_B_V[t, b, tok]) for t, tok in enumerate(new)]
+            gens.append(self._generation(prompt, new, logprobs, params))
+        return gens
 
     def _generate_one(self, prompt: list[int], params: SamplingParams, row: int = 0) -> Generation:
         eos = self.eos_ids
@@ -69,8 +101,11 @@ class HFEngine(VersionedWeights):
         new = out.sequences[0, len(prompt) :].tolist()
         logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before temperature / top-p)
         logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
-        logprobs = logprobs.tolist()
-        finished = ended_on_eos = bool(new) and new[-1] in eos
+        return self._generation(prompt, new, logprobs.tolist(), params)
+
+    def _generation(self, prompt: list[int], new: list[int], logprobs: list[float], params: SamplingParams):
+        """The Generation of generated ids `new` (a trailing EOS dropped, the text cut at the first stop string)."""
+        finished = ended_on_eos = bool(new) and new[-1] in self.eos_ids
         if finished:
             new, logprobs = new[:-1], logprobs[:-1]
         text = self.tokenizer.decode(new, skip_special_tokens=True)

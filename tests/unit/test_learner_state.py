@@ -118,3 +118,32 @@ def test_eos_only_for_a_real_end_of_sequence(tiny_model_dir):
     engine.model.generation_config.eos_token_id = [tok.eos_token_id, free.token_ids[0]]
     [ended] = engine.generate([prompt], greedy)
     assert ended.ended_on_eos and ended.finished and ended.token_ids == []
+
+
+def test_batched_greedy_matches_one_prompt_at_a_time(tiny_model_dir):
+    """HFEngine runs greedy, stop-free batches left-padded in one generate call: each row's ids, logprobs, finish and
+    EOS flags are those of the prompt generated alone, including rows that end on EOS while others go on."""
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.engines.hf import HFEngine
+
+    engine = HFEngine(tiny_model_dir)
+    tok = engine.tokenizer
+    torch.manual_seed(0)  # the random tiny model repeats one token greedily; noisy weights give varied replies
+    with torch.no_grad():
+        for w in engine.model.parameters():
+            if w.dim() == 2:
+                w.add_(0.2 * torch.randn_like(w))
+    texts = ["hello", "what is the capital of France and why is it famous?", "2+2", "tell me a long story about cats"]
+    prompts = [render_prompt(tok, [{"role": "user", "content": t}], max_tokens=128) for t in texts]
+    greedy = SamplingParams(max_tokens=10, temperature=0.0)
+    alone = [engine.generate([p], greedy)[0] for p in prompts]
+    # make a token of one reply an EOS that another reply never produces: one row ends early, another runs on
+    stopper = next(t for g in alone for t in g.token_ids[1:] if any(t not in h.token_ids for h in alone))
+    engine.model.generation_config.eos_token_id = [tok.eos_token_id, stopper]
+    alone = [engine.generate([p], greedy)[0] for p in prompts]
+    batched = engine.generate(prompts, greedy)
+    assert any(g.ended_on_eos for g in alone) and any(not g.finished for g in alone), alone
+    for a, b in zip(alone, batched):
+        assert (b.token_ids, b.text, b.finished, b.ended_on_eos, b.prompt_tokens) == \
+            (a.token_ids, a.text, a.finished, a.ended_on_eos, a.prompt_tokens)
+        np.testing.assert_allclose(b.logprobs, a.logprobs, atol=1e-4)
