@@ -228,12 +228,12 @@ class TeacherConfig(_Section):
 class VersionGateConfig(_Section):
     """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py).
 
-    Defaults: see the "Version gate" notes in loop/gatekeeper.py (measured on tiny-random, reasoned for SmolLM2).
-    Off by default on CPU: with the transformers engine one candidate costs minutes on 2 cores (greedy generation of
-    56 probe prompts, one at a time), far more than a learner step, so the gate would set the publish cadence.
-    cluster/gpu.yaml turns it on."""
+    On by default. Thresholds: see the "Version gate" notes in loop/gatekeeper.py (measured on tiny-random, reasoned
+    for SmolLM2). Cost (bench/results/bench_gate-*.json): on 2 CPU cores a SmolLM2 candidate takes ~13 s, about two
+    learner versions' worth of optimizer time at `broadcast.every_steps: 2`; the learner publishes no new candidate
+    while one is pending, so on a busy CPU loop the gate stretches the publish cadence instead of being skipped."""
 
-    enabled: bool = Field(False, description="evaluate every candidate before replicas and teachers may load it")
+    enabled: bool = Field(True, description="evaluate every candidate before replicas and teachers may load it")
     probes_path: str | None = Field(None, description="probe set JSON (None = the shipped hsd_ray/data/probes.json)")
     max_kl_accepted: float = Field(0.25, gt=0, description="max mean per-token KL(candidate ‖ last accepted), nats")
     max_kl_base: float = Field(1.0, gt=0, description="max mean per-token KL(candidate ‖ base model), nats")

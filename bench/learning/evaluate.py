@@ -61,14 +61,20 @@ def wait_for_drain(loop, batch_turns: int, followups_sent: int, learner=None, ti
     _poll(captured, min(timeout, 120.0), f"{followups_sent} follow-ups to be captured")
 
     def idle_once() -> bool:
+        """Nothing left to train, every step's weights published and, under the version gate, decided: the served
+        version is final until more traffic comes. Turns the gate rejected count as trained-then-dropped."""
         check_learner()
         q, progress = loop.queue.stats(), ray.get(loop.control.get_progress.remote())
-        latest = loop.registry.latest()
         if q["pending"] + q["leased"] + q["training"] > 0 or q["scored"] >= batch_turns:
             return False
         step = progress.get("step", 0)
-        published_step = latest.version.step if latest is not None else 0
-        return q["trained"] == step * batch_turns and published_step >= step
+        if q["trained"] + q["dropped"].get("rejected", 0) != step * batch_turns:
+            return False
+        if step == 0:
+            return True
+        versions = loop.registry.versions()
+        return (progress.get("published_step", -1) >= step and not any(v["state"] == "candidate" for v in versions)
+                and max((v["version"] for v in versions), default=0) >= progress.get("version", 0))
 
     _poll(lambda: idle_once() and (time.sleep(1.0) or idle_once()), timeout, "the learner to catch up")
     return {"drain_s": time.time() - t0}

@@ -149,6 +149,18 @@ def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
     return reasons
 
 
+def gate_cost(versions: list[dict], train_s: float, steps: int, every_steps: int) -> dict | None:
+    """The gate's time per evaluated version against the learner's optimizer time per version at the publish cadence
+    (`train_s` over `steps`, times `every_steps`): the cost the issue bounds by 0.25. None before anything was
+    evaluated or trained."""
+    seconds = [v["numbers"]["seconds"] for v in versions if (v.get("numbers") or {}).get("seconds")]
+    if not seconds or steps <= 0 or train_s <= 0:
+        return None
+    gate_s, learner_s = sum(seconds) / len(seconds), train_s / steps * every_steps
+    return {"versions_evaluated": len(seconds), "gate_s_per_version": round(gate_s, 2),
+            "learner_s_per_version": round(learner_s, 2), "ratio": round(gate_s / learner_s, 3)}
+
+
 # ---- per-version feedback rates ------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import ray
 
 from hsd_ray.config import Config
 from hsd_ray.data.turnlog import TurnLog, is_turn_log
+from hsd_ray.core.version_gate import gate_cost
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
@@ -144,6 +145,9 @@ class Loop:
                 errors[key] = f"{type(e).__name__}: {e}"[:500]
         out["versions_rejected"] = sum(v["state"] == "rejected" for v in out["versions"])
         out["feedback_by_version"] = out["queue"].pop("feedback_by_version", {})
+        lr = out["learner"]
+        out["version_gate_cost"] = gate_cost(out["versions"], lr.get("train_s", 0.0), lr.get("train_steps", 0),
+                                             self.cfg.broadcast.every_steps)
         if errors:
             out["errors"] = errors
         return out

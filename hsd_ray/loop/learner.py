@@ -85,7 +85,7 @@ class LearnerControl:
         return self._stop
 
     def report(self, progress: dict) -> None:
-        self.progress = progress
+        self.progress = {**self.progress, **progress}  # a step's metrics, or only where the learner's weights are
 
     def get_progress(self) -> dict:
         return self.progress
@@ -172,7 +172,8 @@ class Learner(GateFollowing):
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
         self.reference = None
         self.guard: VersionGuard | None = None
-        self.turns_trained = 0
+        self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
+        self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -215,7 +216,7 @@ class Learner(GateFollowing):
         """The next batch of scored turns, the same on every rank; None when it is time to stop. A version gate
         decision that arrives while waiting is acted on at once (a rejection rolls back before the next step)."""
         while True:
-            self._follow_gate()
+            self.publish_if_due()  # also what came due while a candidate was pending, once it is decided
             batch = None
             if self.rank == 0 and ray.get(self.control.paused.remote()):
                 batch = None if self._should_stop() else []
@@ -232,16 +233,21 @@ class Learner(GateFollowing):
         from hsd_ray.core.batch import HindsightBatch
         from hsd_ray.core.train_step import learner_step
 
+        t0 = time.perf_counter()
         batch = HindsightBatch.collate(turns[self.rank :: self.world], self.tokenizer.pad_token_id)
         step_metrics = learner_step(self.model, self.optimizer, batch, self.s.loss,
                                     grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,
                                     reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16)
         self.step_count += 1
         self.turns_trained += len(turns)
+        # optimizer seconds and steps of this learner process (a resumed one starts at 0): the version gate's cost
+        # is measured against them
+        self.train_s, self.train_steps = self.train_s + time.perf_counter() - t0, self.train_steps + 1
         if self.rank == 0:
             self.queue.ack_trained_nowait([t.turn_id for t in turns])
             _record_metrics(step_metrics, turns, self.version)
-            self.control.report.remote({"step": self.step_count, "version": self.version, **step_metrics})
+            self.control.report.remote({"step": self.step_count, "version": self.version, "train_s": self.train_s,
+                                        "train_steps": self.train_steps, **step_metrics})
         return step_metrics
 
     def publish_if_due(self) -> None:
@@ -250,11 +256,17 @@ class Learner(GateFollowing):
         self._follow_gate()
         b, before = self.s.broadcast, self.version
         waiting = self.guard is not None and self.guard.pending is not None
-        if (self.rank == 0 and not waiting and self.step_count % b.every_steps == 0
+        # due `every_steps` steps after the last published weights, not at multiples of it: steps taken while a
+        # candidate was pending are published as soon as it is decided, even if no step follows
+        if (self.rank == 0 and not waiting and self.step_count >= max(self.published_step, 0) + b.every_steps
                 and time.time() - self.last_publish >= b.every_seconds):
             self.publish()
             self.last_publish = time.time()
         self._sync_published(before)  # every rank records the same version
+        position = (self.version, self.published_step)
+        if self.rank == 0 and position != self._reported_position:  # after a publish, an accept or a rollback
+            self.control.report.remote({"version": self.version, "published_step": self.published_step})
+            self._reported_position = position
 
     def publish(self, final: bool = False) -> None:
         """Rank 0: snapshot the weights now (synchronous copy) and publish them in the background. The final version

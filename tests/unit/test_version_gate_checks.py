@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from hsd_ray.config import Config
-from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer,
+from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer, gate_cost,
                                        first_number, gate_reasons, mean_kl, perplexity, rate_kind, topk_kl)
 from hsd_ray.core.weights import PolicyVersion
 from hsd_ray.data import load_probes
@@ -303,3 +303,13 @@ def test_summary_line_shows_rejections_and_per_version_rates():
     line = _summary_line(s, 0.1, 10.0)
     assert "rejected 1" in line
     assert "feedback v0 n2 complaint 0.50 thanks 0.00 none 0.50; v1 n2 complaint 0.00 thanks 0.50 none 0.50" in line
+
+
+def test_gate_cost_is_gate_seconds_per_version_over_learner_seconds_per_version():
+    versions = [{"version": 1, "numbers": {"seconds": 10.0}}, {"version": 2, "numbers": None},
+                {"version": 3, "numbers": {"seconds": 20.0}}, {"version": 4}]
+    # 60 s over 12 steps = 5 s a step; a version every 4 steps = 20 s; the gate's 15 s a version = 0.75
+    assert gate_cost(versions, train_s=60.0, steps=12, every_steps=4) == {
+        "versions_evaluated": 2, "gate_s_per_version": 15.0, "learner_s_per_version": 20.0, "ratio": 0.75}
+    assert gate_cost(versions[1:2], 60.0, 12, 4) is None  # nothing evaluated yet
+    assert gate_cost(versions, 0.0, 0, 4) is None  # nothing trained yet

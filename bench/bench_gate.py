@@ -1,0 +1,133 @@
+"""The version gate's cost, measured side by side in one run (`python -m bench.bench_gate`).
+
+(a) Greedy generation of the gate's own prompt sets (hsd_ray/data/probes.json: the probe prompts at
+    `version_gate.probe_max_tokens`, the checkable prompts at `check_max_tokens`) on the transformers engine: one
+    prompt per generate call (how HFEngine ran greedy batches before) against one `generate` call for the whole set
+    (HFEngine's left-padded greedy batches). Ratio of the two times, and how many replies are token-identical.
+(b) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
+    measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
+    stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths).
+(c) One learner optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the same
+    function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
+    per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
+    the same ratio from its own timings (summary.json `version_gate_cost`).
+
+Results print and go to `bench/results/bench_gate-<model>.json`. SmolLM2-135M-Instruct: ~3 min on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
+    from hsd_ray.core.engine_api import SamplingParams
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.data import load_probes
+
+    probes, tok = load_probes(probes_path), engine.tokenizer
+    sets = {"probe": ([p for p in probes["probes"]], gate_cfg.probe_max_tokens),
+            "checkable": ([c["prompt"] for c in probes["checkable"]], gate_cfg.check_max_tokens)}
+    out = {}
+    for name, (texts, max_tokens) in sets.items():
+        prompts = [render_prompt(tok, [{"role": "user", "content": t}]) for t in texts]
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        engine.generate(prompts[:2], params)  # warm-up
+        alone, alone_s = _timed(lambda: [engine.generate([p], params)[0] for p in prompts])
+        batched, batched_s = _timed(lambda: engine.generate(prompts, params))
+        same = sum(a.token_ids == b.token_ids for a, b in zip(alone, batched))
+        out[name] = {"prompts": len(prompts), "max_tokens": max_tokens, "one_by_one_s": round(alone_s, 2),
+                     "batched_s": round(batched_s, 2), "speedup": round(alone_s / batched_s, 2),
+                     "token_identical": same}
+    return out
+
+
+def gatekeeper_cost(model_dir: str, cfg) -> dict:
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    settings = GatekeeperSettings(model_dir, cfg.engine, cfg.version_gate, enable_lora=False)
+    gate, start_s = _timed(lambda: Gatekeeper(settings, None))
+    torch.manual_seed(0)
+    state = {k: v.detach() + 1e-4 * torch.randn_like(v)
+             for k, v in gate.engine.model.named_parameters()}  # a tied lm_head: once, as the learner sends it
+    gate.engine.load_weights(WeightSet(kind="full", tensors=state, version=PolicyVersion(version=1)))
+    (numbers, _), eval_s = _timed(gate.evaluate)
+    return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
+            "candidate": numbers.to_dict()}
+
+
+def learner_step_cost(model_dir: str, cfg, steps: int = 3) -> dict:
+    """The learner's step as the loop takes it: the config's loss (with its KL anchor), batch size and optimizer, on
+    synthetic turns scored by the teacher code path (core.scoring) with replies of 16-64 tokens (serve.max_tokens)."""
+    from bench.bench_core import synthetic_turns
+    from hsd_ray.core.batch import HindsightBatch
+    from hsd_ray.core.policy import make_optimizer, resume_policy
+    from hsd_ray.core.scoring import score_turns
+    from hsd_ray.core.train_step import learner_step
+    from hsd_ray.engines.hf import HFEngine
+
+    engine = HFEngine(model_dir)
+    turns = synthetic_turns(engine.tokenizer, cfg.learner.batch_turns, 16, cfg.serve.max_tokens, seed=0)
+    batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+    model, lcfg = engine.model, cfg.learner
+    reference = resume_policy(model, None, kl_on=cfg.loss.kl_coef > 0, kind=cfg.loss.reference)
+    optimizer, scheduler = make_optimizer(model, lcfg)
+
+    def step():
+        return learner_step(model, optimizer, batch, cfg.loss, grad_clip=lcfg.grad_clip, scheduler=scheduler,
+                            reference=reference)
+
+    step()  # warm-up: optimizer state allocation, first-call overheads
+    step_s = sum(_timed(step)[1] for _ in range(steps)) / steps
+    return {"batch_turns": lcfg.batch_turns, "reply_tokens": batch.num_tokens, "step_s": round(step_s, 2),
+            "every_steps": cfg.broadcast.every_steps, "per_version_s": round(step_s * cfg.broadcast.every_steps, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hsd_ray.config import Config
+    from hsd_ray.engines.hf import HFEngine
+    from hsd_ray.models import resolve_model
+
+    p = argparse.ArgumentParser(prog="python -m bench.bench_gate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="cluster/local.yaml", help="the loop config whose gate and learner are timed")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    cfg = Config.load(args.config)
+    model_dir = str(resolve_model(cfg.model))
+    engine = HFEngine(model_dir)
+    result = {"model": cfg.model, "config": args.config, "torch_threads": torch.get_num_threads(),
+              "env": {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+                      "loadavg_start": os.getloadavg()[0]}}
+    result["generation"] = generation_ratio(engine, cfg.version_gate, cfg.version_gate.probes_path)
+    del engine
+    result["gatekeeper"] = gatekeeper_cost(model_dir, cfg)
+    result["learner"] = learner_step_cost(model_dir, cfg)
+    result["gate_to_learner_ratio"] = round(result["gatekeeper"]["candidate_evaluate_s"]
+                                            / result["learner"]["per_version_s"], 3)
+    result["env"]["loadavg_end"] = os.getloadavg()[0]
+    print(json.dumps(result, indent=1))
+    out = Path(args.out) / f"bench_gate-{Path(cfg.model).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
