@@ -5,7 +5,8 @@
     (token-budget batches). Tokens/s counts real (unpadded) prompt + reply tokens of every scored sequence; the max
     |Δ log-prob| between the engines is printed as a sanity check.
 (b) Generation on the chat path: the turns' chat prompts (rendered exactly as the chat service renders them), greedy,
-    max_tokens 64. Throughput: all prompts in one `generate` call (vLLM batches them; HF runs them one by one).
+    max_tokens 64. Throughput: all prompts in one `generate` call (vLLM batches them; HF, since 7911c1a, runs greedy
+    prompt lists as left-padded batches: results older than that commit show HF one prompt at a time).
     Latency: p50 over single-prompt calls (one user at a time).
 (c) Weight reload: time to apply a full state dict and LoRA adapters (r=16, r=64) vs their size. vLLM: reload_weights
     (validation included) / adapter written + add_lora; HF: copy_ into the parameters / peft set_peft_model_state_dict.
