@@ -24,6 +24,9 @@ from bench.learning.scoring import metric_values
 
 # The bar from the issue: a clear improvement on the trained preference, little drift elsewhere, capability kept.
 BAR_ON_TARGET, BAR_DRIFT, BAR_CAPABILITY = 0.20, 0.10, 0.02
+# The version gate's bar: what is served never falls more than 3 points of capability below the base, and a trained
+# preference keeps at least 80% of the gain it reaches without the gate.
+BAR_SERVED_DROP, BAR_GAIN_KEPT = 0.03, 0.80
 MIN_CEILING_GAIN = 0.02
 
 
@@ -61,6 +64,11 @@ def summarize_run(run: dict) -> dict:
         "perplexity_delta_pct": 100.0 * (evals[-1]["perplexity"] / evals[0]["perplexity"] - 1.0),
         "mean_words_before": evals[0].get("mean_words_open"), "mean_words_after": evals[-1].get("mean_words_open"),
         "minutes": run["timings"]["total_s"] / 60.0,
+        # what was *served* at each evaluation (the evaluator loads the served version): its lowest point
+        "capability_min_delta": min(metric_values(e)["capability"] for e in evals) - m0["capability"],
+        "version_gate": bool(run.get("loop_config", {}).get("version_gate", {}).get("enabled", False)),
+        "versions_rejected": run.get("final_stats", {}).get("versions_rejected", 0),
+        "versions_published": len(run.get("final_stats", {}).get("versions", [])),
     }
     for k in ("format", "correct", "said_yes"):
         if "yes_no" in evals[0] and "yes_no" in evals[-1]:
@@ -74,7 +82,7 @@ def summarize_run(run: dict) -> dict:
 
 
 def _group_key(s: dict) -> tuple:
-    return s["variant"], s["trained"], s["population"], s.get("gate")
+    return s["variant"], s["trained"], s["population"], s.get("gate"), s.get("version_gate", False)
 
 
 def _stats(vals: list[float]) -> dict | None:
@@ -88,10 +96,12 @@ def aggregate(summaries: list[dict]) -> list[dict]:
     for s in summaries:
         groups[_group_key(s)].append(s)
     out = []
-    for (variant, trained, population, gate), ss in groups.items():
+    for (variant, trained, population, gate, version_gate), ss in groups.items():
         row = {"variant": variant, "trained": trained, "population": population, "gate": gate,
+               "version_gate": version_gate,
                "target": ss[0]["target"], "template": ss[0].get("template"), "seeds": [s["seed"] for s in ss]}
-        for key in ("on_target_delta", "max_off_target_drift", "capability_delta", "perplexity_delta_pct"):
+        for key in ("on_target_delta", "max_off_target_drift", "capability_delta", "capability_min_delta",
+                    "perplexity_delta_pct", "versions_rejected", "versions_published"):
             row[key] = _stats([s[key] for s in ss])
         row["yes_no_correct_delta"] = _stats([s["metric_delta"].get("yes_no.correct") for s in ss])
         out.append(row)
@@ -100,10 +110,13 @@ def aggregate(summaries: list[dict]) -> list[dict]:
 
 def gain_over_control(summaries: list[dict]) -> list[dict]:
     """Target gain of each trained run minus that of its matched control (same variant, preference, seed, gate)."""
-    controls = {(s["variant"], s["trained"], s["seed"], s.get("gate")): s for s in summaries if s["control"]}
+    def key(s: dict) -> tuple:
+        return s["variant"], s["trained"], s["seed"], s.get("gate"), s.get("version_gate", False)
+
+    controls = {key(s): s for s in summaries if s["control"]}
     out = []
     for s in summaries:
-        c = controls.get((s["variant"], s["trained"], s["seed"], s.get("gate")))
+        c = controls.get(key(s))
         if s["control"] or c is None or s["on_target_delta"] is None or c["on_target_delta"] is None:
             continue
         out.append({"variant": s["variant"], "trained": s["trained"], "population": s["population"],
@@ -111,6 +124,44 @@ def gain_over_control(summaries: list[dict]) -> list[dict]:
                     "control_delta": c["on_target_delta"], "gain": s["on_target_delta"] - c["on_target_delta"],
                     "capability_gain": s["capability_delta"] - c["capability_delta"]})
     return out
+
+
+def version_gate_comparison(rows: list[dict]) -> list[dict]:
+    """Aggregated rows with the version gate on beside the same (variant, trained, population, gate) with it off: the
+    gain kept (on / off, mean over seeds), the lowest served capability against the base in any run, rejections, and
+    the issue's bar (every gated run within BAR_SERVED_DROP of the base; trained rows keep BAR_GAIN_KEPT of the gain)."""
+    by_key = {(r["variant"], r["trained"], r["population"], r["gate"], r["version_gate"]): r for r in rows}
+    out = []
+    for (variant, trained, population, gate, on), r_on in by_key.items():
+        r_off = by_key.get((variant, trained, population, gate, False))
+        if not on or r_off is None:
+            continue
+        gain_on, gain_off = (r["on_target_delta"]["mean"] if r["on_target_delta"] else None for r in (r_on, r_off))
+        control = population == "control"
+        kept = gain_on / gain_off if gain_on is not None and gain_off and gain_off > 0 and not control else None
+        lowest_on = r_on["capability_min_delta"]["min"]
+        out.append({"variant": variant, "trained": trained, "population": population, "gate": gate,
+                    "seeds_on": r_on["seeds"], "seeds_off": r_off["seeds"], "gain_on": gain_on, "gain_off": gain_off,
+                    "gain_kept": kept, "lowest_capability_on": lowest_on,
+                    "lowest_capability_off": r_off["capability_min_delta"]["min"],
+                    "rejected_on": r_on["versions_rejected"]["mean"] * len(r_on["seeds"]),
+                    "published_on": r_on["versions_published"]["mean"] * len(r_on["seeds"]),
+                    "meets_bar": lowest_on >= -BAR_SERVED_DROP and (control or (kept or 0.0) >= BAR_GAIN_KEPT)})
+    return out
+
+
+def format_version_gate(rows: list[dict]) -> str:
+    head = (f"{'population':<10} {'feedback gate':<13} {'seeds on/off':<13} {'Δ target on/off':<17} {'kept':<6} "
+            f"{'lowest served capability on/off':<32} {'rejected/published (on)':<24} bar")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        gains = "/".join("n/a" if g is None else f"{100 * g:+.0f}" for g in (r["gain_on"], r["gain_off"]))
+        kept = "—" if r["gain_kept"] is None else f"{r['gain_kept']:.2f}"
+        low = f"{100 * r['lowest_capability_on']:+.1f} / {100 * r['lowest_capability_off']:+.1f} pts"
+        seeds = f"{','.join(map(str, r['seeds_on']))}/{','.join(map(str, r['seeds_off']))}"
+        lines.append(f"{r['population']:<10} {str(r['gate']):<13} {seeds:<13} {gains:<17} {kept:<6} {low:<32} "
+                     f"{r['rejected_on']:.0f}/{r['published_on']:.0f}{'':<19} {'yes' if r['meets_bar'] else 'no'}")
+    return "\n".join(lines)
 
 
 # ---- noise floor and ceiling ----------------------------------------------------------------------------------------
@@ -249,6 +300,10 @@ def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None)
     gains = gain_over_control(summaries)
     if gains:
         parts += ["", "gain over the matched control (target metric)", format_gain(gains, noise)]
+    gated = version_gate_comparison(aggregate(summaries)) if summaries else []
+    if gated:
+        parts += ["", "version gate on vs off (capability: lowest served evaluation minus the base, any run)",
+                  format_version_gate(gated)]
     return "\n".join(parts)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -309,6 +310,35 @@ def test_report_target_noise_efficiency_and_control_gain(tmp_path):
     text = report.full_report(result, tmp_path)
     assert "noise-m-test.json" in text and "ceiling-m-test.json" in text and "gain over the matched control" in text
     assert "0.50" in text and "-1~" in text  # capability -1 is within the 7-point floor
+
+
+def test_version_gate_comparison_lowest_served_capability_and_gain_kept():
+    from bench.learning import report
+
+    def run(seed, gate_on, caps, target_after, rejected=0):
+        evals = [_ev({"max_words": 0.1}, c, 30 * i) for i, c in enumerate(caps)]
+        evals[-1]["compliance"]["max_words"] = target_after
+        r = _run("max_words", "feedback", seed, evals[0], evals[-1])
+        r["evals"] = evals
+        r["loop_config"]["version_gate"] = {"enabled": gate_on}
+        r["final_stats"] = {"versions_rejected": rejected, "versions": [{}] * 10}
+        return r
+
+    runs = [run(0, False, (0.50, 0.40, 0.49), 0.50), run(1, False, (0.50, 0.50, 0.50), 0.30),  # off: +30 mean
+            run(0, True, (0.50, 0.48, 0.49), 0.40, rejected=2), run(1, True, (0.50, 0.50, 0.51), 0.30, rejected=1)]
+    rows = report.aggregate([report.summarize_run(r) for r in runs])
+    assert {r["version_gate"] for r in rows} == {True, False}  # on and off aggregate apart
+    [cmp] = report.version_gate_comparison(rows)
+    assert cmp["gain_on"] == pytest.approx(0.25) and cmp["gain_off"] == pytest.approx(0.30)
+    assert cmp["gain_kept"] == pytest.approx(0.25 / 0.30)  # >= 0.80
+    assert cmp["lowest_capability_on"] == pytest.approx(-0.02)  # the mid-run dip, not the final value
+    assert cmp["lowest_capability_off"] == pytest.approx(-0.10)
+    assert cmp["rejected_on"] == 3 and cmp["published_on"] == 20 and cmp["meets_bar"]
+    runs[2]["evals"][1]["capability"]["accuracy"] = 0.46  # a served dip of 4 points fails the bar
+    [cmp] = report.version_gate_comparison(report.aggregate([report.summarize_run(r) for r in runs]))
+    assert not cmp["meets_bar"]
+    assert "version gate on vs off" in report.full_report({"config": {"model": "m", "split": "test"}, "runs": runs},
+                                                            Path("/nonexistent"))
 
 
 def test_cli_split_population_gate():
