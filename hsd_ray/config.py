@@ -176,6 +176,8 @@ class CaptureConfig(_Section):
     reply_ttl_s: float = Field(1800.0, gt=0, description="a reply with no follow-up after this long expires")
     sweep_every_s: float = Field(5.0, gt=0, description="how often expired replies are swept")
     call_timeout_s: float = Field(1.0, gt=0, description="chat path waits at most this long on capture")
+    redact_pii: bool = Field(True, description="replace emails, phone and card numbers, IP addresses and secrets in "
+                             "captured and replayed turns before they are queued or logged (core/redact.py)")
 
 
 class FeedbackConfig(_Section):

@@ -24,6 +24,8 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hsd_turns_unmatched_total": ("counter", "follow-ups whose previous reply is not ours (edited or foreign)", ()),
     "hsd_replies_expired_total": ("counter", "served replies that got no follow-up within the TTL", ()),
     "hsd_capture_errors_total": ("counter", "capture calls that failed or timed out (chat still answered)", ()),
+    "hsd_turns_redacted_total": ("counter", "captured turns in which PII was redacted before queueing", ()),
+    "hsd_replies_not_stored_total": ("counter", "replies to requests with store=false (never captured)", ()),
     # queue
     "hsd_queue_depth": ("gauge", "turns in the queue by stage", ("stage",)),
     "hsd_turns_dropped_total": ("counter", "turns dropped, by reason (overflow, not_feedback, lost, ...)", ("reason",)),

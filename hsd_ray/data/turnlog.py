@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Turn
 
 TURNS, OUTCOMES = "turns", "outcomes"
@@ -75,8 +76,8 @@ class LogState:
 class TurnLog:
     """Append-only Parquet segments of turns and outcomes under `uri` (see the module docstring)."""
 
-    def __init__(self, uri: str, retention_s: float = 7 * 86400.0):
-        self.uri, self.retention_s = uri, retention_s
+    def __init__(self, uri: str, retention_s: float = 7 * 86400.0, redact_pii: bool = True):
+        self.uri, self.retention_s, self.redact_pii = uri, retention_s, redact_pii
         self.fs, self.root = filesystem(uri)
         for sub in (TURNS, OUTCOMES):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
@@ -85,6 +86,8 @@ class TurnLog:
     def append_turns(self, turns: list[Turn]) -> int:
         if not turns:
             return 0
+        if self.redact_pii:  # the last line of defence: nothing reaches storage unredacted (a no-op on clean turns)
+            turns = [redact_turn(t)[0] for t in turns]
         now = time.time()
         rows = [{"turn_id": t.turn_id, "user_id": t.user_id, "adapter_id": t.adapter_id,
                  "context": json.dumps(t.context, ensure_ascii=False), "reply": t.reply, "followup": t.followup,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import ray
 
 from hsd_ray import metrics
+from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
 from hsd_ray.data.turnlog import TurnLog
 from hsd_ray.loop import NAMESPACE
@@ -64,6 +65,7 @@ class ServedReply:
     finished: bool
     policy_version: int
     replied_at: float
+    store: bool = True  # false (the request said store=false): never recorded, so its follow-up is never a turn
 
 
 class ReplyLedger:
@@ -71,15 +73,16 @@ class ReplyLedger:
     blocks on anything, so the chat path's calls return in milliseconds."""
 
     def __init__(self, queue, reply_ttl_s: float = 1800.0, max_context_messages: int = 5, max_entries: int = 100_000,
-                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0):
+                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0, redact_pii: bool = True):
         self.queue = QueueClient(queue) if queue is not None else None  # None: records, emits nowhere (tests)
-        self.log = TurnLog(log_uri, log_retention_s) if log_uri else None
+        self.log = TurnLog(log_uri, log_retention_s, redact_pii) if log_uri else None
+        self.redact_pii = redact_pii
         self.reply_ttl_s, self.max_context_messages, self.max_entries = reply_ttl_s, max_context_messages, max_entries
         self._replies: OrderedDict[str, ServedReply] = OrderedDict()  # insertion order == age order
         self.tally = metrics.Tally({
             "recorded": "hsd_replies_recorded_total", CAPTURED: "hsd_turns_captured_total",
             UNMATCHED: "hsd_turns_unmatched_total", "expired": "hsd_replies_expired_total",
-            "evicted": None, "forgotten": None, "log_errors": None,
+            "evicted": None, "forgotten": None, "log_errors": None, "redacted": "hsd_turns_redacted_total",
         })
         if self.log is not None and self.queue is not None:
             self.queue.resync_nowait()  # a restart: hand over what an earlier incarnation logged but never handed
@@ -120,6 +123,9 @@ class ReplyLedger:
             source="live",
         )
         self.tally.add(CAPTURED)
+        if self.redact_pii:  # before anything leaves this actor: queue, object store, log
+            turn, found = redact_turn(turn)
+            self.tally.add("redacted", int(bool(found)))
         if self.log is not None:
             try:
                 self.log.append_turns([turn])  # acknowledged from here on (durable)
@@ -160,7 +166,8 @@ class CaptureClient:
 
     def __init__(self, enabled: bool, call_timeout_s: float, where: str = "replica"):
         self.enabled, self.call_timeout_s, self.where = enabled, call_timeout_s, where
-        self.tally = metrics.Tally({"observed": None, "recorded": None, "errors": "hsd_capture_errors_total"})
+        self.tally = metrics.Tally({"observed": None, "recorded": None, "errors": "hsd_capture_errors_total",
+                                    "not_stored": "hsd_replies_not_stored_total"})
         self._ledger = None
         self._queue = None  # the queue actor, for /health's gate counts
         self._ledger_seen = False  # once found, a missing ledger means lost capture (counted as errors)
@@ -188,6 +195,9 @@ class CaptureClient:
     async def record(self, reply: ServedReply) -> None:
         """Record a served reply in the ledger, waiting at most call_timeout_s."""
         if not self.enabled:
+            return
+        if not reply.store:
+            self.tally.add("not_stored")
             return
         ledger = await self._get_ledger()
         if ledger is None:

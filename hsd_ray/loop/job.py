@@ -26,6 +26,7 @@ import ray
 
 from hsd_ray.config import Config
 from hsd_ray.data.turnlog import TurnLog, is_turn_log
+from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.version_gate import gate_cost
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
@@ -219,6 +220,8 @@ class ReplayThread(threading.Thread):
             log.error("[job] replay of %s failed after %d turns: %s", self.path, self.offered, e)
 
     def _offer_all(self, turns: list) -> None:
+        if self.loop.cfg.capture.redact_pii:  # logged data holds what users typed: the same rule as live capture
+            turns = [redact_turn(t)[0] for t in turns]
         if self.loop.turnlog is not None and turns:  # durable before the queue sees them (a queue restart rebuilds)
             self.loop.turnlog.append_turns(turns)
         refs = [TurnRef.put(t) for t in turns]
@@ -250,13 +253,14 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     control = ray.remote(LearnerControl).options(**control_actor_options(CONTROL_ACTOR_NAME)).remote(
         str(out / CONTROL_FILE))
     ledger = ray.remote(ReplyLedger).options(**control_actor_options(LEDGER_ACTOR_NAME)).remote(
-        queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages, log_uri=log_uri, log_retention_s=retention
+        queue, cfg.capture.reply_ttl_s, cfg.hindsight.max_context_messages, log_uri=log_uri, log_retention_s=retention,
+        redact_pii=cfg.capture.redact_pii,
     )
     settings = teacher_settings(cfg)
     teachers = [start_teacher(cfg, settings, queue, registry, i) for i in range(cfg.teacher.num_workers)]
     loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers,
                 gatekeeper=start_gatekeeper(cfg, registry),
-                turnlog=TurnLog(log_uri, retention) if log_uri else None)
+                turnlog=TurnLog(log_uri, retention, cfg.capture.redact_pii) if log_uri else None)
     if serve_chat:
         from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service

@@ -193,6 +193,7 @@ class ChatCompletionRequest(BaseModel):
     stop: Any = Field(None, validate_default=True)  # -> list[str]
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, what torch and vLLM generators accept
     user: str | None = None
+    store: bool | None = None  # false: this request and its reply are never captured (absent: captured)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=0)  # only the sampled token's log-prob is returned
 
@@ -223,6 +224,7 @@ class ChatCall:
     user: str | None
     model: str | None
     logprobs: bool = False
+    store: bool = True  # OpenAI's `store`; only an explicit false opts out (the service captures by default)
 
 
 def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
@@ -273,6 +275,7 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         user=req.user,
         model=req.model,
         logprobs=bool(req.logprobs),
+        store=req.store is not False,
     )
 
 

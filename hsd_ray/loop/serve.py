@@ -11,7 +11,8 @@ the HTTP routes; the rest is delegated:
   awaited; a rejected or failed request is never captured); the reply it produced is `record`ed — awaited, with `capture.call_timeout_s` —
   before the response is returned (streaming: before the finish chunk and `[DONE]`), so a follow-up sent right after
   is matched whichever replica serves it. Capture can never fail a chat: errors and timeouts are counted
-  (`hsd_capture_errors_total`, and in /health) and logged.
+  (`hsd_capture_errors_total`, and in /health) and logged. A request with `store: false` is neither observed nor
+  recorded: neither it nor its reply can become (part of) a turn.
 
 Engines: with an engine that batches continuously (`engine.continuous_batching`: vLLM's async engine,
 engines/vllm_async.py) every request goes straight to `engine.stream`; a streamed reply is sent chunk by chunk as the
@@ -279,7 +280,7 @@ class ChatService:
         """A request that was validated and answered: its follow-up is shown to the ledger (if it ends in [assistant,
         user]); the reply to record for capture."""
         self._report_version(gen.version.version)
-        if len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # validated and answered: capture
+        if call.store and len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # answered: capture
             await self.capture.observe(user_id, call.messages, received_at)
         return ServedReply(
             user_id=user_id,
@@ -291,6 +292,7 @@ class ChatService:
             finished=gen.ended_on_eos,  # a reply cut at a stop string is not trained as ended (no EOS appended)
             policy_version=gen.version.version,
             replied_at=time.time(),
+            store=call.store,
         )
 
     async def _generate(self, call: oa.ChatCall, user_id: str):

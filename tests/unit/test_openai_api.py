@@ -261,6 +261,14 @@ def test_text_pieces_clip_to_a_shorter_text():
 # ---- user identity -------------------------------------------------------------------------------------------------
 
 
+def test_store_false_opts_out_and_absent_or_true_captures():
+    assert oa.parse_chat_request(_req(), SCFG).store is True
+    assert oa.parse_chat_request(_req(store=True), SCFG).store is True
+    assert oa.parse_chat_request(_req(store=False), SCFG).store is False
+    err = _error(_req(store={"no": 1}))
+    assert err.body()["error"]["param"] == "store"
+
+
 def test_user_identity():
     key_hash = "key-" + hashlib.sha256(b"sk-secret").hexdigest()[:16]
     assert oa.user_identity("alice", "Bearer sk-secret") == "alice"

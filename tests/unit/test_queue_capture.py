@@ -189,3 +189,31 @@ def test_not_feedback_turns_are_dropped_and_decisions_counted_once():
     assert s["gate"] == {"feedback:complaint": 1, "not_feedback:new_topic": 1, "not_feedback:small_talk": 1}
     assert s["dropped"]["not_feedback"] == 2 and s["scored"] == 1
     assert s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
+
+
+def test_ledger_redacts_pii_before_the_log_and_the_queue_and_store_false_is_never_recorded(tmp_path):
+    import asyncio
+
+    import pyarrow.parquet as pq
+
+    from hsd_ray.loop.capture import CaptureClient
+
+    ledger = ReplyLedger(queue=None, reply_ttl_s=60, log_uri=str(tmp_path / "log"))
+    r = _reply()
+    r.context = [{"role": "user", "content": "I'm jane@example.com, card 4111 1111 1111 1111. Capital of France?"}]
+    ledger.record(r)
+    follow = r.context + [{"role": "assistant", "content": r.reply},
+                          {"role": "user", "content": "Shorter. Call 415-555-2671 if unsure."}]
+    assert ledger.observe("u", follow) == CAPTURED
+    assert ledger.stats()["redacted"] == 1
+    [turn] = ledger.log.turns()
+    assert turn.context[0]["content"] == "I'm [EMAIL], card [CARD]. Capital of France?"
+    assert turn.followup == "Shorter. Call [PHONE] if unsure." and turn.reply_token_ids == r.token_ids
+    on_disk = " ".join(str(pq.read_table(f).to_pylist()) for f in (tmp_path / "log").rglob("*.parquet"))
+    assert "jane@" not in on_disk and "4111" not in on_disk and "555-2671" not in on_disk
+
+    client = CaptureClient(enabled=True, call_timeout_s=1.0)  # no Ray: a stored reply would look for the ledger
+    private = _reply()
+    private.store = False
+    asyncio.run(client.record(private))
+    assert client.stats()["not_stored"] == 1 and client.stats()["recorded"] == 0

@@ -82,12 +82,13 @@ def test_gate_reasons_each_threshold():
     assert "KL(cand‖accepted) 0.0100" in _numbers().summary() and _numbers().to_dict()["ppl"] == 10.0
 
 
-def test_config_gate_off_on_cpu_on_in_the_gpu_config():
+def test_config_gate_on_by_default_in_every_shipped_config_and_can_be_turned_off():
     cfg = Config()
-    assert not cfg.version_gate.enabled and cfg.version_gate.max_kl_accepted < cfg.version_gate.max_kl_base
-    assert Config.load(overrides=["version_gate.enabled=true"]).version_gate.enabled
+    assert cfg.version_gate.enabled and cfg.version_gate.max_kl_accepted < cfg.version_gate.max_kl_base
+    assert not Config.load(overrides=["version_gate.enabled=false"]).version_gate.enabled
     root = Path(__file__).resolve().parents[2]
-    assert Config.load(root / "cluster" / "gpu.yaml").version_gate.enabled
+    for name in ("local.yaml", "gpu.yaml"):  # make run's config and the GPU one
+        assert Config.load(root / "cluster" / name).version_gate.enabled, name
 
 
 # ---- per-version feedback rates ------------------------------------------------------------------------------------
