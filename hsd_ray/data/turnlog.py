@@ -5,20 +5,26 @@ Layout under the log's root (a local path or any pyarrow filesystem URI, e.g. s3
     turns/<unix ns>-<random>.parquet      one segment per append: the full turns (x, y token ids, o, version, ...)
     outcomes/<unix ns>-<random>.parquet   (turn_id, outcome, count): "trained", "dropped:<reason>", or
                                           "rejected" (count = trained turns moved to dropped:rejected; no id)
+    users/<unix ns>-<random>.parquet      (user_hash, event, turns_removed): "deleted" (the tombstone of a
+                                          deletion), "opt_out", "opt_in"; the latest event of a user decides
 
-Nothing is ever rewritten: a turn's outcome is a separate small record keyed by its id, and the first outcome of a
-turn is the one that counts (ids are idempotent: a turn trained by one queue incarnation and offered again by a
+Nothing is rewritten except by a deletion (`forget_user`: every segment holding the user's turns is written again
+without them, under the same time, and the old one removed). A turn's outcome is a separate small record keyed by
+its id, and the first outcome of a turn is the one that counts (ids are idempotent: a turn trained by one queue incarnation and offered again by a
 rebuilt one is not trained twice). A segment is written under a temporary name and moved into place, so a reader
 never sees half a segment. Segments older than `retention_s` (by the time in their name) are deleted by `prune`.
 
 Who writes: the reply ledger appends a turn before it hands it to the queue (that is the moment a turn is
 acknowledged), a replay appends each chunk it offers, and the queue appends outcomes. Who reads: a restarted queue
 (`state()`: the open turns, the counts), a queue recovering a payload lost with its owner (`turns(ids)`), and
-`--source <log root>` (`turns()`). The privacy rules (forget a user) belong here too: this is the one place.
+`--source <log root>` (`turns()`). The privacy rules live here too: turns are PII-redacted on write
+(core/redact.py), a user's turns can be deleted (leaving a tombstone that names the user only by a SHA-256 hash),
+and who opted out of capture is kept here so a restarted ledger still honours it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -28,13 +34,15 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Turn
 
-TURNS, OUTCOMES = "turns", "outcomes"
+TURNS, OUTCOMES, USERS = "turns", "outcomes", "users"
+DELETED, OPT_OUT, OPT_IN = "deleted", "opt_out", "opt_in"
 TRAINED, REJECTED = "trained", "rejected"
 _TURN_SCHEMA = pa.schema([
     ("turn_id", pa.string()), ("user_id", pa.string()), ("adapter_id", pa.string()), ("context", pa.string()),
@@ -44,6 +52,13 @@ _TURN_SCHEMA = pa.schema([
 ])
 _OUTCOME_SCHEMA = pa.schema([("turn_id", pa.string()), ("outcome", pa.string()), ("count", pa.int64()),
                              ("at", pa.float64())])
+_USER_SCHEMA = pa.schema([("user_hash", pa.string()), ("event", pa.string()), ("turns_removed", pa.int64()),
+                          ("at", pa.float64())])
+
+
+def user_hash(user_id: str) -> str:
+    """How the log names a user outside their turns (tombstones, opt-outs): a user id may itself be an email."""
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_turn_log(path: str) -> bool:
@@ -79,7 +94,7 @@ class TurnLog:
     def __init__(self, uri: str, retention_s: float = 7 * 86400.0, redact_pii: bool = True):
         self.uri, self.retention_s, self.redact_pii = uri, retention_s, redact_pii
         self.fs, self.root = filesystem(uri)
-        for sub in (TURNS, OUTCOMES):
+        for sub in (TURNS, OUTCOMES, USERS):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
     # ---- writing ----------------------------------------------------------------------------------------------
@@ -110,6 +125,42 @@ class TurnLog:
         if n > 0:
             self._write(OUTCOMES, pa.Table.from_pylist(
                 [{"turn_id": None, "outcome": REJECTED, "count": n, "at": time.time()}], schema=_OUTCOME_SCHEMA))
+
+    # ---- privacy ----------------------------------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> int:
+        """Delete every logged turn of `user_id` and leave a tombstone (which also opts the user out). Returns how
+        many turns were removed. Outcomes keyed by the removed ids are ignored from then on (like pruned turns)."""
+        removed = 0
+        for info in self._segments(TURNS):
+            table = pq.read_table(info.path, filesystem=self.fs, schema=_TURN_SCHEMA)
+            theirs = pc.fill_null(pc.equal(table["user_id"], user_id), False)
+            n = pc.sum(theirs).as_py() or 0
+            if not n:
+                continue
+            kept = table.filter(pc.invert(theirs))
+            if kept.num_rows:  # same time in the name: retention treats the rewritten segment as the old one
+                self._write(TURNS, kept, ns=_segment_ns(info.base_name))
+            self.fs.delete_file(info.path)
+            removed += n
+        self._user_event(user_id, DELETED, removed)
+        return removed
+
+    def set_opt_out(self, user_id: str, opted_out: bool) -> None:
+        self._user_event(user_id, OPT_OUT if opted_out else OPT_IN)
+
+    def opted_out(self) -> set[str]:
+        """Hashes (`user_hash`) of the users whose latest event is a deletion or an opt-out."""
+        latest: dict[str, str] = {}
+        for row in self._read(USERS, _USER_SCHEMA).to_pylist():  # segments in time order
+            latest[row["user_hash"]] = row["event"]
+        return {h for h, event in latest.items() if event in (DELETED, OPT_OUT)}
+
+    def tombstones(self) -> list[dict]:
+        return [r for r in self._read(USERS, _USER_SCHEMA).to_pylist() if r["event"] == DELETED]
+
+    def _user_event(self, user_id: str, event: str, turns_removed: int = 0) -> None:
+        row = {"user_hash": user_hash(user_id), "event": event, "turns_removed": turns_removed, "at": time.time()}
+        self._write(USERS, pa.Table.from_pylist([row], schema=_USER_SCHEMA))
 
     def prune(self, now: float | None = None) -> int:
         """Delete segments older than the retention time (by the time in their name). Returns how many."""
@@ -161,8 +212,8 @@ class TurnLog:
         return st
 
     # ---- helpers ----------------------------------------------------------------------------------------------
-    def _write(self, sub: str, table: pa.Table) -> None:
-        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    def _write(self, sub: str, table: pa.Table, ns: int | None = None) -> None:
+        name = f"{ns or time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp, final = f"{self.root}/{sub}/.{name}.tmp", f"{self.root}/{sub}/{name}"
         pq.write_table(table, tmp, filesystem=self.fs)
         self.fs.move(tmp, final)

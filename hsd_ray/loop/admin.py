@@ -10,6 +10,9 @@ the chat service stays unauthenticated and unchanged. Started by loop/job.py `st
                                   learner restarts from it
     POST /admin/pause, /resume    stop / restart optimizer steps (turns keep queueing)
     GET  /admin/learner           the learner's progress and whether it is paused
+    DELETE /admin/users/{user}    delete a user's data: opted out of capture, waiting replies dropped, logged turns
+                                  deleted (a tombstone names the user by hash), queued turns never trained
+    POST /admin/users/{user}/opt-out, /opt-in   stop / resume capturing the user's turns
 
 Every request needs `Authorization: Bearer <key>`; the key comes from `admin.key` or env HSD_RAY_ADMIN_KEY (read by
 the driver). A missing or wrong key — or no key configured, which disables the API — gets 401 with an OpenAI-style
@@ -74,6 +77,34 @@ class RayAdminBackend:
         control = _control()
         return {"paused": await control.paused.remote(), "progress": await control.get_progress.remote()}
 
+    async def forget_user(self, user_id: str) -> dict:
+        import asyncio
+
+        from hsd_ray.loop.capture import forget_user
+
+        return await asyncio.to_thread(forget_user, _ledger(), _queue(), user_id)
+
+    async def set_opt_out(self, user_id: str, opted_out: bool) -> bool:
+        return await _ledger().set_opt_out.remote(user_id, opted_out)
+
+
+def _ledger():
+    import ray
+
+    from hsd_ray.loop import NAMESPACE
+    from hsd_ray.loop.capture import LEDGER_ACTOR_NAME
+
+    return ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
+
+
+def _queue():
+    import ray
+
+    from hsd_ray.loop import NAMESPACE
+    from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
+
+    return ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+
 
 def _registry():
     import ray
@@ -131,6 +162,21 @@ async def resume(request: Request):
 @admin_api.get("/learner")
 async def learner(request: Request):
     return await _authorized(request).learner()
+
+
+@admin_api.delete("/users/{user_id}")
+async def delete_user(user_id: str, request: Request):
+    return {"user": user_id, "deleted": True, **await _authorized(request).forget_user(user_id)}
+
+
+@admin_api.post("/users/{user_id}/opt-out")
+async def opt_out(user_id: str, request: Request):
+    return {"user": user_id, "opted_out": await _authorized(request).set_opt_out(user_id, True)}
+
+
+@admin_api.post("/users/{user_id}/opt-in")
+async def opt_in(user_id: str, request: Request):
+    return {"user": user_id, "opted_out": await _authorized(request).set_opt_out(user_id, False)}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})

@@ -11,7 +11,10 @@ before it, its text) — `hsd_ray.core.turns.reply_key`:
 - a reply that gets no follow-up within `reply_ttl_s` expires and is counted, never trained on;
 - a matched reply is removed from the ledger, so re-sending the same transcript does not train twice.
 
-Nothing about a user is kept here that `forget_user` cannot find and delete.
+Nothing about a user is kept here that `forget_user` cannot find and delete. `forget_user` also deletes the user's
+logged turns (with a tombstone) and opts the user out: an opted-out user's replies are not recorded and their
+follow-ups not captured (`opted_out`) until `set_opt_out(user, False)`. Opt-outs are kept in the turn log, so a
+restarted ledger still honours them (without a log they live as long as the ledger).
 
 With a durable turn log (`log_uri`, data/turnlog.py) a captured turn is appended to it *before* it goes to the queue:
 that is the moment a turn is acknowledged, and from then on a queue or ledger crash cannot lose it. A restarted
@@ -37,7 +40,7 @@ import ray
 from hsd_ray import metrics
 from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
-from hsd_ray.data.turnlog import TurnLog
+from hsd_ray.data.turnlog import TurnLog, user_hash
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnRef
 
@@ -48,6 +51,7 @@ LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing ledger act
 NO_FOLLOWUP = "no_followup"  # the request does not end in [assistant, user]
 UNMATCHED = "unmatched"  # the assistant message is not a reply this service recorded (edited, foreign, expired)
 CAPTURED = "captured"  # a turn was emitted to the queue
+OPTED_OUT = "opted_out"  # the user opted out of capture (or deleted their data): nothing recorded or captured
 
 log = logging.getLogger(__name__)
 
@@ -77,18 +81,23 @@ class ReplyLedger:
         self.queue = QueueClient(queue) if queue is not None else None  # None: records, emits nowhere (tests)
         self.log = TurnLog(log_uri, log_retention_s, redact_pii) if log_uri else None
         self.redact_pii = redact_pii
+        self._opted_out: set[str] = self.log.opted_out() if self.log is not None else set()  # user_hash values
         self.reply_ttl_s, self.max_context_messages, self.max_entries = reply_ttl_s, max_context_messages, max_entries
         self._replies: OrderedDict[str, ServedReply] = OrderedDict()  # insertion order == age order
         self.tally = metrics.Tally({
             "recorded": "hsd_replies_recorded_total", CAPTURED: "hsd_turns_captured_total",
             UNMATCHED: "hsd_turns_unmatched_total", "expired": "hsd_replies_expired_total",
             "evicted": None, "forgotten": None, "log_errors": None, "redacted": "hsd_turns_redacted_total",
+            OPTED_OUT: None,
         })
         if self.log is not None and self.queue is not None:
             self.queue.resync_nowait()  # a restart: hand over what an earlier incarnation logged but never handed
 
     def record(self, reply: ServedReply) -> str:
         self.sweep()
+        if user_hash(reply.user_id) in self._opted_out:
+            self.tally.add(OPTED_OUT)
+            return OPTED_OUT
         key = reply_key(reply.user_id, reply.context, reply.reply)
         self._replies.pop(key, None)
         self._replies[key] = reply
@@ -103,6 +112,9 @@ class ReplyLedger:
         self.sweep()
         if len(messages) < 2 or messages[-1]["role"] != "user" or messages[-2]["role"] != "assistant":
             return NO_FOLLOWUP
+        if user_hash(user_id) in self._opted_out:
+            self.tally.add(OPTED_OUT)
+            return OPTED_OUT
         before, reply, followup = messages[:-2], messages[-2]["content"], messages[-1]["content"]
         served = self._replies.pop(reply_key(user_id, before, reply), None)
         if served is None:
@@ -149,16 +161,34 @@ class ReplyLedger:
         self.tally.add("expired", n)
         return n
 
-    def forget_user(self, user_id: str) -> int:
+    def forget_user(self, user_id: str) -> dict:
+        """Drop the user's waiting replies, delete their logged turns (tombstone) and opt them out of capture."""
+        self.set_opt_out(user_id, True)  # first: nothing of theirs is recorded from here on
         keys = [k for k, r in self._replies.items() if r.user_id == user_id]
         for k in keys:
             del self._replies[k]
         self.tally.add("forgotten", len(keys))
-        return len(keys)
+        logged = self.log.forget_user(user_id) if self.log is not None else 0
+        return {"replies": len(keys), "logged_turns": logged}
+
+    def set_opt_out(self, user_id: str, opted_out: bool) -> bool:
+        """Opt a user out of capture (or back in); kept in the turn log when there is one. Returns the new state."""
+        (self._opted_out.add if opted_out else self._opted_out.discard)(user_hash(user_id))
+        if self.log is not None:
+            self.log.set_opt_out(user_id, opted_out)
+        return opted_out
 
     def stats(self) -> dict:
         self.sweep()
         return {**self.tally.snapshot(), "outstanding": len(self._replies)}
+
+
+def forget_user(ledger, queue, user_id: str) -> dict:
+    """Delete a user's data, in this order: the ledger (actor handle) opts them out — nothing new is captured —, drops
+    their waiting replies and deletes their logged turns; then the queue (actor handle) drops their turns in every
+    stage, so none is trained afterwards (one already inside a running optimizer step is past recall)."""
+    capture = ray.get(ledger.forget_user.remote(user_id))
+    return {"capture": capture, "queue": ray.get(queue.forget_user.remote(user_id))}
 
 
 class CaptureClient:

@@ -31,7 +31,7 @@ from hsd_ray.core.version_gate import gate_cost
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
-from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger
+from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger, forget_user
 from hsd_ray.loop.gatekeeper import start_gatekeeper
 from hsd_ray.loop.learner import CONTROL_ACTOR_NAME, LearnerControl, LearnerSettings, make_trainer
 from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnQueue, TurnRef
@@ -154,8 +154,8 @@ class Loop:
         return out
 
     def forget_user(self, user_id: str) -> dict:
-        """Remove every trace of a user's turns that the loop holds (ledger and queue)."""
-        return {"capture": ray.get(self.ledger.forget_user.remote(user_id)), "queue": self.queue.forget_user(user_id)}
+        """Delete a user's data (capture.forget_user). Weights already trained on it keep what they learned."""
+        return forget_user(self.ledger, self.queue.handle, user_id)
 
     def replay(self, path: str) -> "ReplayThread":
         """Start replaying logged conversations into the queue (a thread beside the learner; see ReplayThread)."""

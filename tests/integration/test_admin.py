@@ -79,3 +79,41 @@ def test_admin_rollback_pause_and_auth(ray_session, tiny_model_dir, tmp_path):
         by_version = {v["version"]: v for v in versions}
         assert by_version[1]["state"] == by_version[2]["state"] == "accepted"
         assert by_version[1]["numbers"]["kl_accepted"] >= 0 and sum(v["current"] for v in versions) == 1
+
+
+def test_admin_deletes_a_users_data_and_opts_them_out(ray_session, tiny_model_dir, tmp_path):
+    """DELETE /admin/users/{user}: their queued turn is never trained, their logged turns are gone (a tombstone
+    stays), their next conversation is not captured until they opt back in; other users are untouched."""
+    import httpx
+    from openai import OpenAI
+
+    from hsd_ray.data.turnlog import TurnLog
+    from hsd_ray.loop.job import running_loop, turnlog_uri
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"admin.key": KEY, "job.max_steps": 1})
+    with running_loop(cfg, learner=False) as loop:
+        admin = loop.base_url.removesuffix("/v1") + "/admin"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        for user in ("carol", "dave"):
+            _conversation(client, user, f"Hello from {user}?", "No, shorter.")
+        _wait(lambda: loop.queue.stats()["captured"] == 2, 30, "both turns captured")
+        assert httpx.delete(f"{admin}/users/carol", timeout=30).status_code == 401
+        r = httpx.delete(f"{admin}/users/carol", headers=auth, timeout=60)
+        assert r.status_code == 200 and r.json()["capture"]["logged_turns"] == 1 and r.json()["queue"] == 1, r.text
+        log = TurnLog(turnlog_uri(cfg))
+        assert [t.user_id for t in log.turns()] == ["dave"] and len(log.tombstones()) == 1
+        _conversation(client, "carol", "Still there?", "No, shorter.")  # opted out: not captured
+        _conversation(client, "erin", "Hi?", "No, shorter.")
+        _wait(lambda: loop.queue.stats()["captured"] == 3, 30, "erin's turn captured")
+        assert ray.get(loop.ledger.stats.remote())["opted_out"] == 2  # carol's reply and her follow-up
+        learner = loop.start_learner()  # one step of two turns: dave's and erin's, never carol's
+        learner.join(timeout=300)
+        assert not learner.is_alive() and learner.error is None, learner.error
+        q = loop.queue.stats()
+        assert q["trained"] == 2 and q["dropped"]["forgotten"] == 1, q
+        assert {t.user_id for t in TurnLog(turnlog_uri(cfg)).turns()} == {"dave", "erin"}
+        opt_in = httpx.post(f"{admin}/users/carol/opt-in", headers=auth, timeout=30).json()
+        assert opt_in == {"user": "carol", "opted_out": False}
+        _conversation(client, "carol", "Back again?", "No, shorter.")
+        _wait(lambda: loop.queue.stats()["captured"] == 4, 30, "carol captured again after opting in")

@@ -119,10 +119,13 @@ def test_end_to_end_learning_and_broadcast(ray_session, tiny_model_dir, tmp_path
         _wait(lambda: ray.get(loop.ledger.stats.remote())["captured"] == 8, 10, "the terminal follow-up captured")
 
 
-def test_expiry_edits_and_accounting(ray_session, tiny_model_dir, tmp_path):
+def test_expiry_edits_store_false_redaction_and_accounting(ray_session, tiny_model_dir, tmp_path):
+    import httpx
+    import pyarrow.parquet as pq
     from openai import OpenAI
 
-    from hsd_ray.loop.job import running_loop
+    from hsd_ray.data.turnlog import TurnLog
+    from hsd_ray.loop.job import running_loop, turnlog_uri
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{"capture.reply_ttl_s": 2})
     with running_loop(cfg, learner=False) as loop:
@@ -137,10 +140,28 @@ def test_expiry_edits_and_accounting(ray_session, tiny_model_dir, tmp_path):
                  {"role": "assistant", "content": first.choices[0].message.content},
                  {"role": "user", "content": "ok"}]
         _chat(client, other, "someone-else")  # another user's identity never matches u2's reply
+        # store=false on the reply: never recorded, so its follow-up matches nothing
+        private = _chat(client, [{"role": "user", "content": "Secret plan?"}], "u3", store=False)
+        _chat(client, [{"role": "user", "content": "Secret plan?"},
+                       {"role": "assistant", "content": private.choices[0].message.content},
+                       {"role": "user", "content": "No, shorter."}], "u3")
+        # store=false on the follow-up: not observed (the stored reply it answers just expires)
+        public = _chat(client, [{"role": "user", "content": "Weather?"}], "u4")
+        _chat(client, [{"role": "user", "content": "Weather?"},
+                       {"role": "assistant", "content": public.choices[0].message.content},
+                       {"role": "user", "content": "No, shorter."}], "u4", store=False)
+        # PII in a captured turn never reaches the queue's object or the turn log
+        _conversation(client, "u5", "I am ann@example.org, card 4111 1111 1111 1111. Hi?", "Call 415-555-2671.")
         time.sleep(2.5)
         c = ray.get(loop.ledger.stats.remote())
-        assert c["captured"] == 0 and c["unmatched"] == 2 and c["expired"] >= 2, c
+        assert c["captured"] == 1 and c["redacted"] == 1 and c["unmatched"] == 3 and c["expired"] >= 3, c
         assert c["recorded"] == c["captured"] + c["expired"] + c["outstanding"] + c["evicted"] + c["forgotten"]
+        health = httpx.get(loop.base_url.removesuffix("/v1") + "/health", timeout=30).json()
+        assert health["capture"]["not_stored"] == 2, health  # the private reply, and the reply to the private one
+        [turn] = TurnLog(turnlog_uri(cfg)).turns()
+        assert turn.context[0]["content"] == "I am [EMAIL], card [CARD]. Hi?" and turn.followup == "Call [PHONE]."
+        logged = " ".join(str(pq.read_table(f).to_pylist()) for f in (tmp_path / "run").rglob("*.parquet"))
+        assert "ann@" not in logged and "4111" not in logged and "2671" not in logged
 
 
 def test_teacher_killed_mid_batch_turns_redelivered(ray_session, tiny_model_dir, tmp_path):

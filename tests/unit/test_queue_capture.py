@@ -153,9 +153,33 @@ def test_ledger_expiry_and_forget():
     ledger.record(_reply(text="old", age=20))
     ledger.record(_reply(user="alice", text="new"))
     assert ledger.stats()["expired"] == 1
-    assert ledger.forget_user("alice") == 1
+    assert ledger.forget_user("alice") == {"replies": 1, "logged_turns": 0}
     s = ledger.stats()
     assert s["recorded"] == s["captured"] + s["expired"] + s["outstanding"] + s["evicted"] + s["forgotten"]
+
+
+def test_forgotten_user_is_opted_out_across_a_ledger_restart_until_opting_in(tmp_path):
+    from hsd_ray.loop.capture import OPTED_OUT
+
+    def converse(ledger, user):
+        r = _reply(user=user)
+        ledger.record(r)
+        return ledger.observe(user, r.context + [{"role": "assistant", "content": r.reply},
+                                                 {"role": "user", "content": "Shorter."}])
+
+    log = str(tmp_path / "log")
+    ledger = ReplyLedger(queue=None, reply_ttl_s=60, log_uri=log)
+    assert converse(ledger, "alice") == CAPTURED and converse(ledger, "bob") == CAPTURED
+    assert ledger.forget_user("alice") == {"replies": 0, "logged_turns": 1}
+    assert [t.user_id for t in ledger.log.turns()] == ["bob"]  # her logged turn is gone, his is kept
+    [tomb] = ledger.log.tombstones()
+    assert tomb["turns_removed"] == 1 and "alice" not in str(tomb)  # named by hash only
+    restarted = ReplyLedger(queue=None, reply_ttl_s=60, log_uri=log)  # Ray restarts the actor: opt-out kept
+    assert converse(restarted, "alice") == OPTED_OUT and restarted.stats()[OPTED_OUT] == 2  # reply, follow-up
+    assert restarted.stats()["recorded"] == 0  # her reply was not even recorded
+    assert converse(restarted, "bob") == CAPTURED
+    restarted.set_opt_out("alice", False)
+    assert converse(ReplyLedger(queue=None, reply_ttl_s=60, log_uri=log), "alice") == CAPTURED  # opted back in
 
 
 def test_tally_counts_and_snapshot_agree():

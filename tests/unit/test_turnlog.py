@@ -71,3 +71,26 @@ def test_uri_form_works_like_a_path(tmp_path):
     log = TurnLog(f"file://{tmp_path}/viauri")
     log.append_turns([_turn(5)])
     assert [t.turn_id for t in TurnLog(str(tmp_path / "viauri")).turns()] == ["t5"]
+
+
+def test_forget_user_rewrites_only_their_segments_keeps_time_and_leaves_a_tombstone(tmp_path):
+    from hsd_ray.data.turnlog import user_hash
+
+    log = TurnLog(str(tmp_path), retention_s=60)
+    log.append_turns([_turn(0, "alice"), _turn(1, "bob")])
+    log.append_turns([_turn(2, "bob")])
+    log.append_turns([_turn(3, "alice")])
+    log.append_outcomes(["t0", "t1"], "trained")
+    names = sorted(p.name for p in (tmp_path / TURNS).glob("*.parquet"))
+    assert log.forget_user("alice") == 2
+    after = sorted(p.name for p in (tmp_path / TURNS).glob("*.parquet"))
+    assert len(after) == 2 and after[1] == names[1]  # bob's own segment untouched; the mixed one rewritten ...
+    assert after[0].split("-")[0] == names[0].split("-")[0] and after[0] != names[0]  # ... under its old time
+    assert [t.turn_id for t in log.turns()] == ["t1", "t2"]
+    st = log.state()  # t0's "trained" outcome now refers to nothing: ignored, the counts still add up
+    assert st.captured == 2 and st.trained == 1 and [t.turn_id for t in st.open_turns] == ["t2"]
+    assert log.opted_out() == {user_hash("alice")} and log.tombstones()[0]["turns_removed"] == 2
+    assert log.forget_user("nobody") == 0 and log.opted_out() == {user_hash("alice"), user_hash("nobody")}
+    log.set_opt_out("alice", False)
+    assert log.opted_out() == {user_hash("nobody")}
+    assert log.prune(now=time.time() + 3600) >= 1 and len(log.tombstones()) == 2  # retention keeps tombstones
