@@ -8,13 +8,17 @@ conversation, /quit leaves.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hsd_ray.chat", description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:8000/v1", help="base URL of the chat service")
-    parser.add_argument("--user", default="terminal", help="your user id (sent as the OpenAI `user` field)")
+    parser.add_argument("--user", default=None, help="your user id (the OpenAI `user` field; default 'terminal', "
+                        "or the key's user with --api-key)")
+    parser.add_argument("--api-key", default=os.environ.get("HSD_RAY_API_KEY", "terminal"),
+                        help="your key when the service runs auth.mode=api_keys (default: env HSD_RAY_API_KEY)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--system", default=None, help="optional system message")
@@ -22,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from openai import OpenAI, OpenAIError
 
-    client = OpenAI(base_url=args.url, api_key="terminal", max_retries=1, timeout=300)
+    client = OpenAI(base_url=args.url, api_key=args.api_key, max_retries=1, timeout=300)
+    if args.user is None and args.api_key == "terminal":
+        args.user = "terminal"
     messages = _fresh(args.system)
-    print(f"connected to {args.url} as {args.user!r}; /new = new conversation, /quit = leave")
+    who = repr(args.user) if args.user else "your API key's user"
+    print(f"connected to {args.url} as {who}; /new = new conversation, /quit = leave")
     while True:
         try:
             text = input("you> ").strip()

@@ -247,8 +247,26 @@ class VersionGateConfig(_Section):
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
     poll_seconds: float = Field(0.2, gt=0, description="how often the gatekeeper looks for a candidate")
     decision_timeout_s: float = Field(600.0, gt=0, description="finish() waits this long for the final decision")
+    snapshots: Literal["disk", "memory"] = Field(
+        "disk", description="where the learner keeps the accepted and pending states it may roll back to (weights + "
+        "optimizer: 2 x 3 x the trainable bytes): files under <output_dir>/rollback, or CPU memory")
     cpus: float = Field(0.25, ge=0, description="CPUs reserved for the gatekeeper actor")
     gpus: float = Field(0.0, ge=0, description="GPUs reserved for the gatekeeper actor")
+
+
+class AuthConfig(_Section):
+    """Who is chatting. "open" (the local default): the request's `user` field, else a hash of its bearer key —
+    anyone can claim any identity. "api_keys": the bearer key names the user (core/api_keys.py; keys made with
+    `python -m hsd_ray.keys add`); a missing or unknown key gets 401, a `user` field naming someone else 400."""
+
+    mode: Literal["open", "api_keys"] = Field("open", description="open = trust the `user` field; api_keys = keys")
+    keys_file: str | None = Field(None, description="key file (JSON lines of salted hashes) for mode api_keys")
+
+    @model_validator(mode="after")
+    def _keys_file_for_keys(self) -> "AuthConfig":
+        if self.mode == "api_keys" and not self.keys_file:
+            raise ValueError("auth.keys_file is required with auth.mode=api_keys")
+        return self
 
 
 class AdminConfig(_Section):
@@ -301,6 +319,7 @@ class Config(_Section):
     turnlog: TurnLogConfig = Field(default_factory=TurnLogConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     version_gate: VersionGateConfig = Field(default_factory=VersionGateConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)

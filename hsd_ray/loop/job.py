@@ -65,9 +65,11 @@ def learner_settings(cfg: Config) -> LearnerSettings:
     """The learner's sections; paths resolved here, in the driver (a Train worker runs in Ray's session folder)."""
     from hsd_ray.models import resolve_model
 
-    return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast,
-                           str(Path(cfg.job.output_dir).resolve()), cfg.job.max_steps, cfg.job.duration_s, cfg.seed,
-                           cfg.version_gate.enabled, cfg.version_gate.decision_timeout_s)
+    out = Path(cfg.job.output_dir).resolve()
+    snapshots = str(out / "rollback") if cfg.version_gate.snapshots == "disk" else None
+    return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast, str(out),
+                           cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
+                           cfg.version_gate.decision_timeout_s, snapshots)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:

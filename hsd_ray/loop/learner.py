@@ -37,7 +37,7 @@ from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
 from hsd_ray.loop.queue import QueueClient, fetch_turns
-from hsd_ray.loop.rollback import GateFollowing, Snapshot, VersionGuard, cpu_state
+from hsd_ray.loop.rollback import GateFollowing, Snapshot, SnapshotStore, VersionGuard
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class LearnerSettings:
     seed: int = 0
     gated: bool = False  # version_gate.enabled: publish candidates, roll back on rejection (rollback.py)
     decision_timeout_s: float = 600.0
+    snapshots_dir: str | None = None  # rollback snapshots on disk here (None: in memory)
 
 
 def rank0_broadcast(value, world: int):
@@ -196,7 +197,9 @@ class Learner(GateFollowing):
         parallel = "ddp" if self.world > 1 else None
         self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
         if self.s.gated:  # the starting point counts as accepted (the base, or the checkpoint)
-            self.guard = VersionGuard(Snapshot(self.version, cpu_state(self._state()), 0))
+            folder = f"{self.s.snapshots_dir}/rank{self.rank}" if self.s.snapshots_dir else None
+            self.snapshots = SnapshotStore(folder)
+            self.guard = VersionGuard(Snapshot(self.version, self.snapshots.save(self._state(), "start"), 0))
         before = self.version
         if self.rank == 0:
             requeued = self.queue.requeue_training()

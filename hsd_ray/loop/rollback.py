@@ -1,6 +1,6 @@
 """Learner rollback under the version gate: what the learner keeps so that a rejected version is never descended from.
 
-Every rank keeps in-memory CPU snapshots (trainable weights, optimizer and scheduler state, and how many turns it
+Every rank keeps snapshots (trainable weights, optimizer and scheduler state, and how many turns it
 had trained) at two points: the last *accepted* version and the one *pending* candidate. The learner publishes no
 new candidate while one is pending (its cadence slips, it keeps training). When the gatekeeper decides:
 - accepted: the pending snapshot becomes the accepted one;
@@ -9,8 +9,11 @@ new candidate while one is pending (its cadence slips, it keeps training). When 
   flight still holds exactly). The step counter keeps counting steps taken; version numbers keep rising (the
   rejected number is never reused).
 
-Why memory and not the registry: the registry holds weights only, and re-deriving optimizer state is impossible;
-two CPU copies of weights + Adam state are 2 × 3 × the trainable bytes (LoRA: the adapter only). Not rolled back:
+Why not the registry: it holds weights only, and re-deriving optimizer state is impossible. Two copies of weights +
+Adam state are 2 × 3 × the trainable bytes (LoRA: the adapter only): 3.2 GB for a full SmolLM2-135M, which pushed a
+24 GB CPU machine running the loop, the gatekeeper and an evaluator into Ray's OOM killer. So `SnapshotStore` keeps
+them on disk by default (`version_gate.snapshots: disk`, one file per snapshot under
+<output_dir>/rollback/rank<r>/, deleted when no longer needed); `memory` keeps CPU copies instead. Not rolled back:
 an EMA reference policy (loss.reference=ema) keeps what it absorbed. A Ray Train checkpoint is still written from
 the current weights, so a learner restarted between a candidate and its rejection resumes past the accepted point.
 
@@ -23,8 +26,11 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from hsd_ray.data.files import replace_atomically
 
 log = logging.getLogger("hsd_ray.loop.learner")  # the learner's lines, "[learner] ..."
 
@@ -32,8 +38,41 @@ log = logging.getLogger("hsd_ray.loop.learner")  # the learner's lines, "[learne
 @dataclass
 class Snapshot:
     version: int  # 0 = the weights the learner started from
-    state: dict  # Learner._state(): model (trainable), optimizer, scheduler, step, version
+    state: dict | str  # Learner._state() (model (trainable), optimizer, scheduler, step, version), or its file
     turns_trained: int
+
+
+class SnapshotStore:
+    """Where one rank keeps its snapshots' states: CPU copies (`folder` None) or one torch file each in `folder`."""
+
+    def __init__(self, folder: str | None):
+        self.folder = Path(folder) if folder else None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for old in self.folder.glob("*.pt"):  # a restarted learner starts from its checkpoint, not these
+                old.unlink()
+
+    def save(self, state: dict, name: str) -> dict | str:
+        if self.folder is None:
+            return cpu_state(state)
+        path = self.folder / f"{name}.pt"
+        replace_atomically(path, lambda tmp: torch.save(state, tmp))
+        return str(path)
+
+    def load(self, stored: dict | str) -> dict:
+        """A fresh copy (the optimizer must never update a snapshot in place)."""
+        if isinstance(stored, dict):
+            return cpu_state(stored)
+        return torch.load(stored, map_location="cpu", weights_only=False)
+
+    def keep_only(self, *snapshots: Snapshot | None) -> None:
+        """Delete every snapshot file but those of `snapshots` (the accepted and the pending one)."""
+        if self.folder is None:
+            return
+        keep = {s.state for s in snapshots if s is not None}
+        for f in self.folder.glob("*.pt"):
+            if str(f) not in keep:
+                f.unlink(missing_ok=True)
 
 
 def cpu_state(state: dict) -> dict:
@@ -77,17 +116,20 @@ class VersionGuard:
 
 class GateFollowing:
     """The learner's side of the version gate, mixed into `Learner` (loop/learner.py), which provides `rank`,
-    `guard`, `registry`, `queue`, `version`, `step_count`, `published_step`, `turns_trained`, `_state()`,
-    `_load_state(state)`, `_broadcast(value)` and `s.decision_timeout_s`. Every rank calls these together."""
+    `guard`, `snapshots` (a SnapshotStore), `registry`, `queue`, `version`, `step_count`, `published_step`,
+    `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and `s.decision_timeout_s`. Every rank
+    calls these together."""
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self.version, cpu_state(self._state()), self.turns_trained)
+        stored = self.snapshots.save(self._state(), f"v{self.version}-step{self.step_count}")
+        return Snapshot(self.version, stored, self.turns_trained)
 
     def _sync_published(self, before: int) -> None:
         """Every rank learns the version rank 0 may just have published, and snapshots the candidate's state."""
         self.version = self._broadcast(self.version)
         if self.guard is not None and self.version != before:
             self.guard.on_publish(self._snapshot())
+            self.snapshots.keep_only(self.guard.accepted, self.guard.pending)
 
     def _news(self) -> dict:
         """Rank 0: the decision on the pending candidate and an admin rollback, if any (kept until acted on)."""
@@ -145,7 +187,9 @@ class GateFollowing:
             if self.rank == 0:
                 self.queue.reject_trained(rejected)
             self.guard.pending = None
-            self.guard.accepted = Snapshot(version, cpu_state(self._state()), self.turns_trained)
+            self.guard.accepted = Snapshot(version, self.snapshots.save(self._state(), f"v{version}-rollback"),
+                                           self.turns_trained)
+            self.snapshots.keep_only(self.guard.accepted)
         self.published_step = self.step_count
         if self.rank == 0:
             log.warning("rolled back by the admin API to v%d: the learner restarts from its weights", version)
@@ -153,9 +197,10 @@ class GateFollowing:
     def _apply_decision(self, decision: str) -> None:
         pending = self.guard.pending
         target = self.guard.on_decision(decision)
+        self.snapshots.keep_only(self.guard.accepted, self.guard.pending)
         if target is None:
             return
-        self._load_state(cpu_state(target.state))  # a copy: the optimizer must not update the snapshot in place
+        self._load_state(self.snapshots.load(target.state))
         rejected, self.turns_trained = self.turns_trained - target.turns_trained, target.turns_trained
         self.published_step = self.step_count  # the accepted weights are out already
         if self.rank == 0:

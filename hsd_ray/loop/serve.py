@@ -49,7 +49,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from hsd_ray import metrics
-from hsd_ray.config import CaptureConfig, Config, EngineConfig, ServeConfig
+from hsd_ray.config import AuthConfig, CaptureConfig, Config, EngineConfig, ServeConfig
 from hsd_ray.core.engine_api import Generation, SamplingParams
 from hsd_ray.core.prompts import render_prompt
 from hsd_ray.loop import openai_api as oa
@@ -57,6 +57,7 @@ from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserR
 from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
 from hsd_ray.loop.capture import CaptureClient, ServedReply
+from hsd_ray.loop.identity import Identity
 
 APP_NAME = "hsd-chat"
 REPLICA_HEADER = "x-hsd-replica"
@@ -75,6 +76,7 @@ class ServiceSettings:
     engine: EngineConfig
     serve: ServeConfig
     capture: CaptureConfig
+    auth: AuthConfig  # keys_file already absolute (Identity.resolve_path)
     poll_s: float  # how often the weight follower looks for a new version
     enable_lora: bool  # the engine must accept LoRA adapters (the learner trains LoRA)
 
@@ -82,7 +84,8 @@ class ServiceSettings:
     def from_config(cls, cfg: Config) -> "ServiceSettings":
         from hsd_ray.models import resolve_model
 
-        return cls(str(resolve_model(cfg.model)), cfg.engine, cfg.serve, cfg.capture, cfg.broadcast.poll_seconds,
+        auth = cfg.auth.model_copy(update={"keys_file": Identity.resolve_path(cfg.auth.keys_file)})
+        return cls(str(resolve_model(cfg.model)), cfg.engine, cfg.serve, cfg.capture, auth, cfg.broadcast.poll_seconds,
                    cfg.learner.lora.enabled)
 
 
@@ -122,6 +125,7 @@ class ChatService:
         self.gate = AdmissionGate(scfg.max_ongoing_requests, scfg.max_queued_requests)
         self.rate = UserRateLimit(scfg.user_rate_per_s, scfg.user_burst)
         self.capture = CaptureClient(settings.capture.enabled, settings.capture.call_timeout_s, where)
+        self.identity = Identity(settings.auth.mode, settings.auth.keys_file)
         self.weights = RegistryAttachment(self.engine, role="serve", poll_s=settings.poll_s, where=where)
         self._report_version()
         log.info("chat replica %s ready: engine %s", self.replica_id, settings.engine.kind)
@@ -140,6 +144,22 @@ class ChatService:
             raise
         finally:
             metrics.inc("hsd_chat_requests_total", status=status)
+
+    # the caller's own data (auth.mode=api_keys): delete it (capture.forget_user), or stop / resume its capture
+    @api.delete("/v1/users/me")
+    async def delete_me(self, request: Request):
+        user = self.identity.own_user(request.headers.get("authorization"))
+        return {"deleted": True, **await self._user_data("forget_user", user)}
+
+    @api.post("/v1/users/me/opt-out")
+    async def opt_out(self, request: Request):
+        user = self.identity.own_user(request.headers.get("authorization"))
+        return {"opted_out": await self._user_data("set_opt_out", user, True)}
+
+    @api.post("/v1/users/me/opt-in")
+    async def opt_in(self, request: Request):
+        user = self.identity.own_user(request.headers.get("authorization"))
+        return {"opted_out": await self._user_data("set_opt_out", user, False)}
 
     @api.get("/v1/models")
     async def models(self):
@@ -165,10 +185,30 @@ class ChatService:
         }
 
     # ---- chat -----------------------------------------------------------------------------------------------------
+    async def _user_data(self, action: str, user: str, *args):
+        """A loop's ledger/queue action for `user`; 503 when this service runs without a loop."""
+        import ray
+
+        from hsd_ray.loop import NAMESPACE
+        from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, forget_user
+        from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
+
+        try:
+            ledger = ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
+            if action == "forget_user":
+                queue = ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+                return await asyncio.to_thread(forget_user, ledger, queue, user)
+            return await ledger.set_opt_out.remote(user, *args)
+        except ValueError:
+            raise oa.APIError("no learning loop is running behind this service", status_code=503,
+                              type="server_error", code="no_loop") from None
+
     async def _chat(self, request: Request, t0: float):
         received_at = time.time()
+        authorization = request.headers.get("authorization")
+        key_user = self.identity.key_user(authorization)  # 401 before the body is read
         call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
-        user_id = oa.user_identity(call.user, request.headers.get("authorization"))
+        user_id = self.identity.user_id(key_user, call.user, authorization)
         if call.stream and self.engine.continuous_batching:
             return await self._live_stream(call, user_id, received_at, t0)
         gen = await self._generate(call, user_id)

@@ -81,39 +81,52 @@ def test_admin_rollback_pause_and_auth(ray_session, tiny_model_dir, tmp_path):
         assert by_version[1]["numbers"]["kl_accepted"] >= 0 and sum(v["current"] for v in versions) == 1
 
 
-def test_admin_deletes_a_users_data_and_opts_them_out(ray_session, tiny_model_dir, tmp_path):
-    """DELETE /admin/users/{user}: their queued turn is never trained, their logged turns are gone (a tombstone
-    stays), their next conversation is not captured until they opt back in; other users are untouched."""
+def test_api_keys_isolation_and_a_user_deleting_their_own_data(ray_session, tiny_model_dir, tmp_path):
+    """auth.mode=api_keys: a missing key gets 401 and a forged `user` 400. DELETE /v1/users/me with the user's own
+    key: their queued turn is never trained, their logged turns are gone (a tombstone stays), their next
+    conversation is not captured until they opt back in (admin API); other users are untouched."""
     import httpx
+    import openai
     from openai import OpenAI
 
+    from hsd_ray.core.api_keys import append_record, new_key
     from hsd_ray.data.turnlog import TurnLog
     from hsd_ray.loop.job import running_loop, turnlog_uri
 
-    cfg = _cfg(tmp_path, tiny_model_dir, **{"admin.key": KEY, "job.max_steps": 1})
+    keys_file, keys = tmp_path / "keys.jsonl", {}
+    for user in ("carol", "dave", "erin"):
+        keys[user], record = new_key(user)
+        append_record(keys_file, record)
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"admin.key": KEY, "job.max_steps": 1, "auth.mode": "api_keys",
+                                            "auth.keys_file": str(keys_file)})
     with running_loop(cfg, learner=False) as loop:
-        admin = loop.base_url.removesuffix("/v1") + "/admin"
-        auth = {"Authorization": f"Bearer {KEY}"}
-        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        base, admin = loop.base_url.removesuffix("/v1"), loop.base_url.removesuffix("/v1") + "/admin"
+        clients = {u: OpenAI(base_url=loop.base_url, api_key=k, max_retries=0, timeout=60) for u, k in keys.items()}
+        hello = [{"role": "user", "content": "Hello?"}]
+        with pytest.raises(openai.AuthenticationError):
+            _chat(OpenAI(base_url=loop.base_url, api_key="nope", max_retries=0, timeout=60), hello, "carol")
+        with pytest.raises(openai.BadRequestError, match="user"):
+            _chat(clients["dave"], hello, "carol")  # dave cannot speak (and train) as carol
         for user in ("carol", "dave"):
-            _conversation(client, user, f"Hello from {user}?", "No, shorter.")
+            _conversation(clients[user], user, f"Hello from {user}?", "No, shorter.")
         _wait(lambda: loop.queue.stats()["captured"] == 2, 30, "both turns captured")
-        assert httpx.delete(f"{admin}/users/carol", timeout=30).status_code == 401
-        r = httpx.delete(f"{admin}/users/carol", headers=auth, timeout=60)
+        assert httpx.delete(f"{base}/v1/users/me", timeout=30).status_code == 401
+        r = httpx.delete(f"{base}/v1/users/me", headers={"Authorization": f"Bearer {keys['carol']}"}, timeout=60)
         assert r.status_code == 200 and r.json()["capture"]["logged_turns"] == 1 and r.json()["queue"] == 1, r.text
         log = TurnLog(turnlog_uri(cfg))
         assert [t.user_id for t in log.turns()] == ["dave"] and len(log.tombstones()) == 1
-        _conversation(client, "carol", "Still there?", "No, shorter.")  # opted out: not captured
-        _conversation(client, "erin", "Hi?", "No, shorter.")
+        _conversation(clients["carol"], "carol", "Still there?", "No, shorter.")  # opted out: not captured
+        _conversation(clients["erin"], None, "Hi?", "No, shorter.")  # no user field: the key's user
         _wait(lambda: loop.queue.stats()["captured"] == 3, 30, "erin's turn captured")
-        assert ray.get(loop.ledger.stats.remote())["opted_out"] == 2  # carol's reply and her follow-up
+        assert ray.get(loop.ledger.stats.remote())["opted_out"] == 3  # her two replies and her follow-up
         learner = loop.start_learner()  # one step of two turns: dave's and erin's, never carol's
         learner.join(timeout=300)
         assert not learner.is_alive() and learner.error is None, learner.error
         q = loop.queue.stats()
         assert q["trained"] == 2 and q["dropped"]["forgotten"] == 1, q
         assert {t.user_id for t in TurnLog(turnlog_uri(cfg)).turns()} == {"dave", "erin"}
-        opt_in = httpx.post(f"{admin}/users/carol/opt-in", headers=auth, timeout=30).json()
-        assert opt_in == {"user": "carol", "opted_out": False}
-        _conversation(client, "carol", "Back again?", "No, shorter.")
+        assert httpx.post(f"{admin}/users/carol/opt-in", timeout=30).status_code == 401
+        opt_in = httpx.post(f"{admin}/users/carol/opt-in", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        assert opt_in.json() == {"user": "carol", "opted_out": False}
+        _conversation(clients["carol"], "carol", "Back again?", "No, shorter.")
         _wait(lambda: loop.queue.stats()["captured"] == 4, 30, "carol captured again after opting in")

@@ -15,7 +15,7 @@ from hsd_ray.core.weights import PolicyVersion
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
 from hsd_ray.loop.queue import TurnQueue, TurnRef
-from hsd_ray.loop.rollback import Snapshot, VersionGuard, cpu_state
+from hsd_ray.loop.rollback import Snapshot, SnapshotStore, VersionGuard, cpu_state
 
 pytestmark = pytest.mark.unit
 
@@ -182,6 +182,30 @@ def test_cpu_state_is_a_deep_copy_optimizer_included():
     model.load_state_dict(snap["model"])
     opt.load_state_dict(cpu_state(snap["optimizer"]))
     assert torch.equal(model.weight, before[0])
+
+
+
+@pytest.mark.parametrize("where", ["disk", "memory"])
+def test_snapshot_store_round_trips_and_keeps_only_the_live_snapshots(tmp_path, where):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    store = SnapshotStore(str(tmp_path / "rank0") if where == "disk" else None)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 1}
+    snaps = [Snapshot(v, store.save(state, f"v{v}"), 4 * v) for v in range(3)]
+    before = model.weight.detach().clone()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()  # moves the live weights and Adam state: no snapshot may move with them
+    back = store.load(snaps[1].state)
+    assert torch.equal(back["model"]["weight"], before) and back["step"] == 1
+    model.load_state_dict(back["model"])
+    opt.load_state_dict(back["optimizer"])
+    assert torch.equal(model.weight, before)
+    store.keep_only(snaps[0], None, snaps[2])
+    if where == "disk":
+        assert sorted(f.name for f in (tmp_path / "rank0").glob("*.pt")) == ["v0.pt", "v2.pt"]
+        assert SnapshotStore(str(tmp_path / "rank0")) and not list((tmp_path / "rank0").glob("*.pt"))  # restart
 
 
 # ---- registry rollback and the admin API ---------------------------------------------------------------------------
