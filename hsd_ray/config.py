@@ -242,6 +242,8 @@ class VersionGateConfig(_Section):
     max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
     max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
+    max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping greedy probe replies "
+                                     "above the base model's")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")

@@ -25,8 +25,9 @@ import json
 import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
+
+from hsd_ray.core.version_gate import is_degenerate
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
 # Words that say nothing about a topic (for choosing a mismatched question of another topic)
@@ -39,18 +40,6 @@ QUERY = "\n\nThe question this answers: "
 
 def words(text: str) -> list[str]:
     return _WORD_RE.findall(text.lower())
-
-
-def is_degenerate(reply: str) -> bool:
-    """The reply loops: a word 3-gram occurs three times, or a line of three or more words appears twice (list
-    markers aside)."""
-    w = words(reply)
-    grams = Counter(zip(w, w[1:], w[2:]))
-    if grams and max(grams.values()) >= 3:
-        return True
-    lines = [" ".join(words(re.sub(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s*", "", line))) for line in reply.splitlines()]
-    counted = Counter(line for line in lines if len(line.split()) >= 3)
-    return bool(counted) and max(counted.values()) >= 2
 
 
 def topic_words(question: str) -> set[str]:

@@ -9,7 +9,9 @@ The gate compares a candidate version with the last accepted one and with the ba
   bucket; a token outside the other model's top-k gets that model's k-th log-prob, an upper bound, so the value is
   an estimate of the full KL, not a bound);
 - perplexity of a reference text; accuracy on checkable prompts under a strict checker (`check_answer`);
-- the mean reply length on the probe prompts against the accepted version's.
+- the mean reply length on the probe prompts against the accepted version's;
+- the share of probe replies that loop (`is_degenerate`) against the base model's: a learned style can keep
+  accuracy, perplexity and KL in bounds while replies repeat themselves (seen in the learning benchmark, README).
 `gate_reasons` turns the numbers and the limits into the reasons a candidate is held back (none = accepted).
 
 Not from the paper (arXiv 2603.12273): the paper trains offline and does not gate versions.
@@ -21,18 +23,21 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "invalid")
+GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "invalid")
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 _WORD = re.compile(r"[a-z0-9]+")
+_LOOP_WORD = re.compile(r"[a-z0-9']+")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s*")
 
 
-# ---- the checker ---------------------------------------------------------------------------------------------------
+# ---- the checkers ---------------------------------------------------------------------------------------------------
 
 
 def first_number(text: str) -> str | None:
@@ -44,6 +49,22 @@ def first_number(text: str) -> str | None:
     raw = raw.replace(",", ".")
     value = float(raw)
     return str(int(value)) if value == int(value) else str(value)
+
+
+def is_degenerate(reply: str) -> bool:
+    """The reply loops: a word 3-gram occurs three times, or a line of three or more words appears twice (list
+    markers aside)."""
+    w = _LOOP_WORD.findall(reply.lower())
+    grams = Counter(zip(w, w[1:], w[2:]))
+    if grams and max(grams.values()) >= 3:
+        return True
+    lines = [" ".join(_LOOP_WORD.findall(_LIST_MARKER.sub("", line.lower()))) for line in reply.splitlines()]
+    counted = Counter(line for line in lines if len(line.split()) >= 3)
+    return bool(counted) and max(counted.values()) >= 2
+
+
+def loop_rate(replies: list[str]) -> float:
+    return sum(map(is_degenerate, replies)) / max(len(replies), 1)
 
 
 def check_answer(reply: str, answer: str, kind: str) -> bool:
@@ -105,6 +126,7 @@ class GateLimits:
     max_ppl_ratio: float
     max_accuracy_drop: float
     max_length_change: float
+    max_loop_increase: float = 0.25
 
 
 @dataclass
@@ -120,6 +142,8 @@ class GateNumbers:
     length: float
     length_accepted: float
     seconds: float = 0.0
+    loops: float = 0.0  # share of the probe replies that loop
+    loops_base: float = 0.0
 
     def to_dict(self) -> dict:
         return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -127,7 +151,8 @@ class GateNumbers:
     def summary(self) -> str:
         return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
                 f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
-                f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f})")
+                f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
+                f"loops {self.loops:.2f} (base {self.loops_base:.2f})")
 
 
 def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
@@ -146,6 +171,8 @@ def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
         reasons.append("accuracy")
     if abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change:
         reasons.append("length")
+    if n.loops - n.loops_base > limits.max_loop_increase + 1e-9:
+        reasons.append("loops")
     return reasons
 
 

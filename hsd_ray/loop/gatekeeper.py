@@ -24,6 +24,11 @@ Threshold defaults (config `version_gate`), chosen as follows:
   between nearly identical weights the score moves by ±6–8 points (bench/learning/README.md), so a tighter bound
   would reject on noise; the KL and perplexity bounds catch a collapse first.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
+- share of looping greedy probe replies at most 0.25 above the base's (base SmolLM2: 1 of 16, "Boil an egg: Boil an
+  egg: ..."): in the learning benchmark with the gate on (seed 0) every version was accepted until an accuracy
+  rejection, while the served replies started to loop ("The Pyramids of Egypt: The Pyramids of Egypt: ...") and
+  sampled loops rose from 1% to ~12% in earlier runs; 0.25 = 4 more of the 16 probes. Reasoned, not yet measured on
+  candidates that loop.
 Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.35 (14 of 40), mean
 probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a candidate 13 s — the
 HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one prompt at a time).
@@ -40,7 +45,8 @@ from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
-from hsd_ray.core.version_gate import (GateLimits, GateNumbers, check_answer, gate_reasons, mean_kl, perplexity)
+from hsd_ray.core.version_gate import (GateLimits, GateNumbers, check_answer, gate_reasons, loop_rate, mean_kl,
+                                       perplexity)
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.data import load_probes
 
@@ -67,6 +73,7 @@ class _Reference:
     targets: list[ScoreRequest]
     topk: list[tuple]  # (ids_T_K, logp_T_K) per target
     length: float
+    loops: float  # share of its greedy probe replies that loop (version_gate.is_degenerate)
 
 
 class Gatekeeper:
@@ -77,7 +84,7 @@ class Gatekeeper:
 
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
-                                 g.max_length_change)
+                                 g.max_length_change, g.max_loop_increase)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -139,6 +146,7 @@ class Gatekeeper:
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
             length=length, length_accepted=self.accepted.length,
+            loops=loop_rate([r.text for r in replies]), loops_base=self.base.loops,
         )
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
@@ -176,7 +184,8 @@ class Gatekeeper:
         targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
         scores = self.engine.score(targets, top_k=self.settings.gate.top_k)
         length = sum(len(r.token_ids) for r in replies) / max(len(replies), 1)
-        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores], length)
+        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores], length,
+                          loop_rate([r.text for r in replies]))
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])

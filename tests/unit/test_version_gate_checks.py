@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from hsd_ray.config import Config
-from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer, gate_cost,
-                                       first_number, gate_reasons, mean_kl, perplexity, rate_kind, topk_kl)
+from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer,
+                                       first_number, gate_cost, gate_reasons, is_degenerate, loop_rate, mean_kl,
+                                       perplexity, rate_kind, topk_kl)
 from hsd_ray.core.weights import PolicyVersion
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
@@ -80,6 +81,22 @@ def test_gate_reasons_each_threshold():
     assert gate_reasons(_numbers(kl_accepted=float("nan")), LIMITS) == ["invalid"]
     assert gate_reasons(_numbers(kl_accepted=3.0, ppl=30.0), LIMITS) == ["kl_accepted", "perplexity"]
     assert "KL(cand‖accepted) 0.0100" in _numbers().summary() and _numbers().to_dict()["ppl"] == 10.0
+    assert gate_reasons(_numbers(loops=0.3125, loops_base=0.0625), LIMITS) == []  # 4 more of 16: the allowed rise
+    assert gate_reasons(_numbers(loops=0.375, loops_base=0.0625), LIMITS) == ["loops"]
+    assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
+
+
+def test_loop_detector_on_what_the_benchmark_served():
+    looping = ["The Pyramids of Egypt: The Pyramids of Egypt: The pyramids of the Pharaohs. The pyramids of the "
+               "Pharaohs. The Great Pyramid of Giza. The Great Pyramid of Giza.",
+               "Boil an egg:  Boil an egg:  Boil an egg:  Boil an egg:",
+               "1. Eat well\n2. Sleep well every night\n3. Sleep well every night"]
+    fine = ["The internet is a magical world of endless possibilities. Everywhere you look, you see a digital map.",
+            "1. Keep a regular schedule.\n2. Avoid screens before bed.\n3. Keep your bedroom cool.",
+            "It's a dog's life: it's not a cat's."]
+    assert [is_degenerate(t) for t in looping] == [True, True, True]
+    assert [is_degenerate(t) for t in fine] == [False, False, False]
+    assert loop_rate(looping + fine) == 0.5 and loop_rate([]) == 0.0
 
 
 def test_config_gate_on_by_default_in_every_shipped_config_and_can_be_turned_off():
