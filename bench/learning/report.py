@@ -257,7 +257,8 @@ def format_aggregate(rows: list[dict], noise: dict | None = None, ceiling: dict 
     for r in rows:
         gain = r["on_target_delta"]["mean"] if r["on_target_delta"] else None
         eff = "—" if r["population"] == "control" else efficiency(gain, ceiling, r["trained"], r.get("template"))
-        lines.append(f"{r['variant']:<17} {r['trained']:<13} {r['population']:<10} "
+        population = r["population"] + ("+vg" if r.get("version_gate") else "")  # +vg: the version gate was on
+        lines.append(f"{r['variant']:<17} {r['trained']:<13} {population:<10} "
                      f"{','.join(map(str, r['seeds'])):<6} {_cell(r['on_target_delta'], noise, r['target']):<18} "
                      f"{eff:<18} {_cell(r['yes_no_correct_delta'], noise, 'yes_no.correct'):<18} "
                      f"{_cell(r['max_off_target_drift'], noise, None):<18} "
@@ -296,7 +297,8 @@ def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None)
              f"ceiling: {ceiling_path or dc if ceiling else 'MISSING (python -m bench.learning.ceiling)'}",
              "", format_table(summaries, noise, ceiling)]
     if summaries:
-        parts += ["", "over seeds: mean [min, max]", format_aggregate(aggregate(summaries), noise, ceiling)]
+        parts += ["", "over seeds: mean [min, max] (+vg: version gate on)",
+                  format_aggregate(aggregate(summaries), noise, ceiling)]
     gains = gain_over_control(summaries)
     if gains:
         parts += ["", "gain over the matched control (target metric)", format_gain(gains, noise)]
