@@ -17,9 +17,10 @@ never sees half a segment. Segments older than `retention_s` (by the time in the
 Who writes: the reply ledger appends a turn before it hands it to the queue (that is the moment a turn is
 acknowledged), a replay appends each chunk it offers, and the queue appends outcomes. Who reads: a restarted queue
 (`state()`: the open turns, the counts), a queue recovering a payload lost with its owner (`turns(ids)`), and
-`--source <log root>` (`turns()`). The privacy rules live here too: turns are PII-redacted on write
-(core/redact.py), a user's turns can be deleted (leaving a tombstone that names the user only by a SHA-256 hash),
-and who opted out of capture is kept here so a restarted ledger still honours it.
+`--source <log root>` (`turns()`). The privacy rules live here too: turns arrive PII-redacted (the ledger and a
+replay redact them before anything stores them, core/redact.py), a user's turns can be deleted (leaving a
+tombstone that names the user only by a SHA-256 hash), and who opted out of capture is kept here so a restarted
+ledger still honours it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Turn
 
 TURNS, OUTCOMES, USERS = "turns", "outcomes", "users"
@@ -91,8 +91,8 @@ class LogState:
 class TurnLog:
     """Append-only Parquet segments of turns and outcomes under `uri` (see the module docstring)."""
 
-    def __init__(self, uri: str, retention_s: float = 7 * 86400.0, redact_pii: bool = True):
-        self.uri, self.retention_s, self.redact_pii = uri, retention_s, redact_pii
+    def __init__(self, uri: str, retention_s: float = 7 * 86400.0):
+        self.uri, self.retention_s = uri, retention_s
         self.fs, self.root = filesystem(uri)
         for sub in (TURNS, OUTCOMES, USERS):
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
@@ -101,8 +101,6 @@ class TurnLog:
     def append_turns(self, turns: list[Turn]) -> int:
         if not turns:
             return 0
-        if self.redact_pii:  # the last line of defence: nothing reaches storage unredacted (a no-op on clean turns)
-            turns = [redact_turn(t)[0] for t in turns]
         now = time.time()
         rows = [{"turn_id": t.turn_id, "user_id": t.user_id, "adapter_id": t.adapter_id,
                  "context": json.dumps(t.context, ensure_ascii=False), "reply": t.reply, "followup": t.followup,

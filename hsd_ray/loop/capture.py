@@ -79,7 +79,7 @@ class ReplyLedger:
     def __init__(self, queue, reply_ttl_s: float = 1800.0, max_context_messages: int = 5, max_entries: int = 100_000,
                  log_uri: str | None = None, log_retention_s: float = 7 * 86400.0, redact_pii: bool = True):
         self.queue = QueueClient(queue) if queue is not None else None  # None: records, emits nowhere (tests)
-        self.log = TurnLog(log_uri, log_retention_s, redact_pii) if log_uri else None
+        self.log = TurnLog(log_uri, log_retention_s) if log_uri else None
         self.redact_pii = redact_pii
         self._opted_out: set[str] = self.log.opted_out() if self.log is not None else set()  # user_hash values
         self.reply_ttl_s, self.max_context_messages, self.max_entries = reply_ttl_s, max_context_messages, max_entries

@@ -25,10 +25,10 @@ from typing import Iterator
 import ray
 
 from hsd_ray.config import Config
-from hsd_ray.data.turnlog import TurnLog, is_turn_log
 from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.version_gate import gate_cost
 from hsd_ray.core.weights import BASE_ADAPTER
+from hsd_ray.data.turnlog import TurnLog, is_turn_log
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionRegistry
 from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger, forget_user
@@ -262,7 +262,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     teachers = [start_teacher(cfg, settings, queue, registry, i) for i in range(cfg.teacher.num_workers)]
     loop = Loop(cfg, QueueClient(queue), RegistryClient(registry), control, ledger, teachers,
                 gatekeeper=start_gatekeeper(cfg, registry),
-                turnlog=TurnLog(log_uri, retention, cfg.capture.redact_pii) if log_uri else None)
+                turnlog=TurnLog(log_uri, retention) if log_uri else None)
     if serve_chat:
         from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service
