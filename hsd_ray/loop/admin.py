@@ -78,32 +78,14 @@ class RayAdminBackend:
         return {"paused": await control.paused.remote(), "progress": await control.get_progress.remote()}
 
     async def forget_user(self, user_id: str) -> dict:
-        import asyncio
+        from hsd_ray.loop.capture import forget_user_on_loop
 
-        from hsd_ray.loop.capture import forget_user
-
-        return await asyncio.to_thread(forget_user, _ledger(), _queue(), user_id)
+        return await forget_user_on_loop(user_id)
 
     async def set_opt_out(self, user_id: str, opted_out: bool) -> bool:
-        return await _ledger().set_opt_out.remote(user_id, opted_out)
+        from hsd_ray.loop.capture import set_opt_out_on_loop
 
-
-def _ledger():
-    import ray
-
-    from hsd_ray.loop import NAMESPACE
-    from hsd_ray.loop.capture import LEDGER_ACTOR_NAME
-
-    return ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
-
-
-def _queue():
-    import ray
-
-    from hsd_ray.loop import NAMESPACE
-    from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
-
-    return ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+        return await set_opt_out_on_loop(user_id, opted_out)
 
 
 def _registry():

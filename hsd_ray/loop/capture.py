@@ -191,6 +191,19 @@ def forget_user(ledger, queue, user_id: str) -> dict:
     return {"capture": capture, "queue": ray.get(queue.forget_user.remote(user_id))}
 
 
+async def forget_user_on_loop(user_id: str) -> dict:
+    """`forget_user` on the running loop's named ledger and queue (ValueError when no loop runs). For the async
+    routes that act on a user's data: the admin API and a user's own `/v1/users/me`."""
+    ledger = ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
+    queue = ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
+    return await asyncio.to_thread(forget_user, ledger, queue, user_id)
+
+
+async def set_opt_out_on_loop(user_id: str, opted_out: bool) -> bool:
+    """The running loop's ledger opts the user out of capture or back in (ValueError when no loop runs)."""
+    return await ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE).set_opt_out.remote(user_id, opted_out)
+
+
 class CaptureClient:
     """A chat replica's side of capture (async; runs on the replica's event loop). Never raises into the chat path."""
 

@@ -56,7 +56,7 @@ from hsd_ray.loop import openai_api as oa
 from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserRateLimit
 from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
-from hsd_ray.loop.capture import CaptureClient, ServedReply
+from hsd_ray.loop.capture import CaptureClient, ServedReply, forget_user_on_loop, set_opt_out_on_loop
 from hsd_ray.loop.identity import Identity
 
 APP_NAME = "hsd-chat"
@@ -95,6 +95,15 @@ class ServiceSettings:
 async def _json_body(request: Request, scfg: ServeConfig):
     """The request's JSON, refused (413/400) by size and nesting depth before it is parsed."""
     return oa.parse_json(await oa.read_body(request, scfg.max_body_bytes), scfg.max_json_depth)
+
+
+async def _on_loop(action):
+    """Await a user-data action on the running loop; 503 when this service runs without one."""
+    try:
+        return await action
+    except ValueError:  # ray.get_actor: no such named actor
+        raise oa.APIError("no learning loop is running behind this service", status_code=503, type="server_error",
+                          code="no_loop") from None
 
 
 def _replica_id() -> str:
@@ -149,17 +158,17 @@ class ChatService:
     @api.delete("/v1/users/me")
     async def delete_me(self, request: Request):
         user = self.identity.own_user(request.headers.get("authorization"))
-        return {"deleted": True, **await self._user_data("forget_user", user)}
+        return {"deleted": True, **await _on_loop(forget_user_on_loop(user))}
 
     @api.post("/v1/users/me/opt-out")
     async def opt_out(self, request: Request):
         user = self.identity.own_user(request.headers.get("authorization"))
-        return {"opted_out": await self._user_data("set_opt_out", user, True)}
+        return {"opted_out": await _on_loop(set_opt_out_on_loop(user, True))}
 
     @api.post("/v1/users/me/opt-in")
     async def opt_in(self, request: Request):
         user = self.identity.own_user(request.headers.get("authorization"))
-        return {"opted_out": await self._user_data("set_opt_out", user, False)}
+        return {"opted_out": await _on_loop(set_opt_out_on_loop(user, False))}
 
     @api.get("/v1/models")
     async def models(self):
@@ -185,24 +194,6 @@ class ChatService:
         }
 
     # ---- chat -----------------------------------------------------------------------------------------------------
-    async def _user_data(self, action: str, user: str, *args):
-        """A loop's ledger/queue action for `user`; 503 when this service runs without a loop."""
-        import ray
-
-        from hsd_ray.loop import NAMESPACE
-        from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, forget_user
-        from hsd_ray.loop.queue import QUEUE_ACTOR_NAME
-
-        try:
-            ledger = ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
-            if action == "forget_user":
-                queue = ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
-                return await asyncio.to_thread(forget_user, ledger, queue, user)
-            return await ledger.set_opt_out.remote(user, *args)
-        except ValueError:
-            raise oa.APIError("no learning loop is running behind this service", status_code=503,
-                              type="server_error", code="no_loop") from None
-
     async def _chat(self, request: Request, t0: float):
         received_at = time.time()
         authorization = request.headers.get("authorization")
