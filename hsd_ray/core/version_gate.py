@@ -126,7 +126,7 @@ class GateLimits:
     max_ppl_ratio: float
     max_accuracy_drop: float
     max_length_change: float
-    max_loop_increase: float = 0.25
+    max_loop_increase: float
 
 
 @dataclass

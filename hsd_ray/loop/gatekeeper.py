@@ -139,14 +139,14 @@ class Gatekeeper:
         on_accepted = self.engine.score(self.accepted.targets, top_k=k)
         on_base = on_accepted if self.accepted is self.base else self.engine.score(self.base.targets, top_k=k)
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
-        length = sum(len(r.token_ids) for r in replies) / max(len(replies), 1)
+        length, loops = _probe_stats(replies)
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], self.accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
             length=length, length_accepted=self.accepted.length,
-            loops=loop_rate([r.text for r in replies]), loops_base=self.base.loops,
+            loops=loops, loops_base=self.base.loops,
         )
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
@@ -183,9 +183,8 @@ class Gatekeeper:
             replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
         targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
         scores = self.engine.score(targets, top_k=self.settings.gate.top_k)
-        length = sum(len(r.token_ids) for r in replies) / max(len(replies), 1)
-        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores], length,
-                          loop_rate([r.text for r in replies]))
+        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores],
+                          *_probe_stats(replies))
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
@@ -220,6 +219,11 @@ class Gatekeeper:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("gatekeeper: evaluation failed")
                 self._stop.wait(1.0)
+
+
+def _probe_stats(replies) -> tuple[float, float]:
+    """Mean reply length (tokens) and the share of looping replies of a version's greedy probe replies."""
+    return sum(len(r.token_ids) for r in replies) / max(len(replies), 1), loop_rate([r.text for r in replies])
 
 
 def start_gatekeeper(cfg, registry):

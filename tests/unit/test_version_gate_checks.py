@@ -21,7 +21,7 @@ from hsd_ray.loop.rollback import Snapshot, SnapshotStore, VersionGuard, cpu_sta
 pytestmark = pytest.mark.unit
 
 LIMITS = GateLimits(max_kl_accepted=0.25, max_kl_base=1.0, max_ppl_ratio=1.25, max_accuracy_drop=0.1,
-                    max_length_change=0.5)
+                    max_length_change=0.5, max_loop_increase=0.25)
 
 
 def _numbers(**kw) -> GateNumbers:
