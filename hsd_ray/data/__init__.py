@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from hsd_ray.config import FeedbackConfig
-from hsd_ray.core.feedback import make_gate
+from hsd_ray.core.feedback import DEFAULT_KIND_WEIGHTS, make_gate
 
 FOLLOWUPS = "followups.jsonl"
 FEEDBACK_GATE = "feedback_gate.json"
@@ -45,6 +45,8 @@ def load_probes(path: str | None = None) -> dict:
 
 
 def build_gate(fcfg: FeedbackConfig):
-    """The feedback gate `fcfg` asks for (learned weights: the shipped ones unless `weights_path` is set)."""
+    """The feedback gate `fcfg` asks for (learned weights: the shipped ones unless `weights_path` is set). The config's
+    `kind_weights` is laid over the defaults: `{positive: 0}` changes only positive feedback (a partial table used to
+    replace the whole one, so every kind it did not name weighed 1)."""
     weights = load_feedback_gate(fcfg.weights_path) if fcfg.gate in ("learned", "ensemble") else None
-    return make_gate(fcfg.gate, weights, fcfg.threshold, dict(fcfg.kind_weights) or None)
+    return make_gate(fcfg.gate, weights, fcfg.threshold, {**DEFAULT_KIND_WEIGHTS, **fcfg.kind_weights})

@@ -15,7 +15,7 @@ from hsd_ray.core.feedback import (FEEDBACK_KINDS, NOT_FEEDBACK_KINDS, FeedbackD
 from hsd_ray.core.feedback_fit import choose_threshold, fit_logistic, prf, roc_auc, train_linear_gate
 from bench.feedback_gate import row_categories
 from hsd_ray.config import FeedbackConfig
-from hsd_ray.data import load_feedback_gate, load_followups
+from hsd_ray.data import build_gate, load_feedback_gate, load_followups
 
 pytestmark = pytest.mark.unit
 
@@ -101,6 +101,14 @@ def test_kind_weights_defaults_and_override():
     custom = RuleGate({"positive": 0.2, "complaint": 0.7})
     assert custom.decide(PROMPT, REPLY, "thanks, perfect").weight == 0.2
     assert custom.decide(PROMPT, REPLY, "too long").weight == 0.7
+
+
+def test_a_partial_kind_weights_config_changes_only_the_kinds_it_names():
+    gate = build_gate(FeedbackConfig(gate="rules", kind_weights={"positive": 0.0}))
+    thanks = gate.decide(PROMPT, REPLY, "thanks, perfect")
+    assert thanks.is_feedback and thanks.kind == "positive" and thanks.weight == 0.0
+    assert gate.decide(PROMPT, REPLY, "too long").weight == 1.0
+    assert gate.decide(PROMPT, REPLY, "what do you mean by largest?").weight == 0.5  # clarification keeps its default
 
 
 def test_no_gate_passes_everything():
