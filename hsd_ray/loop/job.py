@@ -80,18 +80,32 @@ def teacher_settings(cfg: Config) -> TeacherSettings:
 
 
 class LearnerThread(threading.Thread):
-    """Runs `TorchTrainer.fit()` (blocking) beside the driver."""
+    """Runs `TorchTrainer.fit()` (blocking) beside the driver. The driver waits on `finished` (set when fit()
+    returns or raises), not on `Thread.join`: in CPython 3.11 a Ctrl-C that interrupts `join()` releases the running
+    thread's state lock, so `is_alive()` turns False while fit() still runs — the driver then tore the loop down
+    under a learner that was about to write its final weights."""
 
     def __init__(self, cfg: Config):
         super().__init__(name="learner-fit", daemon=True)
         self.settings, self.learner_cfg = learner_settings(cfg), cfg.learner
         self.result, self.error = None, None
+        self.finished = threading.Event()
 
     def run(self) -> None:
         try:
             self.result = make_trainer(self.settings, self.learner_cfg).fit()
         except BaseException as e:  # noqa: BLE001 - reported by the driver
             self.error = e
+        finally:
+            self.finished.set()
+
+    @property
+    def running(self) -> bool:
+        return self.is_alive() and not self.finished.is_set()  # is_alive() alone: see the class docstring
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once fit() has ended. Safe to interrupt (Ctrl-C) and to call again."""
+        return self.finished.wait(timeout)
 
 
 @dataclass
@@ -118,9 +132,9 @@ class Loop:
 
     def stop_learner(self, timeout: float = 600.0) -> None:
         """Ask the learner to stop (final checkpoint and version) and wait for it."""
-        if self.learner is not None and self.learner.is_alive():
+        if self.learner is not None and self.learner.running:
             self.control.request_stop.remote()
-            self.learner.join(timeout)
+            self.learner.wait(timeout)
 
     def stats(self, timeout_s: float = 30.0) -> dict:
         """The funnel counts of every actor. Never raises: a part whose actor is dead or does not answer within
@@ -342,8 +356,7 @@ def _monitor(loop: Loop, learner: LearnerThread) -> None:
     started = last_log = last_sweep = time.time()
     last_trained = 0
     try:
-        while learner.is_alive():
-            learner.join(timeout=1.0)
+        while not learner.wait(timeout=1.0):
             if time.time() - last_sweep >= cfg.capture.sweep_every_s:
                 loop.ledger.sweep.remote()
                 last_sweep = time.time()
@@ -359,8 +372,12 @@ def _monitor(loop: Loop, learner: LearnerThread) -> None:
                 log.info(_summary_line(s, (trained - last_trained) / dt, time.time() - started))
                 last_trained = trained
     except KeyboardInterrupt:
-        log.info("[job] stopping: final checkpoint and weights …")
-        loop.stop_learner()
+        log.info("[job] stopping: final checkpoint and weights … (Ctrl-C again: stop without them)")
+        try:
+            loop.stop_learner()
+        except KeyboardInterrupt:
+            log.warning("[job] stopping without the final checkpoint and weights")
+            loop.learner = None  # the teardown does not wait for it again
 
 
 def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
