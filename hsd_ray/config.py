@@ -140,6 +140,7 @@ class ServeConfig(_Section):
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved per replica (a vLLM engine on a GPU)")
     max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
+    max_n: int = Field(8, ge=1, le=128, description="most choices (`n`) one request may ask for")
     temperature: float = Field(0.7, ge=0, le=2, description="default sampling temperature")
     top_p: float = Field(0.9, gt=0, le=1, description="default nucleus sampling p")
     access_log: bool = Field(False, description="log every HTTP request from the replicas (noisy on a console)")

@@ -8,7 +8,9 @@ waits `wait_s` after the first request for others to join.
 
 A request with a seed is never merged: prompt i of a batch is drawn with seed + i (engines/base.py), so its reply
 would depend on where it landed in the batch. Requests are merged only with identical SamplingParams (one params per
-engine call); the others wait for a later batch, in arrival order.
+engine call); the others wait for a later batch, in arrival order. A request for `n` choices (`generate_n`) puts its
+prompt n times into one engine call, so its choices come from one policy version, and a seeded one draws choice i with
+seed + i.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class GenerationBatcher:
             raise ValueError("max_batch >= 1 and wait_s >= 0")
         self._generate = generate
         self.max_batch, self.wait_s = max_batch, wait_s
-        self._pending: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
+        self._pending: list[tuple[list[list[int]], SamplingParams, asyncio.Future]] = []  # (prompts, params, future)
         self._worker: asyncio.Task | None = None
         self.requests = 0  # requests generated (stats for /health and the tests)
         self.calls = 0  # engine.generate calls made
@@ -38,9 +40,13 @@ class GenerationBatcher:
 
     async def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
         """The reply to one prompt; raises what the engine raised for its batch."""
+        return (await self.generate_n(prompt, params, 1))[0]
+
+    async def generate_n(self, prompt: list[int], params: SamplingParams, n: int) -> list[Generation]:
+        """`n` replies to one prompt, from one engine call."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((prompt, params, future))
+        self._pending.append(([prompt] * n, params, future))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return await future
@@ -63,12 +69,12 @@ class GenerationBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
-            prompts, params = [p for p, _, _ in batch], batch[0][1]
+            prompts, params = [p for item, _, _ in batch for p in item], batch[0][1]
             self.busy_since = time.monotonic()
             try:
                 gens = await asyncio.to_thread(self._generate, prompts, params)
-                if len(gens) != len(batch):
-                    raise RuntimeError(f"engine returned {len(gens)} generations for {len(batch)} prompts")
+                if len(gens) != len(prompts):
+                    raise RuntimeError(f"engine returned {len(gens)} generations for {len(prompts)} prompts")
             except Exception as e:  # noqa: BLE001 - every request of the batch gets the engine's error
                 for _, _, future in batch:
                     if not future.done():
@@ -78,22 +84,26 @@ class GenerationBatcher:
                 self.busy_since = None
             self.calls += 1
             self.requests += len(batch)
-            self.largest = max(self.largest, len(batch))
-            for (_, _, future), gen in zip(batch, gens):
+            self.largest = max(self.largest, len(prompts))
+            at = 0
+            for item, _, future in batch:
                 if not future.done():  # the client may have gone away (cancelled)
-                    future.set_result(gen)
+                    future.set_result(gens[at : at + len(item)])
+                at += len(item)
 
     def _take_batch(self) -> list:
-        """The oldest waiting request and, unless it is seeded, up to max_batch - 1 later ones with equal params."""
+        """The oldest waiting request and, unless it is seeded, later ones with equal params while the batch holds at
+        most max_batch prompts (a request for more choices than that runs alone)."""
         self._pending = [item for item in self._pending if not item[2].done()]  # drop cancelled requests
         if not self._pending:
             return []
         head = self._pending[0]
         key = _key(head[1])
-        batch, rest = [head], []
+        batch, rest, size = [head], [], len(head[0])
         for item in self._pending[1:]:
-            if key is not None and len(batch) < self.max_batch and _key(item[1]) == key:
+            if key is not None and size + len(item[0]) <= self.max_batch and _key(item[1]) == key:
                 batch.append(item)
+                size += len(item[0])
             else:
                 rest.append(item)
         self._pending = rest

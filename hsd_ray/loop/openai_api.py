@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions wire format: request parsing/validation, error bodies, response and SSE chunk builders.
+"""The OpenAI Chat Completions request side: parsing/validation and error bodies (replies: openai_replies.py).
 
 Owned here so the Ray Serve deployment (hsd_ray/loop/serve.py) only glues it to the engine and to capture. Pure: no Ray,
 no torch; FastAPI/pydantic only (the error handlers that keep FastAPI's 422 from ever reaching a client live here too).
@@ -8,7 +8,7 @@ What is accepted (everything else a client sends is ignored, as OpenAI clients s
   `hsd_ray.core.turns.validate_messages`); the last message must be the user's.
 - `max_completion_tokens` (preferred) or `max_tokens`, at most `ServeConfig.max_tokens_limit`; `temperature`, `top_p`,
   `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
-  and `n` = 1 only.
+  `logprobs`, `store`, and `n` (choices; at most `ServeConfig.max_n`).
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
 - Refused with a 400 naming the field, because ignoring them would silently give a different answer than asked for
   (`_refuse_unsupported`): tools / functions (non-empty), tool_choice or function_call that require a call,
@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hsd_ray.config import ServeConfig
 from hsd_ray.core.turns import Message, TurnFormatError, is_valid_text, validate_messages
-
-SSE_DONE = "data: [DONE]\n\n"
-
 
 # ---- errors --------------------------------------------------------------------------------------------------------
 
@@ -224,6 +219,7 @@ class ChatCall:
     user: str | None
     model: str | None
     logprobs: bool = False
+    n: int = 1  # choices; choice i of a seeded request is drawn with seed + i
     store: bool = True  # OpenAI's `store`; only an explicit false opts out (the service captures by default)
 
 
@@ -242,8 +238,8 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         param = ".".join(str(p) for p in err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
         raise APIError(f"{param}: {msg}", param=param) from None
-    if req.n not in (None, 1):
-        raise APIError(f"n: only n=1 is supported, got {req.n}", param="n")
+    if req.n is not None and req.n > scfg.max_n:
+        raise APIError(f"n: at most {scfg.max_n} choices are allowed, got {req.n}", param="n")
     _refuse_unsupported(body)
     _check_limits(req, scfg)
     try:
@@ -275,6 +271,7 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         user=req.user,
         model=req.model,
         logprobs=bool(req.logprobs),
+        n=req.n or 1,
         store=req.store is not False,
     )
 
@@ -334,163 +331,3 @@ def user_identity(request_user: str | None, authorization_header: str | None) ->
         if scheme.lower() == "bearer" and token:
             return "key-" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return "anonymous"
-
-
-# ---- responses -----------------------------------------------------------------------------------------------------
-
-
-def completion_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def chat_completion(
-    *,
-    id: str,  # noqa: A002 - the OpenAI field name
-    model: str,
-    fingerprint: str,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    created: int | None = None,
-    logprobs: list[dict] | None = None,
-) -> dict:
-    """A non-streaming `chat.completion` object; `fingerprint` is the PolicyVersion that produced the reply;
-    `logprobs` is the `content` list of `logprob_entries` when the client asked for log-probs."""
-    return {
-        "id": id,
-        "object": "chat.completion",
-        "created": int(time.time()) if created is None else created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def logprob_entries(pieces: list[str], logprobs: list[float]) -> list[dict]:
-    """OpenAI `logprobs.content`: one entry per generated token (text piece, raw-model log-prob, UTF-8 bytes)."""
-    return [
-        {"token": p, "logprob": float(lp), "bytes": list(p.encode("utf-8")), "top_logprobs": []}
-        for p, lp in zip(pieces, logprobs)
-    ]
-
-
-def chat_chunk(
-    *,
-    id: str,  # noqa: A002
-    model: str,
-    fingerprint: str,
-    created: int,
-    delta: dict | None = None,
-    finish_reason: str | None = None,
-    include_usage: bool = False,
-) -> dict:
-    """One `chat.completion.chunk` with a single choice. With include_usage every such chunk carries "usage": null
-    (the usage itself comes in `usage_chunk`, as OpenAI does)."""
-    chunk = {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
-
-
-def usage_chunk(
-    *, id: str, model: str, fingerprint: str, created: int, prompt_tokens: int, completion_tokens: int  # noqa: A002
-) -> dict:
-    """The last chunk when stream_options.include_usage: no choices, only usage."""
-    return {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def stream_chunks(
-    *,
-    id: str,  # noqa: A002
-    model: str,
-    fingerprint: str,
-    created: int,
-    pieces: list[str],
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    include_usage: bool,
-) -> tuple[list[dict], list[dict]]:
-    """All chunks of a streamed reply, as (content chunks, closing chunks): the role delta and one content delta per
-    piece first; then the chunk with finish_reason and, with include_usage, the usage chunk. ([DONE] follows.)"""
-    common = dict(id=id, model=model, fingerprint=fingerprint, created=created, include_usage=include_usage)
-    body = [chat_chunk(delta={"role": "assistant", "content": ""}, **common)]
-    body += [chat_chunk(delta={"content": p}, **common) for p in pieces if p]
-    closing = closing_chunks(finish_reason=finish_reason, prompt_tokens=prompt_tokens,
-                             completion_tokens=completion_tokens, **common)
-    return body, closing
-
-
-def closing_chunks(
-    *, id: str, model: str, fingerprint: str, created: int, finish_reason: str,  # noqa: A002
-    prompt_tokens: int, completion_tokens: int, include_usage: bool,
-) -> list[dict]:
-    """The end of a streamed reply: the chunk with finish_reason and, with include_usage, the usage chunk."""
-    common = dict(id=id, model=model, fingerprint=fingerprint, created=created)
-    closing = [chat_chunk(delta={}, finish_reason=finish_reason, include_usage=include_usage, **common)]
-    if include_usage:
-        closing.append(usage_chunk(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, **common))
-    return closing
-
-
-def sse(obj: dict) -> str:
-    """One server-sent event carrying a JSON object."""
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def text_pieces(tokenizer, token_ids: list[int], text: str) -> list[str]:
-    """Split `text` (the decoded reply) into one piece per token for streaming; the pieces concatenate to `text`.
-
-    Incremental detokenisation over a short sliding window (as vLLM does), so cost is linear in the reply: each piece is
-    decode(window + token) minus decode(window). A token that leaves an incomplete UTF-8 character (U+FFFD at the end)
-    contributes nothing until the character completes. Once a piece disagrees with `text` (a reply cut at a stop
-    string), the rest of `text` is sent as one last piece.
-    """
-    pieces, sent = [], 0
-    prefix_offset = read_offset = 0
-    for i in range(1, len(token_ids) + 1):
-        before = tokenizer.decode(token_ids[prefix_offset:read_offset], skip_special_tokens=True)
-        after = tokenizer.decode(token_ids[prefix_offset:i], skip_special_tokens=True)
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            continue
-        piece = after[len(before) :]
-        prefix_offset, read_offset = read_offset, i
-        if not text.startswith(piece, sent):
-            break
-        pieces.append(piece)
-        sent += len(piece)
-    if sent < len(text):
-        pieces.append(text[sent:])
-    return pieces

@@ -31,8 +31,14 @@ Retry-After of Serve's as the backstop. `check_health` fails while an engine cal
 `engine_stall_s`, so Serve replaces a replica whose engine is stuck (and one whose event loop is blocked: its check
 times out).
 
+`n` choices: from one engine call on the offline engines (one version; a seeded choice i is drawn with seed + i), as n
+concurrent streams (seeds likewise) on the async engine. Every choice is recorded for capture (the follow-up matches
+the one the client continued with; the others expire unmatched). A streamed request for n > 1 is generated whole,
+then sent, also on the async engine (merging n live streams is not built). Were choices to straddle a weight swap,
+the fingerprint names every version ("…-v3+…-v4"), never silently one.
+
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health (policy version, replica id, capture counts).
-Wire format and validation live in hsd_ray/loop/openai_api.py.
+Wire format and validation live in hsd_ray/loop/openai_api.py (requests, errors) and openai_replies.py (replies).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -53,6 +59,7 @@ from hsd_ray.config import AuthConfig, CaptureConfig, Config, EngineConfig, Serv
 from hsd_ray.core.engine_api import Generation, SamplingParams
 from hsd_ray.core.prompts import render_prompt
 from hsd_ray.loop import openai_api as oa
+from hsd_ray.loop import openai_replies as replies
 from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserRateLimit
 from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
@@ -113,6 +120,21 @@ def _replica_id() -> str:
         return "local"
 
 
+async def _last(items):
+    """The last item of an engine stream: its Generation."""
+    item = None
+    async for item in items:
+        pass
+    return item
+
+
+def _fingerprint(gens: list[Generation]) -> str:
+    """`system_fingerprint`: the version that produced the reply; choices that straddled a weight swap name every
+    version they came from."""
+    return "+".join(dict.fromkeys(g.version.fingerprint() for g in gens))
+
+
+# (module-level helpers the class uses are defined above it: serve.ingress captures the class when it is defined)
 @serve.deployment
 @serve.ingress(api)
 class ChatService:
@@ -200,46 +222,31 @@ class ChatService:
         key_user = self.identity.key_user(authorization)  # 401 before the body is read
         call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
         user_id = self.identity.user_id(key_user, call.user, authorization)
-        if call.stream and self.engine.continuous_batching:
+        if call.stream and self.engine.continuous_batching and call.n == 1:
             return await self._live_stream(call, user_id, received_at, t0)
-        gen = await self._generate(call, user_id)
-        reply = await self._answered(call, user_id, received_at, gen)
-        ids = dict(id=oa.completion_id(), model=self.settings.serve.model_name, fingerprint=gen.version.fingerprint())
+        gens = await self._generate(call, user_id)
+        served = await self._answered(call, user_id, received_at, gens)
+        choices = await asyncio.to_thread(self._choices, gens, call)
+        ids = dict(id=replies.completion_id(), model=self.settings.serve.model_name, fingerprint=_fingerprint(gens),
+                   prompt_tokens=gens[0].prompt_tokens, completion_tokens=sum(len(g.token_ids) for g in gens))
         headers = {REPLICA_HEADER: self.replica_id}
         if not call.stream:
-            await self.capture.record(reply)
-            logprobs = None
-            if call.logprobs:
-                pieces = await asyncio.to_thread(oa.text_pieces, self.engine.tokenizer, gen.token_ids, gen.text)
-                logprobs = oa.logprob_entries(pieces, gen.logprobs)
-            body = oa.chat_completion(
-                **ids,
-                text=gen.text,
-                finish_reason=gen.finish_reason,
-                prompt_tokens=gen.prompt_tokens,
-                completion_tokens=len(gen.token_ids),
-                logprobs=logprobs,
-            )
+            for reply in served:
+                await self.capture.record(reply)
+            body = replies.chat_completion(**ids, choices=choices)
             metrics.observe("hsd_chat_latency_s", time.perf_counter() - t0)
             return JSONResponse(body, headers=headers)
-        pieces = await asyncio.to_thread(oa.text_pieces, self.engine.tokenizer, gen.token_ids, gen.text)
-        content, closing = oa.stream_chunks(
-            **ids,
-            created=int(time.time()),
-            pieces=pieces,
-            finish_reason=gen.finish_reason,
-            prompt_tokens=gen.prompt_tokens,
-            completion_tokens=len(gen.token_ids),
-            include_usage=call.include_usage,
-        )
+        content, closing = replies.stream_chunks(**ids, created=int(time.time()), choices=choices,
+                                                 include_usage=call.include_usage)
 
         async def events():
             for chunk in content:
-                yield oa.sse(chunk)
-            await self.capture.record(reply)  # before the client can see the end of the reply
+                yield replies.sse(chunk)
+            for reply in served:
+                await self.capture.record(reply)  # before the client can see the end of the reply
             for chunk in closing:
-                yield oa.sse(chunk)
-            yield oa.SSE_DONE
+                yield replies.sse(chunk)
+            yield replies.SSE_DONE
             metrics.observe("hsd_chat_latency_s", time.perf_counter() - t0)
 
         headers["cache-control"] = "no-cache"
@@ -266,32 +273,32 @@ class ChatService:
                 raise self._api_error(e) from None
             raise
         version = first.version
-        common = dict(id=oa.completion_id(), model=scfg.model_name, fingerprint=version.fingerprint(),
+        common = dict(id=replies.completion_id(), model=scfg.model_name, fingerprint=version.fingerprint(),
                       created=int(time.time()), include_usage=call.include_usage)
 
         async def events():
             sent: list[str] = []
             item = first
             try:
-                yield oa.sse(oa.chat_chunk(delta={"role": "assistant", "content": ""}, **common))
+                yield replies.sse(replies.chat_chunk(delta={"role": "assistant", "content": ""}, **common))
                 while not isinstance(item, Generation):
                     if item.text:
                         sent.append(item.text)
-                        yield oa.sse(oa.chat_chunk(delta={"content": item.text}, **common))
+                        yield replies.sse(replies.chat_chunk(delta={"content": item.text}, **common))
                     async with asyncio.timeout_at(deadline):
                         item = await anext(items)
                 gen = item
             except Exception as e:  # noqa: BLE001 - headers are sent: the error goes into the stream
                 err = self._api_error(e)
-                yield oa.sse(oa.error_body(err.message, code=err.code, type=err.type))
+                yield replies.sse(oa.error_body(err.message, code=err.code, type=err.type))
                 return
             finally:
                 await held.aclose()
             await self._record_stream(call, user_id, received_at, gen, "".join(sent))
-            for chunk in oa.closing_chunks(finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
-                                           completion_tokens=len(gen.token_ids), **common):
-                yield oa.sse(chunk)
-            yield oa.SSE_DONE
+            for chunk in replies.closing_chunks(finish_reasons=[gen.finish_reason], prompt_tokens=gen.prompt_tokens,
+                                                completion_tokens=len(gen.token_ids), **common):
+                yield replies.sse(chunk)
+            yield replies.SSE_DONE
             metrics.observe("hsd_chat_latency_s", time.perf_counter() - t0)
 
         headers = {REPLICA_HEADER: self.replica_id, "cache-control": "no-cache"}
@@ -300,20 +307,20 @@ class ChatService:
     async def _record_stream(self, call, user_id: str, received_at: float, gen, streamed: str) -> None:
         """Capture a live-streamed reply, before the client sees its end. Only when the text the client got is the
         text of the recorded token ids (else the follow-up could not be matched to the right tokens)."""
-        reply = await self._answered(call, user_id, received_at, gen)
+        [reply] = await self._answered(call, user_id, received_at, [gen])
         if streamed != gen.text:
             log.warning("streamed text differs from the decoded reply (%d vs %d chars): not captured",
                         len(streamed), len(gen.text))
             return
         await self.capture.record(reply)
 
-    async def _answered(self, call: oa.ChatCall, user_id: str, received_at: float, gen) -> ServedReply:
+    async def _answered(self, call: oa.ChatCall, user_id: str, received_at: float, gens: list) -> list[ServedReply]:
         """A request that was validated and answered: its follow-up is shown to the ledger (if it ends in [assistant,
-        user]); the reply to record for capture."""
-        self._report_version(gen.version.version)
+        user]), once; the replies (one per choice) to record for capture."""
+        self._report_version(max(g.version.version for g in gens))
         if call.store and len(call.messages) >= 2 and call.messages[-2]["role"] == "assistant":  # answered: capture
             await self.capture.observe(user_id, call.messages, received_at)
-        return ServedReply(
+        return [ServedReply(
             user_id=user_id,
             adapter_id=gen.version.adapter_id,
             context=call.messages,
@@ -324,21 +331,31 @@ class ChatService:
             policy_version=gen.version.version,
             replied_at=time.time(),
             store=call.store,
-        )
+        ) for gen in gens]
 
-    async def _generate(self, call: oa.ChatCall, user_id: str):
-        """The reply, once the user's rate limit and the replica's admission gate let the request in, within the
-        request timeout (429 / 503 with Retry-After otherwise); an engine failure is this request's 500."""
+    def _choices(self, gens: list, call: oa.ChatCall) -> list[replies.Choice]:
+        """The reply builders' view of each generation: text pieces when streamed or log-probs asked for."""
+        out = []
+        for gen in gens:
+            pieces = None
+            if call.stream or call.logprobs:
+                pieces = replies.text_pieces(self.engine.tokenizer, gen.token_ids, gen.text)
+            logprobs = replies.logprob_entries(pieces, gen.logprobs) if call.logprobs else None
+            out.append(replies.Choice(gen.text, gen.finish_reason, pieces if call.stream else None, logprobs))
+        return out
+
+    async def _generate(self, call: oa.ChatCall, user_id: str) -> list[Generation]:
+        """The `call.n` replies, once the user's rate limit and the replica's admission gate let the request in,
+        within the request timeout (429 / 503 with Retry-After otherwise); an engine failure is this request's 500."""
         try:
             self.rate.take(user_id)
             async with asyncio.timeout(self.settings.serve.request_timeout_s), self.gate.slot():
                 prompt, params = await asyncio.to_thread(self._prepare, call)
                 if not self.engine.continuous_batching:
-                    return await self.batcher.generate(prompt, params)
-                gen = None
-                async for gen in self.engine.stream(prompt, params):  # the last item is the Generation
-                    pass
-                return gen
+                    return await self.batcher.generate_n(prompt, params, call.n)
+                seeds = [None if params.seed is None else params.seed + i for i in range(call.n)]
+                return list(await asyncio.gather(*(_last(self.engine.stream(prompt, replace(params, seed=seed)))
+                                                   for seed in seeds)))
         except Exception as e:  # noqa: BLE001 - mapped to the request's error status
             raise self._api_error(e) from None
 

@@ -168,7 +168,7 @@ class TestOneReplica:
     @pytest.mark.parametrize(
         "kwargs, param",
         [
-            (dict(n=2), "n"),
+            (dict(n=9), "n"),  # serve.max_n is 8
             (dict(max_tokens=10_000), "max_tokens"),
             (dict(messages=HELLO + [{"role": "assistant", "content": "Paris"}]), "messages"),
             (dict(messages=[{"role": "robot", "content": "beep"}]), "messages"),
@@ -223,6 +223,31 @@ class TestOneReplica:
         other.chat.completions.create(model="m", messages=follow, max_tokens=4)
         d = _delta(_stats(chat.ledger), before)
         assert d["captured"] == 1 and d["unmatched"] == 2
+
+    def test_n_choices_are_the_seeded_replies_streamed_or_not_and_each_can_be_continued(self, chat):
+        kw = dict(model="m", messages=HELLO, max_tokens=8, temperature=1.0, top_p=1)
+        before = _stats(chat.ledger)
+        r = chat.client.chat.completions.create(n=3, seed=5, user="chooser", **kw)
+        assert [c.index for c in r.choices] == [0, 1, 2] and r.system_fingerprint == "hsd-base-v0"
+        singles = [chat.client.chat.completions.create(seed=5 + i, user="single", **kw) for i in range(3)]
+        assert [c.message.content for c in r.choices] == [s.choices[0].message.content for s in singles]
+        assert r.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+        chunks = list(chat.client.chat.completions.create(n=3, seed=5, user="streamer-n", stream=True,
+                                                          stream_options={"include_usage": True}, **kw))
+        texts, finishes = ["", "", ""], [None, None, None]
+        for chunk in chunks:
+            for c in chunk.choices:
+                texts[c.index] += c.delta.content or ""
+                finishes[c.index] = c.finish_reason or finishes[c.index]
+        assert texts == [c.message.content for c in r.choices]
+        assert finishes == [c.finish_reason for c in r.choices]
+        assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+        assert _delta(_stats(chat.ledger), before)["recorded"] == 9  # every choice is recorded
+        follow = HELLO + [{"role": "assistant", "content": r.choices[1].message.content},
+                          {"role": "user", "content": "Shorter, please."}]
+        chat.client.chat.completions.create(model="m", messages=follow, max_tokens=4, user="chooser")
+        d = _delta(_stats(chat.ledger), before)
+        assert d["captured"] == 1 and d["unmatched"] == 0  # the choice the user continued with
 
     def test_streamed_reply_is_captured(self, chat):
         before = _stats(chat.ledger)

@@ -67,7 +67,8 @@ def _hostile_bodies(follow: list[dict]) -> list[tuple[str, dict]]:
     }
     fields = {
         "max_tokens": [0, -1, "ten", 1e10, 10**30, [4], 5000], "max_completion_tokens": [0, 5000],
-        "temperature": [-1, 3, "hot", [1]], "top_p": [0, 2, "x"], "n": [0, 2, 100], "seed": [2**64, -(2**64), "x", 1.5],
+        "temperature": [-1, 3, "hot", [1]], "top_p": [0, 2, "x"],
+        "n": [0, 9, 100, "two"], "seed": [2**64, -(2**64), "x", 1.5],
         "stop": [["a", "b", "c", "d", "e"], 3, ["x" * 300], [1, 2], {"a": 1}, ["ok", "\ud800"]],
         "user": ["u" * 300, 123, ["x"], "me\udc00"], "stream": [[1], {"a": 1}], "stream_options": ["x", 3],
         "top_logprobs": [5, -1], "logprobs": ["sure", [1]], "model": [123, ["m"]],

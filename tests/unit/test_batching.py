@@ -71,6 +71,28 @@ def test_seeded_requests_run_alone_and_unequal_params_never_mix():
     assert engine.batches == [[0, 3], [1], [2, 4]]  # oldest first; the seeded one alone
 
 
+def test_n_choices_come_from_one_engine_call_and_batches_hold_at_most_max_batch_prompts():
+    engine = Recorder()
+    batcher = GenerationBatcher(engine, max_batch=4, wait_s=0.01)
+
+    async def main():
+        return await asyncio.gather(
+            batcher.generate_n([0], SamplingParams(), 3),
+            batcher.generate_n([1], SamplingParams(), 1),
+            batcher.generate_n([2], SamplingParams(), 2),  # would make 6 prompts: waits for the next call
+            batcher.generate_n([3], SamplingParams(seed=9), 2),  # seeded: alone, its choices seeded 9 and 10
+            batcher.generate_n([4], SamplingParams(), 6),  # more than max_batch: alone, in one call
+        )
+
+    gens = run(main())
+    assert [[g.text for g in choices] for choices in gens] == [
+        ["reply to 0 at T=0.7"] * 3, ["reply to 1 at T=0.7"], ["reply to 2 at T=0.7"] * 2,
+        ["reply to 3 at T=0.7"] * 2, ["reply to 4 at T=0.7"] * 6,
+    ]
+    assert engine.batches == [[0, 0, 0, 1], [2, 2], [3, 3], [4] * 6]
+    assert batcher.stats()["requests"] == 5 and batcher.stats()["largest_batch"] == 6
+
+
 def test_engine_error_fails_only_its_batch_and_the_batcher_keeps_working():
     engine = Recorder(fail_on=1)
     batcher = GenerationBatcher(engine, max_batch=2, wait_s=0.01)

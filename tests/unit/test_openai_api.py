@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from hsd_ray.config import ServeConfig
 from hsd_ray.loop import openai_api as oa
+from hsd_ray.loop import openai_replies as replies
 
 pytestmark = pytest.mark.unit
 
@@ -99,9 +100,12 @@ def test_output_changing_fields_the_service_cannot_honour_are_refused(field, val
     assert err.param == field and field in err.message and err.code == "unsupported_parameter"
 
 
-def test_n_other_than_one_is_rejected():
-    err = _error(_req(n=2))
-    assert err.param == "n" and "n" in err.message
+def test_n_choices_up_to_the_configured_limit():
+    assert oa.parse_chat_request(_req(), SCFG).n == 1
+    assert oa.parse_chat_request(_req(n=3), SCFG).n == 3
+    err = _error(_req(n=SCFG.max_n + 1))
+    assert err.param == "n" and f"at most {SCFG.max_n}" in err.message
+    assert _error(_req(n=0)).param == "n"
 
 
 @pytest.mark.parametrize(
@@ -185,25 +189,40 @@ def test_fastapi_validation_errors_become_400():
 
 
 def test_chat_completion_shape():
-    cid = oa.completion_id()
+    cid = replies.completion_id()
     assert cid.startswith("chatcmpl-")
-    body = oa.chat_completion(
-        id=cid, model="hsd-policy", fingerprint="hsd-base-v3", text="hello", finish_reason="length",
+    body = replies.chat_completion(
+        id=cid, model="hsd-policy", fingerprint="hsd-base-v3", choices=[replies.Choice("hello", "length")],
         prompt_tokens=5, completion_tokens=2,
     )
     assert body["object"] == "chat.completion" and body["id"] == cid and isinstance(body["created"], int)
     assert body["system_fingerprint"] == "hsd-base-v3" and body["model"] == "hsd-policy"
     (choice,) = body["choices"]
     assert choice["message"] == {"role": "assistant", "content": "hello"} and choice["finish_reason"] == "length"
+    assert choice["index"] == 0 and choice["logprobs"] is None
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
     json.dumps(body)
 
 
+def test_chat_completion_with_n_choices():
+    lp = replies.logprob_entries(["a"], [-0.5])
+    body = replies.chat_completion(
+        id="chatcmpl-x", model="m", fingerprint="f", prompt_tokens=5, completion_tokens=3,
+        choices=[replies.Choice("a", "stop", logprobs=lp), replies.Choice("bc", "length", logprobs=[])],
+    )
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert [c["message"]["content"] for c in body["choices"]] == ["a", "bc"]
+    assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
+    assert body["choices"][0]["logprobs"]["content"][0]["logprob"] == -0.5
+    assert body["usage"]["total_tokens"] == 8
+
+
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_stream_chunks_shape(include_usage):
-    content, closing = oa.stream_chunks(
-        id="chatcmpl-x", model="m", fingerprint="hsd-base-v0", created=1, pieces=["He", "llo", ""],
-        finish_reason="stop", prompt_tokens=4, completion_tokens=2, include_usage=include_usage,
+    content, closing = replies.stream_chunks(
+        id="chatcmpl-x", model="m", fingerprint="hsd-base-v0", created=1,
+        choices=[replies.Choice("Hello", "stop", ["He", "llo", ""])], prompt_tokens=4, completion_tokens=2,
+        include_usage=include_usage,
     )
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == "chatcmpl-x" for c in content + closing)
     assert content[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -217,10 +236,25 @@ def test_stream_chunks_shape(include_usage):
         assert len(closing) == 1 and all("usage" not in c for c in content + closing)
 
 
+def test_stream_chunks_for_n_choices_assemble_by_index():
+    content, closing = replies.stream_chunks(
+        id="chatcmpl-x", model="m", fingerprint="f", created=1, prompt_tokens=4, completion_tokens=3,
+        choices=[replies.Choice("ab", "stop", ["a", "b"]), replies.Choice("c", "length", ["c"])], include_usage=True,
+    )
+    text = {0: "", 1: ""}
+    for c in content:
+        (choice,) = c["choices"]
+        text[choice["index"]] += choice["delta"].get("content", "")
+    assert text == {0: "ab", 1: "c"}
+    assert [(c["choices"][0]["index"], c["choices"][0]["finish_reason"]) for c in closing[:2]] == [(0, "stop"),
+                                                                                                  (1, "length")]
+    assert closing[2]["choices"] == [] and closing[2]["usage"]["completion_tokens"] == 3
+
+
 def test_sse_framing():
-    event = oa.sse({"a": "é"})
+    event = replies.sse({"a": "é"})
     assert event.startswith("data: ") and event.endswith("\n\n") and json.loads(event[6:]) == {"a": "é"}
-    assert oa.SSE_DONE == "data: [DONE]\n\n"
+    assert replies.SSE_DONE == "data: [DONE]\n\n"
 
 
 class _ByteTokenizer:
@@ -233,7 +267,7 @@ class _ByteTokenizer:
 @pytest.mark.parametrize("text", ["hello world", "héllo → ok", ""])
 def test_text_pieces_concatenate_to_text(text):
     ids = list(text.encode())
-    pieces = oa.text_pieces(_ByteTokenizer(), ids, text)
+    pieces = replies.text_pieces(_ByteTokenizer(), ids, text)
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert len(pieces) == len(text)  # one piece per complete character here
@@ -249,13 +283,13 @@ def test_text_pieces_with_the_tiny_tokenizer(tiny_model_dir):
     for _ in range(20):
         ids = [rng.randrange(3, len(tok)) for _ in range(rng.randrange(1, 40))]  # random ids: broken UTF-8 included
         text = tok.decode(ids, skip_special_tokens=True)
-        pieces = oa.text_pieces(tok, ids, text)
+        pieces = replies.text_pieces(tok, ids, text)
         assert "".join(pieces) == text and len(pieces) <= len(ids) + 1
 
 
 def test_text_pieces_clip_to_a_shorter_text():
     ids = list(b"answer STOP more")
-    assert "".join(oa.text_pieces(_ByteTokenizer(), ids, "answer ")) == "answer "
+    assert "".join(replies.text_pieces(_ByteTokenizer(), ids, "answer ")) == "answer "
 
 
 # ---- user identity -------------------------------------------------------------------------------------------------
@@ -284,6 +318,6 @@ def test_module_does_not_import_ray():
     import subprocess
     import sys
 
-    code = "import sys, hsd_ray.loop.openai_api; print('ray' in sys.modules)"
+    code = "import sys, hsd_ray.loop.openai_api, hsd_ray.loop.openai_replies; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"
