@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bench_serve import _streamed
 from bench.util import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,18 +45,9 @@ def _first_reply(url: str, proc: subprocess.Popen, timeout_s: float) -> float:
     raise TimeoutError(f"no chat reply within {timeout_s:.0f} s")
 
 
-def _streamed(url: str, max_tokens: int) -> dict:
+def measure(engine: str, args) -> dict:
     from openai import OpenAI
 
-    client = OpenAI(base_url=url, api_key="newcomer", max_retries=0, timeout=300)
-    t0, first = time.perf_counter(), None
-    for chunk in client.chat.completions.create(model="m", messages=ASK, max_tokens=max_tokens, stream=True):
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - t0
-    return {"ttft_s": first, "total_s": time.perf_counter() - t0}
-
-
-def measure(engine: str, args) -> dict:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix=f"startup-{engine}-") as out:
         cmd = [sys.executable, "train_job.py", "--config", "cluster/local.yaml", "--max-steps", str(args.max_steps),
@@ -69,7 +61,9 @@ def measure(engine: str, args) -> dict:
             url = f"http://127.0.0.1:{port}/v1"
             _first_reply(url, proc, args.timeout_s)
             first = time.perf_counter() - t0  # from the command's start, as a newcomer waits
-            stream = _streamed(url, args.max_tokens)
+            client = OpenAI(base_url=url, api_key="newcomer", max_retries=0, timeout=300)
+            timed = _streamed(client, ASK, args.max_tokens, "newcomer")
+            stream = {"ttft_s": timed["ttft_s"], "total_s": timed["latency_s"]}
             rc = proc.wait(timeout=args.timeout_s)
             done = time.perf_counter() - t0
             final = (Path(out) / "final").is_dir()

@@ -226,7 +226,10 @@ class ChatService:
             return await self._live_stream(call, user_id, received_at, t0)
         gens = await self._generate(call, user_id)
         served = await self._answered(call, user_id, received_at, gens)
-        choices = await asyncio.to_thread(self._choices, gens, call)
+        if call.stream or call.logprobs:  # detokenising per token is CPU work: off the event loop
+            choices = await asyncio.to_thread(self._choices, gens, call)
+        else:
+            choices = self._choices(gens, call)
         ids = dict(id=replies.completion_id(), model=self.settings.serve.model_name, fingerprint=_fingerprint(gens),
                    prompt_tokens=gens[0].prompt_tokens, completion_tokens=sum(len(g.token_ids) for g in gens))
         headers = {REPLICA_HEADER: self.replica_id}
