@@ -161,8 +161,10 @@ def format_table(rows: list[TokenSignal], summary: dict, *, baseline: str = "stu
 
 def feedback_line(fb: dict) -> str:
     """What the feedback gate decided, and what the loop does with the turn."""
-    if fb["is_feedback"]:
+    if fb["is_feedback"] and fb["weight"] > 0:
         then = f"trained with loss weight {fb['weight']:g}"
+    elif fb["is_feedback"]:
+        then = f"dropped before scoring (zero_weight): kind {fb['kind']} weighs 0 in feedback.kind_weights"
     else:
         then = "dropped before scoring (not_feedback): this signal never trains"
     verdict = "feedback" if fb["is_feedback"] else "not feedback"

@@ -3,7 +3,8 @@
 Owned here: the follow-up kinds, `FeedbackDecision`, the gates (`NoGate`, `RuleGate`, `LinearGate`, `EnsembleGate`),
 the hashed features of the learned gate, the default per-kind loss weights, and `make_gate`. The teacher calls
 `gate.decide(prompt, reply, followup)` on every turn of each leased batch *before* scoring it; turns that are not
-feedback get weight 0 (no teacher pass, no update), the rest are scaled by their kind's weight in the learner loss.
+feedback get weight 0 (no teacher pass, no update), the rest are scaled by their kind's weight in the learner loss;
+feedback of a kind weighted 0 (`feedback.kind_weights`) is dropped before scoring as well (`FeedbackDecision.trains`).
 
 Why: the paper (arXiv 2603.12273) trains on every (reply, next message) pair and its offline template calls every next
 message a response to an "insufficient attempt", so a topic change is distilled as criticism (measured harmful at
@@ -60,6 +61,12 @@ class FeedbackDecision:
     weight: float
     score: float
     reason: str
+
+    @property
+    def trains(self) -> bool:
+        """Worth a teacher pass and a learner slot: feedback whose kind weighs more than 0. A weight-0 turn kept in a
+        batch would add nothing to the loss but still count in its denominator, shrinking the other turns' step."""
+        return self.is_feedback and self.weight > 0
 
 
 def _decision(is_fb: bool, kind: str, score: float, reason: str, kind_weights: dict[str, float]) -> FeedbackDecision:

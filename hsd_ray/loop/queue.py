@@ -165,11 +165,11 @@ class TurnQueue:
 
     def complete(self, lease_id: int, scored: list[TurnRef], failed: list[str] = (), lost: list[str] = (),
                  not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None,
-                 receptions: list[tuple[int | None, str]] = ()) -> bool:
+                 receptions: list[tuple[int | None, str]] = (), zero_weight: list[str] = ()) -> bool:
         """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
         gone with its owner) as lost, `not_feedback` ones (the feedback gate said the follow-up is not about the
-        reply) as not_feedback; `errors` maps the turns the teacher failed on to the error text: retried, or
-        dead-lettered after `max_attempts` deliveries. `decisions` are the gate's labels ("feedback:complaint",
+        reply) as not_feedback, `zero_weight` ones (feedback of a kind weighted 0) as zero_weight; `errors` maps the
+        turns the teacher failed on to the error text: retried, or dead-lettered after `max_attempts` deliveries. `decisions` are the gate's labels ("feedback:complaint",
         "not_feedback:new_topic"), counted here so that a re-delivered lease is never counted twice; so are
         `receptions`, (policy version, "complaint" | "positive" | "none") per finished turn (`hsd_feedback_total`).
         False if the lease had already expired (its turns were re-delivered, so this result must be discarded)."""
@@ -189,6 +189,7 @@ class TurnQueue:
         self._drop(failed, "unscorable")
         self._drop(self._recover([tid for tid in lost if tid in still_leased]), "lost")  # forgotten: not revived
         self._drop(not_feedback, "not_feedback")
+        self._drop(zero_weight, "zero_weight")
         for decision in decisions:
             self.tally.add("gate", 1, decision)
         for version, kind in receptions:
@@ -445,9 +446,10 @@ class QueueClient:
 
     def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str],
                  not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None,
-                 receptions: list[tuple[int | None, str]] = ()) -> bool:
+                 receptions: list[tuple[int | None, str]] = (), zero_weight: list[str] = ()) -> bool:
         return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
-                                                   list(decisions), dict(errors or {}), list(receptions)))
+                                                   list(decisions), dict(errors or {}), list(receptions),
+                                                   list(zero_weight)))
 
     def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
         return ray.get(self.handle.take_scored.remote(n, at_least))

@@ -8,8 +8,9 @@ teacher is the *current* policy (as in the paper) up to the broadcast cadence. I
     → TurnRef.put each scored turn → QueueClient.complete(lease), with the not-feedback turns and every decision
 
 The gate runs here, inside the teacher's batch (no extra round trip), before any engine work: a follow-up that is
-not feedback costs no scoring pass and never trains anything (dropped as `not_feedback`); the kind's loss weight
-travels on the Turn (`Turn.feedback`) to the learner.
+not feedback costs no scoring pass and never trains anything (dropped as `not_feedback`), nor does feedback of a
+kind weighted 0 (dropped as `zero_weight`); the kind's loss weight travels on the Turn (`Turn.feedback`) to the
+learner.
 
 A batch that fails to score is split in halves until the turns that fail alone are found (`_score_bisect`): the good
 ones go on, the bad ones are handed back with their error text (`complete(errors=...)`), and the queue retries or
@@ -125,16 +126,17 @@ class TeacherWorker:
             except Exception as e:  # noqa: BLE001 - a poison turn: handed back with its error, never the batch
                 errors[t.turn_id] = f"feedback gate: {type(e).__name__}: {e}"
         decided = [t for t in scorable if t.turn_id not in errors]
-        self._score_bisect([t for t in decided if t.feedback.is_feedback], errors)
+        self._score_bisect([t for t in decided if t.feedback.trains], errors)
         done = [t for t in decided if t.turn_id not in errors]  # a retried turn's decision is counted once, later
-        scored = [t for t in done if t.feedback.is_feedback]
+        scored = [t for t in done if t.feedback.trains]
         not_feedback = [t.turn_id for t in done if not t.feedback.is_feedback]
+        zero_weight = [t.turn_id for t in done if t.feedback.is_feedback and not t.feedback.trains]
         decisions = [f"{'feedback' if t.feedback.is_feedback else 'not_feedback'}:{t.feedback.kind}" for t in done]
         receptions = [(t.policy_version, rate_kind(t.feedback.is_feedback, t.feedback.kind) if t.feedback else "none")
                       for t in turns if t.turn_id not in errors]  # per served version; a retried turn counts later
         self.tally.add("errors", len(errors))
         accepted = self.queue.complete(lease, [TurnRef.put(t) for t in scored], failed, [t.turn_id for t in lost],
-                                       not_feedback, decisions, errors, receptions)
+                                       not_feedback, decisions, errors, receptions, zero_weight)
         return accepted, scored
 
     def _score_bisect(self, turns: list, errors: dict[str, str]) -> None:

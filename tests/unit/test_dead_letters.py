@@ -97,3 +97,40 @@ def test_teacher_bisects_a_failing_batch(monkeypatch):
     assert errors == {"poison": "TypeError: token id 99999 out of range"}
     assert all(t.scores == "ok" for t in turns if t.turn_id != "poison")
     assert len(calls) <= 1 + 2 * 3  # the batch, then two halves per level of a binary search over 8
+
+
+def test_teacher_drops_zero_weight_feedback_before_scoring(monkeypatch):
+    """feedback.kind_weights={positive: 0}: a "thanks" is feedback, but it gets no teacher pass and no learner slot
+    (dropped as zero_weight); a complaint is scored; a new topic is dropped as not_feedback."""
+    from hsd_ray.config import FeedbackConfig
+    from hsd_ray.data import build_gate
+    from hsd_ray.metrics import Tally
+
+    scored_ids, completed = [], {}
+
+    def fake_score(engine, turns, hindsight, loss):
+        scored_ids.extend(t.turn_id for t in turns)
+
+    def turn(tid, followup):
+        return SimpleNamespace(turn_id=tid, reply="Canberra is the capital of Australia, a planned city ...",
+                               followup=followup, policy_version=0, feedback=None, is_scorable=lambda: True,
+                               last_user_message=lambda: "What is the capital of Australia?")
+
+    turns = [turn("complaint", "too long, keep it short"), turn("thanks", "thanks, perfect"),
+             turn("topic", "how do volcanoes form?")]
+    monkeypatch.setattr(teacher_mod, "score_turns", fake_score)
+    monkeypatch.setattr(teacher_mod, "fetch_turns", lambda refs: (turns, []))
+    monkeypatch.setattr(teacher_mod.TurnRef, "put", staticmethod(lambda t: t.turn_id))
+    worker = object.__new__(teacher_mod.TeacherWorker)
+    worker.settings, worker.engine, worker.name = SimpleNamespace(hindsight=None, loss=None), None, "t"
+    worker.gate = build_gate(FeedbackConfig(gate="rules", kind_weights={"positive": 0.0}))
+    worker.tally = Tally({"failed": None, "errors": None})
+    worker.queue = SimpleNamespace(complete=lambda lease, scored, failed, lost, not_feedback, decisions, errors,
+                                   receptions, zero_weight: completed.update(
+                                       scored=scored, not_feedback=not_feedback, zero_weight=zero_weight,
+                                       decisions=decisions) or True)
+    accepted, scored = worker._score_lease(SimpleNamespace(turns=[]))
+    assert accepted and scored_ids == ["complaint"] and [t.turn_id for t in scored] == ["complaint"]
+    assert completed["scored"] == ["complaint"] and completed["zero_weight"] == ["thanks"]
+    assert completed["not_feedback"] == ["topic"]
+    assert "feedback:positive" in completed["decisions"]

@@ -107,7 +107,9 @@ def test_a_partial_kind_weights_config_changes_only_the_kinds_it_names():
     gate = build_gate(FeedbackConfig(gate="rules", kind_weights={"positive": 0.0}))
     thanks = gate.decide(PROMPT, REPLY, "thanks, perfect")
     assert thanks.is_feedback and thanks.kind == "positive" and thanks.weight == 0.0
-    assert gate.decide(PROMPT, REPLY, "too long").weight == 1.0
+    assert not thanks.trains  # feedback, but weighing nothing: dropped before scoring (zero_weight)
+    assert gate.decide(PROMPT, REPLY, "too long").weight == 1.0 and gate.decide(PROMPT, REPLY, "too long").trains
+    assert not gate.decide(PROMPT, REPLY, "how's the weather in Oslo?").trains  # not feedback
     assert gate.decide(PROMPT, REPLY, "what do you mean by largest?").weight == 0.5  # clarification keeps its default
 
 

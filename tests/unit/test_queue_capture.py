@@ -215,6 +215,18 @@ def test_not_feedback_turns_are_dropped_and_decisions_counted_once():
     assert s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
 
 
+def test_zero_weight_feedback_is_dropped_under_its_own_reason():
+    q = TurnQueue(lease_timeout_s=60)
+    q.put(_items(3))
+    lease = q.lease(3)
+    assert q.complete(lease.lease_id, lease.turns[:1], not_feedback=["t1"], zero_weight=["t2"],
+                      decisions=["feedback:complaint", "not_feedback:new_topic", "feedback:positive"])
+    s = q.stats()
+    assert s["dropped"]["zero_weight"] == 1 and s["dropped"]["not_feedback"] == 1 and s["scored"] == 1
+    assert s["gate"]["feedback:positive"] == 1  # the decision is still counted as the gate made it
+    assert s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
+
+
 def test_ledger_redacts_pii_before_the_log_and_the_queue_and_store_false_is_never_recorded(tmp_path):
     import asyncio
 
