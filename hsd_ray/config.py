@@ -107,6 +107,11 @@ class LearnerConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU + gloo")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Train worker")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each Train worker asks for, {name: amount}: placed only on nodes that offer "
+        "them (`ray start --resources`)",
+    )
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(2, ge=0, description="linear warm-up steps")
@@ -138,6 +143,11 @@ class ServeConfig(_Section):
     model_name: str = Field("hsd-policy", description="model id reported by /v1/models")
     cpus_per_replica: float = Field(0.1, ge=0, description="CPUs reserved per replica")
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved per replica (a vLLM engine on a GPU)")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each replica asks for, {name: amount}: placed only on nodes that offer "
+        "them (`ray start --resources`)",
+    )
     max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
     max_n: int = Field(8, ge=1, le=128, description="most choices (`n`) one request may ask for")
@@ -223,6 +233,11 @@ class TeacherConfig(_Section):
     num_workers: int = Field(1, ge=1, description="teacher actors")
     cpus_per_worker: float = Field(0.5, ge=0, description="CPUs reserved per teacher")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per teacher")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each teacher asks for, {name: amount}: placed only on nodes that offer "
+        "them (`ray start --resources`)",
+    )
     max_batch_turns: int = Field(8, ge=1, description="turns leased per batch")
     token_budget: int = Field(8192, ge=64, description="max padded tokens per engine scoring call")
     idle_sleep_s: float = Field(0.2, gt=0, description="sleep when the queue is empty")

@@ -294,6 +294,7 @@ def start_teacher(cfg: Config, settings: TeacherSettings, queue, registry, index
             namespace=NAMESPACE,
             num_cpus=cfg.teacher.cpus_per_worker,
             num_gpus=cfg.teacher.gpus_per_worker,
+            resources=cfg.teacher.resources,
             max_restarts=-1,  # Ray restarts a dead teacher; its loop starts in __init__
             max_concurrency=4,  # stats() answers while the scoring thread works
         )

@@ -424,7 +424,7 @@ def make_trainer(settings: LearnerSettings, learner_cfg: LearnerConfig):
         scaling_config=ScalingConfig(
             num_workers=learner_cfg.num_workers,
             use_gpu=learner_cfg.use_gpu,
-            resources_per_worker={"CPU": learner_cfg.cpus_per_worker},
+            resources_per_worker={"CPU": learner_cfg.cpus_per_worker, **learner_cfg.resources},
         ),
         torch_config=TorchConfig(backend="nccl" if learner_cfg.use_gpu else "gloo"),
         run_config=RunConfig(

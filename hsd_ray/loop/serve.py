@@ -439,7 +439,7 @@ def build_app(cfg: Config) -> serve.Application:
     s = cfg.serve
     return ChatService.options(
         num_replicas=s.replicas,
-        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
+        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica, "resources": s.resources},
         logging_config={"enable_access_log": s.access_log},
         # Serve's limits sit above the replica's admission gate (+8 for /health and /v1/models), so overload is
         # answered by the replica with an OpenAI body; Serve's 503 + Retry-After is the backstop beyond them. Every
@@ -460,7 +460,9 @@ def run_service(cfg: Config, *, blocking: bool = False) -> str:
     HTTP options are fixed by the first `serve.start` in a Ray cluster: if Serve already runs on another port, that
     port is the one returned (and a warning logged).
     """
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    # One HTTP proxy, on the head: the URL the job prints is the head's, and a proxy per node would leave chats
+    # on a node that dies (two nodes of one host even share the port).
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port}, proxy_location="HeadOnly")
     port = serving_port(default=cfg.serve.port)
     if port != cfg.serve.port:
         log.warning("Serve already listens on port %d (cfg.serve.port=%d is ignored)", port, cfg.serve.port)
