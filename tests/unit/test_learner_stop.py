@@ -8,6 +8,7 @@ False while Ray Train's fit() still ran, and `Loop.stop_learner` skipped the sto
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -44,6 +45,9 @@ class _Trainer:
 
 @pytest.fixture
 def learner_thread(monkeypatch):
+    # A driver has Python's own Ctrl-C handler. Earlier tests may have left SIG_DFL behind (an in-process vLLM
+    # engine core resets SIGINT to SIG_DFL when it stops), and then interrupt_main() does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     control = _Control()
     monkeypatch.setattr(job, "learner_settings", lambda cfg: None)
     monkeypatch.setattr(job, "make_trainer", lambda settings, lcfg: _Trainer(control))
@@ -52,6 +56,7 @@ def learner_thread(monkeypatch):
     yield thread, control
     control.stop.set()
     thread.wait(10)
+    signal.signal(signal.SIGINT, previous)
 
 
 def _interrupted_wait(thread: job.LearnerThread) -> None:
