@@ -161,7 +161,7 @@ def format_table(rows: list[TokenSignal], summary: dict, *, baseline: str = "stu
 
 def feedback_line(fb: dict) -> str:
     """What the feedback gate decided, and what the loop does with the turn."""
-    if fb["is_feedback"] and fb["weight"] > 0:
+    if fb["trains"]:
         then = f"trained with loss weight {fb['weight']:g}"
     elif fb["is_feedback"]:
         then = f"dropped before scoring (zero_weight): kind {fb['kind']} weighs 0 in feedback.kind_weights"
@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> str:
     from hsd_ray.data import build_gate
 
     decision = build_gate(FeedbackConfig(gate=args.gate)).decide(args.prompt, args.reply, args.followup)
-    summary["feedback"] = {"gate": args.gate, **asdict(decision)}
+    summary["feedback"] = {"gate": args.gate, **asdict(decision), "trains": decision.trains}
     if args.html:
         page = format_html(rows, summary, prompt=args.prompt, followup=args.followup, baseline=args.baseline,
                            title=f"Hindsight signal — {args.model}")

@@ -169,8 +169,9 @@ class TurnQueue:
         """Scored TurnRefs replace the leased ones; `failed` turn ids are dropped as unscorable, `lost` ones (payload
         gone with its owner) as lost, `not_feedback` ones (the feedback gate said the follow-up is not about the
         reply) as not_feedback, `zero_weight` ones (feedback of a kind weighted 0) as zero_weight; `errors` maps the
-        turns the teacher failed on to the error text: retried, or dead-lettered after `max_attempts` deliveries. `decisions` are the gate's labels ("feedback:complaint",
-        "not_feedback:new_topic"), counted here so that a re-delivered lease is never counted twice; so are
+        turns the teacher failed on to the error text: retried, or dead-lettered after `max_attempts` deliveries.
+        `decisions` are the gate's labels ("feedback:complaint", "not_feedback:new_topic"), counted here so that a
+        re-delivered lease is never counted twice; so are
         `receptions`, (policy version, "complaint" | "positive" | "none") per finished turn (`hsd_feedback_total`).
         False if the lease had already expired (its turns were re-delivered, so this result must be discarded)."""
         self._expire_leases()
