@@ -125,8 +125,9 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: i
     (a replay) the final batch may hold fewer than `n` turns (but at least `world`, one per worker: a remainder
     below that is left in the queue, counted as scored), and once the queue is drained this returns None.
 
-    Turns whose payload died with its owner (a teacher that restarted after scoring them) are dropped as lost, the
-    rest are given back and a full batch is taken again.
+    Turns whose payload died with its owner (a teacher that restarted after scoring them) go back to pending from
+    the turn log (dropped as lost only when the log does not hold them); the rest are given back and a full batch is
+    taken again.
     """
     while not should_stop():
         if interrupt is not None and interrupt():
@@ -141,9 +142,10 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: i
         turns, lost = fetch_turns(batch)
         if not lost:
             return turns
-        queue.drop_lost([t.turn_id for t in lost])
+        dropped = queue.drop_lost([t.turn_id for t in lost])
         queue.requeue_training()
-        log.warning("%d scored turns were lost with their owner; dropped (counted as lost)", len(lost))
+        log.warning("%d scored turns were lost with their owner: %d back to pending from the turn log (scored "
+                    "again), %d dropped as lost", len(lost), len(lost) - dropped, dropped)
     return None
 
 

@@ -133,6 +133,39 @@ def local_ray(
             shutil.rmtree(temp, ignore_errors=True)
 
 
+# what only the head offers (the chat replicas and control actors stay on it) and what only a worker node offers (the
+# teachers and Train workers go there): the resources `serve/teacher/learner.resources` ask for on a local cluster
+HEAD_RESOURCE, WORKER_RESOURCE = "hsd_head", "hsd_trainer"
+
+
+@contextlib.contextmanager
+def local_two_nodes(*, head_cpus: int = 4, worker_cpus: int = 3,
+                    object_store_bytes: int = 256 * 2**20) -> Iterator[tuple]:
+    """A head and a worker node on this machine (real raylets, `ray.cluster_utils.Cluster`), connected to.
+
+    Yields `(cluster, worker, worker_args)`: `cluster.remove_node(worker)` kills the worker node with every process on
+    it, `cluster.add_node(**worker_args)` brings up a replacement offering the same resources. The head offers
+    HEAD_RESOURCE, the worker WORKER_RESOURCE. One process can hold one Ray: not inside another local_ray().
+    """
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="hsd2n-", dir="/tmp")  # short path: Ray's unix sockets have a length limit
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": head_cpus, "resources": {HEAD_RESOURCE: 100}, "include_dashboard": False, "temp_dir": temp,
+        "dashboard_agent_listen_port": None,  # a free port, not 52365: another Ray may run on this machine
+        "object_store_memory": object_store_bytes})
+    worker_args = {"num_cpus": worker_cpus, "resources": {WORKER_RESOURCE: 10},
+                   "object_store_memory": object_store_bytes}
+    try:
+        worker = cluster.add_node(**worker_args)
+        ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env=dict(LOCAL_RUNTIME_ENV))
+        yield cluster, worker, worker_args
+    finally:
+        disconnect()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,8 +22,6 @@ import pytest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-WORKER_RESOURCE = "hsd_trainer"  # what only the worker node offers
-HEAD_RESOURCE = "hsd_head"  # what only the head offers: the chat replicas stay on it
 
 
 def _nodes_of(class_name: str) -> set[str]:
@@ -36,31 +34,20 @@ def _nodes_of(class_name: str) -> set[str]:
 
 def drive(model_dir: str, out_dir: str) -> None:
     """The test body, in its own process: a head + worker cluster, the loop on it, the worker node killed, replaced."""
-    import ray
     from openai import OpenAI
-    from ray.cluster_utils import Cluster
 
-    from hsd_ray.loop import NAMESPACE
     from hsd_ray.loop.job import running_loop
-    from hsd_ray.loop.runtime import LOCAL_RUNTIME_ENV
+    from hsd_ray.loop.runtime import HEAD_RESOURCE, WORKER_RESOURCE, local_two_nodes
     from tests.integration.test_actor_restarts import _turns_flow
     from tests.integration.test_loop import _accounting_holds, _cfg, _probe, _wait
 
     out = Path(out_dir)
     report: dict = {}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "resources": {HEAD_RESOURCE: 100}, "include_dashboard": False, "temp_dir": str(out / "ray"),
-        "dashboard_agent_listen_port": None,  # a free port, not 52365: another Ray may run on this machine
-        "object_store_memory": 256 * 2**20})
-    worker_args = {"num_cpus": 3, "resources": {WORKER_RESOURCE: 10}, "object_store_memory": 256 * 2**20}
-    worker = cluster.add_node(**worker_args)
-    ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env=dict(LOCAL_RUNTIME_ENV))
+    placement = {"job.max_steps": 1000, "learner.max_failures": 5, "teacher.resources": f"{{{WORKER_RESOURCE}: 1}}",
+                 "learner.resources": f"{{{WORKER_RESOURCE}: 1}}", "serve.resources": f"{{{HEAD_RESOURCE}: 1}}"}
     try:
-        cfg = _cfg(out, model_dir, **{"job.max_steps": 1000, "learner.max_failures": 5,
-                                      "teacher.resources": f"{{{WORKER_RESOURCE}: 1}}",
-                                      "learner.resources": f"{{{WORKER_RESOURCE}: 1}}",
-                                      "serve.resources": f"{{{HEAD_RESOURCE}: 1}}"})
-        with running_loop(cfg) as loop:
+        with local_two_nodes() as (cluster, worker, worker_args), \
+                running_loop(_cfg(out, model_dir, **placement)) as loop:
             client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
             report["before"] = _turns_flow(loop, client, "before")
             placed = {"teacher": _nodes_of("TeacherWorker"), "learner": _nodes_of("RayTrainWorker"),
@@ -85,8 +72,6 @@ def drive(model_dir: str, out_dir: str) -> None:
             report["accounting_holds"] = _accounting_holds(report["final"]["queue"])
     finally:
         (out / "report.json").write_text(json.dumps(report, default=str))
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_loop_survives_the_death_of_the_worker_node_holding_teacher_and_learner(tiny_model_dir):
