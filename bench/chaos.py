@@ -246,7 +246,7 @@ def _stream_row(streams: list[Stream], victim: str) -> dict:
     outcomes = [st.outcome() for st in streams]
     killed = [o for o in outcomes if o["replica"] == victim]
     return {"streams": outcomes,
-            "killed_replica_streams": {"open_at_kill": len(killed),
+            "killed_replica_streams": {"on_killed_replica": len(killed),
                                        "cut": sum(bool(o["error"]) and not o["finish_reason"] for o in killed),
                                        "completed": sum(bool(o["finish_reason"]) for o in killed)},
             "silently_truncated": sum(not o["error"] and not o["finish_reason"] for o in outcomes),
@@ -319,7 +319,7 @@ def _report(rows: list[dict], final: dict, args, out_dir: Path, wall_s: float) -
               f"{'exact' if r['accounting_exact'] else 'OFF':>11}  {r['served']} / v{r['registry_latest']}")
         if "streams" in r:
             k = r["killed_replica_streams"]
-            print(f"{'':<13} streams on the killed replica: {k['open_at_kill']} open, {k['cut']} cut with an error, "
+            print(f"{'':<13} streams on the killed replica: {k['on_killed_replica']}, {k['cut']} cut with an error, "
                   f"{k['completed']} sent whole; silently truncated {r['silently_truncated']}; the other replica's "
                   f"finished: {r['other_streams_finished']}. " + "; ".join(
                       f"{o['chunks']} chunks {o['finish_reason'] or o['error'] or 'ended, no finish_reason'}"
