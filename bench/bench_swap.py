@@ -6,7 +6,8 @@ In-process, no Ray: one `AsyncVLLMEngine` (engines/vllm_async.py), `--clients` c
 loads. Reported: each swap's pause (drain + load, and load alone) p50/p99, and the time to first token of requests that
 arrived while the door was shut vs those that did not — the latency a swap adds, p50/p99.
 
-Default: the tiny random model (fast); `--model smollm2-135m-instruct` for the real one. Prints one JSON object.
+Default: the tiny random model (fast); `--model smollm2-135m-instruct` for the real one. Prints one JSON object and
+writes it to `bench/results/bench_swap-<model>.json`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 from bench.util import percentile
 
@@ -97,12 +100,16 @@ def main() -> None:
     def pct(xs):
         return {"n": len(xs), "p50": percentile(xs, 50) if xs else None, "p99": percentile(xs, 99) if xs else None}
 
-    print(json.dumps({
-        "model": args.model, "clients": args.clients, "max_tokens": args.max_tokens, "load_avg": os.getloadavg(),
+    result = {
+        "command": "python -m bench.bench_swap " + " ".join(sys.argv[1:]), "model": args.model, "clients": args.clients, "max_tokens": args.max_tokens, "load_avg": os.getloadavg(),
         "swap_pause_s": pct(pause), "swap_load_s": pct(loads),
         "ttft_s_arrived_during_swap": pct(during), "ttft_s_otherwise": pct(calm),
         "added_ttft_s": {k: (pct(during)[k] - pct(calm)[k]) if during and calm else None for k in ("p50", "p99")},
-    }, indent=1))
+    }
+    print(json.dumps(result, indent=1))
+    out = Path("bench/results") / f"bench_swap-{Path(args.model).name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     engine.close()
 
 

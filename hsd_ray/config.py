@@ -218,6 +218,16 @@ class QueueConfig(_Section):
     dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
 
 
+class InfluenceConfig(_Section):
+    """How far one user can move the global model (core/influence.py; enforced by the turn queue)."""
+
+    max_turns_per_user: int = Field(0, ge=0, description="a user's turns queued per window; beyond: dropped as "
+                                    "user_quota (0 = no quota)")
+    window_s: float = Field(3600.0, gt=0, description="the quota's sliding window (seconds)")
+    min_users_per_step: int = Field(1, ge=1, description="distinct users in every learner batch (the learner waits "
+                                    "for them; 1 = no floor)")
+
+
 class TurnLogConfig(_Section):
     """The durable turn log: captured turns and their outcomes as Parquet segments (loop/turnlog.py's writer)."""
 
@@ -334,6 +344,7 @@ class Config(_Section):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
+    influence: InfluenceConfig = Field(default_factory=InfluenceConfig)
     turnlog: TurnLogConfig = Field(default_factory=TurnLogConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     version_gate: VersionGateConfig = Field(default_factory=VersionGateConfig)
@@ -354,6 +365,9 @@ class Config(_Section):
         if self.queue.scored_capacity < self.learner.batch_turns:
             raise ValueError(f"queue.scored_capacity ({self.queue.scored_capacity}) must be >= learner.batch_turns "
                              f"({self.learner.batch_turns}): a full batch must fit in the scored queue")
+        if self.influence.min_users_per_step > self.learner.batch_turns:
+            raise ValueError(f"influence.min_users_per_step ({self.influence.min_users_per_step}) must be <= "
+                             f"learner.batch_turns ({self.learner.batch_turns}): one turn per user at least")
         return self
 
     # ---- loading -------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def bench_capture(cfg, convs: list[dict], tokenizer, rounds: int) -> tuple[dict,
 
     from hsd_ray.core.weights import BASE_ADAPTER
     from hsd_ray.loop.capture import ReplyLedger, ServedReply
-    from hsd_ray.loop.queue import QueueClient, TurnQueue, fetch_turns
+    from hsd_ray.loop.queue import TurnQueue
+    from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 
     n = len(convs)
     handle = ray.remote(TurnQueue).options(num_cpus=0).remote(
@@ -70,7 +71,8 @@ def bench_teacher(cfg, turns: list) -> tuple[dict, list]:
     import ray
 
     from hsd_ray.loop.job import start_teacher, teacher_settings
-    from hsd_ray.loop.queue import QueueClient, TurnQueue, TurnRef, fetch_turns
+    from hsd_ray.loop.queue import TurnQueue, TurnRef
+    from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 
     n, bt = len(turns), cfg.learner.batch_turns
     handle = ray.remote(TurnQueue).options(num_cpus=0).remote(

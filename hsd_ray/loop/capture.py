@@ -42,7 +42,8 @@ from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
 from hsd_ray.data.turnlog import TurnLog, user_hash
 from hsd_ray.loop import NAMESPACE
-from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnRef
+from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, TurnRef
+from hsd_ray.loop.queue_client import QueueClient
 
 LEDGER_ACTOR_NAME = "hsd-reply-ledger"
 LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing ledger actor

@@ -34,7 +34,8 @@ from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME, RegistryClient, VersionR
 from hsd_ray.loop.capture import LEDGER_ACTOR_NAME, ReplyLedger, forget_user
 from hsd_ray.loop.gatekeeper import start_gatekeeper
 from hsd_ray.loop.learner import CONTROL_ACTOR_NAME, LearnerControl, LearnerSettings, make_trainer
-from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, QueueClient, TurnQueue, TurnRef
+from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, TurnQueue, TurnRef
+from hsd_ray.loop.queue_client import QueueClient
 from hsd_ray.loop.runtime import connect
 from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
 
@@ -259,7 +260,8 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     queue = ray.remote(TurnQueue).options(**control_actor_options(QUEUE_ACTOR_NAME)).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
         cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None,  # a replay loses nothing to overflow
-        log_uri=log_uri, log_retention_s=retention,
+        log_uri=log_uri, log_retention_s=retention, max_turns_per_user=cfg.influence.max_turns_per_user,
+        quota_window_s=cfg.influence.window_s, min_users_per_step=cfg.influence.min_users_per_step,
     )
     registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),

@@ -36,7 +36,7 @@ from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
-from hsd_ray.loop.queue import QueueClient, fetch_turns
+from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 from hsd_ray.loop.rollback import GateFollowing, Snapshot, SnapshotStore, VersionGuard
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"

@@ -25,6 +25,11 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
   fewer than `max_attempts` deliveries; after that it goes to the dead-letter store (dropped as "dead_letter", kept
   with its error text for `dead_letters()`, at most `dead_letter_capacity` of them), never retried without end.
 - User data can be found and removed: `forget_user` drops every turn of a user in every stage.
+- Influence limits (core/influence.py): a user's turns beyond `max_turns_per_user` per `quota_window_s` are dropped
+  as "user_quota" when they arrive; a learner batch holds turns of at least `min_users_per_step` distinct users, and
+  while fewer wait no batch is handed out (counted once per wait as `steps_held_for_users`). What can never make
+  such a batch is dropped as "too_few_users": the rest of a closed source, or (a replay, where scored is never
+  trimmed) the oldest scored turn when scored is full of too few users.
 - A payload dies with the process that `ray.put` it (Ray ownership): a teacher restarted after scoring takes its
   scored turns with it, a restarted ledger its captured ones. Consumers fetch with `fetch_turns`, which separates lost
   payloads. With a durable turn log (data/turnlog.py) such a turn is read back from the log and goes to pending again
@@ -37,7 +42,8 @@ Stages and hand-offs (every turn is in exactly one place, so the counts add up e
   taken again (`put`, `offer`, `resync`), and an `ack_trained` from a batch leased by an earlier incarnation removes
   the turn wherever it now waits, so it is trained once.
 
-`TurnQueue` is the actor's class (started by loop/job.py); `QueueClient` is how every other part calls it.
+`TurnQueue` is the actor's class (started by loop/job.py); `QueueClient` (loop/queue_client.py) is how every other
+part calls it.
 """
 
 from __future__ import annotations
@@ -52,16 +58,16 @@ from typing import Any
 import ray
 
 from hsd_ray import metrics
+from hsd_ray.core.influence import UserWindow, pick_batch
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.version_gate import VersionFeedback
 from hsd_ray.data.turnlog import TRAINED, TurnLog
-from hsd_ray.loop import NAMESPACE
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
 PRUNE_EVERY_S = 600.0  # how often the queue deletes turn-log segments past their retention
 log = logging.getLogger(__name__)
-DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "forgotten", "lost", "dead_letter",
-                "rejected")
+DROP_REASONS = ("overflow", "scored_overflow", "unscorable", "not_feedback", "zero_weight", "forgotten", "lost",
+                "dead_letter", "rejected", "user_quota", "too_few_users")
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,14 @@ class TurnQueue:
 
     def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0,
                  max_attempts: int = 3, dead_letter_capacity: int = 256, lossless: bool = False,
-                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0):
+                 log_uri: str | None = None, log_retention_s: float = 7 * 86400.0, max_turns_per_user: int = 0,
+                 quota_window_s: float = 3600.0, min_users_per_step: int = 1):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
         self.max_attempts = max_attempts
         self.lossless = lossless  # a replay: teachers wait for room in scored, which is never trimmed
         self.closed = False  # the source is exhausted (set by `close`; a replay's end)
+        self.quota, self.min_users = UserWindow(max_turns_per_user, quota_window_s), min_users_per_step
+        self._holding = False  # a batch is being held for more distinct users (counted once per wait)
         self._attempts: dict[str, int] = {}  # deliveries so far of each pending or leased turn
         self._dead: deque[dict] = deque(maxlen=dead_letter_capacity)
         self._pending: deque[TurnRef] = deque()
@@ -106,6 +115,7 @@ class TurnQueue:
         self.tally = metrics.Tally(
             {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
              "retried": None, "late_completions": None, "recovered": None, "log_errors": None,
+             "steps_held_for_users": None,
              "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
             labels={"dropped": DROP_REASONS, "gate": ()},
         )
@@ -121,8 +131,8 @@ class TurnQueue:
         """Append captured turns. Returns how many older turns were dropped to make room."""
         self._expire_leases()
         turns = self._fresh(turns)
-        self._pending.extend(turns)
         self.tally.add("captured", len(turns))
+        self._pending.extend(self._within_quota(turns))
         dropped = []
         while len(self._pending) > self.capacity:
             dropped.append(self._pending.popleft().turn_id)
@@ -137,8 +147,8 @@ class TurnQueue:
         self._expire_leases()
         taken = turns[: max(0, self.capacity - len(self._pending))]
         fresh = self._fresh(taken)  # a turn offered again after a restart is taken (counted) once
-        self._pending.extend(fresh)
         self.tally.add("captured", len(fresh))
+        self._pending.extend(self._within_quota(fresh))
         self._gauges()
         return len(taken)
 
@@ -215,11 +225,31 @@ class TurnQueue:
             return None
         if len(self._scored) < n and not upstream_done:
             return []
-        batch = [self._scored.popleft() for _ in range(min(n, len(self._scored)))]
+        picked = pick_batch([t.user_id for t in self._scored], min(n, len(self._scored)), self.min_users)
+        if picked is None:
+            return self._too_few_users(upstream_done)
+        self._holding = False
+        waiting, chosen = list(self._scored), set(picked)
+        batch = [waiting[i] for i in picked]
+        self._scored = deque(t for i, t in enumerate(waiting) if i not in chosen)
         for t in batch:
             self._training[t.turn_id] = t
         self._gauges()
         return batch
+
+    def _too_few_users(self, upstream_done: bool) -> list | None:
+        """No batch of enough distinct users can be taken now: wait for more users ([]); drop what never can."""
+        if upstream_done:  # nothing more will come: the rest can never make a batch
+            self._drop([t.turn_id for t in self._scored], "too_few_users")
+            self._scored.clear()
+            self._gauges()
+            return None
+        if not self._holding:
+            self._holding = True
+            self.tally.add("steps_held_for_users")
+        if self.lossless and len(self._scored) >= self.scored_capacity:  # teachers wait for room: make some
+            self._drop([self._scored.popleft().turn_id], "too_few_users")
+        return []
 
     def ack_trained(self, turn_ids: list[str]) -> None:
         """The learner stepped on these turns. An id this queue did not hand out (the batch came from an earlier
@@ -273,6 +303,7 @@ class TurnQueue:
             gone += [t.turn_id for t in turns if t.user_id == user_id]
             self._leases[lease_id] = (deadline, [t for t in turns if t.user_id != user_id])
         self._drop(gone, "forgotten")
+        self.quota.forget(user_id)
         n = len(gone)
         kept = [d for d in self._dead if d["user_id"] != user_id]  # already counted as dead_letter: removed, not recounted
         self._dead.clear()
@@ -301,6 +332,7 @@ class TurnQueue:
     def stats(self) -> dict:
         self._expire_leases()
         self._maybe_prune()
+        self.quota.prune(time.monotonic())
         counts = self.tally.snapshot()
         return {
             **counts,
@@ -363,6 +395,14 @@ class TurnQueue:
         self._known.update(t.turn_id for t in out)
         return out
 
+    def _within_quota(self, turns: list[TurnRef]) -> list[TurnRef]:
+        """The turns whose user is within the per-user quota; the others are dropped as user_quota."""
+        now, keep, over = time.monotonic(), [], []
+        for t in turns:
+            (keep if self.quota.admit(t.user_id, now) else over).append(t)
+        self._drop([t.turn_id for t in over], "user_quota")
+        return keep
+
     def _drop(self, turn_ids: list[str], reason: str) -> None:
         self.tally.add("dropped", len(turn_ids), reason)
         self._log_outcome(turn_ids, f"dropped:{reason}")
@@ -418,79 +458,3 @@ class TurnQueue:
     def _gauges(self) -> None:
         metrics.set_gauge("hsd_queue_depth", len(self._pending), stage="pending")
         metrics.set_gauge("hsd_queue_depth", len(self._scored), stage="scored")
-
-
-class QueueClient:
-    """Typed calls on the queue actor. Blocking calls return values; `*_nowait` calls are fired and not awaited."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    @classmethod
-    def lookup(cls) -> "QueueClient":
-        return cls(ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE))
-
-    def put(self, turns: list[TurnRef]) -> int:
-        return ray.get(self.handle.put.remote(turns))
-
-    def put_nowait(self, turns: list[TurnRef]) -> None:
-        self.handle.put.remote(turns)
-
-    def offer(self, turns: list[TurnRef]) -> int:
-        return ray.get(self.handle.offer.remote(turns))
-
-    def close(self) -> None:
-        ray.get(self.handle.close.remote())
-
-    def lease(self, max_turns: int) -> Lease | None:
-        return ray.get(self.handle.lease.remote(max_turns))
-
-    def complete(self, lease: Lease, scored: list[TurnRef], failed: list[str], lost: list[str],
-                 not_feedback: list[str] = (), decisions: list[str] = (), errors: dict[str, str] | None = None,
-                 receptions: list[tuple[int | None, str]] = (), zero_weight: list[str] = ()) -> bool:
-        return ray.get(self.handle.complete.remote(lease.lease_id, scored, failed, lost, list(not_feedback),
-                                                   list(decisions), dict(errors or {}), list(receptions),
-                                                   list(zero_weight)))
-
-    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
-        return ray.get(self.handle.take_scored.remote(n, at_least))
-
-    def ack_trained_nowait(self, turn_ids: list[str]) -> None:
-        self.handle.ack_trained.remote(turn_ids)
-
-    def reject_trained(self, n: int) -> int:
-        return ray.get(self.handle.reject_trained.remote(n))
-
-    def drop_lost(self, turn_ids: list[str]) -> int:
-        return ray.get(self.handle.drop_lost.remote(turn_ids))
-
-    def requeue_training(self) -> int:
-        return ray.get(self.handle.requeue_training.remote())
-
-    def forget_user(self, user_id: str) -> int:
-        return ray.get(self.handle.forget_user.remote(user_id))
-
-    def resync_nowait(self) -> None:
-        self.handle.resync.remote()
-
-    def dead_letters(self) -> list[dict]:
-        return ray.get(self.handle.dead_letters.remote())
-
-    def stats(self) -> dict:
-        return ray.get(self.handle.stats.remote())
-
-
-def fetch_turns(turns: list[TurnRef]) -> tuple[list[Turn], list[TurnRef]]:
-    """The payloads of `turns`: (the live ones, in order; the TurnRefs whose payload is lost because the process that
-    put it has died). One round trip when nothing is lost."""
-    try:
-        return ray.get([t.ref for t in turns]), []
-    except ray.exceptions.ObjectLostError:  # OwnerDiedError included: find out which ones
-        pass
-    values, lost = [], []
-    for t in turns:
-        try:
-            values.append(ray.get(t.ref))
-        except ray.exceptions.ObjectLostError:
-            lost.append(t)
-    return values, lost

@@ -33,7 +33,8 @@ from hsd_ray.core.scoring import score_turns
 from hsd_ray.core.version_gate import rate_kind
 from hsd_ray.data import build_gate
 from hsd_ray.loop.broadcast import WeightFollower
-from hsd_ray.loop.queue import Lease, QueueClient, TurnRef, fetch_turns
+from hsd_ray.loop.queue import Lease, TurnRef
+from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 
 log = logging.getLogger(__name__)
 

@@ -258,7 +258,8 @@ def test_feedback_gate_in_the_teacher_batch(ray_session, tiny_model_dir, tmp_pat
     before any scoring, every decision is counted once, and scored turns carry their decision and weight."""
     from hsd_ray.core.turns import Turn
     from hsd_ray.loop.job import running_loop
-    from hsd_ray.loop.queue import TurnRef, fetch_turns
+    from hsd_ray.loop.queue import TurnRef
+    from hsd_ray.loop.queue_client import fetch_turns
 
     followups = ["No, that's wrong: the capital is Canberra.", "Too long, please keep it to one sentence.",
                  "Thanks, that's exactly what I needed!", "By the way, what's a good name for a goldfish?",

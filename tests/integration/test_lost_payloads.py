@@ -9,7 +9,8 @@ import pytest
 import ray
 
 from hsd_ray.loop.learner import take_batch
-from hsd_ray.loop.queue import QueueClient, TurnQueue, TurnRef, fetch_turns
+from hsd_ray.loop.queue import TurnQueue, TurnRef
+from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ import ray
 from hsd_ray.data.turnlog import TurnLog
 from hsd_ray.loop.capture import CAPTURED, ReplyLedger, ServedReply
 from hsd_ray.loop.job import control_actor_options
-from hsd_ray.loop.queue import QueueClient, TurnQueue, fetch_turns
+from hsd_ray.loop.queue import TurnQueue
+from hsd_ray.loop.queue_client import QueueClient, fetch_turns
 from tests.integration.test_loop import _wait
 
 pytestmark = pytest.mark.integration

@@ -32,4 +32,26 @@ def test_availability_window_counts_only_its_requests():
 
 def test_unknown_kill_is_refused():
     with pytest.raises(ValueError, match="train_worker"):
-        chaos.kill(None, "everything")
+        chaos.kill(None, "everything", None)
+
+
+class _Ended:
+    """A finished stream as `_stream_row` reads it."""
+
+    def __init__(self, replica, finish_reason=None, error=None):
+        self.replica, self.finish_reason, self.error, self.chunks = replica, finish_reason, error, 3
+
+    def join(self, timeout=None):
+        pass
+
+    def outcome(self):
+        return chaos.Stream.outcome(self)
+
+
+def test_streams_are_told_apart_complete_cut_or_silently_truncated():
+    row = chaos._stream_row([_Ended("k", error="APIConnectionError: x"), _Ended("k", "length"), _Ended("o", "stop")],
+                            victim="k")
+    assert row["killed_replica_streams"] == {"on_killed_replica": 2, "cut": 1, "completed": 1}
+    assert row["silently_truncated"] == 0 and row["other_streams_finished"] is True
+    row = chaos._stream_row([_Ended("k"), _Ended("o", error="boom")], victim="k")  # ended with neither: silent
+    assert row["silently_truncated"] == 1 and row["other_streams_finished"] is False

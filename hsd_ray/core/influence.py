@@ -1,0 +1,75 @@
+"""Influence limits: how far one user can move the global model.
+
+Every captured turn trains one global policy that every user is served. Without limits a single busy (or hostile)
+user supplies most of the batches and the model drifts toward whatever that user asks for. Two rules bound it:
+
+- a per-user quota: at most `max_turns_per_user` of a user's turns enter the queue in any `window_s` seconds (a
+  sliding window); the rest are dropped before any teacher work, counted as `user_quota`;
+- a diversity floor: a learner step's batch holds turns of at least `min_users_per_step` distinct users. The batch is
+  taken oldest first, except that the oldest turn of each of the first `min_users_per_step` distinct users is
+  always in it; while fewer distinct users wait, no step is taken (the learner waits for more users).
+
+Pure: the queue actor (loop/queue.py) holds a `UserWindow` and calls `pick_batch`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+
+class UserWindow:
+    """Turns admitted per user over a sliding window; `max_turns` 0 admits everything."""
+
+    def __init__(self, max_turns: int = 0, window_s: float = 3600.0):
+        if max_turns < 0 or window_s <= 0:
+            raise ValueError(f"max_turns must be >= 0 and window_s > 0, got {max_turns}, {window_s}")
+        self.max_turns, self.window_s = max_turns, window_s
+        self._admitted: dict[str, deque[float]] = {}  # per user: the times of the turns admitted inside the window
+
+    def admit(self, user_id: str, now: float) -> bool:
+        """True (and counted) if `user_id` has had fewer than `max_turns` turns admitted in (now - window_s, now]."""
+        if self.max_turns == 0:
+            return True
+        times = self._admitted.setdefault(user_id, deque())
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if len(times) >= self.max_turns:
+            return False
+        times.append(now)
+        return True
+
+    def forget(self, user_id: str) -> None:
+        """A deleted user leaves no record here either."""
+        self._admitted.pop(user_id, None)
+
+    def prune(self, now: float) -> None:
+        """Drop users with nothing inside the window (the map would otherwise grow with every user ever seen)."""
+        for user in [u for u, t in self._admitted.items() if not t or t[-1] <= now - self.window_s]:
+            del self._admitted[user]
+
+
+def pick_batch(users: Sequence[str], n: int, min_users: int = 1) -> list[int] | None:
+    """Which of the waiting turns (their users, oldest first) make a batch of `n`, as sorted indices.
+
+    The oldest turn of each of the first `min_users` distinct users, then the oldest of the rest. None when fewer
+    than `n` turns, or turns of fewer than `min_users` distinct users, wait.
+    """
+    if n < 1 or min_users < 1:
+        raise ValueError(f"n and min_users must be >= 1, got {n}, {min_users}")
+    if len(users) < n or min_users > n:
+        return None
+    firsts: dict[str, int] = {}
+    for i, user in enumerate(users):
+        if user not in firsts:
+            firsts[user] = i
+            if len(firsts) == min_users:
+                break
+    if len(firsts) < min_users:
+        return None
+    chosen = set(firsts.values())
+    for i in range(len(users)):
+        if len(chosen) == n:
+            break
+        chosen.add(i)
+    return sorted(chosen)
