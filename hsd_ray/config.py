@@ -48,8 +48,8 @@ class EngineConfig(_Section):
 class HindsightConfig(_Section):
     """How teacher (hindsight) and student contexts are built from a Turn (METHOD.md, 'Hindsight context')."""
 
-    # "offline" by default: on SmolLM2-135M it learned yes/no-only answers on 2 of 2 seeds with the least drift and
-    # capability loss of the variants tested (bench/learning/README.md); the paper uses "online" for live chat.
+    # "online" (the paper's wording for live chat) was chosen over "offline" on the dev split's in-context ceiling;
+    # an earlier, now superseded benchmark had preferred "offline" (bench/learning/README.md has both).
     template: str = Field("online", description="'online', 'offline' or a custom text containing {followup} "
                           "(online chosen on the dev split: bench/results/learning/ceiling-*-dev.json)")
     max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
