@@ -8,11 +8,11 @@ the HTTP routes; the rest is delegated:
   version; the reply's `system_fingerprint` names it.
 - capture: a `CaptureClient` (capture.py). Only a request that was validated and answered is captured: once its
   reply is generated, a request ending in [assistant, user] is shown to the ledger with `observe` (fired, not
-  awaited; a rejected or failed request is never captured); the reply it produced is `record`ed — awaited, with `capture.call_timeout_s` —
-  before the response is returned (streaming: before the finish chunk and `[DONE]`), so a follow-up sent right after
-  is matched whichever replica serves it. Capture can never fail a chat: errors and timeouts are counted
-  (`hsd_capture_errors_total`, and in /health) and logged. A request with `store: false` is neither observed nor
-  recorded: neither it nor its reply can become (part of) a turn.
+  awaited; a rejected or failed request is never captured); the reply it produced is `record`ed — awaited, with
+  `capture.call_timeout_s` — before the response is returned (streaming: before the finish chunk and `[DONE]`), so
+  a follow-up sent right after is matched whichever replica serves it. Capture can never fail a chat: errors and
+  timeouts are counted (`hsd_capture_errors_total`, and in /health) and logged. A request with `store: false` is
+  neither observed nor recorded: neither it nor its reply can become (part of) a turn.
 
 Engines: with an engine that batches continuously (`engine.continuous_batching`: vLLM's async engine,
 engines/vllm_async.py) every request goes straight to `engine.stream`; a streamed reply is sent chunk by chunk as the
@@ -32,10 +32,10 @@ Retry-After of Serve's as the backstop. `check_health` fails while an engine cal
 times out).
 
 `n` choices: from one engine call on the offline engines (one version; a seeded choice i is drawn with seed + i), as n
-concurrent streams (seeds likewise) on the async engine. Every choice is recorded for capture (the follow-up matches
-the one the client continued with; the others expire unmatched). A streamed request for n > 1 is generated whole,
-then sent, also on the async engine (merging n live streams is not built). Were choices to straddle a weight swap,
-the fingerprint names every version ("…-v3+…-v4"), never silently one.
+concurrent streams (seeds likewise) on the async engine, where a streamed request sends each choice's deltas live,
+merged in the order they are sampled (live_stream.py). Every choice is recorded for capture (the follow-up matches
+the one the client continued with; the others expire unmatched). Were choices to straddle a weight swap, the
+fingerprint names every version ("…-v3+…-v4"), never silently one.
 
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health (policy version, replica id, capture counts).
 Wire format and validation live in hsd_ray/loop/openai_api.py (requests, errors) and openai_replies.py (replies).
@@ -65,6 +65,7 @@ from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
 from hsd_ray.loop.capture import CaptureClient, ServedReply, forget_user_on_loop, set_opt_out_on_loop
 from hsd_ray.loop.identity import Identity
+from hsd_ray.loop.live_stream import LiveChoices
 
 APP_NAME = "hsd-chat"
 REPLICA_HEADER = "x-hsd-replica"
@@ -222,7 +223,7 @@ class ChatService:
         key_user = self.identity.key_user(authorization)  # 401 before the body is read
         call = oa.parse_chat_request(await _json_body(request, self.settings.serve), self.settings.serve)
         user_id = self.identity.user_id(key_user, call.user, authorization)
-        if call.stream and self.engine.continuous_batching and call.n == 1:
+        if call.stream and self.engine.continuous_batching:
             return await self._live_stream(call, user_id, received_at, t0)
         gens = await self._generate(call, user_id)
         served = await self._answered(call, user_id, received_at, gens)
@@ -256,9 +257,10 @@ class ChatService:
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def _live_stream(self, call: oa.ChatCall, user_id: str, received_at: float, t0: float):
-        """SSE on the async engine: a chunk leaves as soon as vLLM sampled its tokens. Admission and the first token
-        are awaited here, so a refusal or a failure before the first token still gets its HTTP status; the admission
-        slot is held until the stream ends, and a client that goes away cancels the stream (the engine aborts it)."""
+        """SSE on the async engine: a chunk leaves as soon as vLLM sampled its tokens, the n choices merged as they
+        come (live_stream.py). Admission and every choice's first token are awaited here, so a refusal or a failure
+        before the first token still gets its HTTP status; the admission slot is held until the stream ends, and a
+        client that goes away cancels the streams (the engine aborts them)."""
         scfg = self.settings.serve
         deadline = asyncio.get_running_loop().time() + scfg.request_timeout_s
         held = contextlib.AsyncExitStack()
@@ -267,39 +269,38 @@ class ChatService:
             await held.enter_async_context(self.gate.slot())
             async with asyncio.timeout_at(deadline):
                 prompt, params = await asyncio.to_thread(self._prepare, call)
-                items = self.engine.stream(prompt, params)
-                held.push_async_callback(items.aclose)
-                first = await anext(items)
+                choices = await LiveChoices.open(self.engine, prompt, params, call.n, held)
         except BaseException as e:
             await held.aclose()
             if isinstance(e, Exception):
                 raise self._api_error(e) from None
             raise
-        version = first.version
-        common = dict(id=replies.completion_id(), model=scfg.model_name, fingerprint=version.fingerprint(),
+        common = dict(id=replies.completion_id(), model=scfg.model_name, fingerprint=choices.fingerprint(),
                       created=int(time.time()), include_usage=call.include_usage)
 
         async def events():
-            sent: list[str] = []
-            item = first
+            sent: list[list[str]] = [[] for _ in range(call.n)]
+            gens: list = [None] * call.n
             try:
-                yield replies.sse(replies.chat_chunk(delta={"role": "assistant", "content": ""}, **common))
-                while not isinstance(item, Generation):
-                    if item.text:
-                        sent.append(item.text)
-                        yield replies.sse(replies.chat_chunk(delta={"content": item.text}, **common))
-                    async with asyncio.timeout_at(deadline):
-                        item = await anext(items)
-                gen = item
+                for i in range(call.n):
+                    yield replies.sse(replies.chat_chunk(delta={"role": "assistant", "content": ""}, index=i, **common))
+                async with contextlib.aclosing(choices.merged(deadline)) as items:
+                    async for i, item in items:
+                        if isinstance(item, Generation):
+                            gens[i] = item
+                        elif item.text:
+                            sent[i].append(item.text)
+                            yield replies.sse(replies.chat_chunk(delta={"content": item.text}, index=i, **common))
             except Exception as e:  # noqa: BLE001 - headers are sent: the error goes into the stream
                 err = self._api_error(e)
                 yield replies.sse(oa.error_body(err.message, code=err.code, type=err.type))
                 return
             finally:
                 await held.aclose()
-            await self._record_stream(call, user_id, received_at, gen, "".join(sent))
-            for chunk in replies.closing_chunks(finish_reasons=[gen.finish_reason], prompt_tokens=gen.prompt_tokens,
-                                                completion_tokens=len(gen.token_ids), **common):
+            await self._record_streams(call, user_id, received_at, gens, ["".join(s) for s in sent])
+            for chunk in replies.closing_chunks(finish_reasons=[g.finish_reason for g in gens],
+                                                prompt_tokens=gens[0].prompt_tokens,
+                                                completion_tokens=sum(len(g.token_ids) for g in gens), **common):
                 yield replies.sse(chunk)
             yield replies.SSE_DONE
             metrics.observe("hsd_chat_latency_s", time.perf_counter() - t0)
@@ -307,15 +308,15 @@ class ChatService:
         headers = {REPLICA_HEADER: self.replica_id, "cache-control": "no-cache"}
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    async def _record_stream(self, call, user_id: str, received_at: float, gen, streamed: str) -> None:
-        """Capture a live-streamed reply, before the client sees its end. Only when the text the client got is the
-        text of the recorded token ids (else the follow-up could not be matched to the right tokens)."""
-        [reply] = await self._answered(call, user_id, received_at, [gen])
-        if streamed != gen.text:
-            log.warning("streamed text differs from the decoded reply (%d vs %d chars): not captured",
-                        len(streamed), len(gen.text))
-            return
-        await self.capture.record(reply)
+    async def _record_streams(self, call, user_id: str, received_at: float, gens: list, streamed: list[str]) -> None:
+        """Capture live-streamed replies, before the client sees their end. Only a choice whose streamed text is the
+        text of its recorded token ids (else the follow-up could not be matched to the right tokens)."""
+        for reply, gen, text in zip(await self._answered(call, user_id, received_at, gens), gens, streamed):
+            if text != gen.text:
+                log.warning("streamed text differs from the decoded reply (%d vs %d chars): not captured",
+                            len(text), len(gen.text))
+                continue
+            await self.capture.record(reply)
 
     async def _answered(self, call: oa.ChatCall, user_id: str, received_at: float, gens: list) -> list[ServedReply]:
         """A request that was validated and answered: its follow-up is shown to the ledger (if it ends in [assistant,

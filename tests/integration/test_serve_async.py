@@ -3,7 +3,8 @@ tiny model, driven by the official `openai` client over 127.0.0.1.
 
 Every test of test_serve.TestOneReplica runs again on this engine (wire format, streaming == non-streaming, errors,
 capture of streamed and non-streamed replies, weight following, a dead ledger); the tests below add what only a
-continuous-batching, token-streaming engine has: the first chunk leaves long before the reply ends, a seeded reply
+continuous-batching, token-streaming engine has: the first chunk leaves long before the reply ends (for each of n
+streamed choices too, merged as they are sampled), a seeded reply
 does not depend on the traffic around it, a client that goes away aborts its request in the engine, and a weight swap
 never mixes versions inside a reply (each reply equals the reference reply of the version its fingerprint names).
 """
@@ -73,6 +74,19 @@ class TestAsyncEngine(base.TestOneReplica):
         assert usage.completion_tokens >= 32, "the reply ended too early to tell streaming from a whole reply"
         assert len(times) >= 16
         assert times[0] < 0.5 * times[-1], times  # a whole-reply server sends every chunk at the end
+
+    def test_n_streamed_choices_are_sent_live_and_merged(self, chat):
+        kw = dict(model="m", messages=HELLO, max_tokens=160, temperature=1.0, top_p=1, seed=11)
+        t0, arrivals = time.perf_counter(), {0: [], 1: []}
+        for chunk in chat.client.chat.completions.create(n=2, stream=True, **kw):
+            for c in chunk.choices:
+                if c.delta.content:
+                    arrivals[c.index].append(time.perf_counter() - t0)
+        assert min(len(a) for a in arrivals.values()) >= 16, "a reply ended too early to tell live from whole"
+        end = max(a[-1] for a in arrivals.values())
+        assert max(a[0] for a in arrivals.values()) < 0.5 * end, arrivals  # each choice's first token, early
+        # merged as sampled: neither choice waits for the other to finish (sent one after the other, it would)
+        assert arrivals[1][0] < arrivals[0][-1] and arrivals[0][0] < arrivals[1][-1], arrivals
 
     def test_client_disconnect_aborts_the_request_in_the_engine(self, chat):
         before = base._health(chat.url)["batching"]["aborted"]
