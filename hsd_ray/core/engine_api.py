@@ -18,7 +18,7 @@ Pure: no torch, no Ray; numpy arrays in the score records.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -34,6 +34,10 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # reproducible sampling; prompt i of a batch is drawn with seed + i (both engines), so
     # repeated prompts in one batch are distinct samples
+
+    def for_index(self, i: int) -> "SamplingParams":
+        """The params prompt (or choice) i of a batch is drawn with: seed + i when seeded."""
+        return self if self.seed is None else replace(self, seed=self.seed + i)
 
 
 @dataclass

@@ -169,8 +169,8 @@ class AsyncVLLMEngine(VLLMEngine):
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """All prompts at once (continuous batching); prompt i is seeded with seed + i, as in the offline engines."""
         async def run():
-            seeds = [None if params.seed is None else params.seed + i for i in range(len(prompts))]
-            return await asyncio.gather(*(self._final(p, params, s) for p, s in zip(prompts, seeds)))
+            return await asyncio.gather(*(self._final(p, params, params.for_index(i).seed)
+                                          for i, p in enumerate(prompts)))
 
         return list(self._run(run())) if prompts else []
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import replace
 from typing import AsyncIterator
 
 from hsd_ray.core.engine_api import Generation, SamplingParams
@@ -31,8 +30,7 @@ class LiveChoices:
                    held: contextlib.AsyncExitStack) -> "LiveChoices":
         """Start the n streams (closed by `held`, which aborts whatever is still running in the engine) and await
         each one's first item."""
-        seeds = [None if params.seed is None else params.seed + i for i in range(n)]
-        streams = [engine.stream(prompt, replace(params, seed=seed)) for seed in seeds]
+        streams = [engine.stream(prompt, params.for_index(i)) for i in range(n)]
         for stream in streams:
             held.push_async_callback(stream.aclose)
         firsts = await asyncio.gather(*(anext(stream) for stream in streams))

@@ -48,7 +48,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -357,9 +357,8 @@ class ChatService:
                 prompt, params = await asyncio.to_thread(self._prepare, call)
                 if not self.engine.continuous_batching:
                     return await self.batcher.generate_n(prompt, params, call.n)
-                seeds = [None if params.seed is None else params.seed + i for i in range(call.n)]
-                return list(await asyncio.gather(*(_last(self.engine.stream(prompt, replace(params, seed=seed)))
-                                                   for seed in seeds)))
+                return list(await asyncio.gather(*(_last(self.engine.stream(prompt, params.for_index(i)))
+                                                   for i in range(call.n))))
         except Exception as e:  # noqa: BLE001 - mapped to the request's error status
             raise self._api_error(e) from None
 

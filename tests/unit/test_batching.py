@@ -128,3 +128,11 @@ def test_cancelled_request_is_dropped_and_others_are_answered():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         GenerationBatcher(Recorder(), max_batch=0)
+
+
+def test_choice_i_is_drawn_with_seed_plus_i_and_unseeded_params_stay_unseeded():
+    seeded = SamplingParams(max_tokens=5, temperature=1.0, seed=7)
+    assert [seeded.for_index(i).seed for i in range(3)] == [7, 8, 9]
+    assert seeded.for_index(2).max_tokens == 5 and seeded.seed == 7  # a copy; the request's params are unchanged
+    unseeded = SamplingParams()
+    assert unseeded.for_index(4) is unseeded
