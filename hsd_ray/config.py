@@ -123,6 +123,25 @@ class LearnerConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+class PersonalizationConfig(_Section):
+    """Whose weights a turn trains and which weights answer a user (README, "Per-user adapters")."""
+
+    mode: Literal["global", "per_user"] = Field(
+        "global", description="global = every turn trains the shared policy; per_user = a user's turns train that "
+        "user's own LoRA adapter on the frozen shared policy, and their chats are answered by it"
+    )
+    lora: LoraConfig = Field(
+        default_factory=lambda: LoraConfig(enabled=True, r=8, alpha=16,
+                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        description="the per-user adapter's shape (enabled is ignored: per_user always trains adapters)",
+    )
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of every user's adapter")
+    learner_resident: int = Field(64, ge=1, description="adapters (with optimizer state) the learner keeps in memory; "
+                                  "the rest wait on disk under <output_dir>/adapters")
+    max_resident: int = Field(8, ge=1, description="adapters a chat replica keeps loaded (least recently used go; "
+                                "reloaded from the registry on the user's next request)")
+
+
 class BroadcastConfig(_Section):
     """When new weights are published to serving replicas and teachers."""
 
@@ -352,6 +371,7 @@ class Config(_Section):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)
+    personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -368,7 +388,21 @@ class Config(_Section):
         if self.influence.min_users_per_step > self.learner.batch_turns:
             raise ValueError(f"influence.min_users_per_step ({self.influence.min_users_per_step}) must be <= "
                              f"learner.batch_turns ({self.learner.batch_turns}): one turn per user at least")
+        if self.personalization.mode == "per_user":
+            self._check_per_user()
         return self
+
+    def _check_per_user(self) -> None:
+        """per_user trains adapters on a frozen shared policy in one learner process (README, "Per-user adapters")."""
+        if self.learner.lora.enabled:
+            raise ValueError("personalization.mode=per_user trains per-user adapters on the frozen shared policy: "
+                             "set learner.lora.enabled=false (a shared adapter under per-user ones is not built)")
+        if self.learner.num_workers != 1:
+            raise ValueError(f"personalization.mode=per_user runs one learner worker (learner.num_workers is "
+                             f"{self.learner.num_workers}): adapter steps differ per user, DDP would need equal ones")
+        if self.engine.kind == "vllm" and self.personalization.lora.r > self.engine.max_lora_rank:
+            raise ValueError(f"personalization.lora.r ({self.personalization.lora.r}) must be <= engine.max_lora_rank "
+                             f"({self.engine.max_lora_rank}): vLLM sizes its adapter slots by it")
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from hsd_ray.core.weights import PolicyVersion, WeightSet
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
 
 
 @dataclass
@@ -34,6 +34,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None  # reproducible sampling; prompt i of a batch is drawn with seed + i (both engines), so
     # repeated prompts in one batch are distinct samples
+    adapter_id: str = BASE_ADAPTER  # whose weights sample: the shared policy or a resident per-user adapter (the
+    # batcher groups requests by equal params, so one engine call never mixes adapters)
 
     def for_index(self, i: int) -> "SamplingParams":
         """The params prompt (or choice) i of a batch is drawn with: seed + i when seeded."""

@@ -9,7 +9,10 @@ user supplies most of the batches and the model drifts toward whatever that user
   taken oldest first, except that the oldest turn of each of the first `min_users_per_step` distinct users is
   always in it; while fewer distinct users wait, no step is taken (the learner waits for more users).
 
-Pure: the queue actor (loop/queue.py) holds a `UserWindow` and calls `pick_batch`.
+With per-user adapters (personalization.mode=per_user) a batch is taken `round_robin` instead: every waiting user's
+oldest turn before anyone's second, so one busy user cannot starve the others' adapters.
+
+Pure: the queue actor (loop/queue.py) holds a `UserWindow` and calls `pick_batch` / `round_robin`.
 """
 
 from __future__ import annotations
@@ -73,3 +76,16 @@ def pick_batch(users: Sequence[str], n: int, min_users: int = 1) -> list[int] | 
             break
         chosen.add(i)
     return sorted(chosen)
+
+
+def round_robin(users: Sequence[str], n: int) -> list[int]:
+    """Up to `n` of the waiting turns (their users, oldest first) in rounds, as sorted indices: each user's oldest
+    turn (users in the order of their oldest turn), then each user's second oldest, and so on."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    seen: dict[str, int] = {}
+    ranked = []
+    for i, user in enumerate(users):
+        ranked.append((seen.get(user, 0), i))
+        seen[user] = seen.get(user, 0) + 1
+    return sorted(i for _, i in sorted(ranked)[:n])

@@ -20,16 +20,17 @@ if TYPE_CHECKING:  # the core reads config attributes only; it does not need pyd
 
 def apply_lora(model, lora: LoraConfig):
     """Wrap `model` with a peft LoRA adapter (only adapter weights stay trainable)."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    cfg = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, cfg)
+    return get_peft_model(model, peft_lora_config(lora))
+
+
+def peft_lora_config(lora: LoraConfig):
+    """peft's LoraConfig for our config section."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
 
 
 def is_peft(model) -> bool:
@@ -58,19 +59,16 @@ def export_weights(model, version: int, step: int, adapter_id: str = BASE_ADAPTE
         from peft import get_peft_model_state_dict
 
         tensors = cpu_copy(get_peft_model_state_dict(model))
-        cfg = model.peft_config["default"]
-        lora_config = {
-            "r": cfg.r,
-            "lora_alpha": cfg.lora_alpha,
-            "lora_dropout": cfg.lora_dropout,
-            "target_modules": sorted(cfg.target_modules),
-            "bias": cfg.bias,
-            "task_type": "CAUSAL_LM",
-        }
-        return WeightSet(pv, "lora", tensors, lora_config)
+        return WeightSet(pv, "lora", tensors, lora_config_dict(model.peft_config["default"]))
     # each shared tensor once: a tied lm_head is the embedding under a second name (21% of SmolLM2's bytes)
     aliases = tied_aliases(model)
     return WeightSet(pv, "full", cpu_copy({k: v for k, v in model.state_dict().items() if k not in aliases}))
+
+
+def lora_config_dict(cfg) -> dict:
+    """A peft LoraConfig as the dict a LoRA WeightSet carries (what the engines rebuild it from)."""
+    return {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+            "target_modules": sorted(cfg.target_modules), "bias": cfg.bias, "task_type": "CAUSAL_LM"}
 
 
 def tied_aliases(model) -> dict[str, str]:

@@ -3,9 +3,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 BASE_ADAPTER = "base"  # adapter id of the shared policy (per-user adapters get their own ids)
+USER_ADAPTER_PREFIX = "user-"
+
+
+def user_adapter_id(user_id: str) -> str:
+    """The adapter id of a user's own adapter (personalization.mode=per_user): a hash, so a user id never becomes a
+    path or a metric label, and the same user always maps to the same adapter (deletion finds it)."""
+    return USER_ADAPTER_PREFIX + hashlib.sha256(user_id.encode("utf-8")).hexdigest()[:16]
+
+
+def is_user_adapter(adapter_id: str) -> bool:
+    return adapter_id.startswith(USER_ADAPTER_PREFIX)
 
 
 @dataclass(frozen=True)

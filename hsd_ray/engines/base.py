@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import torch
 
 from hsd_ray.core.engine_api import Generation, GenerationDelta, SamplingParams
-from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet
+from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet, is_user_adapter
 
 
 class VersionedWeights:
@@ -22,6 +22,25 @@ class VersionedWeights:
     """
 
     continuous_batching = False  # offline engines: one generate call at a time, batched by loop/batching.py
+
+    @property
+    def user_adapters(self) -> dict[str, PolicyVersion]:
+        """Resident per-user adapters (personalization.mode=per_user) → the version each holds."""
+        if not hasattr(self, "_user_adapters"):
+            self._user_adapters: dict[str, PolicyVersion] = {}
+        return self._user_adapters
+
+    def evict_adapter(self, adapter_id: str) -> None:
+        """Unload a per-user adapter (least recently used, or its user's data was deleted)."""
+        with self._lock:
+            if self.user_adapters.pop(adapter_id, None) is not None:
+                self._unload_user_adapter(adapter_id)
+
+    def _load_user_adapter(self, weights: WeightSet) -> None:
+        raise WeightLoadError(f"{type(self).__name__} does not serve per-user adapters")
+
+    def _unload_user_adapter(self, adapter_id: str) -> None:
+        pass
 
     @property
     def version(self) -> PolicyVersion:
@@ -38,6 +57,12 @@ class VersionedWeights:
 
     def load_weights(self, weights: WeightSet) -> None:
         with self._lock:
+            if is_user_adapter(weights.version.adapter_id):  # one user's adapter beside the shared policy
+                if weights.kind != "lora":
+                    raise WeightLoadError(f"a per-user weight set must be a LoRA adapter, not {weights.kind!r}")
+                self._load_user_adapter(weights)
+                self.user_adapters[weights.version.adapter_id] = weights.version
+                return
             if weights.kind == "full":
                 self._load_full(weights.tensors)
             elif weights.kind == "lora":

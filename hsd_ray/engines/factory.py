@@ -24,12 +24,14 @@ def make_engine(
     adapter_id: str = BASE_ADAPTER,
     score_token_budget: int = 8192,
     serving: bool = False,
+    max_loras: int = 1,
 ) -> "Engine":
     """An `HFEngine` (kind="hf") or a `VLLMEngine` (kind="vllm") for the model in `model_dir`.
 
     `enable_lora` only matters for vLLM (it must reserve LoRA slots at start-up; the HF engine wraps itself in peft on
     the first LoRA set); `score_token_budget` only for HF (vLLM schedules its own batches). `serving` (a chat
-    replica) with kind="vllm" and `ecfg.vllm_async` gives an `AsyncVLLMEngine` (engines/vllm_async.py).
+    replica) with kind="vllm" and `ecfg.vllm_async` gives an `AsyncVLLMEngine` (engines/vllm_async.py). `max_loras`:
+    adapters vLLM runs in one batch (per-user adapters: a replica's resident ones).
     """
     if ecfg.kind == "hf":
         from hsd_ray.engines.hf import HFEngine
@@ -60,6 +62,7 @@ def make_engine(
             enforce_eager=ecfg.vllm_enforce_eager,
             enable_lora=enable_lora,
             max_lora_rank=ecfg.max_lora_rank,
+            max_loras=max_loras,
             adapter_id=adapter_id,
             **extra,
         )

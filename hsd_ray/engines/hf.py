@@ -8,6 +8,7 @@ padded-token budget, longest first, so one long turn never multiplies the paddin
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ class HFEngine(VersionedWeights):
     ):
         self.model_dir = Path(model_dir)
         self.model, self.tokenizer = load_model_and_tokenizer(model_dir, dtype, device)
+        self._plain = self.model  # the transformers model (self.model becomes its peft wrapper once adapters load)
         self.device = torch.device(device)
         self.score_token_budget = score_token_budget
         self._version = PolicyVersion(adapter_id=adapter_id, version=0)
@@ -48,20 +50,36 @@ class HFEngine(VersionedWeights):
         probe sets and a batch of greedy chats cost one generate call per batch instead of one per prompt. Sampled
         rows stay one at a time: row i is drawn with seed + i, which a shared batch cannot reproduce."""
         results: list[Generation | None] = [None] * len(prompts)
-        with self._lock:
+        with self._lock, self._answering_with(params.adapter_id) as version:
             if params.temperature <= 0 and not params.stop and len(prompts) > 1:
                 lengths = [len(p) + params.max_tokens for p in prompts]
                 for group in chunk_by_budget(lengths, self.score_token_budget):
-                    for i, gen in zip(group, self._generate_greedy_batch([prompts[i] for i in group], params)):
+                    batch = self._generate_greedy_batch([prompts[i] for i in group], params, version)
+                    for i, gen in zip(group, batch):
                         results[i] = gen
             for i, p in enumerate(prompts):
                 if results[i] is None:
-                    results[i] = self._generate_one(p, params, i)
+                    results[i] = self._generate_one(p, params, version, i)
         return results  # type: ignore[return-value]
 
-    def _generate_greedy_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    @contextmanager
+    def _answering_with(self, adapter_id: str):
+        """The weights a generate call runs on, and their version: a resident per-user adapter, or the shared policy
+        (with every per-user adapter switched off). A user adapter evicted since the request was routed falls back to
+        the shared policy, and the reply's version says so."""
+        if not self.user_adapters:
+            yield self._version
+        elif adapter_id in self.user_adapters:
+            self.model.set_adapter(adapter_id)
+            yield self.user_adapters[adapter_id]
+        else:
+            with self.model.disable_adapter():
+                yield self._version
+
+    def _generate_greedy_batch(self, prompts: list[list[int]], params: SamplingParams,
+                               version: PolicyVersion) -> list[Generation]:
         if len(prompts) == 1:
-            return [self._generate_one(prompts[0], params)]
+            return [self._generate_one(prompts[0], params, version)]
         width, pad = max(len(p) for p in prompts), self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.eos_ids[0]
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
@@ -76,10 +94,11 @@ class HFEngine(VersionedWeights):
             end = next((t + 1 for t, tok in enumerate(new) if tok in eos), len(new))  # after EOS: padding
             new = new[:end]
             logprobs = [float(logp_T_B_V[t, b, tok]) for t, tok in enumerate(new)]
-            gens.append(self._generation(prompt, new, logprobs, params))
+            gens.append(self._generation(prompt, new, logprobs, params, version))
         return gens
 
-    def _generate_one(self, prompt: list[int], params: SamplingParams, row: int = 0) -> Generation:
+    def _generate_one(self, prompt: list[int], params: SamplingParams, version: PolicyVersion,
+                      row: int = 0) -> Generation:
         eos = self.eos_ids
         input_ids = torch.tensor([prompt], device=self.device)
         sample = params.temperature > 0
@@ -101,9 +120,10 @@ class HFEngine(VersionedWeights):
         new = out.sequences[0, len(prompt) :].tolist()
         logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before temperature / top-p)
         logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
-        return self._generation(prompt, new, logprobs.tolist(), params)
+        return self._generation(prompt, new, logprobs.tolist(), params, version)
 
-    def _generation(self, prompt: list[int], new: list[int], logprobs: list[float], params: SamplingParams):
+    def _generation(self, prompt: list[int], new: list[int], logprobs: list[float], params: SamplingParams,
+                    version: PolicyVersion):
         """The Generation of generated ids `new` (a trailing EOS dropped, the text cut at the first stop string)."""
         finished = ended_on_eos = bool(new) and new[-1] in self.eos_ids
         if finished:
@@ -116,7 +136,7 @@ class HFEngine(VersionedWeights):
                 finished, ended_on_eos = True, False
         if not finished and len(new) < params.max_tokens:
             finished = True  # stopped by a stop string inside generate()
-        return Generation(new, text, logprobs, finished, len(prompt), self._version, ended_on_eos)
+        return Generation(new, text, logprobs, finished, len(prompt), version, ended_on_eos)
 
     @property
     def eos_ids(self) -> list[int]:
@@ -158,11 +178,13 @@ class HFEngine(VersionedWeights):
     # ---- weights (load_weights: VersionedWeights) -------------------------------------------------------------
     @torch.no_grad()
     def _load_full(self, tensors: dict) -> None:
+        if self.user_adapters:  # peft has renamed the wrapped layers; the shared policy is frozen in per_user mode
+            raise WeightLoadError("this engine serves per-user adapters; new shared weights beside them are not built")
         if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
             raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
-        params = dict(self.model.state_dict())
+        params = dict(self._plain.state_dict())  # the base weights (shared with any peft wrapper around them)
         # a tied lm_head may be sent (it must then equal the embedding) or omitted (export_weights omits it)
-        aliases = tied_aliases(self.model)
+        aliases = tied_aliases(self._plain)
         required = {k: v for k, v in params.items() if k not in aliases}
         validate_tensors({k: v for k, v in tensors.items() if k not in aliases}, required, require_all=True)
         validate_tensors({k: v for k, v in tensors.items() if k in aliases}, params, require_all=False)
@@ -177,6 +199,8 @@ class HFEngine(VersionedWeights):
 
         if weights.lora_config is None:
             raise WeightLoadError("a LoRA weight set needs its lora_config")
+        if self.user_adapters:
+            raise WeightLoadError("this engine serves per-user adapters; a shared LoRA adapter beside them is not built")
         if not self._lora_loaded:
             cfg = LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
             self.model = get_peft_model(self.model, cfg)
@@ -188,6 +212,47 @@ class HFEngine(VersionedWeights):
         set_peft_model_state_dict(self.model, weights.tensors)
 
 
+    @torch.no_grad()
+    def _load_user_adapter(self, weights: WeightSet) -> None:
+        """A user's adapter beside the shared policy (a peft named adapter), validated before it is touched: a new
+        one that fails validation is removed again, a resident one keeps its previous tensors."""
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+        if self._lora_loaded:
+            raise WeightLoadError("this engine serves a shared LoRA adapter; per-user adapters beside it are not built")
+        if weights.lora_config is None:
+            raise WeightLoadError("a LoRA weight set needs its lora_config")
+        name = weights.version.adapter_id
+        cfg = LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
+        new = name not in getattr(self.model, "peft_config", {})
+        if new and not self.user_adapters:
+            self.model = get_peft_model(self._plain, cfg, adapter_name=name)
+            self.model.eval()
+        elif new:
+            self.model.add_adapter(name, cfg)
+        try:
+            validate_tensors(weights.tensors, _adapter_tensors_expected(self.model, name), require_all=True)
+        except WeightLoadError:
+            if new:
+                self._unload_user_adapter(name)
+            raise
+        set_peft_model_state_dict(self.model, weights.tensors, adapter_name=name)
+
+    def _unload_user_adapter(self, adapter_id: str) -> None:
+        if adapter_id not in getattr(self.model, "peft_config", {}):
+            return
+        if len(self.model.peft_config) == 1:  # the last adapter: back to the plain model
+            self.model = self._plain = self.model.unload()
+            return
+        if self.model.active_adapter == adapter_id:
+            self.model.set_adapter(next(a for a in self.model.peft_config if a != adapter_id))
+        self.model.delete_adapter(adapter_id)
+
+
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
 
 
+def _adapter_tensors_expected(model, adapter_id: str) -> dict:
+    """peft state-dict names of `adapter_id`'s tensors as a WeightSet names them (without the adapter name)."""
+    marker = f".{adapter_id}."
+    return {k.replace(marker, "."): v for k, v in model.state_dict().items() if "lora_" in k and marker in k}

@@ -62,7 +62,6 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(tempfile.gettempdir(), "hsd-vllm-cache"))
 
 import copy  # noqa: E402
-import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -83,12 +82,18 @@ from hsd_ray.core.engine_api import (  # noqa: E402
 from hsd_ray.core.policy import tied_aliases  # noqa: E402
 from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet  # noqa: E402
 from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text, validate_tensors  # noqa: E402
+from hsd_ray.engines.vllm_adapters import (  # noqa: E402
+    Shape,
+    UserLoras,
+    delete_folders,
+    linear_suffixes,
+    lora_kwargs,
+    peft_config_from,
+    write_adapter,
+)
 from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs, supports_flat_logprobs  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-# vLLM accepts only these max_lora_rank values; a requested rank is rounded up to the next one.
-_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class VLLMEngine(VersionedWeights):
@@ -107,6 +112,7 @@ class VLLMEngine(VersionedWeights):
         enforce_eager: bool = True,
         enable_lora: bool = False,
         max_lora_rank: int = 64,
+        max_loras: int = 1,
         adapter_id: str = BASE_ADAPTER,
         seed: int = 0,
         enable_prefix_caching: bool = True,
@@ -138,8 +144,8 @@ class VLLMEngine(VersionedWeights):
         self._on_cpu = not torch.cuda.is_available()
         kwargs.update(self._memory_kwargs(kv_cache_bytes, gpu_memory_utilization))
         if enable_lora:
-            self._lora_modules = _hf_linear_suffixes(self.hf_config)
-            kwargs.update(_lora_kwargs(max_lora_rank, self._lora_modules))
+            self._lora_modules = linear_suffixes(self.hf_config)
+            kwargs.update(lora_kwargs(max_lora_rank, self._lora_modules, max_loras))
 
         threads, set_threads = torch.get_num_threads(), torch.set_num_threads
         self.llm = self._start(kwargs)
@@ -151,6 +157,7 @@ class VLLMEngine(VersionedWeights):
         self._lock = threading.RLock()
         self._version = PolicyVersion(adapter_id=adapter_id, version=0)
         self._lora_request = None  # vllm.lora.request.LoRARequest of the adapter in use, None = base weights
+        self._user_loras = UserLoras()  # per-user adapters (vllm_adapters.py)
         self._lora_dir: Path | None = None
         self._lora_ids = itertools.count(1)
         self._lora_root: Path | None = None  # made on the first adapter: a killed actor never runs __del__
@@ -190,12 +197,12 @@ class VLLMEngine(VersionedWeights):
             for i, vp in enumerate(vparams):
                 vp.seed = params.seed + i
         with self._lock:
-            version = self._version
+            version, lora = self._weights_for(params.adapter_id)
             outs = self.llm.generate(
                 [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
                 vparams,
                 use_tqdm=False,
-                lora_request=self._lora_request,
+                lora_request=lora,
             )
         return [self._to_generation(o, params, version) for o in outs]
 
@@ -290,7 +297,7 @@ class VLLMEngine(VersionedWeights):
 
     def _full_items(self, tensors: dict) -> list:
         """A full set validated against the HF parameters → the (name, tensor) items vLLM's reload takes."""
-        expected = {k: _Shape(s) for k, s in self._expected_full_shapes().items()}
+        expected = {k: Shape(s) for k, s in self._expected_full_shapes().items()}
         required = {k: v for k, v in expected.items() if k not in self._tied_aliases}
         validate_tensors(tensors, expected, require_all=False)
         not_float = [k for k, v in tensors.items() if not v.is_floating_point()]
@@ -319,8 +326,13 @@ class VLLMEngine(VersionedWeights):
         """After the engine's add_lora answered `added` (its result, or what it raised): make the adapter the one in
         use and return the previous request (to remove), or raise WeightLoadError with the new folder deleted. Shared
         by the offline and the async engine, whose add_lora differ only in being awaited."""
+        self._judge_added(request, folder, added)
+        return self._swap_lora(request, folder)
+
+    def _judge_added(self, request, folder: Path, added: bool | Exception) -> None:
+        """Raise WeightLoadError (the new folder deleted) unless vLLM's add_lora answered True."""
         if added and not isinstance(added, Exception):  # vLLM answers True, or False for a refusal
-            return self._swap_lora(request, folder)
+            return
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(added, Exception):
             raise WeightLoadError(f"vLLM could not load adapter {request.lora_name}: {added}") from added
@@ -334,7 +346,7 @@ class VLLMEngine(VersionedWeights):
             raise WeightLoadError("this vLLM engine was built without enable_lora=True; cannot load a LoRA set")
         if weights.lora_config is None:
             raise WeightLoadError("a LoRA weight set needs its lora_config")
-        cfg = _peft_config(weights.lora_config)
+        cfg = peft_config_from(weights.lora_config)
         if cfg.bias != "none" or cfg.use_dora or cfg.modules_to_save:
             raise WeightLoadError("vLLM serves plain LoRA only (bias='none', no DoRA, no modules_to_save)")
         expected = self._expected_lora(cfg)
@@ -349,7 +361,7 @@ class VLLMEngine(VersionedWeights):
             self._lora_root = Path(tempfile.mkdtemp(prefix="hsd-vllm-lora-"))
         folder = self._lora_root / name
         try:
-            _write_adapter(folder, cfg, weights.tensors)
+            write_adapter(folder, cfg, weights.tensors)
         except Exception as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise WeightLoadError(f"could not write adapter {name}: {e}") from e
@@ -362,6 +374,34 @@ class VLLMEngine(VersionedWeights):
         if old_dir is not None:
             shutil.rmtree(old_dir, ignore_errors=True)
         return old_request
+
+    # ---- per-user adapters (vllm_adapters.py) -----------------------------------------------------------------
+    def _weights_for(self, adapter_id: str):
+        """(version, lora_request) a request for `adapter_id` runs on: the user's resident adapter, else the shared
+        policy (an adapter evicted meanwhile falls back to it, and the reply's version says so)."""
+        version = self.user_adapters.get(adapter_id)
+        request = self._user_loras.request_for(adapter_id) if version is not None else None
+        return (version, request) if request is not None else (self._version, self._lora_request)
+
+    def _load_user_adapter(self, weights: WeightSet) -> None:
+        request, folder = self._write_lora(weights)
+        try:
+            added = self.llm.llm_engine.add_lora(request)
+        except Exception as e:  # noqa: BLE001 - judged by _judge_added
+            added = e
+        self._judge_added(request, folder, added)
+        self._remove_loras(self._user_loras.install(weights.version.adapter_id, request, folder))
+
+    def _unload_user_adapter(self, adapter_id: str) -> None:
+        self._remove_loras(self._user_loras.remove(adapter_id))
+
+    def _remove_loras(self, entries: list) -> None:
+        for request, _ in entries:
+            try:
+                self.llm.llm_engine.remove_lora(request.lora_int_id)
+            except Exception:  # noqa: BLE001 - already evicted by vLLM's LRU cache
+                pass
+        delete_folders(entries)
 
     def _expected_lora(self, cfg) -> dict:
         """peft adapter names → shapes for `cfg` on this model (peft on a meta-device model; cached per config)."""
@@ -380,7 +420,7 @@ class VLLMEngine(VersionedWeights):
             except Exception as e:
                 raise WeightLoadError(f"LoRA config does not fit this model: {e}") from e
             state = get_peft_model_state_dict(peft_model)
-        expected = {k: _Shape(tuple(v.shape)) for k, v in state.items()}
+        expected = {k: Shape(tuple(v.shape)) for k, v in state.items()}
         self._expected_lora_cache[key] = expected
         return expected
 
@@ -395,20 +435,6 @@ class VLLMEngine(VersionedWeights):
         root = getattr(self, "_lora_root", None)
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
-
-
-def _lora_kwargs(max_lora_rank: int, modules: list[str]) -> dict:
-    """vLLM's LoRA settings: the rank rounded up to one vLLM accepts, adapters on the transformer's linear layers.
-
-    Not on lm_head: with the lm_head LoRA wrapper in place, vLLM's prompt logprobs break for batches of >1 request
-    (LoRA logits indexed per sequence, not per prompt token: einsum shape error on CPU, vllm-project/vllm#16668 /
-    #29955; lm_head deltas silently dropped on GPU, #51594). Adapters that target lm_head / embeddings are refused in
-    load_weights.
-    """
-    rank = next((r for r in _VLLM_LORA_RANKS if r >= max_lora_rank), None)
-    if rank is None:
-        raise ValueError(f"max_lora_rank {max_lora_rank} exceeds vLLM's largest ({_VLLM_LORA_RANKS[-1]})")
-    return dict(enable_lora=True, max_lora_rank=rank, max_loras=1, lora_target_modules=modules)
 
 
 def _kv_bytes_for(hf_config, tokens: int, dtype: str, block: int = 128) -> int:
@@ -439,45 +465,3 @@ def _refresh_output_heads(worker) -> int:
             method.process_weights_after_loading(module)
             refreshed += 1
     return refreshed
-
-
-def _hf_linear_suffixes(hf_config) -> list[str]:
-    """Names (last component) of the model's nn.Linear layers except the output head, e.g. q_proj ... down_proj."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
-    out_head = model.get_output_embeddings()
-    return sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_head}
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Shape:
-    """Stands in for an expected tensor in `validate_tensors` (which only reads `.shape`)."""
-
-    shape: tuple[int, ...]
-
-
-def _peft_config(config: dict):
-    """A peft LoraConfig from `WeightSet.lora_config` (LoraConfig.to_dict() or a subset of its fields)."""
-    from peft import LoraConfig
-
-    fields = {f.name for f in dataclasses.fields(LoraConfig)}
-    kwargs = {k: v for k, v in config.items() if k in fields and k not in ("peft_type", "base_model_name_or_path")}
-    if isinstance(kwargs.get("target_modules"), (set, tuple)):
-        kwargs["target_modules"] = sorted(kwargs["target_modules"])
-    try:
-        return LoraConfig(**kwargs)
-    except Exception as e:
-        raise WeightLoadError(f"invalid lora_config: {e}") from e
-
-
-def _write_adapter(folder: Path, cfg, tensors: dict) -> None:
-    """peft's on-disk adapter format: adapter_config.json + adapter_model.safetensors."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=False)
-    cfg.save_pretrained(str(folder))  # writes adapter_config.json (sets → lists, enums → strings)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))

@@ -48,8 +48,9 @@ from hsd_ray.core.engine_api import (  # noqa: E402
     ScoreRequest,
     TokenScores,
 )
-from hsd_ray.core.weights import WeightLoadError, WeightSet  # noqa: E402
+from hsd_ray.core.weights import WeightLoadError, WeightSet, is_user_adapter  # noqa: E402
 from hsd_ray.engines.vllm import VLLMEngine, _refresh_output_heads  # noqa: E402
+from hsd_ray.engines.vllm_adapters import delete_folders  # noqa: E402
 from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs  # noqa: E402
 
 _END = object()
@@ -130,7 +131,10 @@ class AsyncVLLMEngine(VLLMEngine):
         await self._admit.wait()
         self._inflight += 1
         self._idle.clear()
-        version, lora = self._version, self._lora_request  # fixed for the whole reply (swaps drain first)
+        # fixed for the whole reply: shared weights swap after a drain; a user adapter's old version is removed only
+        # once no reply runs on it (vllm_adapters.UserLoras)
+        version, lora = self._weights_for(params.adapter_id)
+        self._user_loras.started(lora)
         try:
             vparams = self._vparams(params)
             vparams.seed = seed
@@ -159,6 +163,9 @@ class AsyncVLLMEngine(VLLMEngine):
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+            done = self._user_loras.finished(lora)
+            if done:
+                asyncio.get_running_loop().create_task(self._remove_loras_async(done))
 
     async def _final(self, prompt, params, seed) -> Generation:
         gen = None
@@ -204,7 +211,34 @@ class AsyncVLLMEngine(VLLMEngine):
 
     # ---- weights ------------------------------------------------------------------------------------------------
     def load_weights(self, weights: WeightSet) -> None:
-        self._run(self._swap(weights))
+        if is_user_adapter(weights.version.adapter_id):  # beside the shared policy: no drain
+            self._run(self._load_user_async(weights))
+        else:
+            self._run(self._swap(weights))
+
+    async def _load_user_async(self, weights: WeightSet) -> None:
+        if weights.kind != "lora":
+            raise WeightLoadError(f"a per-user weight set must be a LoRA adapter, not {weights.kind!r}")
+        request, folder = self._write_lora(weights)
+        try:
+            added = await self.llm.add_lora(request)
+        except Exception as e:  # noqa: BLE001 - judged by _judge_added
+            added = e
+        self._judge_added(request, folder, added)
+        adapter = weights.version.adapter_id
+        self.user_adapters[adapter] = weights.version  # with the request below, on the engine loop: never half-seen
+        await self._remove_loras_async(self._user_loras.install(adapter, request, folder))
+
+    def _unload_user_adapter(self, adapter_id: str) -> None:
+        self._run(self._remove_loras_async(self._user_loras.remove(adapter_id)))
+
+    async def _remove_loras_async(self, entries: list) -> None:
+        for request, _ in entries:
+            try:
+                await self.llm.remove_lora(request.lora_int_id)
+            except Exception:  # noqa: BLE001 - already evicted by vLLM's LRU cache
+                pass
+        delete_folders(entries)
 
     async def _swap(self, weights: WeightSet) -> None:
         """Drain (no new request starts, running ones finish), load, move the version, resume."""

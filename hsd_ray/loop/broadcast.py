@@ -37,9 +37,10 @@ from typing import Any
 import ray
 
 from hsd_ray import metrics
-from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet, is_user_adapter
 from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
+from hsd_ray.loop.adapter_shelf import AdapterShelf
 
 REGISTRY_ACTOR_NAME = "hsd-version-registry"
 LOOKUP_RETRY_S = 2.0  # how often a replica looks again for a missing (or replaced) registry actor
@@ -55,7 +56,7 @@ class PublishedWeights:
     ref: Any  # ray.ObjectRef[WeightSet]
 
 
-class VersionRegistry:
+class VersionRegistry(AdapterShelf):
     """The registry actor's class (`ray.remote(VersionRegistry)`, named REGISTRY_ACTOR_NAME).
 
     With `gated` (version_gate.enabled) a published version is a *candidate*: `latest`/`latest_version`, which the
@@ -71,7 +72,7 @@ class VersionRegistry:
     nothing is served after a restart until the learner's next version is accepted."""
 
     def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None,
-                 weights_path: str | None = None):
+                 weights_path: str | None = None, adapters_dir: str | None = None):
         self.keep_versions, self.gated = keep_versions, gated
         self.history_path = Path(history_path) if history_path else None
         self.weights_path = Path(weights_path) if weights_path else None
@@ -82,6 +83,7 @@ class VersionRegistry:
         self._served: dict[str, PublishedWeights] = {}  # adapter -> an earlier accepted version an admin rolled back to
         self._rollback_to: dict[str, int] = {}  # adapter -> that version, until the learner has taken it
         self._saver = WeightSaver(self.weights_path) if self.weights_path is not None else None
+        self._init_shelf(adapters_dir)  # per-user adapters: deletion, restore from the learner's folder
         self._load_history()
         self._load_served_weights()
 
@@ -98,7 +100,7 @@ class VersionRegistry:
         records = self._records.setdefault(adapter, {})
         records[version.version] = {"version": version.version, "step": version.step, "state": "candidate",
                                     "reason": None, "numbers": None}
-        if self.gated:
+        if self.gated and not is_user_adapter(adapter):  # the gatekeeper evaluates the shared policy only
             previous = self._candidates.get(adapter)
             if previous is not None:
                 records[previous.version.version]["state"] = "superseded"
@@ -177,13 +179,18 @@ class VersionRegistry:
         del history[: -self.keep_versions]
         self._served.pop(version.adapter_id, None)  # a newly accepted version is served, after any rollback
         self._records[version.adapter_id][version.version]["state"] = "accepted"
-        metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
+        if is_user_adapter(version.adapter_id):  # one label per user would flood Prometheus: counted instead
+            self._count_user_adapters()
+        else:
+            metrics.set_gauge("hsd_policy_version", version.version, adapter=version.adapter_id)
         self._save_history()
         self._save_served()
 
     def _save_served(self) -> None:
         if self._saver is not None:
-            self._saver.submit({a: self.latest(a) for a in self._versions if self.latest(a) is not None})
+            # per-user adapters are on disk already (the learner's adapters folder): only the shared policy here
+            self._saver.submit({a: self.latest(a) for a in self._versions
+                                if not is_user_adapter(a) and self.latest(a) is not None})
 
     def _load_served_weights(self) -> None:
         """The served weight sets saved by an earlier incarnation, put into the object store (this actor owns them)."""
@@ -248,7 +255,7 @@ class VersionRegistry:
         if adapter_id in self._served:
             return self._served[adapter_id]
         history = self._versions.get(adapter_id)
-        return history[-1] if history else None
+        return history[-1] if history else self._restore_user_adapter(adapter_id)
 
 
 class WeightSaver:

@@ -40,6 +40,7 @@ import ray
 from hsd_ray import metrics
 from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.turns import Message, Turn, reply_key, trim_context
+from hsd_ray.core.weights import user_adapter_id
 from hsd_ray.data.turnlog import TurnLog, user_hash
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, TurnRef
@@ -184,20 +185,27 @@ class ReplyLedger:
         return {**self.tally.snapshot(), "outstanding": len(self._replies)}
 
 
-def forget_user(ledger, queue, user_id: str) -> dict:
+def forget_user(ledger, queue, user_id: str, registry=None) -> dict:
     """Delete a user's data, in this order: the ledger (actor handle) opts them out — nothing new is captured —, drops
     their waiting replies and deletes their logged turns; then the queue (actor handle) drops their turns in every
-    stage, so none is trained afterwards (one already inside a running optimizer step is past recall)."""
+    stage, so none is trained afterwards (one already inside a running optimizer step is past recall); then the
+    registry deletes their per-user adapter (versions and folder; replicas unload it, the learner drops its copy)."""
     capture = ray.get(ledger.forget_user.remote(user_id))
-    return {"capture": capture, "queue": ray.get(queue.forget_user.remote(user_id))}
+    out = {"capture": capture, "queue": ray.get(queue.forget_user.remote(user_id))}
+    if registry is not None:
+        out["adapter"] = ray.get(registry.forget_adapter.remote(user_adapter_id(user_id)))
+    return out
 
 
 async def forget_user_on_loop(user_id: str) -> dict:
     """`forget_user` on the running loop's named ledger and queue (ValueError when no loop runs). For the async
     routes that act on a user's data: the admin API and a user's own `/v1/users/me`."""
+    from hsd_ray.loop.broadcast import REGISTRY_ACTOR_NAME
+
     ledger = ray.get_actor(LEDGER_ACTOR_NAME, namespace=NAMESPACE)
     queue = ray.get_actor(QUEUE_ACTOR_NAME, namespace=NAMESPACE)
-    return await asyncio.to_thread(forget_user, ledger, queue, user_id)
+    registry = ray.get_actor(REGISTRY_ACTOR_NAME, namespace=NAMESPACE)
+    return await asyncio.to_thread(forget_user, ledger, queue, user_id, registry)
 
 
 async def set_opt_out_on_loop(user_id: str, opted_out: bool) -> bool:

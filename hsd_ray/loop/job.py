@@ -25,6 +25,7 @@ from typing import Iterator
 import ray
 
 from hsd_ray.config import Config
+from hsd_ray.core.adapter_bank import ADAPTERS_DIR
 from hsd_ray.core.redact import redact_turn
 from hsd_ray.core.version_gate import gate_cost
 from hsd_ray.core.weights import BASE_ADAPTER
@@ -70,7 +71,8 @@ def learner_settings(cfg: Config) -> LearnerSettings:
     snapshots = str(out / "rollback") if cfg.version_gate.snapshots == "disk" else None
     return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast, str(out),
                            cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
-                           cfg.version_gate.decision_timeout_s, snapshots)
+                           cfg.version_gate.decision_timeout_s, snapshots,
+                           cfg.personalization if cfg.personalization.mode == "per_user" else None)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:
@@ -171,8 +173,9 @@ class Loop:
         return out
 
     def forget_user(self, user_id: str) -> dict:
-        """Delete a user's data (capture.forget_user). Weights already trained on it keep what they learned."""
-        return forget_user(self.ledger, self.queue.handle, user_id)
+        """Delete a user's data (capture.forget_user), their per-user adapter included. The shared policy keeps what
+        it learned from them."""
+        return forget_user(self.ledger, self.queue.handle, user_id, self.registry.handle)
 
     def replay(self, path: str) -> "ReplayThread":
         """Start replaying logged conversations into the queue (a thread beside the learner; see ReplayThread)."""
@@ -262,10 +265,11 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
         cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None,  # a replay loses nothing to overflow
         log_uri=log_uri, log_retention_s=retention, max_turns_per_user=cfg.influence.max_turns_per_user,
         quota_window_s=cfg.influence.window_s, min_users_per_step=cfg.influence.min_users_per_step,
+        round_robin_users=cfg.personalization.mode == "per_user",
     )
     registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),
-        str(out / SERVED_WEIGHTS_FILE) if cfg.broadcast.persist_weights else None,
+        str(out / SERVED_WEIGHTS_FILE) if cfg.broadcast.persist_weights else None, str(out / ADAPTERS_DIR),
     )
     (out / CONTROL_FILE).unlink(missing_ok=True)  # a new job is neither stopped nor paused; a restarted actor reads it
     control = ray.remote(LearnerControl).options(**control_actor_options(CONTROL_ACTOR_NAME)).remote(

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from hsd_ray import metrics
-from hsd_ray.config import BroadcastConfig, LearnerConfig, LossConfig
+from hsd_ray.config import BroadcastConfig, LearnerConfig, LossConfig, PersonalizationConfig
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.data.files import replace_atomically
@@ -106,6 +106,7 @@ class LearnerSettings:
     gated: bool = False  # version_gate.enabled: publish candidates, roll back on rejection (rollback.py)
     decision_timeout_s: float = 600.0
     snapshots_dir: str | None = None  # rollback snapshots on disk here (None: in memory)
+    personal: PersonalizationConfig | None = None  # per_user mode: train users' adapters (personal_learner.py)
 
 
 def rank0_broadcast(value, world: int):
@@ -420,8 +421,10 @@ def make_trainer(settings: LearnerSettings, learner_cfg: LearnerConfig):
 
     storage = Path(settings.output_dir) / "ray_train"
     storage.mkdir(parents=True, exist_ok=True)
+    from hsd_ray.loop.personal_learner import train_loop_per_user
+
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_user if settings.personal is not None else train_loop_per_worker,
         train_loop_config={"settings": settings},
         scaling_config=ScalingConfig(
             num_workers=learner_cfg.num_workers,

@@ -58,7 +58,7 @@ from typing import Any
 import ray
 
 from hsd_ray import metrics
-from hsd_ray.core.influence import UserWindow, pick_batch
+from hsd_ray.core.influence import UserWindow, pick_batch, round_robin
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.version_gate import VersionFeedback
 from hsd_ray.data.turnlog import TRAINED, TurnLog
@@ -98,13 +98,14 @@ class TurnQueue:
     def __init__(self, capacity: int = 1024, scored_capacity: int = 256, lease_timeout_s: float = 60.0,
                  max_attempts: int = 3, dead_letter_capacity: int = 256, lossless: bool = False,
                  log_uri: str | None = None, log_retention_s: float = 7 * 86400.0, max_turns_per_user: int = 0,
-                 quota_window_s: float = 3600.0, min_users_per_step: int = 1):
+                 quota_window_s: float = 3600.0, min_users_per_step: int = 1, round_robin_users: bool = False):
         self.capacity, self.scored_capacity, self.lease_timeout_s = capacity, scored_capacity, lease_timeout_s
         self.max_attempts = max_attempts
         self.lossless = lossless  # a replay: teachers wait for room in scored, which is never trimmed
         self.closed = False  # the source is exhausted (set by `close`; a replay's end)
         self.quota, self.min_users = UserWindow(max_turns_per_user, quota_window_s), min_users_per_step
         self._holding = False  # a batch is being held for more distinct users (counted once per wait)
+        self.round_robin_users = round_robin_users  # per-user adapters: batches taken round_robin (no floor)
         self._attempts: dict[str, int] = {}  # deliveries so far of each pending or leased turn
         self._dead: deque[dict] = deque(maxlen=dead_letter_capacity)
         self._pending: deque[TurnRef] = deque()
@@ -225,7 +226,9 @@ class TurnQueue:
             return None
         if len(self._scored) < n and not upstream_done:
             return []
-        picked = pick_batch([t.user_id for t in self._scored], min(n, len(self._scored)), self.min_users)
+        users = [t.user_id for t in self._scored]
+        picked = (round_robin(users, n) if self.round_robin_users
+                  else pick_batch(users, min(n, len(self._scored)), self.min_users))
         if picked is None:
             return self._too_few_users(upstream_done)
         self._holding = False

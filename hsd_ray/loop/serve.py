@@ -55,11 +55,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from hsd_ray import metrics
-from hsd_ray.config import AuthConfig, CaptureConfig, Config, EngineConfig, ServeConfig
+from hsd_ray.config import AuthConfig, CaptureConfig, Config, EngineConfig, PersonalizationConfig, ServeConfig
 from hsd_ray.core.engine_api import Generation, SamplingParams
 from hsd_ray.core.prompts import render_prompt
 from hsd_ray.loop import openai_api as oa
 from hsd_ray.loop import openai_replies as replies
+from hsd_ray.loop.adapter_routing import AdapterRouter
 from hsd_ray.loop.admission import AdmissionGate, Overloaded, RateLimited, UserRateLimit
 from hsd_ray.loop.batching import GenerationBatcher
 from hsd_ray.loop.broadcast import RegistryAttachment
@@ -86,15 +87,17 @@ class ServiceSettings:
     capture: CaptureConfig
     auth: AuthConfig  # keys_file already absolute (Identity.resolve_path)
     poll_s: float  # how often the weight follower looks for a new version
-    enable_lora: bool  # the engine must accept LoRA adapters (the learner trains LoRA)
+    enable_lora: bool  # the engine must accept LoRA adapters (the learner trains LoRA, or per-user adapters)
+    personalization: PersonalizationConfig  # per_user: each user answered by their own adapter (adapter_routing.py)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ServiceSettings":
         from hsd_ray.models import resolve_model
 
         auth = cfg.auth.model_copy(update={"keys_file": Identity.resolve_path(cfg.auth.keys_file)})
+        per_user = cfg.personalization.mode == "per_user"
         return cls(str(resolve_model(cfg.model)), cfg.engine, cfg.serve, cfg.capture, auth, cfg.broadcast.poll_seconds,
-                   cfg.learner.lora.enabled)
+                   cfg.learner.lora.enabled or per_user, cfg.personalization)
 
 
 # ---- helpers (above the deployment: Serve pickles the class by value when it is decorated) ------------------------
@@ -146,7 +149,7 @@ class ChatService:
 
         self.settings = settings
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
-                                  serving=True)
+                                  serving=True, max_loras=settings.personalization.max_resident)
         self.replica_id = _replica_id()
         where = f"replica {self.replica_id}"
         self.batcher = GenerationBatcher(
@@ -159,6 +162,9 @@ class ChatService:
         self.capture = CaptureClient(settings.capture.enabled, settings.capture.call_timeout_s, where)
         self.identity = Identity(settings.auth.mode, settings.auth.keys_file)
         self.weights = RegistryAttachment(self.engine, role="serve", poll_s=settings.poll_s, where=where)
+        self.adapters = AdapterRouter(self.engine, per_user=settings.personalization.mode == "per_user",
+                                      max_resident=settings.personalization.max_resident, check_s=settings.poll_s,
+                                      where=where)
         self._report_version()
         log.info("chat replica %s ready: engine %s", self.replica_id, settings.engine.kind)
 
@@ -210,6 +216,7 @@ class ChatService:
             "adapter_id": version.adapter_id,
             "fingerprint": version.fingerprint(),
             "following_registry": self.weights.follower is not None,
+            "adapters": self.adapters.stats(),
             "batching": self.engine.stats() if self.engine.continuous_batching else self.batcher.stats(),
             "admission": {**self.gate.stats(), "rate_limited": self.rate.refused},
             "capture": self.capture.stats(),
@@ -268,7 +275,7 @@ class ChatService:
             self.rate.take(user_id)
             await held.enter_async_context(self.gate.slot())
             async with asyncio.timeout_at(deadline):
-                prompt, params = await asyncio.to_thread(self._prepare, call)
+                prompt, params = await asyncio.to_thread(self._prepare, call, await self.adapters.route(user_id))
                 choices = await LiveChoices.open(self.engine, prompt, params, call.n, held)
         except BaseException as e:
             await held.aclose()
@@ -326,7 +333,7 @@ class ChatService:
             await self.capture.observe(user_id, call.messages, received_at)
         return [ServedReply(
             user_id=user_id,
-            adapter_id=gen.version.adapter_id,
+            adapter_id=self.adapters.trained_adapter(user_id),
             context=call.messages,
             reply=gen.text,
             token_ids=list(gen.token_ids),
@@ -354,7 +361,7 @@ class ChatService:
         try:
             self.rate.take(user_id)
             async with asyncio.timeout(self.settings.serve.request_timeout_s), self.gate.slot():
-                prompt, params = await asyncio.to_thread(self._prepare, call)
+                prompt, params = await asyncio.to_thread(self._prepare, call, await self.adapters.route(user_id))
                 if not self.engine.continuous_batching:
                     return await self.batcher.generate_n(prompt, params, call.n)
                 return list(await asyncio.gather(*(_last(self.engine.stream(prompt, params.for_index(i)))
@@ -393,8 +400,9 @@ class ChatService:
             raise RuntimeError(f"engine call running for {busy:.1f} s (serve.engine_stall_s="
                                f"{self.settings.serve.engine_stall_s:g}): the engine is stuck")
 
-    def _prepare(self, call: oa.ChatCall) -> tuple[list[int], SamplingParams]:
-        """Render with the one prompt renderer; the sampling params (runs on a worker thread, off the event loop)."""
+    def _prepare(self, call: oa.ChatCall, adapter_id: str) -> tuple[list[int], SamplingParams]:
+        """Render with the one prompt renderer; the sampling params, on the weights that answer this user (runs on a
+        worker thread, off the event loop)."""
         limit = self.settings.engine.max_model_len
         try:
             prompt = render_prompt(self.engine.tokenizer, call.messages, max_tokens=limit)
@@ -413,6 +421,7 @@ class ChatService:
             top_p=call.top_p,
             stop=call.stop,
             seed=call.seed,
+            adapter_id=adapter_id,
         )
         return prompt, params
 

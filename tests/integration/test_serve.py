@@ -345,11 +345,12 @@ def test_prepare_rejects_long_prompts_and_fits_max_tokens():
                            replica_id="r")
     prepare = ChatService.func_or_class._prepare
     call = oa.parse_chat_request({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 500}, cfg.serve)
-    prompt, params = prepare(fake, call)
+    prompt, params = prepare(fake, call, "base")
     assert len(prompt) == len("<user>hi<assistant>") and params.max_tokens == 64 - len(prompt)
+    assert params.adapter_id == "base"
     long_call = oa.parse_chat_request({"messages": [{"role": "user", "content": "y" * 100}]}, cfg.serve)
     with pytest.raises(oa.APIError) as info:
-        prepare(fake, long_call)
+        prepare(fake, long_call, "base")
     assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
 
 

@@ -1,0 +1,169 @@
+"""The learner in personalization.mode=per_user: every user's turns train that user's own LoRA adapter.
+
+One Ray Train worker (config cross-check) holds the frozen shared policy and an `AdapterBank` (core/adapter_bank.py):
+
+    loop { next_batch → for each user in it: one step of their adapter → publish its new version → save it }
+
+The queue hands out batches round-robin over users (core/influence.round_robin), so a busy user's backlog cannot
+starve the others; the batch is then grouped by adapter and each group is one optimizer step of that adapter alone,
+with that adapter's own AdamW state. The hindsight teacher is the shared policy shown the follow-up (the teachers
+follow the shared policy, which does not change in this mode); the KL anchor is the shared policy too (the adapter
+switched off).
+
+Every step publishes the adapter's next version to the registry (accepted at once: the version gate evaluates the
+shared policy only) and saves it — peft format plus optimizer state — under `<output_dir>/adapters/<adapter_id>/`.
+That folder is the checkpoint: a restarted learner (worker failure, or the job run again on the same output_dir)
+takes up each adapter from it when its user's next turns arrive; the step count survives in `.learner.json`.
+
+A user whose data is deleted (capture.forget_user → registry.forget_adapter) loses the adapter: the registry deletes
+the folder and its versions; this learner polls for such deletions before each batch and drops its in-memory copy,
+so a later turn of that user starts a new adapter from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import ray
+
+from hsd_ray.core.adapter_bank import ADAPTERS_DIR, AdapterBank
+from hsd_ray.core.turns import Turn
+from hsd_ray.core.weights import user_adapter_id
+from hsd_ray.data.files import replace_atomically
+from hsd_ray.loop import NAMESPACE
+from hsd_ray.loop.broadcast import RegistryClient, publish
+from hsd_ray.loop.learner import (
+    CONTROL_ACTOR_NAME,
+    LearnerSettings,
+    _log_to_stdout,
+    _record_metrics,
+    take_batch,
+)
+from hsd_ray.loop.queue_client import QueueClient
+
+log = logging.getLogger("hsd_ray.loop.learner")  # the same "[learner]" lines as the global learner
+STATE_FILE = ".learner.json"
+
+
+class PersonalLearner:
+    """The per_user learner's model (an AdapterBank over the frozen shared policy) and its place in the stream."""
+
+    def __init__(self, settings: LearnerSettings):
+        import torch
+        from ray import train
+
+        from hsd_ray.core.policy import ReferencePolicy
+        from hsd_ray.models import load_model_and_tokenizer
+
+        self.s, p = settings, settings.personal
+        torch.manual_seed(settings.seed)
+        self.queue = QueueClient.lookup()
+        self.registry = RegistryClient.lookup()
+        self.control = ray.get_actor(CONTROL_ACTOR_NAME, namespace=NAMESPACE)
+        device = train.torch.get_device()
+        model, self.tokenizer = load_model_and_tokenizer(settings.model_dir, "float32", str(device))
+        self.root = Path(settings.output_dir) / ADAPTERS_DIR
+        self.bank = AdapterBank(model, p.lora, lr=p.lr, weight_decay=settings.learner.weight_decay, root=self.root,
+                                max_resident=p.learner_resident)
+        self.reference = ReferencePolicy(self.bank.model, "initial") if settings.loss.kl_coef > 0 else None
+        self.step_count, self.turns_trained, self.train_s = self._load_state(), 0, 0.0
+        self.started = time.time()
+        self._deletions_seen = 0.0  # registry deletion times up to here have been acted on
+
+    def restore(self) -> None:
+        """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
+        requeued = self.queue.requeue_training()
+        log.info("per-user adapters under %s (%d saved); resumed at step %d; %d in-flight turns requeued",
+                 self.root, len(self.bank.on_disk()), self.step_count, requeued)
+
+    def next_batch(self) -> list[Turn] | None:
+        """The next round-robin batch of scored turns; None when it is time to stop."""
+        while True:
+            self._drop_deleted()
+            if not ray.get(self.control.paused.remote()):
+                return take_batch(self.queue, self.s.learner.batch_turns, self._should_stop)
+            if self._should_stop():
+                return None
+            time.sleep(0.2)
+
+    def step(self, turns: list[Turn]) -> dict[str, dict]:
+        """One step per user in `turns` on that user's adapter; each adapter's new version published and saved."""
+        from hsd_ray.core.batch import HindsightBatch
+
+        by_adapter: dict[str, list[Turn]] = defaultdict(list)
+        for t in turns:
+            by_adapter[user_adapter_id(t.user_id)].append(t)
+        out = {}
+        for adapter, group in by_adapter.items():
+            t0 = time.perf_counter()
+            batch = HindsightBatch.collate(group, self.tokenizer.pad_token_id)
+            metrics = self.bank.step(adapter, batch, self.s.loss, grad_clip=self.s.learner.grad_clip,
+                                     reference=self.reference)
+            self.step_count += 1
+            self.train_s += time.perf_counter() - t0
+            version = self._publish(adapter)
+            out[adapter] = {**metrics, "version": version}
+            _record_metrics(metrics, group, version)
+        self.turns_trained += len(turns)
+        self.queue.ack_trained_nowait([t.turn_id for t in turns])
+        self._save_state()
+        last = next(reversed(out.values()))
+        self.control.report.remote({"step": self.step_count, "version": last["version"], "train_s": self.train_s,
+                                    "train_steps": self.step_count, "adapters": len(self.bank.on_disk()),
+                                    **{k: v for k, v in last.items() if k != "version"}})
+        return out
+
+    def finish(self) -> None:
+        """Every resident adapter is on disk already (saved after each step); report where they are."""
+        log.info("per-user adapters (%d) saved under %s at step %d", len(self.bank.on_disk()), self.root,
+                 self.step_count)
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+    def _publish(self, adapter: str) -> int:
+        """The adapter's next version to the registry (numbers never reused), then saved with it to disk."""
+        version = max(self.bank.version(adapter), self.registry.highest_version(adapter)) + 1
+        self.bank.set_version(adapter, version)
+        publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True)
+        self.bank.save(adapter)
+        log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
+        return version
+
+    def _drop_deleted(self) -> None:
+        deleted = ray.get(self.registry.handle.forgotten_since.remote(self._deletions_seen))
+        for adapter, when in deleted.items():
+            if self.bank.delete(adapter):
+                log.info("%s: its user's data was deleted; adapter dropped", adapter)
+            self._deletions_seen = max(self._deletions_seen, when)
+
+    def _should_stop(self) -> bool:
+        s = self.s
+        if ray.get(self.control.should_stop.remote()):
+            return True
+        if s.max_steps is not None and self.step_count >= s.max_steps:
+            return True
+        return s.duration_s is not None and time.time() - self.started >= s.duration_s
+
+    def _load_state(self) -> int:
+        try:
+            return int(json.loads((self.root / STATE_FILE).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _save_state(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        state = json.dumps({"step": self.step_count})
+        replace_atomically(self.root / STATE_FILE, lambda tmp: tmp.write_text(state))
+
+
+def train_loop_per_user(config: dict) -> None:
+    """Runs on the (single) Ray Train worker in per_user mode; `config["settings"]` is the LearnerSettings."""
+    _log_to_stdout()
+    learner = PersonalLearner(config["settings"])
+    learner.restore()
+    while (turns := learner.next_batch()) is not None:
+        learner.step(turns)
+    learner.finish()

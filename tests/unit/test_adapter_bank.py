@@ -1,0 +1,162 @@
+"""Per-user adapters (personalization.mode=per_user): a user's turns move that user's adapter only; adapters survive
+eviction and restarts with their optimizer state; the transformers engine answers each user with their adapter."""
+
+import copy
+
+import pytest
+import torch
+
+from hsd_ray.config import Config, ConfigError
+from hsd_ray.core.adapter_bank import AdapterBank, read_adapter
+from hsd_ray.core.batch import HindsightBatch
+from hsd_ray.core.engine_api import SamplingParams
+from hsd_ray.core.influence import round_robin
+from hsd_ray.core.policy import ReferencePolicy
+from hsd_ray.core.scoring import score_turns
+from hsd_ray.core.turns import Turn
+from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, is_user_adapter, user_adapter_id
+from hsd_ray.engines.hf import HFEngine
+
+pytestmark = pytest.mark.unit
+
+ALICE, BOB = user_adapter_id("alice"), user_adapter_id("bob")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine(tiny_model_dir)
+
+
+def _cfg() -> Config:
+    return Config.load(overrides=["personalization.mode=per_user", "personalization.lr=1e-2", "loss.kl_coef=0.1"])
+
+
+def _batch(engine, cfg, reply="Blue is a color that many people like.", followup="One word please."):
+    turns = [Turn(context=[{"role": "user", "content": "Name a color."}], reply=reply, followup=followup)]
+    return HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+
+
+def _bank(engine, cfg, root, max_resident=8) -> AdapterBank:
+    return AdapterBank(copy.deepcopy(engine.model), cfg.personalization.lora, lr=cfg.personalization.lr, root=root,
+                       max_resident=max_resident)
+
+
+def _step(bank, adapter, batch, cfg) -> dict:
+    return bank.step(adapter, batch, cfg.loss, grad_clip=1.0, reference=ReferencePolicy(bank.model, "initial"))
+
+
+def _params(bank, adapter=None) -> dict:
+    """The base weights (adapter None) or one adapter's, as detached copies."""
+    out = {}
+    for name, p in bank.model.named_parameters():
+        mine = "lora_" not in name if adapter is None else f".{adapter}." in name
+        if mine:
+            out[name] = p.detach().clone()
+    return out
+
+
+def test_user_adapter_ids_are_stable_hashes():
+    assert user_adapter_id("alice") == ALICE and ALICE != BOB and is_user_adapter(ALICE)
+    assert not is_user_adapter(BASE_ADAPTER) and "alice" not in ALICE and len(ALICE) == len("user-") + 16
+
+
+def test_round_robin_takes_every_users_oldest_turn_first():
+    users = ["busy", "busy", "busy", "busy", "quiet", "busy", "other"]
+    assert round_robin(users, 3) == [0, 4, 6]  # each user's oldest before anyone's second
+    assert round_robin(users, 4) == [0, 1, 4, 6]
+    assert round_robin(users, 10) == list(range(7))
+    assert round_robin(["a", "a"], 1) == [0]
+    with pytest.raises(ValueError):
+        round_robin(users, 0)
+
+
+def test_a_users_step_moves_only_their_adapter(engine, tmp_path):
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    reference = ReferencePolicy(bank.model, "initial")
+    batch = _batch(engine, cfg)
+    bank.step(BOB, batch, cfg.loss, grad_clip=1.0, reference=reference)  # bob exists, then alice trains
+    base, bob = _params(bank), _params(bank, BOB)
+    alice_before = _params(bank, ALICE) if ALICE in bank.resident() else None
+    for _ in range(3):
+        m = bank.step(ALICE, batch, cfg.loss, grad_clip=1.0, reference=reference)
+        assert torch.isfinite(torch.tensor(m["loss"]))
+    assert alice_before is None and bank.steps(ALICE) == 3 and bank.steps(BOB) == 1
+    assert all(torch.equal(p, _params(bank)[n]) for n, p in base.items())  # the shared policy: bit-identical
+    assert all(torch.equal(p, _params(bank, BOB)[n]) for n, p in bob.items())  # bob's adapter: bit-identical
+    alice = bank.export(ALICE, version=1, step=3)
+    assert alice.kind == "lora" and alice.version.adapter_id == ALICE and all("lora_" in k for k in alice.tensors)
+    assert any(float(t.abs().max()) > 0 for k, t in alice.tensors.items() if "lora_B" in k)  # it learned something
+
+
+def test_evicted_adapters_come_back_from_disk_with_their_optimizer(engine, tmp_path):
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path, max_resident=1)
+    batch = _batch(engine, cfg)
+    _step(bank, ALICE, batch, cfg)
+    bank.set_version(ALICE, 4)
+    alice = bank.export(ALICE, 4, 1)
+    opt_state = copy.deepcopy(bank._resident[ALICE]["optimizer"].state_dict()["state"])
+    _step(bank, BOB, batch, cfg)  # alice is saved and dropped (one resident)
+    assert bank.resident() == [BOB] and bank.on_disk() == [ALICE] and bank.version(ALICE) == 4
+    on_disk = read_adapter(tmp_path / ALICE, ALICE)
+    assert on_disk is not None and on_disk.version.version == 4 and on_disk.lora_config == alice.lora_config
+    assert set(on_disk.tensors) == set(alice.tensors)
+    assert all(torch.equal(on_disk.tensors[k], alice.tensors[k]) for k in alice.tensors)
+    back = bank.export(ALICE, 5, 1)  # brought back in: same tensors, same optimizer moments, same version
+    assert bank.loaded_from_disk == 1 and bank.version(ALICE) == 4 and bank.steps(ALICE) == 1
+    assert all(torch.equal(back.tensors[k], alice.tensors[k]) for k in alice.tensors)
+    now = bank._resident[ALICE]["optimizer"].state_dict()["state"]
+    assert all(torch.equal(now[i]["exp_avg"], opt_state[i]["exp_avg"]) for i in opt_state)
+    # a fresh bank (a restarted learner) finds both on disk
+    again = _bank(engine, cfg, tmp_path)
+    assert again.on_disk() == sorted([ALICE, BOB]) and again.version(ALICE) == 4
+
+
+def test_deleting_an_adapter_removes_it_from_memory_and_disk(engine, tmp_path):
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    _step(bank, ALICE, _batch(engine, cfg), cfg)
+    bank.save(ALICE)
+    assert bank.delete(ALICE) and ALICE not in bank.resident() and not (tmp_path / ALICE).exists()
+    assert not bank.delete(ALICE)
+    assert bank.steps(ALICE) == 0  # a later turn starts a new adapter from zero
+
+
+def test_engine_answers_each_user_with_their_adapter(engine, tmp_path, tiny_model_dir):
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    bank._activate(ALICE)
+    with torch.no_grad():  # a visibly different adapter
+        for name, p in bank.model.named_parameters():
+            if f".{ALICE}." in name and "lora_B" in name:
+                p.normal_(0, 0.5)
+    served = HFEngine(tiny_model_dir)
+    prompt, greedy = [1, 2, 3, 4], dict(max_tokens=8, temperature=0)
+    base = served.generate([prompt], SamplingParams(**greedy))[0]
+    served.load_weights(bank.export(ALICE, 2, 1))
+    alice = served.generate([prompt], SamplingParams(**greedy, adapter_id=ALICE))[0]
+    bob = served.generate([prompt], SamplingParams(**greedy, adapter_id=BOB))[0]  # no adapter yet: the shared policy
+    again = served.generate([prompt], SamplingParams(**greedy))[0]
+    assert alice.version.fingerprint() == f"hsd-{ALICE}-v2" and alice.token_ids != base.token_ids
+    assert bob.version.fingerprint() == "hsd-base-v0" and bob.token_ids == base.token_ids
+    assert again.token_ids == base.token_ids and again.logprobs == pytest.approx(base.logprobs, abs=1e-6)
+    bad = bank.export(BOB, 1, 0)
+    bad.tensors[next(iter(bad.tensors))] = torch.zeros(3)  # wrong shape: refused, nothing half-loaded
+    with pytest.raises(WeightLoadError):
+        served.load_weights(bad)
+    assert set(served.user_adapters) == {ALICE} and BOB not in served.model.peft_config
+    served.evict_adapter(ALICE)
+    assert not served.user_adapters
+    after = served.generate([prompt], SamplingParams(**greedy, adapter_id=ALICE))[0]
+    assert after.version.fingerprint() == "hsd-base-v0" and after.token_ids == base.token_ids
+
+
+@pytest.mark.parametrize("override, field", [
+    ("learner.lora.enabled=true", "learner.lora.enabled"),
+    ("learner.num_workers=2", "learner.num_workers"),
+    ("engine.max_lora_rank=4", "personalization.lora.r"),
+])
+def test_per_user_mode_refuses_what_it_cannot_run(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        Config.load(overrides=["personalization.mode=per_user", "learner.batch_turns=2", "engine.kind=vllm", override])
