@@ -68,13 +68,15 @@ class SimulatedUsers:
 
     def __init__(self, client, preference: Preference, prompts: PromptSets, *, seed: int = 0, n_users: int = 4,
                  population: str = "feedback", max_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.9,
-                 followup_max_tokens: int = 1, turns_per_conversation: int = 1, p_ack: float = 0.5):
+                 followup_max_tokens: int = 1, turns_per_conversation: int = 1, p_ack: float = 0.5,
+                 user_prefix: str = "sim"):
         if population not in POPULATIONS:
             raise ValueError(f"population must be one of {POPULATIONS}, not {population!r}")
         if preference is None:
             raise ValueError("a user needs a preference (a control run is population='control')")
         self.client, self.preference, self.prompts, self.seed = client, preference, prompts, seed
         self.population = population
+        self.user_prefix = user_prefix  # user ids are <prefix>-<seed>-<i> (distinct prefixes: distinct users)
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.followup_max_tokens, self.turns, self.p_ack = followup_max_tokens, turns_per_conversation, p_ack
         self.pool = prompts.train(preference.prompt_kind)
@@ -98,7 +100,7 @@ class SimulatedUsers:
         if not conv.messages:
             conv.question = self.question_rngs[i].choice(self.pool)
             conv.messages = [{"role": "user", "content": conv.question}]
-        reply, fingerprint = self._chat(conv.messages, f"sim-{self.seed}-{i}", self.max_tokens, 2 * k)
+        reply, fingerprint = self._chat(conv.messages, self.user_id(i), self.max_tokens, 2 * k)
         conv.replies_read += 1
         self.stats.interactions += 1
         ok = self.preference.verify(reply)
@@ -117,7 +119,7 @@ class SimulatedUsers:
         if kind == "new_question":
             conv.question = followup
         if not keeps_going:  # the user leaves: the follow-up is sent, its reply not read
-            self._chat(conv.messages, f"sim-{self.seed}-{i}", self.followup_max_tokens, 2 * k + 1)
+            self._chat(conv.messages, self.user_id(i), self.followup_max_tokens, 2 * k + 1)
             conv.messages, conv.replies_read = [], 0
 
     def choose_followup(self, rng: random.Random, ok: bool, turns_left: bool,
@@ -157,6 +159,9 @@ class SimulatedUsers:
         if self.population == "feedback" or would == "none":
             return would
         return rng.choice(("new_question", "thanks_next", "chitchat"))
+
+    def user_id(self, i: int) -> str:
+        return f"{self.user_prefix}-{self.seed}-{i}"
 
     def _chat(self, messages: list[dict], user: str, max_tokens: int, request: int) -> tuple[str, str]:
         t0 = time.perf_counter()

@@ -86,3 +86,30 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert set(result["target"]) == set(PREFERENCES) and set(result["yes_no"]) == set(row)
     assert result["n_per_cell"]["yes_no_only"] == 2 and "hindsight_online" in capsys.readouterr().out
+
+
+def test_personal_benchmark_trains_one_adapter_per_user(ray_session, tiny_model_dir, tmp_path, capsys):
+    """`python -m bench.learning.personal`: two users with different preferences on one per_user loop; each user's
+    adapter is published, evaluated and reported; the shared policy's replies do not change."""
+    from bench.learning.personal import main
+    from hsd_ray.core.weights import user_adapter_id
+
+    rc = main(["--model", "tiny-random", "--users", "all_lowercase,use_emojis", "--interactions", "4",
+               "--eval-every", "2", "--heldout", "2", "--heldout-yes-no", "2", "--capability", "3", "--samples", "2",
+               "--max-tokens", "8", "--out", str(tmp_path), "--name", "smoke", "--lr", "1e-2",
+               "broadcast.poll_seconds=0.2", "teacher.idle_sleep_s=0.05"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed[-3000:]
+    result = json.loads((tmp_path / "personal-smoke.json").read_text())
+    (run,) = result["runs"]
+    assert run["adapters"] == {p: user_adapter_id(f"pu-{p}-0-0") for p in ("all_lowercase", "use_emojis")}
+    assert [e["interactions_per_user"] for e in run["evals"]] == [0, 2, 4]
+    last = run["evals"][-1]["targets"]
+    for user, adapter in run["adapters"].items():
+        assert last[user]["fingerprint"].startswith(f"hsd-{adapter}-v")  # evaluated on the user's own adapter
+        assert run["users"][user]["interactions"] == 4
+    assert run["evals"][0]["targets"]["all_lowercase"]["fingerprint"] == "hsd-base-v0"  # before any training
+    rows = {r["user"]: r for r in result["summary"]}
+    assert set(rows) == {"all_lowercase", "use_emojis"} and all(r["shared_policy_unchanged"] for r in rows.values())
+    assert "shared policy unchanged: True" in printed
+    assert (tmp_path / "personal-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
