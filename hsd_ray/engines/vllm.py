@@ -310,12 +310,7 @@ class VLLMEngine(VersionedWeights):
         return [(k, v.detach()) for k, v in tensors.items() if k not in self._tied_aliases]
 
     def _load_lora(self, weights: WeightSet) -> None:
-        request, folder = self._write_lora(weights)
-        try:
-            added = self.llm.llm_engine.add_lora(request)
-        except Exception as e:  # noqa: BLE001 - judged by _use_lora
-            added = e
-        old_request = self._use_lora(request, folder, added)
+        old_request = self._swap_lora(*self._add_lora(weights))
         if old_request is not None:
             try:
                 self.llm.llm_engine.remove_lora(old_request.lora_int_id)
@@ -384,13 +379,18 @@ class VLLMEngine(VersionedWeights):
         return (version, request) if request is not None else (self._version, self._lora_request)
 
     def _load_user_adapter(self, weights: WeightSet) -> None:
+        request, folder = self._add_lora(weights)
+        self._remove_loras(self._user_loras.install(weights.version.adapter_id, request, folder))
+
+    def _add_lora(self, weights: WeightSet):
+        """The set written and added to the offline engine (not yet in use) → (its LoRARequest, its folder)."""
         request, folder = self._write_lora(weights)
         try:
             added = self.llm.llm_engine.add_lora(request)
         except Exception as e:  # noqa: BLE001 - judged by _judge_added
             added = e
         self._judge_added(request, folder, added)
-        self._remove_loras(self._user_loras.install(weights.version.adapter_id, request, folder))
+        return request, folder
 
     def _unload_user_adapter(self, adapter_id: str) -> None:
         self._remove_loras(self._user_loras.remove(adapter_id))

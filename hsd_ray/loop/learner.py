@@ -120,6 +120,15 @@ def rank0_broadcast(value, world: int):
     return box[0]
 
 
+def stop_due(control, settings: LearnerSettings, step_count: int, started: float) -> bool:
+    """The driver asked the learner to stop, or job.max_steps / job.duration_s is reached."""
+    if ray.get(control.should_stop.remote()):
+        return True
+    if settings.max_steps is not None and step_count >= settings.max_steps:
+        return True
+    return settings.duration_s is not None and time.time() - started >= settings.duration_s
+
+
 def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: int = 1) -> list[Turn] | None:
     """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
     or `interrupt()` (returns []: the version gate decided while the learner waited). At the end of a closed source
@@ -321,12 +330,7 @@ class Learner(GateFollowing):
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _should_stop(self) -> bool:
-        s = self.s
-        if ray.get(self.control.should_stop.remote()):
-            return True
-        if s.max_steps is not None and self.step_count >= s.max_steps:
-            return True
-        return s.duration_s is not None and time.time() - self.started >= s.duration_s
+        return stop_due(self.control, self.s, self.step_count, self.started)
 
     def _state(self) -> dict:
         from hsd_ray.core.policy import trainable_state

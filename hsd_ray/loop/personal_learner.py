@@ -41,6 +41,7 @@ from hsd_ray.loop.learner import (
     LearnerSettings,
     _log_to_stdout,
     _record_metrics,
+    stop_due,
     take_batch,
 )
 from hsd_ray.loop.queue_client import QueueClient
@@ -140,12 +141,7 @@ class PersonalLearner:
             self._deletions_seen = max(self._deletions_seen, when)
 
     def _should_stop(self) -> bool:
-        s = self.s
-        if ray.get(self.control.should_stop.remote()):
-            return True
-        if s.max_steps is not None and self.step_count >= s.max_steps:
-            return True
-        return s.duration_s is not None and time.time() - self.started >= s.duration_s
+        return stop_due(self.control, self.s, self.step_count, self.started)
 
     def _load_state(self) -> int:
         try:

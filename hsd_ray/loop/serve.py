@@ -37,6 +37,10 @@ merged in the order they are sampled (live_stream.py). Every choice is recorded 
 the one the client continued with; the others expire unmatched). Were choices to straddle a weight swap, the
 fingerprint names every version ("…-v3+…-v4"), never silently one.
 
+Per-user adapters (personalization.mode=per_user): `AdapterRouter` (adapter_routing.py) picks the weights that
+answer the request's user — their own adapter once published, else the shared policy — and puts its id into the
+sampling params; the fingerprint then names the adapter and version.
+
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health (policy version, replica id, capture counts).
 Wire format and validation live in hsd_ray/loop/openai_api.py (requests, errors) and openai_replies.py (replies).
 """

@@ -89,6 +89,51 @@ def test_a_users_step_moves_only_their_adapter(engine, tmp_path):
     assert any(float(t.abs().max()) > 0 for k, t in alice.tensors.items() if "lora_B" in k)  # it learned something
 
 
+def test_each_adapter_moves_toward_its_own_users_hindsight_teacher(engine, tmp_path):
+    """Two users, opposite follow-ups on the same reply: each adapter's exact KL to its own user's hindsight teacher
+    (the shared policy shown that user's follow-up) falls; the other user's adapter is untouched by it."""
+    from hsd_ray.core.batch import pack_sequences, reply_logits
+    from hsd_ray.core.hindsight import build_example
+    from hsd_ray.core.prompts import template_text
+    from hsd_ray.core.train_step import mean_teacher_kl
+
+    cfg = Config.load(overrides=["personalization.mode=per_user", "personalization.lr=3e-3", "loss.kl_coef=0",
+                                 "loss.kind=topk", "loss.top_k=100", "loss.baseline=student"])
+    torch.manual_seed(0)  # the adapters' initial A matrices
+    bank = _bank(engine, cfg, tmp_path)
+    batches = {ALICE: _batch(engine, cfg, followup="Too long. One word only."),
+               BOB: _batch(engine, cfg, followup="Far too short, write a whole paragraph.")}
+
+    def teacher(adapter):
+        t = Turn(context=[{"role": "user", "content": "Name a color."}],
+                 reply="Blue is a color that many people like.",
+                 followup={ALICE: "Too long. One word only.", BOB: "Far too short, write a whole paragraph."}[adapter])
+        h = cfg.hindsight
+        ex = build_example(engine.tokenizer, t, template=template_text(h.template),
+                           max_context_tokens=h.max_context_tokens, max_reply_tokens=h.max_reply_tokens)
+        packed = pack_sequences([ex.teacher_prompt_ids], [ex.target_ids], engine.tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = reply_logits(engine.model, packed).float()
+        return lambda _packed: logits
+
+    def kl(adapter, towards):
+        bank._activate(adapter)
+        return mean_teacher_kl(bank.model, batches[towards], teacher(towards))
+
+    for adapter in (ALICE, BOB):
+        bank._activate(adapter)
+    before = {(a, t): kl(a, t) for a in (ALICE, BOB) for t in (ALICE, BOB)}
+    for _ in range(24):
+        _step(bank, ALICE, batches[ALICE], cfg)
+    bob_before = _params(bank, BOB)
+    for _ in range(24):
+        _step(bank, BOB, batches[BOB], cfg)
+    after = {(a, t): kl(a, t) for a in (ALICE, BOB) for t in (ALICE, BOB)}
+    ratio = {a: after[a, a] / before[a, a] for a in (ALICE, BOB)}
+    assert ratio[ALICE] < 0.5 and ratio[BOB] < 0.5, ratio
+    assert not all(torch.equal(p, _params(bank, BOB)[n]) for n, p in bob_before.items())  # bob's own steps did move it
+
+
 def test_evicted_adapters_come_back_from_disk_with_their_optimizer(engine, tmp_path):
     cfg = _cfg()
     bank = _bank(engine, cfg, tmp_path, max_resident=1)
