@@ -90,17 +90,24 @@ class AdapterEvaluator:
         self.engine = _ENGINE[key]
         for adapter in list(self.engine.user_adapters):
             self.engine.evict_adapter(adapter)  # a new run starts from the shared policy
+        self._base, self._first = None, True
 
-    def evaluate(self, loop) -> dict:
+    def evaluate(self, loop, final: bool = False) -> dict:
+        """Every user's served adapter version; the shared policy at the first and the `final` evaluation (it does not
+        change in this mode; in between its first result stands in). A user without an adapter yet is answered by
+        the shared policy with the same seeds: its result is the shared policy's, not generated again."""
         import ray
 
-        out = {"base": self._one(None)}
+        if self._base is None or final:
+            self._base = self._one(None)
+        out = {"base": {**self._base, "evaluated": final or self._first}}
+        self._first = False
         for user, adapter in self.adapters.items():
             published = loop.registry.latest(adapter)
             have = self.engine.user_adapters.get(adapter)
             if published is not None and (have is None or have.version < published.version.version):
                 self.engine.load_weights(ray.get(published.ref))
-            out[user] = self._one(adapter if adapter in self.engine.user_adapters else None)
+            out[user] = self._one(adapter) if adapter in self.engine.user_adapters else out["base"]
         return out
 
     def _one(self, adapter: str | None) -> dict:
@@ -157,7 +164,8 @@ def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dic
                 while True:
                     drain(loop, sum(u.stats.followups for u in users.values()), cfg.learner.batch_turns, learner)
                     t0 = time.time()
-                    ev = {"interactions_per_user": done, "targets": evaluator.evaluate(loop), "eval_s": 0.0,
+                    ev = {"interactions_per_user": done, "targets": evaluator.evaluate(loop, done >= args.interactions),
+                          "eval_s": 0.0,
                           "trained": loop.queue.stats()["trained"]}
                     ev["eval_s"] = time.time() - t0
                     run["evals"].append(ev)
@@ -288,7 +296,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     if args.name is None:
-        args.name = f"{Path(args.model).name}-{args.users.replace(',', '+')}-s{'+'.join(map(str, args.seeds))}-{args.split}"
+        seeds = "+".join(map(str, args.seeds))
+        args.name = f"{Path(args.model).name}-{args.users.replace(',', '+')}-s{seeds}-{args.split}"
     args.command = f"python -m bench.learning.personal {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip()
     return args
 
