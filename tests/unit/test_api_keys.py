@@ -20,7 +20,7 @@ def test_keys_are_stored_as_salted_hashes_and_name_their_user(tmp_path):
     append_record(path, alice)
     append_record(path, bob)
     text = path.read_text()
-    assert alice_key not in text and alice_key.split("_")[2] not in text  # never the key, nor its secret part
+    assert alice_key not in text and alice_key.split("_", 2)[2] not in text  # never the key, nor its secret
     assert (path.stat().st_mode & 0o777) == 0o600
     assert json.loads(text.splitlines()[0])["salt"] != json.loads(text.splitlines()[1])["salt"]
     ring = KeyRing.load(path)
