@@ -141,6 +141,10 @@ class PersonalizationConfig(_Section):
     max_resident: int = Field(8, ge=1, description="adapters a chat replica keeps loaded (least recently used go; "
                                 "reloaded from the registry on the user's next request)")
 
+    @property
+    def per_user(self) -> bool:
+        return self.mode == "per_user"
+
 
 class BroadcastConfig(_Section):
     """When new weights are published to serving replicas and teachers."""
@@ -388,7 +392,7 @@ class Config(_Section):
         if self.influence.min_users_per_step > self.learner.batch_turns:
             raise ValueError(f"influence.min_users_per_step ({self.influence.min_users_per_step}) must be <= "
                              f"learner.batch_turns ({self.learner.batch_turns}): one turn per user at least")
-        if self.personalization.mode == "per_user":
+        if self.personalization.per_user:
             self._check_per_user()
         return self
 

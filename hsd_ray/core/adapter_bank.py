@@ -9,7 +9,7 @@ from disk (weights and optimizer state) when its user's turns arrive again. On d
 so any peft / vLLM user can load it:
 
     <root>/<adapter_id>/adapter_config.json, adapter_model.safetensors   (PeftModel.save_pretrained)
-    <root>/<adapter_id>/optimizer.pt, hsd_version.json                    (AdamW state; steps, version)
+    <root>/<adapter_id>/optimizer.pt, hsd_version.json                    (AdamW state; version, steps)
 
 Torch + peft only (no Ray): the learner process (loop/personal_learner.py) drives it.
 """
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from hsd_ray.core.batch import HindsightBatch
 
 ADAPTERS_DIR = "adapters"  # under job.output_dir: one folder per user adapter
+VERSION_FILE = "hsd_version.json"  # in an adapter's folder: its version and step count
+OPTIMIZER_FILE = "optimizer.pt"  # in an adapter's folder: its AdamW state
 _IDLE = "idle"  # peft needs one adapter to exist; this one never trains and never answers
 
 
@@ -80,7 +82,7 @@ class AdapterBank:
         """The adapter's last published version (0: never published); read from disk for an evicted adapter."""
         if adapter_id in self._resident:
             return self._resident[adapter_id]["version"]
-        saved = self._saved_state(adapter_id)
+        saved = self._saved_meta(adapter_id)
         return saved["version"] if saved else 0
 
     def steps(self, adapter_id: str) -> int:
@@ -101,8 +103,7 @@ class AdapterBank:
             for f in nested.iterdir():
                 f.replace(tmp / f.name)
             nested.rmdir()
-        torch.save({"optimizer": state["optimizer"].state_dict(), "steps": state["steps"],
-                    "version": state["version"]}, tmp / "optimizer.pt")
+        torch.save(state["optimizer"].state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / VERSION_FILE).write_text(json.dumps({"version": state["version"], "steps": state["steps"],
                                                     "saved_at": time.time()}))
         shutil.rmtree(folder, ignore_errors=True)
@@ -143,7 +144,7 @@ class AdapterBank:
             oldest = next(iter(self._resident))
             self.save(oldest)
             self._drop(oldest)
-        saved = self._saved_state(adapter_id)
+        saved = self._saved_meta(adapter_id)
         if saved is not None:
             self.model.load_adapter(str(self.root / adapter_id), adapter_name=adapter_id, is_trainable=True)
             self.loaded_from_disk += 1
@@ -154,7 +155,7 @@ class AdapterBank:
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         state = {"optimizer": optimizer, "steps": 0, "version": 0}
         if saved is not None:
-            optimizer.load_state_dict(saved["optimizer"])
+            optimizer.load_state_dict(torch.load(self.root / adapter_id / OPTIMIZER_FILE, weights_only=False))
             state.update(steps=saved["steps"], version=saved["version"])
         self._resident[adapter_id] = state
 
@@ -164,30 +165,29 @@ class AdapterBank:
             self.model.set_adapter(_IDLE)
         self.model.delete_adapter(adapter_id)
 
-    def _saved_state(self, adapter_id: str) -> dict | None:
+    def _saved_meta(self, adapter_id: str) -> dict | None:
+        """{version, steps, saved_at} of the adapter's folder; None when it has none (never saved)."""
         if self.root is None:
             return None
-        path = self.root / adapter_id / "optimizer.pt"
-        return torch.load(path, weights_only=False) if path.exists() else None
-
-
-VERSION_FILE = "hsd_version.json"
+        try:
+            return json.loads((self.root / adapter_id / VERSION_FILE).read_text())
+        except (OSError, ValueError):
+            return None
 
 
 def read_adapter(folder: str | Path, adapter_id: str) -> WeightSet | None:
     """A saved adapter (peft format, as `AdapterBank.save` writes it) as the LoRA WeightSet it was published as; None
     when the folder holds no whole adapter."""
+    from peft import LoraConfig
     from safetensors.torch import load_file
 
     folder = Path(folder)
     try:
         meta = json.loads((folder / VERSION_FILE).read_text())
-        cfg = json.loads((folder / "adapter_config.json").read_text())
+        lora = lora_config_dict(LoraConfig.from_pretrained(str(folder)))
         tensors = load_file(str(folder / "adapter_model.safetensors"))
     except (OSError, ValueError):
         return None
-    lora = {"r": cfg["r"], "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg.get("lora_dropout", 0.0),
-            "target_modules": sorted(cfg["target_modules"]), "bias": cfg.get("bias", "none"), "task_type": "CAUSAL_LM"}
     pv = PolicyVersion(adapter_id=adapter_id, version=int(meta["version"]), step=int(meta["steps"]),
                        created_at=float(meta.get("saved_at", 0.0)))
     return WeightSet(pv, "lora", tensors, lora)

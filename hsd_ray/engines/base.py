@@ -57,9 +57,7 @@ class VersionedWeights:
 
     def load_weights(self, weights: WeightSet) -> None:
         with self._lock:
-            if is_user_adapter(weights.version.adapter_id):  # one user's adapter beside the shared policy
-                if weights.kind != "lora":
-                    raise WeightLoadError(f"a per-user weight set must be a LoRA adapter, not {weights.kind!r}")
+            if is_user_set(weights):  # one user's adapter beside the shared policy
                 self._load_user_adapter(weights)
                 self.user_adapters[weights.version.adapter_id] = weights.version
                 return
@@ -70,6 +68,15 @@ class VersionedWeights:
             else:
                 raise WeightLoadError(f"unknown weight set kind {weights.kind!r}")
             self._version = weights.version
+
+
+def is_user_set(weights: WeightSet) -> bool:
+    """True for a per-user adapter's weight set (which must be a LoRA adapter), False for the shared policy's."""
+    if not is_user_adapter(weights.version.adapter_id):
+        return False
+    if weights.kind != "lora":
+        raise WeightLoadError(f"a per-user weight set must be a LoRA adapter, not {weights.kind!r}")
+    return True
 
 
 def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:

@@ -195,35 +195,29 @@ class HFEngine(VersionedWeights):
 
     @torch.no_grad()
     def _load_lora(self, weights: WeightSet) -> None:
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft import get_peft_model, set_peft_model_state_dict
 
-        if weights.lora_config is None:
-            raise WeightLoadError("a LoRA weight set needs its lora_config")
         if self.user_adapters:
-            raise WeightLoadError("this engine serves per-user adapters; a shared LoRA adapter beside them is not built")
+            raise WeightLoadError("this engine serves per-user adapters; a shared LoRA adapter beside them is not "
+                                  "built")
+        cfg = _peft_config(weights)
         if not self._lora_loaded:
-            cfg = LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
             self.model = get_peft_model(self.model, cfg)
             self.model.eval()
             self._lora_loaded = True
-        expected = {k: v for k, v in self.model.state_dict().items() if "lora_" in k}
-        expected = {k.replace(".default", ""): v for k, v in expected.items()}
-        validate_tensors(weights.tensors, expected, require_all=True)
+        validate_tensors(weights.tensors, _adapter_tensors_expected(self.model, "default"), require_all=True)
         set_peft_model_state_dict(self.model, weights.tensors)
-
 
     @torch.no_grad()
     def _load_user_adapter(self, weights: WeightSet) -> None:
         """A user's adapter beside the shared policy (a peft named adapter), validated before it is touched: a new
         one that fails validation is removed again, a resident one keeps its previous tensors."""
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft import get_peft_model, set_peft_model_state_dict
 
         if self._lora_loaded:
             raise WeightLoadError("this engine serves a shared LoRA adapter; per-user adapters beside it are not built")
-        if weights.lora_config is None:
-            raise WeightLoadError("a LoRA weight set needs its lora_config")
         name = weights.version.adapter_id
-        cfg = LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
+        cfg = _peft_config(weights)
         new = name not in getattr(self.model, "peft_config", {})
         if new and not self.user_adapters:
             self.model = get_peft_model(self._plain, cfg, adapter_name=name)
@@ -250,6 +244,15 @@ class HFEngine(VersionedWeights):
 
 
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
+
+
+def _peft_config(weights: WeightSet):
+    """peft's LoraConfig of a LoRA weight set (WeightLoadError when it carries none)."""
+    from peft import LoraConfig
+
+    if weights.lora_config is None:
+        raise WeightLoadError("a LoRA weight set needs its lora_config")
+    return LoraConfig(**{k: v for k, v in weights.lora_config.items() if k in _LORA_KEYS})
 
 
 def _adapter_tensors_expected(model, adapter_id: str) -> dict:

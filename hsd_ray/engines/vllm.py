@@ -317,15 +317,9 @@ class VLLMEngine(VersionedWeights):
             except Exception:  # noqa: BLE001 - already evicted by the LRU cache
                 pass
 
-    def _use_lora(self, request, folder: Path, added: bool | Exception):
-        """After the engine's add_lora answered `added` (its result, or what it raised): make the adapter the one in
-        use and return the previous request (to remove), or raise WeightLoadError with the new folder deleted. Shared
-        by the offline and the async engine, whose add_lora differ only in being awaited."""
-        self._judge_added(request, folder, added)
-        return self._swap_lora(request, folder)
-
     def _judge_added(self, request, folder: Path, added: bool | Exception) -> None:
-        """Raise WeightLoadError (the new folder deleted) unless vLLM's add_lora answered True."""
+        """Raise WeightLoadError (the new folder deleted) unless vLLM's add_lora answered True (its result, or what
+        it raised). Shared by the offline and the async engine, whose add_lora differ only in being awaited."""
         if added and not isinstance(added, Exception):  # vLLM answers True, or False for a refusal
             return
         shutil.rmtree(folder, ignore_errors=True)

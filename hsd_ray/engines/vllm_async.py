@@ -48,7 +48,8 @@ from hsd_ray.core.engine_api import (  # noqa: E402
     ScoreRequest,
     TokenScores,
 )
-from hsd_ray.core.weights import WeightLoadError, WeightSet, is_user_adapter  # noqa: E402
+from hsd_ray.core.weights import WeightLoadError, WeightSet  # noqa: E402
+from hsd_ray.engines.base import is_user_set  # noqa: E402
 from hsd_ray.engines.vllm import VLLMEngine, _refresh_output_heads  # noqa: E402
 from hsd_ray.engines.vllm_adapters import delete_folders  # noqa: E402
 from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs  # noqa: E402
@@ -211,20 +212,24 @@ class AsyncVLLMEngine(VLLMEngine):
 
     # ---- weights ------------------------------------------------------------------------------------------------
     def load_weights(self, weights: WeightSet) -> None:
-        if is_user_adapter(weights.version.adapter_id):  # beside the shared policy: no drain
+        if is_user_set(weights):  # beside the shared policy: no drain
             self._run(self._load_user_async(weights))
         else:
             self._run(self._swap(weights))
 
-    async def _load_user_async(self, weights: WeightSet) -> None:
-        if weights.kind != "lora":
-            raise WeightLoadError(f"a per-user weight set must be a LoRA adapter, not {weights.kind!r}")
+    async def _add_lora_async(self, weights: WeightSet):
+        """The set written and added to the engine (not yet in use) → (its LoRARequest, its folder); the offline
+        engine's `_add_lora`, awaited."""
         request, folder = self._write_lora(weights)
         try:
             added = await self.llm.add_lora(request)
         except Exception as e:  # noqa: BLE001 - judged by _judge_added
             added = e
         self._judge_added(request, folder, added)
+        return request, folder
+
+    async def _load_user_async(self, weights: WeightSet) -> None:
+        request, folder = await self._add_lora_async(weights)
         adapter = weights.version.adapter_id
         self.user_adapters[adapter] = weights.version  # with the request below, on the engine loop: never half-seen
         await self._remove_loras_async(self._user_loras.install(adapter, request, folder))
@@ -274,12 +279,7 @@ class AsyncVLLMEngine(VLLMEngine):
         await self.llm.reset_prefix_cache()  # KV blocks computed with the old weights must never be reused
 
     async def _load_lora_async(self, weights: WeightSet) -> None:
-        request, folder = self._write_lora(weights)
-        try:
-            added = await self.llm.add_lora(request)
-        except Exception as e:  # noqa: BLE001 - judged by _use_lora
-            added = e
-        old = self._use_lora(request, folder, added)
+        old = self._swap_lora(*await self._add_lora_async(weights))
         if old is not None:
             try:
                 await self.llm.remove_lora(old.lora_int_id)

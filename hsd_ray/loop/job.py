@@ -72,7 +72,7 @@ def learner_settings(cfg: Config) -> LearnerSettings:
     return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast, str(out),
                            cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
                            cfg.version_gate.decision_timeout_s, snapshots,
-                           cfg.personalization if cfg.personalization.mode == "per_user" else None)
+                           cfg.personalization if cfg.personalization.per_user else None)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:
@@ -265,7 +265,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
         cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None,  # a replay loses nothing to overflow
         log_uri=log_uri, log_retention_s=retention, max_turns_per_user=cfg.influence.max_turns_per_user,
         quota_window_s=cfg.influence.window_s, min_users_per_step=cfg.influence.min_users_per_step,
-        round_robin_users=cfg.personalization.mode == "per_user",
+        round_robin_users=cfg.personalization.per_user,
     )
     registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),

@@ -113,9 +113,9 @@ class PersonalLearner:
         self.queue.ack_trained_nowait([t.turn_id for t in turns])
         self._save_state()
         last = next(reversed(out.values()))
+        step_metrics = {k: v for k, v in last.items() if k != "version"}
         self.control.report.remote({"step": self.step_count, "version": last["version"], "train_s": self.train_s,
-                                    "train_steps": self.step_count, "adapters": len(self.bank.on_disk()),
-                                    **{k: v for k, v in last.items() if k != "version"}})
+                                    "train_steps": self.step_count, **step_metrics})
         return out
 
     def finish(self) -> None:

@@ -99,9 +99,8 @@ class ServiceSettings:
         from hsd_ray.models import resolve_model
 
         auth = cfg.auth.model_copy(update={"keys_file": Identity.resolve_path(cfg.auth.keys_file)})
-        per_user = cfg.personalization.mode == "per_user"
         return cls(str(resolve_model(cfg.model)), cfg.engine, cfg.serve, cfg.capture, auth, cfg.broadcast.poll_seconds,
-                   cfg.learner.lora.enabled or per_user, cfg.personalization)
+                   cfg.learner.lora.enabled or cfg.personalization.per_user, cfg.personalization)
 
 
 # ---- helpers (above the deployment: Serve pickles the class by value when it is decorated) ------------------------
@@ -166,7 +165,7 @@ class ChatService:
         self.capture = CaptureClient(settings.capture.enabled, settings.capture.call_timeout_s, where)
         self.identity = Identity(settings.auth.mode, settings.auth.keys_file)
         self.weights = RegistryAttachment(self.engine, role="serve", poll_s=settings.poll_s, where=where)
-        self.adapters = AdapterRouter(self.engine, per_user=settings.personalization.mode == "per_user",
+        self.adapters = AdapterRouter(self.engine, per_user=settings.personalization.per_user,
                                       max_resident=settings.personalization.max_resident, check_s=settings.poll_s,
                                       where=where)
         self._report_version()
