@@ -65,7 +65,8 @@ class Generation:
 @dataclass
 class GenerationDelta:
     """What a streamed reply gained since the previous delta: sampled ids, their raw log-probs and the new text. The
-    final `Generation` is authoritative (a stop string can trim ids that were already streamed)."""
+    deltas' texts add up to the final `Generation`'s text; the Generation is authoritative for the ids (a stop string
+    can trim ids that were already streamed)."""
 
     token_ids: list[int]
     text: str

@@ -142,6 +142,7 @@ class AsyncVLLMEngine(VLLMEngine):
             vparams.output_kind = RequestOutputKind.DELTA
             ids: list[int] = []
             logprobs: list[float] = []
+            streamed = ""
             comp = out = None
             request_id = f"hsd-{next(self._ids)}"
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), vparams, request_id,
@@ -151,12 +152,17 @@ class AsyncVLLMEngine(VLLMEngine):
                 new_lp = sampled_logprobs(comp.logprobs, new)
                 ids += new
                 logprobs += new_lp
+                streamed += comp.text
                 if new or comp.text:
                     yield GenerationDelta(new, comp.text, new_lp, version)
             if comp is None:
                 raise RuntimeError("vLLM returned no output")
-            yield self._make_generation(ids, logprobs, comp.finish_reason, comp.stop_reason,
+            gen = self._make_generation(ids, logprobs, comp.finish_reason, comp.stop_reason,
                                         len(out.prompt_token_ids or prompt), params, version)
+            rest = _unsent_tail(streamed, gen.text)
+            if rest:
+                yield GenerationDelta([], rest, [], version)
+            yield gen
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted += 1  # the caller went away: AsyncLLM.generate aborted the request in the engine core
             raise
@@ -293,6 +299,14 @@ class AsyncVLLMEngine(VLLMEngine):
             llm.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
         super().close()
+
+
+def _unsent_tail(streamed: str, text: str) -> str:
+    """What the deltas have not sent of the final text. vLLM's incremental detokenizer holds back the bytes of a
+    character not yet complete; a reply cut by max_tokens inside one (an emoji, CJK: several byte tokens) ends with
+    them unsent, while the decoded reply ends in U+FFFD. Sending that tail keeps the streamed reply equal to the
+    non-streamed one, so the follow-up that quotes it can be matched and the turn captured."""
+    return text[len(streamed):] if text.startswith(streamed) else ""
 
 
 def _reload_from_file(worker, path: str, on_cpu: bool) -> None:

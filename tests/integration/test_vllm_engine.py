@@ -449,3 +449,37 @@ def test_smollm2_generates_a_coherent_reply_and_scores_like_hf():
         )
     finally:
         eng.close()
+
+
+def test_async_stream_adds_up_to_the_reply_also_when_cut_inside_a_character(tiny_model_dir):
+    """The streamed deltas' text equals the reply's decoded text, also when max_tokens cuts a reply inside a
+    multi-byte character (vLLM's detokenizer holds those bytes back; the decoded reply ends in U+FFFD): else the
+    streamed reply differs from the non-streamed one and its follow-up cannot be matched for capture."""
+    import asyncio
+
+    from hsd_ray.core.engine_api import Generation
+    from hsd_ray.engines.vllm_async import AsyncVLLMEngine
+
+    eng = make_engine(tiny_model_dir, EngineConfig(kind="vllm"), serving=True)
+    assert isinstance(eng, AsyncVLLMEngine)
+    prompts = [render_prompt(eng.tokenizer, [{"role": "user", "content": f"Emojis please 🐱 {i}"}]) for i in range(8)]
+
+    async def one(prompt, seed):
+        streamed, gen = "", None
+        async for item in eng.stream(prompt, SamplingParams(max_tokens=1 + seed % 6, temperature=1.0, seed=seed)):
+            if isinstance(item, Generation):
+                gen = item
+            else:
+                streamed += item.text
+        return streamed, gen
+
+    async def run():
+        return await asyncio.gather(*(one(prompts[s % 8], s) for s in range(96)))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        eng.close()
+    assert [s for s, _ in results] == [g.text for _, g in results]
+    cut = [g for _, g in results if g.text.endswith("\ufffd") and g.finish_reason == "length"]
+    assert cut, "no reply was cut inside a character: the case is not exercised"
