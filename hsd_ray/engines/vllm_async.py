@@ -210,8 +210,9 @@ class AsyncVLLMEngine(VLLMEngine):
     def stats(self) -> dict:
         """For /health: requests in flight, whether a swap holds the door, the swaps so far."""
         last = self.swaps[-1] if self.swaps else None
-        return {"in_flight": self._inflight, "aborted": self.aborted, "swapping": not self._admit.is_set(), "swaps": len(self.swaps),
-                "last_swap": last, "engine_unfinished": self.llm.get_num_unfinished_requests()}
+        return {"in_flight": self._inflight, "aborted": self.aborted, "swapping": not self._admit.is_set(),
+                "swaps": len(self.swaps), "last_swap": last,
+                "engine_unfinished": self.llm.get_num_unfinished_requests()}
 
     def dead(self) -> bool:
         return bool(self.llm.errored)
