@@ -38,7 +38,9 @@ class AdapterRouter:
         self.engine, self.per_user = engine, per_user
         self.max_resident, self.check_s, self.where = max_resident, check_s, where
         self._recent: OrderedDict[str, None] = OrderedDict()  # resident adapters, least recently used first
-        self._checked: dict[str, float] = {}  # adapter -> when the registry was last asked about it
+        # adapter -> when the registry was last asked about it, oldest first; an entry older than check_s decides
+        # nothing (the next request asks again), so those are dropped: the map holds the users of one interval
+        self._checked: OrderedDict[str, float] = OrderedDict()
         self._loading: dict[str, asyncio.Task] = {}
         self._registry = None
         self.tally = metrics.Tally({"loads": "hsd_adapter_loads_total", "load_failures": None,
@@ -58,7 +60,7 @@ class AdapterRouter:
         if adapter in self._loading:
             await asyncio.shield(self._loading[adapter])
         elif now - self._checked.get(adapter, float("-inf")) >= self.check_s:
-            self._checked[adapter] = now
+            self._note_checked(adapter, now)
             task = asyncio.get_running_loop().create_task(self._refresh(adapter))
             self._loading[adapter] = task
             try:
@@ -70,6 +72,12 @@ class AdapterRouter:
             self._recent.move_to_end(adapter)
             return adapter
         return BASE_ADAPTER
+
+    def _note_checked(self, adapter: str, now: float) -> None:
+        self._checked.pop(adapter, None)
+        while self._checked and now - next(iter(self._checked.values())) >= self.check_s:
+            self._checked.popitem(last=False)
+        self._checked[adapter] = now
 
     def stats(self) -> dict:
         recent = sorted(self.load_s[-100:])
