@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.util import percentile
+from bench.util import percentile, rss_mb
 
 
 def _args():
@@ -43,14 +43,6 @@ def _args():
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="rounds of each arm (alternating)")
     return p.parse_args()
-
-
-def _rss_mb(pid: int | None = None) -> float:
-    """Resident set size (MiB) of this process and its children (vLLM's engine core runs in a child)."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
 def _make_adapters(model_dir: str, n: int, tmp: str) -> list:
@@ -120,13 +112,13 @@ def main() -> None:
                          enable_lora=True, serving=True, max_loras=args.adapters)
     prompt = render_prompt(engine.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
     _throughput(engine, prompt, [None] * 2, 8)  # warm-up
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     new_user = []
     for weights in sets[: args.adapters]:
         t0 = time.perf_counter()
         engine.load_weights(weights)
         new_user.append(time.perf_counter() - t0)
-    rss_after = _rss_mb()
+    rss_after = rss_mb()
     names = [w.version.adapter_id for w in sets[: args.adapters]]
     spread = [names[i % len(names)] for i in range(args.requests)]
     _throughput(engine, prompt, spread[: args.adapters], 8)  # warm every adapter once

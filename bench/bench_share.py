@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bench.bench_engines import score_requests, synthetic_turns
 from bench.bench_serve import QUESTIONS
-from bench.util import percentile
+from bench.util import percentile, rss_mb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ("separate", "shared", "serve_only")
@@ -48,13 +48,6 @@ def _args(argv):
     p.add_argument("--seconds", type=float, default=30.0, help="length of one round")
     p.add_argument("--rounds", type=int, default=2, help="rounds of each arm, the order alternating")
     return p.parse_args(argv)
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    proc = psutil.Process()
-    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
 
 
 async def _chat_load(engine, prompts: list, args, stop: threading.Event) -> dict:
@@ -124,17 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = resolve_model(args.model)
     ecfg = Config.load(overrides=[f"model={args.model}", "engine.kind=vllm", "engine.vllm_async=true"]).engine
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     serving = make_engine(model_dir, ecfg, serving=True)
-    rss1 = _rss_mb()
+    rss1 = rss_mb()
     teacher = make_engine(model_dir, ecfg)
-    rss2 = _rss_mb()
+    rss2 = rss_mb()
     try:
         prompts = [render_prompt(serving.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
         requests = score_requests(serving.tokenizer, synthetic_turns(args.turns))
-        for name, eng in (("separate", teacher), ("shared", serving)):  # same scores either way, and warm
-            a, b = eng.score(requests[:2], top_k=20), teacher.score(requests[:2], top_k=20)
-            assert all(abs(x.logp_T - y.logp_T).max() < 1e-3 for x, y in zip(a, b)), name
+        own, shared = teacher.score(requests[:2], top_k=20), serving.score(requests[:2], top_k=20)  # both warm
+        assert all(abs(x.logp_T - y.logp_T).max() < 1e-3 for x, y in zip(own, shared)), "engines score differently"
         _round("serve_only", serving, teacher, prompts, requests, argparse.Namespace(**{**vars(args), "seconds": 5}))
         rounds: dict = {arm: [] for arm in ARMS}
         for r in range(args.rounds):

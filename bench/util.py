@@ -17,3 +17,11 @@ def percentile(xs: list[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(np.asarray(xs, dtype=float), q)) if xs else float("nan")
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident set size (MiB) of a process (default: this one) and its children (vLLM's engine core runs in one)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
