@@ -293,6 +293,9 @@ class VersionGateConfig(_Section):
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping greedy probe replies "
                                      "above the base model's")
+    user_adapters: Literal["none", "capability", "all"] = Field(
+        "capability", description="per_user mode: gate each user's adapter versions too (capability = perplexity, "
+        "accuracy and loops only; all = every check above; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
@@ -376,6 +379,11 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     job: JobConfig = Field(default_factory=JobConfig)
     personalization: PersonalizationConfig = Field(default_factory=PersonalizationConfig)
+
+    @property
+    def gates_user_adapters(self) -> bool:
+        """Per-user adapter versions go through the version gate (per_user mode, gate on, user_adapters not none)."""
+        return self.personalization.per_user and self.version_gate.enabled and self.version_gate.user_adapters != "none"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -66,7 +66,10 @@ def drain(loop, followups: int, batch_turns: int, learner, timeout: float = 900.
         if ray.get(loop.ledger.stats.remote())["captured"] < followups:
             return False
         q = loop.queue.stats()
-        return q["pending"] + q["leased"] + q["training"] == 0 and q["scored"] < batch_turns
+        if q["pending"] + q["leased"] + q["training"] or q["scored"] >= batch_turns:
+            return False
+        # and the version gate has decided every adapter's candidate (the served versions are the final ones)
+        return ray.get(loop.registry.handle.next_candidate.remote()) is None
 
     while time.time() < deadline:
         if idle() and (time.sleep(1.5) or idle()):

@@ -8,18 +8,24 @@ At most `max_resident` adapters stay in memory; the least recently stepped one i
 from disk (weights and optimizer state) when its user's turns arrive again. On disk an adapter is peft's own format,
 so any peft / vLLM user can load it:
 
-    <root>/<adapter_id>/adapter_config.json, adapter_model.safetensors   (PeftModel.save_pretrained)
+    <root>/<adapter_id>/adapter_config.json, adapter_model.safetensors   (the layout of PeftModel.save_pretrained)
     <root>/<adapter_id>/optimizer.pt, hsd_version.json                    (AdamW state; version, steps)
+    <root>/.accepted/<adapter_id>/...                                      (version gate on: the last accepted state)
+
+With the version gate on, the learner snapshots each candidate (`snapshot`), writes it as the accepted state once the
+gatekeeper accepts it (`save_accepted`), and after a rejection goes back to that state (`roll_back`).
 
 Torch + peft only (no Ray): the learner process (loop/personal_learner.py) drives it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +41,18 @@ if TYPE_CHECKING:
 ADAPTERS_DIR = "adapters"  # under job.output_dir: one folder per user adapter
 VERSION_FILE = "hsd_version.json"  # in an adapter's folder: its version and step count
 OPTIMIZER_FILE = "optimizer.pt"  # in an adapter's folder: its AdamW state
+ACCEPTED_DIR = ".accepted"  # under root, version gate on: each adapter's last accepted state
 _IDLE = "idle"  # peft needs one adapter to exist; this one never trains and never answers
+
+
+@dataclass
+class AdapterState:
+    """One adapter at one point: peft-named LoRA tensors (CPU), AdamW state dict, version, steps."""
+
+    tensors: dict
+    optimizer: dict
+    version: int
+    steps: int
 
 
 class AdapterBank:
@@ -88,35 +105,48 @@ class AdapterBank:
     def steps(self, adapter_id: str) -> int:
         return self._activate(adapter_id)["steps"]
 
+    def snapshot(self, adapter_id: str) -> AdapterState:
+        """A copy of the adapter as it is now (weights, optimizer state, version, steps), e.g. a gated candidate's."""
+        from peft import get_peft_model_state_dict
+
+        state = self._activate(adapter_id)
+        return AdapterState(cpu_copy(get_peft_model_state_dict(self.model, adapter_name=adapter_id)),
+                            copy.deepcopy(state["optimizer"].state_dict()), state["version"], state["steps"])
+
     def save(self, adapter_id: str) -> None:
-        """Write the adapter and its optimizer state under root (peft format + optimizer.pt), atomically per file."""
-        if self.root is None or adapter_id not in self._resident:
-            return
-        state = self._resident[adapter_id]
-        folder = self.root / adapter_id
-        tmp = self.root / f".{adapter_id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(str(tmp), selected_adapters=[adapter_id])
-        # save_pretrained puts a non-default adapter in a subfolder named after it; flatten to peft's plain layout
-        nested = tmp / adapter_id
-        if nested.is_dir():
-            for f in nested.iterdir():
-                f.replace(tmp / f.name)
-            nested.rmdir()
-        torch.save(state["optimizer"].state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / VERSION_FILE).write_text(json.dumps({"version": state["version"], "steps": state["steps"],
-                                                    "saved_at": time.time()}))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
+        """Write the adapter's working state under root (what a restarted learner resumes from)."""
+        if self.root is not None and adapter_id in self._resident:
+            self._write(self.root / adapter_id, self.snapshot(adapter_id))
+
+    def save_accepted(self, adapter_id: str, state: AdapterState) -> None:
+        """Write `state` as the adapter's last accepted version (version gate): what a rollback returns to and what a
+        restarted registry serves (accepted_folder)."""
+        if self.root is not None:
+            self._write(accepted_folder(self.root, adapter_id), state)
+
+    def roll_back(self, adapter_id: str) -> int | None:
+        """Back to the last accepted state (weights and optimizer state; from zero if none was accepted): the working
+        copy in memory and on disk is replaced. Returns the accepted version (None: back to zero)."""
+        if adapter_id in self._resident:
+            self._drop(adapter_id)
+        if self.root is None:
+            return None
+        working, accepted = self.root / adapter_id, accepted_folder(self.root, adapter_id)
+        shutil.rmtree(working, ignore_errors=True)
+        if not (accepted / VERSION_FILE).exists():
+            return None
+        shutil.copytree(accepted, working)
+        return self._saved_meta(adapter_id)["version"]
 
     def delete(self, adapter_id: str) -> bool:
         """Forget the adapter everywhere (memory and disk): its user's data was deleted. True if it existed."""
         existed = adapter_id in self._resident
         if existed:
             self._drop(adapter_id)
-        if self.root is not None and (self.root / adapter_id).exists():
-            shutil.rmtree(self.root / adapter_id, ignore_errors=True)
-            existed = True
+        for folder in adapter_folders(self.root, adapter_id):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                existed = True
         return existed
 
     def resident(self) -> list[str]:
@@ -165,6 +195,22 @@ class AdapterBank:
             self.model.set_adapter(_IDLE)
         self.model.delete_adapter(adapter_id)
 
+    def _write(self, folder: Path, state: AdapterState) -> None:
+        """peft's plain layout (what PeftModel.save_pretrained writes for one adapter) + optimizer.pt + the version
+        file, written to a temporary folder and moved into place."""
+        from safetensors.torch import save_file
+
+        tmp = folder.parent / f".{folder.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(state.tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        self.peft_config.save_pretrained(str(tmp))
+        torch.save(state.optimizer, tmp / OPTIMIZER_FILE)
+        (tmp / VERSION_FILE).write_text(json.dumps({"version": state.version, "steps": state.steps,
+                                                    "saved_at": time.time()}))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.replace(folder)
+
     def _saved_meta(self, adapter_id: str) -> dict | None:
         """{version, steps, saved_at} of the adapter's folder; None when it has none (never saved)."""
         if self.root is None:
@@ -173,6 +219,16 @@ class AdapterBank:
             return json.loads((self.root / adapter_id / VERSION_FILE).read_text())
         except (OSError, ValueError):
             return None
+
+
+def accepted_folder(root: str | Path, adapter_id: str) -> Path:
+    """Where the adapter's last accepted state is kept (version gate on); a dot folder, so not an adapter itself."""
+    return Path(root) / ACCEPTED_DIR / adapter_id
+
+
+def adapter_folders(root: str | Path | None, adapter_id: str) -> list[Path]:
+    """Every folder holding the adapter (working state, accepted state): what deleting its user's data removes."""
+    return [] if root is None else [Path(root) / adapter_id, accepted_folder(root, adapter_id)]
 
 
 def read_adapter(folder: str | Path, adapter_id: str) -> WeightSet | None:

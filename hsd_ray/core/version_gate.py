@@ -155,25 +155,32 @@ class GateNumbers:
                 f"loops {self.loops:.2f} (base {self.loops_base:.2f})")
 
 
-def gate_reasons(n: GateNumbers, limits: GateLimits) -> list[str]:
-    """Why the candidate is held back ([] = accept). A number that is NaN is a reason of its own ("invalid")."""
+ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops")
+# What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers or
+# fluency. Not its distance from the shared policy, its reply length or its step size: those are what a personal
+# preference changes (a yes/no user's replies are a tenth as long), and a step-size bound on an adapter that trains
+# on while its candidate waits would reject it over and over.
+CAPABILITY_CHECKS = ("perplexity", "accuracy", "loops")
+
+
+def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = ALL_CHECKS) -> list[str]:
+    """Why the candidate is held back ([] = accept), among `checks`. A NaN number is a reason of its own
+    ("invalid")."""
     numbers = (n.kl_accepted, n.kl_base, n.ppl, n.ppl_base, n.accuracy, n.accuracy_base, n.length, n.length_accepted)
     if any(math.isnan(x) for x in numbers):
         return ["invalid"]
-    reasons = []
-    if n.kl_accepted > limits.max_kl_accepted:
-        reasons.append("kl_accepted")
-    if n.kl_base > limits.max_kl_base:
-        reasons.append("kl_base")
-    if n.ppl > limits.max_ppl_ratio * n.ppl_base:
-        reasons.append("perplexity")
-    if n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9:
-        reasons.append("accuracy")
-    if abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change:
-        reasons.append("length")
-    if n.loops - n.loops_base > limits.max_loop_increase + 1e-9:
-        reasons.append("loops")
-    return reasons
+    failed = {
+        "kl_accepted": n.kl_accepted > limits.max_kl_accepted,
+        "kl_base": n.kl_base > limits.max_kl_base,
+        "perplexity": n.ppl > limits.max_ppl_ratio * n.ppl_base,
+        "accuracy": n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9,
+        "length": abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change,
+        "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
+    }
+    unknown = set(checks) - set(failed)
+    if unknown:
+        raise ValueError(f"unknown gate checks {sorted(unknown)}")
+    return [name for name in ALL_CHECKS if name in checks and failed[name]]
 
 
 def gate_cost(versions: list[dict], train_s: float, steps: int, every_steps: int) -> dict | None:

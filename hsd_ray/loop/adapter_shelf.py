@@ -1,9 +1,10 @@
 """The version registry's side of per-user adapters (personalization.mode=per_user): deletion and disk restore.
 
-A user's adapter versions are published to the registry like the shared policy's, but they are not version-gated
-(the gatekeeper evaluates the shared policy; README, "Per-user adapters") and not written to served_weights.pt: the
-learner already keeps every adapter on disk under `<output_dir>/adapters/<adapter_id>/` (core/adapter_bank.py), and
-a restarted registry reads an adapter back from there the first time a replica asks for it.
+A user's adapter versions are published to the registry like the shared policy's, and gated like them unless
+`version_gate.user_adapters` is none (the gatekeeper takes every adapter's candidates in turn). They are not written
+to served_weights.pt: the learner keeps every adapter on disk (core/adapter_bank.py), and a restarted registry reads
+an adapter back from there the first time a replica asks for it: from `<output_dir>/adapters/.accepted/<adapter_id>/`
+(its last accepted version) when adapters are gated, else from `<output_dir>/adapters/<adapter_id>/`.
 
 Deleting a user's data (`forget_adapter`) removes their adapter's versions, its records and its folder, and leaves a
 tombstone time that the learner polls (`forgotten_since`) to drop the copy it holds in memory: nothing the user taught
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class AdapterShelf:
-    """Mixed into VersionRegistry (broadcast.py), which owns `_versions`, `_records`, `_candidates`, `_served`,
-    `_highest` and `_save_history`."""
+    """Mixed into VersionRegistry (broadcast.py), which owns `gate_users`, `_versions`, `_records`, `_candidates`,
+    `_served`, `_highest` and `_save_history`."""
 
     def _init_shelf(self, adapters_dir: str | None) -> None:
         self.adapters_dir = Path(adapters_dir) if adapters_dir else None
@@ -37,12 +38,15 @@ class AdapterShelf:
         """Delete a per-user adapter everywhere the registry reaches: versions, records, folder. True if it existed."""
         if not is_user_adapter(adapter_id):
             raise ValueError(f"{adapter_id!r} is not a per-user adapter")
+        from hsd_ray.core.adapter_bank import adapter_folders
+
         existed = bool(self._versions.pop(adapter_id, None)) | bool(self._records.pop(adapter_id, None))
         self._candidates.pop(adapter_id, None)
         self._served.pop(adapter_id, None)
-        if self.adapters_dir is not None and (self.adapters_dir / adapter_id).exists():
-            shutil.rmtree(self.adapters_dir / adapter_id, ignore_errors=True)
-            existed = True
+        for folder in adapter_folders(self.adapters_dir, adapter_id):
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                existed = True
         self._forgotten[adapter_id] = time.time()
         self._save_history()
         self._count_user_adapters()
@@ -57,10 +61,11 @@ class AdapterShelf:
         store (this actor owns it) and served again. None when there is none."""
         if self.adapters_dir is None or adapter_id in self._forgotten or not is_user_adapter(adapter_id):
             return None
-        from hsd_ray.core.adapter_bank import read_adapter
+        from hsd_ray.core.adapter_bank import accepted_folder, read_adapter
         from hsd_ray.loop.broadcast import PublishedWeights
 
-        weights = read_adapter(self.adapters_dir / adapter_id, adapter_id)
+        folder = accepted_folder(self.adapters_dir, adapter_id) if self.gate_users else self.adapters_dir / adapter_id
+        weights = read_adapter(folder, adapter_id)
         if weights is None:
             return None
         published = PublishedWeights(weights.version, ray.put(weights))

@@ -72,8 +72,9 @@ class VersionRegistry(AdapterShelf):
     nothing is served after a restart until the learner's next version is accepted."""
 
     def __init__(self, keep_versions: int = 2, gated: bool = False, history_path: str | None = None,
-                 weights_path: str | None = None, adapters_dir: str | None = None):
+                 weights_path: str | None = None, adapters_dir: str | None = None, gate_users: bool = False):
         self.keep_versions, self.gated = keep_versions, gated
+        self.gate_users = gated and gate_users  # per-user adapters are candidates too (version_gate.user_adapters)
         self.history_path = Path(history_path) if history_path else None
         self.weights_path = Path(weights_path) if weights_path else None
         self._versions: dict[str, list[PublishedWeights]] = {}  # adapter -> accepted versions, oldest first
@@ -100,7 +101,7 @@ class VersionRegistry(AdapterShelf):
         records = self._records.setdefault(adapter, {})
         records[version.version] = {"version": version.version, "step": version.step, "state": "candidate",
                                     "reason": None, "numbers": None}
-        if self.gated and not is_user_adapter(adapter):  # the gatekeeper evaluates the shared policy only
+        if self.gate_users if is_user_adapter(adapter) else self.gated:
             previous = self._candidates.get(adapter)
             if previous is not None:
                 records[previous.version.version]["state"] = "superseded"
@@ -113,6 +114,10 @@ class VersionRegistry(AdapterShelf):
     def candidate(self, adapter_id: str = BASE_ADAPTER) -> PublishedWeights | None:
         """The newest undecided candidate (the gatekeeper evaluates it)."""
         return self._candidates.get(adapter_id)
+
+    def next_candidate(self) -> PublishedWeights | None:
+        """The candidate that has waited longest, of any adapter: one gatekeeper serves every user in turn."""
+        return min(self._candidates.values(), key=lambda p: p.version.created_at, default=None)
 
     def accept(self, version: int, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
         """The candidate passed the gate: followers may load it now."""
@@ -201,7 +206,8 @@ class VersionRegistry(AdapterShelf):
 
             saved: dict[str, WeightSet] = torch.load(self.weights_path, weights_only=False)
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: serve nothing until the next version
-            log.warning("served weights %s unreadable (%s); nothing served until the next version", self.weights_path, e)
+            log.warning("served weights %s unreadable (%s); nothing served until the next version",
+                        self.weights_path, e)
             return
         for adapter, weights in saved.items():
             v = weights.version.version

@@ -39,18 +39,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
-from hsd_ray.core.version_gate import (GateLimits, GateNumbers, check_answer, gate_reasons, loop_rate, mean_kl,
-                                       perplexity)
-from hsd_ray.core.weights import BASE_ADAPTER
+from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
+                                       gate_reasons, loop_rate, mean_kl, perplexity)
+from hsd_ray.core.weights import BASE_ADAPTER, is_user_adapter
 from hsd_ray.data import load_probes
 
 GATEKEEPER_ACTOR_NAME = "hsd-gatekeeper"
+MAX_USER_REFERENCES = 256  # users' accepted references kept; an older one is measured again when next needed
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,7 @@ class GatekeeperSettings:
     gate: VersionGateConfig
     enable_lora: bool
     adapter_id: str = BASE_ADAPTER
+    user_checks: tuple[str, ...] = CAPABILITY_CHECKS  # what a per-user adapter's candidate is held to
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Gatekeeper:
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy()
         self.accepted = self.base
+        self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.decisions: list[dict] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -111,60 +115,97 @@ class Gatekeeper:
         self._thread.join(timeout=60)
 
     def step(self) -> bool:
-        """Evaluate the newest candidate, if any, and decide. Returns False when there was none."""
+        """Evaluate the candidate that has waited longest (the shared policy's or a user's adapter), if any, and
+        decide. Returns False when there was none."""
         import ray
 
-        adapter = self.settings.adapter_id
-        published = ray.get(self.registry.candidate.remote(adapter))
+        published = ray.get(self.registry.next_candidate.remote())
         if published is None:
             return False
-        v = published.version.version
+        adapter, v = published.version.adapter_id, published.version.version
+        user = is_user_adapter(adapter)
         try:
-            weights = ray.get(published.ref)
-            self.engine.load_weights(weights)
+            accepted = self._user_reference(adapter) if user else self.accepted
+            self._load(ray.get(published.ref))
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
-            self._decide(v, ["invalid"], None, detail=f"{type(e).__name__}: {e}")
+            self._decide(v, ["invalid"], None, adapter, detail=f"{type(e).__name__}: {e}")
             return True
-        numbers, replies = self.evaluate()
-        reasons = gate_reasons(numbers, self.limits)
+        numbers, replies = self.evaluate(accepted)
+        reasons = gate_reasons(numbers, self.limits, self.settings.user_checks if user else ALL_CHECKS)
         if not reasons:  # the new reference before followers can move past it
-            self.accepted = self._reference(v, replies)
-        self._decide(v, reasons, numbers)
+            self._remember(adapter, self._reference(v, replies))
+        self._decide(v, reasons, numbers, adapter)
         return True
 
-    def evaluate(self) -> tuple[GateNumbers, list]:
-        """The loaded weights' numbers against the cached base and accepted references (and its probe replies)."""
+    def evaluate(self, accepted: _Reference | None = None) -> tuple[GateNumbers, list]:
+        """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
+        policy's last accepted version), and its probe replies."""
         t0 = time.perf_counter()
-        k = self.settings.gate.top_k
-        on_accepted = self.engine.score(self.accepted.targets, top_k=k)
-        on_base = on_accepted if self.accepted is self.base else self.engine.score(self.base.targets, top_k=k)
+        k, accepted = self.settings.gate.top_k, accepted or self.accepted
+        on_accepted = self.engine.score(accepted.targets, top_k=k)
+        on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
         length, loops = _probe_stats(replies)
         numbers = GateNumbers(
-            kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], self.accepted.topk),
+            kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
-            length=length, length_accepted=self.accepted.length,
+            length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
         )
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
 
     # ---- helpers ----------------------------------------------------------------------------------------------
-    def _decide(self, version: int, reasons: list[str], numbers: GateNumbers | None, detail: str = "") -> None:
+    def _decide(self, version: int, reasons: list[str], numbers: GateNumbers | None, adapter: str,
+                detail: str = "") -> None:
         import ray
 
         as_dict = numbers.to_dict() if numbers is not None else None
         text = numbers.summary() if numbers is not None else detail
+        name = f"v{version}" if adapter == BASE_ADAPTER else f"{adapter} v{version}"
         if reasons:
-            ray.get(self.registry.reject.remote(version, ",".join(reasons), as_dict, self.settings.adapter_id))
+            ray.get(self.registry.reject.remote(version, ",".join(reasons), as_dict, adapter))
             metrics.inc("hsd_versions_rejected_total", reason=reasons[0])
-            log.warning("gatekeeper: v%d rejected (%s): %s", version, ",".join(reasons), text)
+            log.warning("gatekeeper: %s rejected (%s): %s", name, ",".join(reasons), text)
         else:
-            ray.get(self.registry.accept.remote(version, as_dict, self.settings.adapter_id))
-            log.info("gatekeeper: v%d accepted: %s", version, text)
-        self.decisions.append({"version": version, "accepted": not reasons, "reasons": reasons, "numbers": as_dict})
+            ray.get(self.registry.accept.remote(version, as_dict, adapter))
+            log.info("gatekeeper: %s accepted: %s", name, text)
+        self.decisions = [*self.decisions[-999:], {"adapter": adapter, "version": version, "accepted": not reasons,
+                                                   "reasons": reasons, "numbers": as_dict}]
+
+    def _load(self, weights) -> None:
+        """Load a candidate. A user's adapter is loaded as this engine's one LoRA adapter (relabelled, inside this
+        actor only): per-user adapters train on a frozen shared policy, which this engine holds, so base + that LoRA
+        is exactly what the user is served."""
+        if is_user_adapter(weights.version.adapter_id):
+            weights = replace(weights, version=replace(weights.version, adapter_id=self.settings.adapter_id))
+        self.engine.load_weights(weights)
+
+    def _user_reference(self, adapter: str) -> _Reference:
+        """The user's last accepted version's reference: cached, else measured from the registry's copy (loaded for
+        that), else the base (the adapter has no accepted version yet)."""
+        import ray
+
+        if adapter in self.user_accepted:
+            self.user_accepted.move_to_end(adapter)
+            return self.user_accepted[adapter]
+        published = ray.get(self.registry.latest.remote(adapter))
+        if published is None:
+            return self.base
+        self._load(ray.get(published.ref))
+        return self._remember(adapter, self._reference(published.version.version))
+
+    def _remember(self, adapter: str, reference: _Reference) -> _Reference:
+        if not is_user_adapter(adapter):
+            self.accepted = reference
+            return reference
+        self.user_accepted[adapter] = reference
+        self.user_accepted.move_to_end(adapter)
+        while len(self.user_accepted) > MAX_USER_REFERENCES:
+            self.user_accepted.popitem(last=False)
+        return reference
 
     def _prepare_probes(self, probes: dict) -> None:
         tok = self.engine.tokenizer
@@ -236,7 +277,9 @@ def start_gatekeeper(cfg, registry):
     g = cfg.version_gate
     if not g.enabled:
         return None
-    settings = GatekeeperSettings(str(resolve_model(cfg.model)), cfg.engine, g, cfg.learner.lora.enabled)
+    settings = GatekeeperSettings(str(resolve_model(cfg.model)), cfg.engine, g,
+                                  cfg.learner.lora.enabled or cfg.gates_user_adapters,
+                                  user_checks=ALL_CHECKS if g.user_adapters == "all" else CAPABILITY_CHECKS)
     return (
         ray.remote(Gatekeeper)
         .options(name=GATEKEEPER_ACTOR_NAME, namespace=NAMESPACE, num_cpus=g.cpus, num_gpus=g.gpus,

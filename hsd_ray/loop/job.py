@@ -72,7 +72,8 @@ def learner_settings(cfg: Config) -> LearnerSettings:
     return LearnerSettings(str(resolve_model(cfg.model)), cfg.learner, cfg.loss, cfg.broadcast, str(out),
                            cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
                            cfg.version_gate.decision_timeout_s, snapshots,
-                           cfg.personalization if cfg.personalization.per_user else None)
+                           cfg.personalization if cfg.personalization.per_user else None,
+                           cfg.gates_user_adapters)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:
@@ -270,6 +271,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),
         str(out / SERVED_WEIGHTS_FILE) if cfg.broadcast.persist_weights else None, str(out / ADAPTERS_DIR),
+        cfg.gates_user_adapters,
     )
     (out / CONTROL_FILE).unlink(missing_ok=True)  # a new job is neither stopped nor paused; a restarted actor reads it
     control = ray.remote(LearnerControl).options(**control_actor_options(CONTROL_ACTOR_NAME)).remote(

@@ -107,6 +107,7 @@ class LearnerSettings:
     decision_timeout_s: float = 600.0
     snapshots_dir: str | None = None  # rollback snapshots on disk here (None: in memory)
     personal: PersonalizationConfig | None = None  # per_user mode: train users' adapters (personal_learner.py)
+    gated_users: bool = False  # per_user mode: adapters' versions are candidates too (version_gate.user_adapters)
 
 
 def rank0_broadcast(value, world: int):

@@ -10,10 +10,20 @@ with that adapter's own AdamW state. The hindsight teacher is the shared policy 
 follow the shared policy, which does not change in this mode); the KL anchor is the shared policy too (the adapter
 switched off).
 
-Every step publishes the adapter's next version to the registry (accepted at once: the version gate evaluates the
-shared policy only) and saves it — peft format plus optimizer state — under `<output_dir>/adapters/<adapter_id>/`.
-That folder is the checkpoint: a restarted learner (worker failure, or the job run again on the same output_dir)
-takes up each adapter from it when its user's next turns arrive; the step count survives in `.learner.json`.
+Every step publishes the adapter's next version to the registry and saves it — peft format plus optimizer state —
+under `<output_dir>/adapters/<adapter_id>/`. That folder is the checkpoint: a restarted learner (worker failure, or
+the job run again on the same output_dir) takes up each adapter from it when its user's next turns arrive; the step
+count survives in `.learner.json`.
+
+With the version gate on (`version_gate.user_adapters`, on by default) a published version is a candidate, served
+only once the gatekeeper accepts it — per adapter, the same rules as the shared policy's learner (rollback.py):
+- an adapter with a candidate pending publishes nothing new; its steps go on, and what they trained is the next
+  candidate as soon as the pending one is accepted;
+- accepted: the candidate's state (snapshotted when it was published) is written as the adapter's accepted state
+  (`adapters/.accepted/<adapter_id>/`, what a restarted registry serves);
+- rejected (or past `decision_timeout_s` at the end of the run): the adapter goes back to its accepted state —
+  weights and optimizer state, or zero if none was accepted — and the turns it trained since count as dropped
+  `rejected` in the queue. Version numbers keep rising.
 
 A user whose data is deleted (capture.forget_user → registry.forget_adapter) loses the adapter: the registry deletes
 the folder and its versions; this learner polls for such deletions before each batch and drops its in-memory copy,
@@ -25,12 +35,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
-from hsd_ray.core.adapter_bank import ADAPTERS_DIR, AdapterBank
+from hsd_ray.core.adapter_bank import ADAPTERS_DIR, AdapterBank, AdapterState
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.weights import user_adapter_id
 from hsd_ray.data.files import replace_atomically
@@ -48,6 +59,15 @@ from hsd_ray.loop.queue_client import QueueClient
 
 log = logging.getLogger("hsd_ray.loop.learner")  # the same "[learner]" lines as the global learner
 STATE_FILE = ".learner.json"
+
+
+@dataclass
+class _Candidate:
+    """A published adapter version the gatekeeper has not decided yet, and what rides on it."""
+
+    version: int
+    state: AdapterState  # the adapter when it was published: its accepted state if the gate accepts it
+    turns: int  # turns trained into it since the adapter's accepted state
 
 
 class PersonalLearner:
@@ -74,6 +94,8 @@ class PersonalLearner:
         self.step_count, self.turns_trained, self.train_s = self._load_state(), 0, 0.0
         self.started = time.time()
         self._deletions_seen = 0.0  # registry deletion times up to here have been acted on
+        self.pending: dict[str, _Candidate] = {}  # adapter -> its undecided candidate (version gate on)
+        self.unvetted: Counter[str] = Counter()  # adapter -> turns trained since its accepted state
 
     def restore(self) -> None:
         """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
@@ -85,8 +107,13 @@ class PersonalLearner:
         """The next round-robin batch of scored turns; None when it is time to stop."""
         while True:
             self._drop_deleted()
+            self._follow_gate()
             if not ray.get(self.control.paused.remote()):
-                return take_batch(self.queue, self.s.learner.batch_turns, self._should_stop)
+                # the gate's decisions are acted on while waiting for turns too ([] = some were: take again)
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._follow_gate)
+                if batch != []:
+                    return batch
+                continue
             if self._should_stop():
                 return None
             time.sleep(0.2)
@@ -106,7 +133,12 @@ class PersonalLearner:
                                      reference=self.reference)
             self.step_count += 1
             self.train_s += time.perf_counter() - t0
-            version = self._publish(adapter)
+            self.unvetted[adapter] += len(group)
+            if adapter in self.pending:  # one candidate at a time: the adapter trains on, unpublished
+                version = self.bank.version(adapter)
+                self.bank.save(adapter)
+            else:
+                version = self._publish(adapter)
             out[adapter] = {**metrics, "version": version}
             _record_metrics(metrics, group, version)
         self.turns_trained += len(turns)
@@ -119,7 +151,14 @@ class PersonalLearner:
         return out
 
     def finish(self) -> None:
-        """Every resident adapter is on disk already (saved after each step); report where they are."""
+        """Wait (up to decision_timeout_s) for the gate's last decisions; every adapter is on disk already (saved
+        after each step); report where they are."""
+        deadline = time.time() + self.s.decision_timeout_s
+        while self.pending and time.time() < deadline:
+            self._follow_gate()
+            time.sleep(0.2)
+        for adapter in list(self.pending):  # never left unvetted: undecided counts as rejected
+            self._apply_decision(adapter, "timeout")
         log.info("per-user adapters (%d) saved under %s at step %d", len(self.bank.on_disk()), self.root,
                  self.step_count)
 
@@ -130,12 +169,44 @@ class PersonalLearner:
         self.bank.set_version(adapter, version)
         publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True)
         self.bank.save(adapter)
+        if self.s.gated_users:
+            self.pending[adapter] = _Candidate(version, self.bank.snapshot(adapter), self.unvetted[adapter])
         log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
         return version
+
+    def _follow_gate(self) -> bool:
+        """Act on the gatekeeper's decisions about the pending candidates (one registry round trip for all of them).
+        True when some were decided."""
+        if not self.pending:
+            return False
+        asked = list(self.pending.items())
+        decisions = ray.get([self.registry.handle.decision.remote(c.version, a) for a, c in asked])
+        decided = [(adapter, d) for (adapter, _), d in zip(asked, decisions) if d != "candidate"]
+        for adapter, decision in decided:
+            self._apply_decision(adapter, decision)
+        return bool(decided)
+
+    def _apply_decision(self, adapter: str, decision: str | None) -> None:
+        candidate = self.pending.pop(adapter)
+        if decision == "accepted":
+            self.bank.save_accepted(adapter, candidate.state)
+            self.unvetted[adapter] -= candidate.turns
+            if self.unvetted[adapter] > 0:  # trained on while it waited: that state is the next candidate, now
+                self._publish(adapter)
+            return
+        if decision is None:  # the registry no longer knows it: the user's data was deleted (_drop_deleted)
+            return
+        back_to = self.bank.roll_back(adapter)  # rejected, superseded by an admin rollback, or undecided at the end
+        rejected = self.queue.reject_trained(self.unvetted.pop(adapter, 0))
+        log.warning("%s v%d %s by the version gate: back to %s (weights and optimizer state); %d turns trained since "
+                    "count as rejected", adapter, candidate.version, decision,
+                    f"v{back_to}" if back_to else "zero (nothing accepted yet)", rejected)
 
     def _drop_deleted(self) -> None:
         deleted = ray.get(self.registry.handle.forgotten_since.remote(self._deletions_seen))
         for adapter, when in deleted.items():
+            self.pending.pop(adapter, None)
+            self.unvetted.pop(adapter, None)
             if self.bank.delete(adapter):
                 log.info("%s: its user's data was deleted; adapter dropped", adapter)
             self._deletions_seen = max(self._deletions_seen, when)

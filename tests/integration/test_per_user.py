@@ -1,12 +1,16 @@
 """personalization.mode=per_user end to end on a real local Ray: two users' follow-ups train two adapters; each user
 is then answered by their own adapter (system_fingerprint names it), a third user by the shared policy, which never
-changes; deleting a user's data removes their adapter from disk, the registry and the replicas."""
+changes; deleting a user's data removes their adapter from disk, the registry and the replicas. With the version gate
+on user adapters, a destructive adapter is never served and the learner rolls it back; a sound one is served once
+accepted."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+import ray
+import torch
 
 from hsd_ray.core.weights import user_adapter_id
 from tests.integration.test_loop import _accounting_holds, _cfg, _chat, _conversation, _wait
@@ -29,6 +33,7 @@ def test_each_user_is_answered_by_their_own_adapter(ray_session, tiny_model_dir,
         "personalization.mode": "per_user", "personalization.lr": 5e-2, "personalization.max_resident": 1,
         "learner.batch_turns": 2, "job.max_steps": 4, "version_gate.enabled": "true", "serve.replicas": 1,
         "engine.kind": engine, "engine.max_lora_rank": 8,
+        "version_gate.user_adapters": "none",  # every step a served version (the gate on adapters: tests below)
     })
     if engine == "vllm":
         pytest.importorskip("vllm")
@@ -67,3 +72,108 @@ def test_each_user_is_answered_by_their_own_adapter(ray_session, tiny_model_dir,
         assert _probe(client, "bob")[0] == f"hsd-{bob}-v2"
         learner.wait(120)
         assert learner.error is None, learner.error
+
+
+def _gated_cfg(tmp_path, tiny_model_dir, lr):
+    # The tiny random model's next-token distributions are nearly flat whatever its hidden states, so no adapter moves
+    # its perplexity much: one Adam step at lr 5 raised it by 4.7% (514.5 -> 538.8), at lr 0.5 by 2.4%, at lr 1e-4 by
+    # well under 0.1%. The perplexity bound is tightened to 1% so that the first is past it and the last is not.
+    return _cfg(tmp_path, tiny_model_dir, **{
+        "personalization.mode": "per_user", "personalization.lr": lr, "learner.batch_turns": 2, "job.max_steps": 2,
+        "version_gate.enabled": "true", "version_gate.probe_max_tokens": 8, "version_gate.check_max_tokens": 4,
+        "version_gate.decision_timeout_s": 300, "version_gate.max_ppl_ratio": 1.01, "serve.replicas": 1,
+    })
+
+
+def _seeded(client, user):
+    r = _chat(client, [{"role": "user", "content": "Tell me a story."}], user, temperature=0.9, seed=11,
+              max_tokens=12, logprobs=True)
+    return r.system_fingerprint, [t.token for t in r.choices[0].logprobs.content]
+
+
+def _candidates(registry, seen: dict, stop) -> None:
+    """Every user-adapter candidate's tensors while it waits for the gate (a rejected one is released after)."""
+    while not stop.is_set():
+        try:
+            published = ray.get(registry.next_candidate.remote())
+        except ray.exceptions.RayActorError:
+            return
+        if published is not None and published.version.version not in seen:
+            seen[published.version.version] = ray.get(published.ref).tensors
+        time.sleep(0.05)
+
+
+def test_a_destructive_user_adapter_is_never_served_and_rolls_back(ray_session, tiny_model_dir, tmp_path):
+    import threading
+
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import running_loop
+
+    lr = 5.0  # one Adam step moves every LoRA weight by ~lr: as far as an adapter can push the tiny model
+    alice = user_adapter_id("alice")
+    with running_loop(_gated_cfg(tmp_path, tiny_model_dir, lr), learner=False) as loop:
+        ray.get(loop.gatekeeper.stats.remote())  # the gatekeeper has measured the base
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        before = _seeded(client, "alice")
+        assert before[0] == "hsd-base-v0"
+        seen, stop = {}, threading.Event()
+        threading.Thread(target=_candidates, args=(loop.registry.handle, seen, stop), daemon=True).start()
+        learner = loop.start_learner()
+        for i in range(2):  # one step of alice's adapter -> candidate v1
+            _conversation(client, "alice", f"Question {i}?", "No, that is wrong. Be brief.")
+        _wait(lambda: loop.registry.decision(1, alice) == "rejected", 240, "alice v1 rejected")
+        _wait(lambda: loop.queue.stats()["dropped"]["rejected"] == 2, 60, "the learner's rollback of v1")
+        for i in range(2, 4):  # the next step starts from zero again -> candidate v2
+            _conversation(client, "alice", f"Question {i}?", "No, that is wrong. Be brief.")
+        learner.wait(400)
+        stop.set()
+        assert learner.error is None, learner.error
+        stats = loop.stats()
+
+        assert _seeded(client, "alice") == before  # nothing rejected was served: base, token for token
+        assert loop.registry.latest(alice) is None
+        records = {r["version"]: r for r in loop.registry.versions(alice)}
+        assert [records[v]["state"] for v in (1, 2)] == ["rejected", "rejected"], records
+        assert "perplexity" in records[1]["reason"] and records[1]["numbers"]["ppl"] > 1.01 * records[1]["numbers"][
+            "ppl_base"]
+        assert set(records[1]["reason"].split(",")) <= {"perplexity", "accuracy", "loops"}  # capability checks only
+        decisions = ray.get(loop.gatekeeper.stats.remote())["decisions"]
+        assert [(d["adapter"], d["accepted"]) for d in decisions] == [(alice, False), (alice, False)]
+        # v2 was one Adam step from a zero adapter (lora_B starts at 0): had the learner kept v1's weights, some
+        # lora_B weight would be ~2·lr away from zero
+        assert set(seen) == {1, 2}
+        b2 = [t for k, t in seen[2].items() if "lora_B" in k]
+        assert b2 and max(float(t.abs().max()) for t in b2) <= lr * 1.001
+        adapters = tmp_path / "run" / "adapters"
+        assert not (adapters / alice).exists() and not (adapters / ".accepted" / alice).exists()
+        q = stats["queue"]
+        assert q["trained"] == 0 and q["dropped"]["rejected"] == 4 and _accounting_holds(q), q
+
+
+def test_a_sound_user_adapter_is_served_once_accepted(ray_session, tiny_model_dir, tmp_path):
+    from openai import OpenAI
+
+    from hsd_ray.core.adapter_bank import read_adapter
+    from hsd_ray.loop.job import running_loop
+
+    alice = user_adapter_id("alice")
+    with running_loop(_gated_cfg(tmp_path, tiny_model_dir, 1e-4), learner=False) as loop:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        learner = loop.start_learner()
+        for i in range(2):
+            _conversation(client, "alice", f"Question {i}?", "No, that is wrong. Be brief.")
+        _wait(lambda: loop.registry.decision(1, alice) == "accepted", 240, "alice v1 accepted")
+        _wait(lambda: _seeded(client, "alice")[0] == f"hsd-{alice}-v1", 30, "alice answered by her adapter v1")
+        assert _seeded(client, "bob")[0] == "hsd-base-v0"
+        for i in range(2, 4):
+            _conversation(client, "alice", f"Question {i}?", "No, that is wrong. Be brief.")
+        learner.wait(400)
+        assert learner.error is None, learner.error
+        assert loop.registry.decision(2, alice) == "accepted"
+        served = ray.get(loop.registry.latest(alice).ref)
+        saved = read_adapter(tmp_path / "run" / "adapters" / ".accepted" / alice, alice)
+        assert saved.version.version == served.version.version == 2
+        assert all(torch.equal(saved.tensors[k], served.tensors[k]) for k in served.tensors)
+        q = loop.stats()["queue"]
+        assert q["trained"] == 4 and q["dropped"]["rejected"] == 0 and _accounting_holds(q), q

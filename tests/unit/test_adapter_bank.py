@@ -158,6 +158,39 @@ def test_evicted_adapters_come_back_from_disk_with_their_optimizer(engine, tmp_p
     assert again.on_disk() == sorted([ALICE, BOB]) and again.version(ALICE) == 4
 
 
+def test_a_rejected_adapter_rolls_back_to_its_accepted_state(engine, tmp_path):
+    """Version gate on user adapters: the state snapshotted when a candidate was published is what the adapter goes
+    back to — weights and AdamW moments — after a later candidate is rejected; with none accepted, back to zero."""
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    batch = _batch(engine, cfg)
+    _step(bank, ALICE, batch, cfg)
+    bank.set_version(ALICE, 1)
+    accepted = bank.snapshot(ALICE)
+    accepted_params = _params(bank, ALICE)
+    _step(bank, ALICE, batch, cfg)  # the learner trains on while v1 waits for the gate
+    bank.save_accepted(ALICE, accepted)  # the gate accepted v1
+    _step(bank, ALICE, batch, cfg)
+    bank.set_version(ALICE, 2)
+    bank.save(ALICE)
+    moved = _params(bank, ALICE)
+    assert any(not torch.equal(moved[k], accepted_params[k]) for k in moved)
+    assert bank.roll_back(ALICE) == 1  # v2 rejected
+    assert bank.steps(ALICE) == 1 and bank.version(ALICE) == 1 and bank.loaded_from_disk == 1
+    assert all(torch.equal(p, accepted_params[k]) for k, p in _params(bank, ALICE).items())
+    now = bank._resident[ALICE]["optimizer"].state_dict()["state"]
+    assert all(torch.equal(now[i]["exp_avg"], accepted.optimizer["state"][i]["exp_avg"]) for i in now)
+    on_disk = read_adapter(tmp_path / ".accepted" / ALICE, ALICE)  # what a restarted registry serves
+    assert on_disk.version.version == 1 and all(torch.equal(on_disk.tensors[k], accepted.tensors[k])
+                                                for k in accepted.tensors)
+    # bob: never accepted, so a rejection leaves no trace of his training; the accepted folder is not an adapter
+    _step(bank, BOB, batch, cfg)
+    bank.save(BOB)
+    assert bank.roll_back(BOB) is None and not (tmp_path / BOB).exists() and bank.on_disk() == [ALICE]
+    assert bank.steps(BOB) == 0 and not any(p.abs().sum() for k, p in _params(bank, BOB).items() if "lora_B" in k)
+    assert bank.delete(ALICE) and not (tmp_path / ".accepted" / ALICE).exists()
+
+
 def test_deleting_an_adapter_removes_it_from_memory_and_disk(engine, tmp_path):
     cfg = _cfg()
     bank = _bank(engine, cfg, tmp_path)

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from hsd_ray.config import Config
-from hsd_ray.core.version_gate import (RATE_KINDS, GateLimits, GateNumbers, VersionFeedback, check_answer,
-                                       first_number, gate_cost, gate_reasons, is_degenerate, loop_rate, mean_kl,
-                                       perplexity, rate_kind, topk_kl)
+from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
+                                       check_answer, first_number, gate_cost, gate_reasons, is_degenerate, loop_rate,
+                                       mean_kl, perplexity, rate_kind, topk_kl)
 from hsd_ray.core.weights import PolicyVersion
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
@@ -83,6 +83,15 @@ def test_gate_reasons_each_threshold():
     assert "KL(cand‖accepted) 0.0100" in _numbers().summary() and _numbers().to_dict()["ppl"] == 10.0
     assert gate_reasons(_numbers(loops=0.3125, loops_base=0.0625), LIMITS) == []  # 4 more of 16: the allowed rise
     assert gate_reasons(_numbers(loops=0.375, loops_base=0.0625), LIMITS) == ["loops"]
+    # per-user adapters (CAPABILITY_CHECKS): style moves — distance from the base, length, step size — are theirs
+    wild_style = _numbers(kl_accepted=3.0, kl_base=5.0, length=4.0)
+    assert gate_reasons(wild_style, LIMITS) == ["kl_accepted", "kl_base", "length"]
+    assert gate_reasons(wild_style, LIMITS, CAPABILITY_CHECKS) == []
+    assert gate_reasons(_numbers(length=4.0, ppl=30.0, accuracy=0.2), LIMITS, CAPABILITY_CHECKS) == [
+        "perplexity", "accuracy"]
+    assert gate_reasons(_numbers(kl_accepted=float("nan")), LIMITS, CAPABILITY_CHECKS) == ["invalid"]
+    with pytest.raises(ValueError, match="unknown gate checks"):
+        gate_reasons(_numbers(), LIMITS, ("kl", "perplexity"))
     assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
 
 
