@@ -186,6 +186,8 @@ def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dic
                     done += step
                 run["users"] = {name: {k: v for k, v in u.stats.to_dict().items() if k != "log"}
                                 | {"log": u.stats.log} for name, u in users.items()}
+                # each adapter's versions with the version gate's decision and numbers
+                run["adapter_versions"] = {name: loop.registry.versions(a) for name, a in adapters.items()}
             finally:
                 loop.stop_learner()
                 run["final_stats"] = loop.stats()
