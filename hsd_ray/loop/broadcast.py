@@ -173,6 +173,11 @@ class VersionRegistry(AdapterShelf):
         current = self.latest_version(adapter_id)
         return [{**r, "current": r["version"] == current} for _, r in sorted(self._records.get(adapter_id, {}).items())]
 
+    def user_versions_rejected(self) -> int:
+        """Per-user adapter versions the gate held back, all users together (one count, not one label per user)."""
+        return sum(r["state"] == "rejected" for a, records in self._records.items() if is_user_adapter(a)
+                   for r in records.values())
+
     def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
         """The highest number ever published (accepted, candidate or rejected); the next version is above it."""
         return self._highest.get(adapter_id, 0)

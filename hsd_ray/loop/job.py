@@ -150,6 +150,7 @@ class Loop:
             "learner": (self.control.get_progress, (), {}),
             "published_version": (self.registry.handle.latest_version, (BASE_ADAPTER,), -1),
             "versions": (self.registry.handle.versions, (BASE_ADAPTER,), []),
+            "adapter_versions_rejected": (self.registry.handle.user_versions_rejected, (), 0),
         }
         refs, out, errors = {}, {}, {}
         for key, (method, args, empty) in calls.items():
@@ -395,7 +396,8 @@ def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
         f"[job {elapsed:6.0f}s] replies {c['recorded']} | captured {c['captured']} unmatched {c['unmatched']} "
         f"expired {c['expired']} | queue pending {q['pending']} scored {q['scored']} dropped {q['dropped_total']} | "
         f"trained {q['trained']} ({turns_per_s:.2f} turns/s) | step {lr.get('step', 0)} "
-        f"v{max(0, s['published_version'])} rejected {s.get('versions_rejected', 0)} "
+        f"v{max(0, s['published_version'])} rejected {s.get('versions_rejected', 0)}"
+        f"{' + %d adapter versions' % s['adapter_versions_rejected'] if s.get('adapter_versions_rejected') else ''} "
         f"loss {lr.get('loss', float('nan')):.4f}{_rates_text(s.get('feedback_by_version', {}))}"
     )
 
