@@ -113,10 +113,11 @@ class AdapterBank:
         return AdapterState(cpu_copy(get_peft_model_state_dict(self.model, adapter_name=adapter_id)),
                             copy.deepcopy(state["optimizer"].state_dict()), state["version"], state["steps"])
 
-    def save(self, adapter_id: str) -> None:
-        """Write the adapter's working state under root (what a restarted learner resumes from)."""
+    def save(self, adapter_id: str, state: AdapterState | None = None) -> None:
+        """Write the adapter's working state under root (what a restarted learner resumes from); `state`: a snapshot
+        of it taken just now (not copied again)."""
         if self.root is not None and adapter_id in self._resident:
-            self._write(self.root / adapter_id, self.snapshot(adapter_id))
+            self._write(self.root / adapter_id, state or self.snapshot(adapter_id))
 
     def save_accepted(self, adapter_id: str, state: AdapterState) -> None:
         """Write `state` as the adapter's last accepted version (version gate): what a rollback returns to and what a

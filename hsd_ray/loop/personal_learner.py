@@ -168,9 +168,10 @@ class PersonalLearner:
         version = max(self.bank.version(adapter), self.registry.highest_version(adapter)) + 1
         self.bank.set_version(adapter, version)
         publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True)
-        self.bank.save(adapter)
+        state = self.bank.snapshot(adapter)  # one copy: written to disk, and kept while the gate decides
+        self.bank.save(adapter, state)
         if self.s.gated_users:
-            self.pending[adapter] = _Candidate(version, self.bank.snapshot(adapter), self.unvetted[adapter])
+            self.pending[adapter] = _Candidate(version, state, self.unvetted[adapter])
         log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
         return version
 
