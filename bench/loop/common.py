@@ -140,6 +140,9 @@ def make_config(args, output_dir: str):
         "serve.max_tokens": args.max_tokens,
         "learner.batch_turns": args.batch_turns,
         "job.output_dir": output_dir,
+        # every follow-up trains: this measures throughput, not the feedback gate (which reads some of FOLLOWUPS,
+        # "Please be more specific." among them, as a new topic, and then nothing would reach the learner)
+        "feedback.gate": "none",
     }
     given = [f"{k}={v}" for k, v in overrides.items()] + list(args.overrides)
     return Config.load(overrides=given)
