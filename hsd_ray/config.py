@@ -264,6 +264,9 @@ class TeacherConfig(_Section):
     """Teacher actor pool that scores turns in hindsight."""
 
     num_workers: int = Field(1, ge=1, description="teacher actors")
+    engine: Literal["own", "serving"] = Field("own", description="own = each teacher holds an engine that follows the "
+                                              "weights; serving = teachers score on the chat replicas' async vLLM "
+                                              "engine (one model copy less: loop/replica_scorer.py)")
     cpus_per_worker: float = Field(0.5, ge=0, description="CPUs reserved per teacher")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per teacher")
     resources: dict[str, float] = Field(
@@ -400,6 +403,10 @@ class Config(_Section):
         if self.influence.min_users_per_step > self.learner.batch_turns:
             raise ValueError(f"influence.min_users_per_step ({self.influence.min_users_per_step}) must be <= "
                              f"learner.batch_turns ({self.learner.batch_turns}): one turn per user at least")
+        if self.teacher.engine == "serving" and not (self.engine.kind == "vllm" and self.engine.vllm_async
+                                                     and self.job.source is None):
+            raise ValueError("teacher.engine=serving scores on the chat replicas' engine: it needs engine.kind=vllm "
+                             "with engine.vllm_async=true, and a chat service (no job.source replay)")
         if self.personalization.per_user:
             self._check_per_user()
         return self

@@ -66,7 +66,11 @@ def _timed_followups(stats, client_, cfg, convs: list[dict], base: dict) -> tupl
     return events, timeline, t0
 
 
-def bench_whole_loop(cfg, n: int, log) -> tuple[dict, list[dict]]:
+def bench_whole_loop(cfg, n: int, log, during=None) -> tuple[dict, list[dict]]:
+    """`during(base_url)`: a context manager entered for the timed window (a chat load beside the pipeline); what it
+    returns on entry is stored under out["during"] (fill it in on exit)."""
+    import contextlib
+
     import ray
 
     from hsd_ray.loop.job import running_loop
@@ -101,7 +105,8 @@ def bench_whole_loop(cfg, n: int, log) -> tuple[dict, list[dict]]:
             _followup(client_, cfg, c)
         wait(lambda: stats()["queue"]["trained"] >= bt, 900, "the warm-up batch to be trained", 0.2)
         wait(lambda: health(loop.base_url)["policy_version"] >= warm_steps, 300, "the replica to load v1", 0.2)
-        wait(lambda: teacher_version() >= warm_steps, 300, "the teacher to load v1", 0.2)
+        if cfg.teacher.engine == "own":  # a teacher on the replica's engine scores with whatever it serves
+            wait(lambda: teacher_version() >= warm_steps, 300, "the teacher to load v1", 0.2)
         out["warmup_s"] = time.perf_counter() - t0
         log(f"  warm-up batch trained and v{warm_steps} applied by replica and teacher in {out['warmup_s']:.1f}s")
 
@@ -117,7 +122,8 @@ def bench_whole_loop(cfg, n: int, log) -> tuple[dict, list[dict]]:
             f"({sum(c['completion_tokens'] for c in convs)} tokens); sending the follow-ups")
 
         # Timed: follow-ups in → trained count +N (and: published, applied by the replica).
-        events, timeline, t0 = _timed_followups(stats, client_, cfg, convs, base)
+        with (during(loop.base_url) if during else contextlib.nullcontext()) as out["during"]:
+            events, timeline, t0 = _timed_followups(stats, client_, cfg, convs, base)
         wait(lambda: loop.stats()["published_version"] >= total_steps, 300, "the last step's weights to be published")
         events["published"] = time.perf_counter() - t0
         wait(lambda: health(loop.base_url)["policy_version"] >= total_steps, 300, "the replica to apply them")

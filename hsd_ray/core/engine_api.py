@@ -26,6 +26,11 @@ import numpy as np
 from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine could not be reached (a shared chat replica restarting, the service not deployed yet): no fault of
+    the requests. A teacher hands such a batch back whole instead of blaming its turns one by one."""
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 128

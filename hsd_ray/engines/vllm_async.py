@@ -15,6 +15,8 @@ differs is how the engine runs:
 - A caller that stops iterating (client disconnect → Serve cancels the request) cancels the engine-loop task;
   `AsyncLLM.generate` then aborts the request in the engine core, freeing its slot and KV blocks.
 - A seeded request uses its own generator in vLLM (per-request seed), so its tokens do not depend on what else runs.
+- Scoring (`score`, and `score_async` for a teacher that shares a chat replica's engine: `teacher.engine=serving`,
+  loop/replica_scorer.py) runs in the same continuous batch, and counts as in flight like a reply.
 
 Weights (`load_weights`, called by the weight follower's thread): drain, then swap. New requests wait at the door,
 the requests already running finish on the old version, the set is loaded (full: `reload_weights` in the engine core
@@ -48,7 +50,7 @@ from hsd_ray.core.engine_api import (  # noqa: E402
     ScoreRequest,
     TokenScores,
 )
-from hsd_ray.core.weights import WeightLoadError, WeightSet  # noqa: E402
+from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet  # noqa: E402
 from hsd_ray.engines.base import is_user_set  # noqa: E402
 from hsd_ray.engines.vllm import VLLMEngine, _refresh_output_heads  # noqa: E402
 from hsd_ray.engines.vllm_adapters import delete_folders  # noqa: E402
@@ -189,8 +191,19 @@ class AsyncVLLMEngine(VLLMEngine):
         return list(self._run(run())) if prompts else []
 
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:
+        return self._run(self._score_here(requests, top_k))[0]
+
+    async def score_async(self, requests: list[ScoreRequest], top_k: int = 0) -> tuple[list, PolicyVersion]:
+        """`score` from another event loop (a chat replica's, for a teacher sharing this engine): awaits, never
+        blocks that loop. Returns the scores and the version that produced all of them."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._score_here(requests, top_k),
+                                                                          self._loop))
+
+    async def _score_here(self, requests: list[ScoreRequest], top_k: int):
+        """Scoring on the engine loop, in flight like a reply: a weight swap waits for it to end, so one version
+        scores the whole batch (the one returned)."""
         if not requests:
-            return []
+            return [], self._version
         prompts, vparams = self._score_inputs(requests, top_k)
 
         async def one(prompt):
@@ -200,12 +213,17 @@ class AsyncVLLMEngine(VLLMEngine):
                 pass
             return final
 
-        async def run():
-            await self._admit.wait()
-            return await asyncio.gather(*(one(p) for p in prompts))
-
-        outs = self._run(run())
-        return [extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)]
+        await self._admit.wait()
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            version = self._version
+            outs = await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        return [extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)], version
 
     def stats(self) -> dict:
         """For /health: requests in flight, whether a swap holds the door, the swaps so far."""

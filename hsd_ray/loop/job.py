@@ -261,6 +261,8 @@ class ReplayThread(threading.Thread):
 
 def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
     """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
+    if cfg.teacher.engine == "serving" and not serve_chat:
+        raise ValueError("teacher.engine=serving scores on the chat replicas' engine: start the chat service too")
     out, log_uri, retention = Path(cfg.job.output_dir).resolve(), turnlog_uri(cfg), cfg.turnlog.retention_s
     queue = ray.remote(TurnQueue).options(**control_actor_options(QUEUE_ACTOR_NAME)).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,

@@ -115,7 +115,7 @@ class TurnQueue:
         self._lease_ids = itertools.count(time.time_ns() // 1000)  # never reused by a restarted queue
         self.tally = metrics.Tally(
             {"captured": None, "trained": None, "redelivered": "hsd_turns_redelivered_total",
-             "retried": None, "late_completions": None, "recovered": None, "log_errors": None,
+             "retried": None, "released": None, "late_completions": None, "recovered": None, "log_errors": None,
              "steps_held_for_users": None,
              "dropped": "hsd_turns_dropped_total", "gate": "hsd_gate_decisions_total"},
             labels={"dropped": DROP_REASONS, "gate": ()},
@@ -213,6 +213,19 @@ class TurnQueue:
         self._drop(overflow, "scored_overflow")
         self._gauges()
         return True
+
+    def release(self, lease_id: int) -> int:
+        """Give a lease back unscored: the teacher's engine was unreachable (EngineUnavailable), no fault of the
+        turns, so they go back to the front of pending and this delivery is not counted. Returns how many."""
+        lease = self._leases.pop(lease_id, None)
+        if lease is None:
+            return 0
+        for t in lease[1]:
+            self._attempts[t.turn_id] = max(0, self._attempts.get(t.turn_id, 1) - 1)
+        self._pending.extendleft(reversed(lease[1]))
+        self.tally.add("released", len(lease[1]))
+        self._gauges()
+        return len(lease[1])
 
     # ---- learner side -----------------------------------------------------------------------------------------
     def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:

@@ -41,6 +41,9 @@ class QueueClient:
                                                    list(decisions), dict(errors or {}), list(receptions),
                                                    list(zero_weight)))
 
+    def release(self, lease: Lease) -> int:
+        return ray.get(self.handle.release.remote(lease.lease_id))
+
     def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
         return ray.get(self.handle.take_scored.remote(n, at_least))
 

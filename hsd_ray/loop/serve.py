@@ -428,6 +428,13 @@ class ChatService:
         )
         return prompt, params
 
+    # ---- a teacher's scoring (teacher.engine=serving, loop/replica_scorer.py): a handle call, not an HTTP route ----
+    async def score(self, requests: list, top_k: int = 0):
+        """Hindsight scoring in this replica's engine, beside the chats → (scores, the version that scored them)."""
+        if not hasattr(self.engine, "score_async"):  # config.py refuses this combination; named here all the same
+            raise TypeError(f"{type(self.engine).__name__} cannot score beside serving (the async vLLM engine can)")
+        return await self.engine.score_async(requests, top_k)
+
     # ---- weights ---------------------------------------------------------------------------------------------------
     def _report_version(self, version: int | None = None):
         current = self.engine.version

@@ -1,7 +1,9 @@
 """Teacher workers: Ray actors that lease captured turns, score them in hindsight, and hand them to the learner.
 
 Each teacher holds one engine (vLLM prompt-logprob mode, or transformers) that follows the broadcast weights, so the
-teacher is the *current* policy (as in the paper) up to the broadcast cadence. Its loop:
+teacher is the *current* policy (as in the paper) up to the broadcast cadence; or, with `teacher.engine: serving`, it
+scores on the chat replicas' async vLLM engine (loop/replica_scorer.py: one model copy less, measured cheaper on a
+small machine), which serves the same accepted version. Its loop:
 
     QueueClient.lease → fetch_turns (one ray.get) → Turn.is_scorable → the feedback gate (core.feedback: is the
     follow-up about the reply?) → core.scoring.score_turns on the feedback turns (engine batches by token budget)
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, FeedbackConfig, HindsightConfig, LossConfig, TeacherConfig
+from hsd_ray.core.engine_api import EngineUnavailable
 from hsd_ray.core.scoring import score_turns
 from hsd_ray.core.version_gate import rate_kind
 from hsd_ray.data import build_gate
@@ -60,13 +63,19 @@ class TeacherWorker:
 
         self.settings, self.name = settings, name
         self.queue = QueueClient(queue)
-        self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
-                                  score_token_budget=settings.teacher.token_budget)
-        self.follower = WeightFollower(self.engine, registry, role="teacher") if registry is not None else None
+        if settings.teacher.engine == "serving":  # the chat replicas' engine: they follow the weights
+            from hsd_ray.loop.replica_scorer import ReplicaScorer
+            from hsd_ray.loop.serve import APP_NAME
+
+            self.engine, self.follower = ReplicaScorer(settings.model_dir, APP_NAME), None
+        else:
+            self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
+                                      score_token_budget=settings.teacher.token_budget)
+            self.follower = WeightFollower(self.engine, registry, role="teacher") if registry is not None else None
         self.gate = build_gate(settings.feedback)
         self.tally = metrics.Tally({
             "batches": None, "turns": "hsd_teacher_turns_scored_total", "tokens": "hsd_teacher_tokens_scored_total",
-            "failed": None, "late": None, "errors": None,
+            "failed": None, "late": None, "errors": None, "unavailable": None,
         })
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-loop", daemon=True)
@@ -74,7 +83,8 @@ class TeacherWorker:
 
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
-        return {**self.tally.snapshot(), "version": self.engine.version.version, "alive": self._thread.is_alive()}
+        return {**self.tally.snapshot(), "version": self.engine.version.version, "alive": self._thread.is_alive(),
+                "engine": type(self.engine).__name__}
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,7 +108,13 @@ class TeacherWorker:
         if lease is None:
             return False
         t0 = time.perf_counter()
-        accepted, scored = self._score_lease(lease)
+        try:
+            accepted, scored = self._score_lease(lease)
+        except EngineUnavailable as e:  # no fault of the turns: the lease goes back whole, no delivery counted
+            log.warning("%s: %s; %d turns handed back", self.name, e, self.queue.release(lease))
+            self.tally.add("unavailable")
+            self._stop.wait(1.0)
+            return True
         self.tally.add("batches")
         if accepted:
             tokens = sum(t.scores.teacher_prompt_tokens + t.scores.baseline_prompt_tokens
@@ -147,6 +163,8 @@ class TeacherWorker:
             return
         try:
             score_turns(self.engine, turns, self.settings.hindsight, self.settings.loss)
+        except EngineUnavailable:
+            raise  # the engine, not these turns: the whole lease goes back (step)
         except Exception as e:  # noqa: BLE001 - any scoring failure is some turn's (or the engine's) problem
             if len(turns) == 1:
                 errors[turns[0].turn_id] = f"{type(e).__name__}: {e}"[:2000]

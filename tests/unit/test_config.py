@@ -38,6 +38,13 @@ def test_bad_values_name_the_field(override, field):
         Config.load(overrides=[override])
 
 
+@pytest.mark.parametrize("override", ["engine.kind=hf", "engine.vllm_async=false", "job.source=turns.jsonl"])
+def test_teachers_score_on_the_serving_engine_only_where_there_is_one(override):
+    Config.load(overrides=["teacher.engine=serving", "engine.kind=vllm"])  # the async vLLM replicas score
+    with pytest.raises(ConfigError, match="teacher.engine=serving"):
+        Config.load(overrides=["teacher.engine=serving", "engine.kind=vllm", override])
+
+
 def test_bad_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("- a list\n")

@@ -51,6 +51,23 @@ def test_expired_lease_is_redelivered_and_late_completion_refused():
     assert s["scored"] == 2 and s["late_completions"] == 1
 
 
+def test_a_released_lease_goes_back_first_without_using_a_delivery():
+    """A teacher whose engine was unreachable hands its lease back: the turns are first in line again, and, with
+    max_attempts=1, neither retried as poison nor dead-lettered however often that happens."""
+    q = TurnQueue(capacity=10, max_attempts=1)
+    q.put(_items(3))
+    for _ in range(3):
+        lease = q.lease(2)
+        assert _ids(lease.turns) == ["t0", "t1"] and q.release(lease.lease_id) == 2
+    assert q.release(lease.lease_id) == 0  # released once only
+    lease = q.lease(3)
+    assert _ids(lease.turns) == ["t0", "t1", "t2"]
+    assert q.complete(lease.lease_id, lease.turns[1:], errors={"t0": "poison"})  # its one delivery: dead-lettered
+    s = q.stats()
+    assert s["released"] == 6 and s["dead_letters"] == 1 and s["scored"] == 2 and s["retried"] == 0, s
+    assert s["captured"] == s["trained"] + s["dropped_total"] + _in_flight(s)
+
+
 def test_take_is_all_or_nothing_and_restart_requeues_training():
     q = TurnQueue()
     q.put(_items(3))
