@@ -143,6 +143,9 @@ def make_config(args, output_dir: str):
         # every follow-up trains: this measures throughput, not the feedback gate (which reads some of FOLLOWUPS,
         # "Please be more specific." among them, as a new topic, and then nothing would reach the learner)
         "feedback.gate": "none",
+        # every step a served version, as these measures count (the gate holds versions back while it judges one;
+        # what it costs: bench/bench_gate.py)
+        "version_gate.enabled": "false",
     }
     given = [f"{k}={v}" for k, v in overrides.items()] + list(args.overrides)
     return Config.load(overrides=given)
