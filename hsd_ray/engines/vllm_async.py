@@ -57,7 +57,6 @@ from hsd_ray.engines.vllm_adapters import delete_folders  # noqa: E402
 from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs  # noqa: E402
 
 _END = object()
-CHAT_PRIORITY, SCORE_PRIORITY = 0, 1  # vLLM's priority scheduling: lower values are scheduled first
 
 
 class AsyncVLLMEngine(VLLMEngine):
@@ -78,9 +77,6 @@ class AsyncVLLMEngine(VLLMEngine):
         self._inflight = 0
         self.aborted = 0  # requests whose caller stopped listening before the end
         self._swap_lock = asyncio.Lock()  # one swap at a time
-        # Scoring (a teacher sharing this engine) takes at most a quarter of the running slots, and waits behind chats
-        # (priority scheduling): measured without both, a shared teacher's batches held chats back (TTFT p50 4.4x).
-        self._score_slots = asyncio.Semaphore(max(1, max_num_seqs // 4))
         self.swaps: list[dict] = []  # per swap: drain_s (waiting for in-flight replies), load_s
         super().__init__(model_dir, keep_torch_threads=False, **kwargs)
 
@@ -88,9 +84,7 @@ class AsyncVLLMEngine(VLLMEngine):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # priority: a waiting chat request is scheduled before waiting scoring work (CHAT_PRIORITY < SCORE_PRIORITY)
-        args = AsyncEngineArgs(**kwargs, max_num_seqs=self._max_num_seqs, disable_log_stats=True,
-                               scheduling_policy="priority")
+        args = AsyncEngineArgs(**kwargs, max_num_seqs=self._max_num_seqs, disable_log_stats=True)
 
         async def build():
             return AsyncLLM.from_engine_args(args)
@@ -154,7 +148,7 @@ class AsyncVLLMEngine(VLLMEngine):
             comp = out = None
             request_id = f"hsd-{next(self._ids)}"
             async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), vparams, request_id,
-                                               lora_request=lora, priority=CHAT_PRIORITY):
+                                               lora_request=lora):
                 comp = out.outputs[0]
                 new = list(comp.token_ids)
                 new_lp = sampled_logprobs(comp.logprobs, new)
@@ -214,10 +208,9 @@ class AsyncVLLMEngine(VLLMEngine):
 
         async def one(prompt):
             final = None
-            async with self._score_slots:  # the rest of max_num_seqs stays free for chats
-                async for final in self.llm.generate(prompt, vparams, f"hsd-score-{next(self._ids)}",
-                                                     lora_request=self._lora_request, priority=SCORE_PRIORITY):
-                    pass
+            async for final in self.llm.generate(prompt, vparams, f"hsd-score-{next(self._ids)}",
+                                                 lora_request=self._lora_request):
+                pass
             return final
 
         await self._admit.wait()
