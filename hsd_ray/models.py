@@ -85,16 +85,24 @@ def resolve_model(name: str) -> Path:
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """The transformers model (eval mode, on `device`) and its tokenizer (pad = eos when it has no pad token)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(model_dir: str | Path):
+    """The model's tokenizer, pad = eos when it has no pad token (batches are padded: core/batch.py, the engines)."""
+    from transformers import AutoTokenizer
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """The transformers model (eval mode, on `device`) and its tokenizer (`load_tokenizer`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to(device)
     model.eval()
     return model, tokenizer

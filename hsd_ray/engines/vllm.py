@@ -118,16 +118,16 @@ class VLLMEngine(VersionedWeights):
         enable_prefix_caching: bool = True,
         keep_torch_threads: bool = True,
     ):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
+
+        from hsd_ray.models import load_tokenizer
 
         self.model_dir = Path(model_dir)
         self.dtype = dtype
         self.max_model_len = max_model_len
         self.max_logprobs = max_logprobs
         self.enable_lora = enable_lora
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model_dir)
         self.hf_config = AutoConfig.from_pretrained(str(model_dir))
 
         kwargs: dict = dict(

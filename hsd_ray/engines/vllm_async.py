@@ -132,8 +132,7 @@ class AsyncVLLMEngine(VLLMEngine):
         from vllm.sampling_params import RequestOutputKind
 
         await self._admit.wait()
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         # fixed for the whole reply: shared weights swap after a drain; a user adapter's old version is removed only
         # once no reply runs on it (vllm_adapters.UserLoras)
         version, lora = self._weights_for(params.adapter_id)
@@ -169,9 +168,7 @@ class AsyncVLLMEngine(VLLMEngine):
             self.aborted += 1  # the caller went away: AsyncLLM.generate aborted the request in the engine core
             raise
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._leave()
             done = self._user_loras.finished(lora)
             if done:
                 asyncio.get_running_loop().create_task(self._remove_loras_async(done))
@@ -214,16 +211,23 @@ class AsyncVLLMEngine(VLLMEngine):
             return final
 
         await self._admit.wait()
-        self._inflight += 1
-        self._idle.clear()
+        self._enter()
         try:
             version = self._version
             outs = await asyncio.gather(*(one(p) for p in prompts))
         finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+            self._leave()
         return [extract_scores(o.prompt_logprobs, r, top_k) for o, r in zip(outs, requests)], version
+
+    def _enter(self) -> None:
+        """A reply or a scoring batch starts (after the door): a swap now waits for it (`_idle`)."""
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
 
     def stats(self) -> dict:
         """For /health: requests in flight, whether a swap holds the door, the swaps so far."""

@@ -1,9 +1,9 @@
 """A teacher's scoring on the chat replicas' own engine (`teacher.engine: serving`).
 
-By default a teacher holds a vLLM engine of its own that follows the broadcast weights. On a small machine that is a
-second model copy competing with the replicas for the same cores; `bench/bench_share.py` measured that scoring
-through the serving engine instead is cheaper on every count (2 CPUs, SmolLM2, 4 chat streams: teacher 1.74× the
-scored tokens/s, chat time to first token 0.60×, one model copy less). With `teacher.engine: serving` the teacher
+By default a teacher holds a vLLM engine of its own that follows the broadcast weights: a second model copy competing
+with the replicas for the same cores. Measured in the whole loop (bench/bench_teacher_engine.py, SmolLM2, 2 CPUs),
+sharing the replica's engine trains 1.31x faster with a teacher of 625 MB instead of 3.3 GB, but chats wait (time to
+first token p50 4.4x), which is why `own` stays the default. With `teacher.engine: serving` the teacher
 loads only a tokenizer, and each scoring batch is one Serve handle call to a chat replica (`ChatService.score`),
 which runs it on its async vLLM engine in the same continuous batch as the chats.
 
@@ -31,15 +31,11 @@ log = logging.getLogger(__name__)
 class ReplicaScorer:
     """The scoring part of the Engine interface (`tokenizer`, `version`, `score`), answered by a chat replica."""
 
-    continuous_batching = True
-
     def __init__(self, model_dir: str, app_name: str, deployment: str = "ChatService", attempts: int = 4,
                  call_timeout_s: float = 300.0):
-        from transformers import AutoTokenizer
+        from hsd_ray.models import load_tokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        if self.tokenizer.pad_token_id is None:  # as every engine does (core/prompts relies on a pad id)
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(model_dir)  # the engines' own tokenizer, pad id included
         self.app_name, self.deployment = app_name, deployment
         self.attempts, self.call_timeout_s = attempts, call_timeout_s
         self._handle = None

@@ -2,8 +2,8 @@
 
 Each teacher holds one engine (vLLM prompt-logprob mode, or transformers) that follows the broadcast weights, so the
 teacher is the *current* policy (as in the paper) up to the broadcast cadence; or, with `teacher.engine: serving`, it
-scores on the chat replicas' async vLLM engine (loop/replica_scorer.py: one model copy less, measured cheaper on a
-small machine), which serves the same accepted version. Its loop:
+scores on the chat replicas' async vLLM engine (loop/replica_scorer.py: one model copy less, a faster loop, slower
+first tokens for chats), which serves the same accepted version. Its loop:
 
     QueueClient.lease → fetch_turns (one ray.get) → Turn.is_scorable → the feedback gate (core.feedback: is the
     follow-up about the reply?) → core.scoring.score_turns on the feedback turns (engine batches by token budget)

@@ -67,6 +67,19 @@ def _probe(client):
     return r.system_fingerprint, [t.logprob for t in r.choices[0].logprobs.content]
 
 
+def _learn_from_four_complaints(loop, client) -> dict:
+    """Start the learner, send four users' complaints, wait for it to end (job.max_steps): all 4 turns trained, the
+    accounting exact. Returns the loop's stats."""
+    learner = loop.start_learner()
+    for i in range(4):
+        _conversation(client, f"user-{i}", f"Question {i}?", "Wrong, be brief.")
+    learner.join(timeout=300)
+    assert learner.error is None, learner.error
+    stats = loop.stats()
+    assert stats["queue"]["trained"] == 4 and _accounting_holds(stats["queue"]), stats
+    return stats
+
+
 def _accounting_holds(q: dict) -> bool:
     in_flight = q["pending"] + q["leased"] + q["scored"] + q["training"]
     return q["captured"] == q["trained"] + q["dropped_total"] + in_flight
@@ -239,13 +252,7 @@ def test_loop_with_vllm_engines(ray_session, tiny_model_dir, tmp_path, lora):
     with running_loop(cfg, learner=False) as loop:
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=120)
         fp0, lp0 = _probe(client)
-        learner = loop.start_learner()
-        for i in range(4):
-            _conversation(client, f"user-{i}", f"Question {i}?", "Wrong, be brief.")
-        learner.join(timeout=300)
-        assert learner.error is None, learner.error
-        stats = loop.stats()
-        assert stats["queue"]["trained"] == 4 and _accounting_holds(stats["queue"]), stats
+        stats = _learn_from_four_complaints(loop, client)
         teacher = ray.get(loop.teachers[0].stats.remote())
         assert teacher["turns"] >= 4
         final_fp = f"hsd-base-v{stats['published_version']}"

@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from hsd_ray.config import Config
-from tests.integration.test_loop import _accounting_holds, _cfg, _conversation, _probe, _wait
+from tests.integration.test_loop import _accounting_holds, _cfg, _learn_from_four_complaints, _probe, _wait
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,7 @@ def test_teachers_score_on_the_chat_replicas_engine(ray_session, tiny_model_dir,
         client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=120)
         assert ray.get(loop.teachers[0].stats.remote())["engine"] == "ReplicaScorer"  # no model copy of its own
         fp0, lp0 = _probe(client)
-        learner = loop.start_learner()
-        for i in range(4):
-            _conversation(client, f"user-{i}", f"Question {i}?", "Wrong, be brief.")
-        learner.join(timeout=300)
-        assert learner.error is None, learner.error
-        stats = loop.stats()
-        assert stats["queue"]["trained"] == 4 and _accounting_holds(stats["queue"]), stats
+        stats = _learn_from_four_complaints(loop, client)
         final = stats["published_version"]
         fp1, lp1 = _wait(lambda: (p := _probe(client))[0] == f"hsd-base-v{final}" and p, 60, "the replica's swap")
         assert max(abs(a - b) for a, b in zip(lp0, lp1)) > 1e-4  # the learner's steps are served
