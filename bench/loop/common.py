@@ -140,8 +140,8 @@ def make_config(args, output_dir: str):
         "serve.max_tokens": args.max_tokens,
         "learner.batch_turns": args.batch_turns,
         "job.output_dir": output_dir,
-        # every follow-up trains: this measures throughput, not the feedback gate (which reads some of FOLLOWUPS,
-        # "Please be more specific." among them, as a new topic, and then nothing would reach the learner)
+        # every follow-up trains: this measures throughput, not the feedback gate (which rightly drops "Great, now
+        # say it in French." as build-on, so a step's turn count would depend on which follow-ups it drew)
         "feedback.gate": "none",
         # every step a served version, as these measures count (the gate holds versions back while it judges one;
         # what it costs: bench/bench_gate.py)

@@ -103,17 +103,46 @@ COMPLAINT_RX = _rx(
     r"\b(double[- ]?check|re-?check|proof-?read)\b.{0,10}\b(your|the|that|this|it)\b",
     r"\b(skip|drop|leave out|ditch|cut out|lose) (the|all the|those|these|that|your) [\w' ]{1,30}(next time|from now on|"
     r"in (the )?future|going forward)\b",
-    r"^(from now on|next time|in (the )?future|going forward),? (skip|drop|leave out|ditch|cut out|lose|no|don'?t|never)\b")
+    r"^(from now on|next time|in (the )?future|going forward),? (skip|drop|leave out|ditch|cut out|lose|no|don'?t|never)\b",
+    # another form suggested for this reply: "a table would make this clearer", "an example would have helped"
+    r"^(a |an )?(numbered |bulleted |bullet |short |quick )?(list|table|tables|headings?|headers?|bullets|bullet points|"
+    r"summary|tl;?dr|diagram|example|examples|steps|code( block)?|chart)( for each \w+)? (would|might|could) (be|make|"
+    r"have been|have made|have helped|help|read)\b",
+    # "ask me about my income first", "ask me what the budget is next time before listing"
+    r"^(please )?(ask|check with) me (about|what|how|for|if|whether|which)\b.{0,60}\b(first|before|next time)\b")
 
 REPHRASE_RX = _rx(
     r"\b(try|do it|one more time|once more) again\b", r"\btry (another|a different)\b", r"\b(re-?write|re-?do|re-?phrase|"
     r"re-?word|simplify|shorten|condense|summari[sz]e) (it|that|this|your (answer|reply|response)|the (answer|reply|text))\b",
     r"\b(say|explain|put) (it|that|this) (again|more simply|simpler|differently|in (simpler|plain|other|fewer)|like i'?m)\b",
-    r"\b(make|keep) (it|that|this|the (answer|reply|text|code|list))\s+(shorter|simpler|longer|clearer|more|less|briefer|"
+    r"\b(make|keep) (it|that|this|them|the (answer|reply|text|code|list|steps|sentences|paragraphs|points|"
+    r"examples))\s+(shorter|simpler|longer|clearer|more|less|briefer|"
     r"concise|easier)\b", r"^(shorter|simpler|briefer|more concise|less formal|more formal|in plain english|plain english|"
     r"smaller|bullet points|fewer words|less words)\b", r"\bin simpler (terms|words)\b", r"\beli5\b", r"^(please )?(mention|remove|include|drop|cut|delete|change|replace|swap|add|less) \w+",
     r"^again\b", r"^(please )?(re-?write|re-?do|re-?phrase|re-?word|simplify|shorten|expand|elaborate on|improve|polish|revise|edit) (it|that|this|the|your|my|above|again|point)\b", r"\b(make|change|edit|revise|improve) (it|that|this|the above|the (story|text|poem|code|essay|email|letter|answer|list|function)) (longer|shorter|more|less|simpler|clearer|funnier|better|sound)\b",
-    r"^(more|less|a bit more|a little more|much more) (detailed|detail|details|concise|formal|casual|professional|specific|simple|technical|polite|friendly)\b", r"^(it|this|that|the \w+) (needs to|has to|should|must)\b", r"\b(one|single)[- ]word answer\b", r"\b(can|could|would) you (make|put|turn|format|write|give|show|do) (it|that|this|them) ?(as|in|into)? (a |an )?(table|list|bullets?|bullet points|timeline|steps|numbered list|one sentence|one paragraph|one line|shorter|simpler)\b", r"\blike i'?m (5|five|a)\b",
+    r"^(more|less|a bit more|a little more|much more) (detailed|detail|details|concise|formal|casual|professional|specific|simple|technical|polite|friendly)\b",
+    # bare redo imperatives with no complaint word: "be more specific", "be firmer", "bold the key terms"
+    r"^((please|pls|just|can you|could you|would you|try to) )?(be|sound) (a (bit|little|lot) |much |way |even )?"
+    r"(more|less) \w+", r"^((please|pls|just) )?be (firmer|clearer|shorter|briefer|simpler|nicer|kinder|harsher|"
+    r"stricter|gentler|softer|bolder|blunter|friendlier|funnier|warmer|tighter|crisper|plainer)\b",
+    r"^(be )?(more )?(specific|specifics|concrete|precise)\b(?! (question|example|date|time|number|word|name))",
+    r"^((please|can you|could you) )?(write|say|put|type|give|redo|do) (it|that|this|them|everything|the (whole thing|"
+    r"answer|reply|list|steps))( all| again| both)? (in|as|with|using|without|into) (all |small |capital |plain |"
+    r"simple |simpler |short |bold )?(lower ?case|upper ?case|caps|capitals|small letters|capital letters|bold|italics|"
+    r"bullets?|bullet points|plain text|markdown|simple words|simpler words|short sentences|fewer words|a (table|list|"
+    r"numbered list|rhyme|single sentence|code block))\b",
+    r"^((please|can you|could you) )?(bold|highlight|italici[sz]e|underline|number|capitali[sz]e|bullet|label|indent|"
+    r"format) (the|them|it|that|this|each|every|all|key|main|important)\b",
+    r"^((please|can you|could you) )?use (simpler|plainer|easier|shorter|fewer|simple|plain|everyday) (words|language|"
+    r"terms|sentences|english)\b",
+    r"^((please|can you|could you) )?(put|give( me)?|start with|lead with|open with|begin with) (the )?(\w+ ){0,2}"
+    r"(first|at the top|up front|upfront)\b",
+    r"m[áa]s (espec[íi]fic[oa]|concret[oa]|clar[oa]|direct[oa]|precis[oa])|plus (pr[ée]cis|concret|clair|direct)|"
+    r"\b(genauer|konkreter|pr[äa]ziser)\b|fett (markieren|machen|schreiben)|mais (espec[íi]fico|direto|claro|concreto|"
+    r"preciso)|pi[ùu] (specifico|preciso|chiaro|diretto)|具体一点|更具体|说具体|"
+    r"(écri[st]|écrivez|escribe|escreva|schreib)\w* (tout |todo |tudo |alles )?(en|in|em) (minuscules|min[úu]sculas|"
+    r"kleinbuchstaben|majuscules|may[úu]sculas|mai[úu]sculas)",
+    r"^(it|this|that|the \w+) (needs to|has to|should|must)\b", r"\b(one|single)[- ]word answer\b", r"\b(can|could|would) you (make|put|turn|format|write|give|show|do) (it|that|this|them) ?(as|in|into)? (a |an )?(table|list|bullets?|bullet points|timeline|steps|numbered list|one sentence|one paragraph|one line|shorter|simpler)\b", r"\blike i'?m (5|five|a)\b",
     r"\bcan you (simplify|shorten|rephrase|reword|condense|redo|fix)\b", r"\b(give me|just give me) (just )?(the (answer|code|"
     r"number|result|short version)|a (shorter|simpler|clearer|better) (version|answer|one))\b", r"\bwithout (the |all the |any )?(emojis?|"
     r"jargon|buzzwords|bullet|fluff|intro|explanation|preamble|disclaimer)", r"\b(shorter|simpler|clearer|better) (version|answer|please)\b",
@@ -295,6 +324,6 @@ def match_rules(followup: str) -> tuple[str, float, str] | None:
             if kind == "positive" and len(norm.split()) > 25 and "?" in norm:
                 continue  # a long message that opens with praise and then asks for something new
             return (kind, conf, f"rule:{name}")
-    if THANKS_RX.search(norm) and len(norm.split()) <= 12:  # a short message that thanks, with no new request
+    if THANKS_RX.search(norm) and len(norm.split()) <= 12 and not NEW_TASK_RX.search(norm):  # thanks, no new request
         return ("positive", 0.85, "rule:thanks")
     return None

@@ -46,6 +46,18 @@ PROMPT, REPLY = "what is the capital of australia", "The capital of Australia is
     ("Bitte in Zukunft ohne Aufzählungen", "complaint"),
     ("drop the intro next time", "complaint"),
     ("btw, your date is wrong, it was 1969", "correction"),
+    # bare redo requests with no complaint word (rule:rephrase), and another form suggested (rule:complaint)
+    ("be more specific", "rephrase"),
+    ("please be a little less formal", "rephrase"),
+    ("be clearer", "rephrase"),
+    ("write it all in lowercase", "rephrase"),
+    ("put that in bullet points", "rephrase"),
+    ("highlight the key facts", "rephrase"),
+    ("use plain english", "rephrase"),
+    ("give me the name first", "rephrase"),
+    ("sois plus précis", "rephrase"),
+    ("a table would be clearer", "complaint"),
+    ("ask me what I need first next time", "complaint"),
 ])
 def test_rule_gate_feedback(followup, kind):
     d = RuleGate().decide(PROMPT, REPLY, followup)
@@ -80,6 +92,12 @@ def test_rule_gate_reason_names_the_rule(followup, reason):
     ("Completely unrelated, but that's wrong of my neighbour, isn't it?", "new_topic"),
     ("Different topic: way too many people skip breakfast, why?", "new_topic"),
     ("btw, random thought: I said I'd learn Italian this year", "new_topic"),
+    # the same verbs, for something new
+    ("write a poem about the ocean", "build_on"),
+    ("write a thank you note to my aunt", None),  # not thanks for the reply
+    ("now write it in Spanish", "build_on"),
+    ("be honest, do you like cats?", None),
+    ("be right back", None),
 ])
 def test_rule_gate_not_feedback(followup, kind):
     d = RuleGate().decide(PROMPT, REPLY, followup)
