@@ -4,18 +4,15 @@
     `version_gate.probe_max_tokens`, the checkable prompts at `check_max_tokens`) on the transformers engine: one
     prompt per generate call (how HFEngine ran greedy batches before) against one `generate` call for the whole set
     (HFEngine's left-padded greedy batches). Ratio of the two times, and how many replies are token-identical.
-(b) The learner's optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the
-    same function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
+(b) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
+    measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
+    stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths).
+(c) One learner optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the same
+    function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
     per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
-    the same ratio from its own timings (summary.json `version_gate_cost`). Its steps also make the candidates: the
-    weights one version and four versions after the base, and one version at lr 1e-2 (a broken one).
-(c) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
-    measure the base model at start, and `evaluate()` of each candidate against the base, its greedy replies
-    generated whole or started from the base's replies (core/drafted_greedy.py), alternating which goes first; how
-    many replies the two give token-identical, and whether the gate's numbers agree. How much the drafts save depends
-    on how far the candidate moved: one learner version from the accepted one is the live case.
+    the same ratio from its own timings (summary.json `version_gate_cost`).
 
-Results print and go to `bench/results/bench_gate-<model>.json`. SmolLM2-135M-Instruct: ~5 min on 2 CPU cores.
+Results print and go to `bench/results/bench_gate-<model>.json`. SmolLM2-135M-Instruct: ~3 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -60,11 +57,24 @@ def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
     return out
 
 
-def learner_candidates(model_dir: str, cfg, versions: int = 4, broken_lr: float = 1e-2) -> tuple[dict, dict]:
+def gatekeeper_cost(model_dir: str, cfg) -> dict:
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    settings = GatekeeperSettings(model_dir, cfg.engine, cfg.version_gate, enable_lora=False)
+    gate, start_s = _timed(lambda: Gatekeeper(settings, None))
+    torch.manual_seed(0)
+    state = {k: v.detach() + 1e-4 * torch.randn_like(v)
+             for k, v in gate.engine.model.named_parameters()}  # a tied lm_head: once, as the learner sends it
+    gate.engine.load_weights(WeightSet(kind="full", tensors=state, version=PolicyVersion(version=1)))
+    (numbers, _), eval_s = _timed(gate.evaluate)
+    return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
+            "candidate": numbers.to_dict()}
+
+
+def learner_step_cost(model_dir: str, cfg, steps: int = 3) -> dict:
     """The learner's step as the loop takes it: the config's loss (with its KL anchor), batch size and optimizer, on
-    synthetic turns scored by the teacher code path (core.scoring) with replies of 16-64 tokens (serve.max_tokens).
-    Returns its timing and the candidates it produced: the weights after one version (`broadcast.every_steps`
-    steps), after `versions` versions, and after one version at `broken_lr` (what the gate must reject)."""
+    synthetic turns scored by the teacher code path (core.scoring) with replies of 16-64 tokens (serve.max_tokens)."""
     from bench.bench_core import synthetic_turns
     from hsd_ray.core.batch import HindsightBatch
     from hsd_ray.core.policy import make_optimizer, resume_policy
@@ -75,59 +85,18 @@ def learner_candidates(model_dir: str, cfg, versions: int = 4, broken_lr: float 
     engine = HFEngine(model_dir)
     turns = synthetic_turns(engine.tokenizer, cfg.learner.batch_turns, 16, cfg.serve.max_tokens, seed=0)
     batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
-    model, lcfg, every = engine.model, cfg.learner, cfg.broadcast.every_steps
-    base = {k: v.detach().clone() for k, v in model.named_parameters()}
+    model, lcfg = engine.model, cfg.learner
     reference = resume_policy(model, None, kl_on=cfg.loss.kl_coef > 0, kind=cfg.loss.reference)
+    optimizer, scheduler = make_optimizer(model, lcfg)
 
-    def train(learner_cfg, steps: int) -> list[float]:
-        optimizer, scheduler = make_optimizer(model, learner_cfg)
-        return [_timed(lambda: learner_step(model, optimizer, batch, cfg.loss, grad_clip=learner_cfg.grad_clip,
-                                            scheduler=scheduler, reference=reference))[1] for _ in range(steps)]
+    def step():
+        return learner_step(model, optimizer, batch, cfg.loss, grad_clip=lcfg.grad_clip, scheduler=scheduler,
+                            reference=reference)
 
-    def weights() -> dict:  # a tied lm_head once, as the learner sends it
-        return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-    candidates, times = {}, train(lcfg, every)
-    candidates["one version"] = weights()
-    times += train(lcfg, every * (versions - 1))  # (a new optimizer per call: Adam restarts, the lr schedule too)
-    candidates[f"{versions} versions"] = weights()
-    with torch.no_grad():
-        for k, v in model.named_parameters():
-            v.copy_(base[k])
-    train(lcfg.model_copy(update={"lr": broken_lr}), every)
-    candidates[f"broken (lr {broken_lr:g})"] = weights()
-    step_s = sum(times[1:]) / max(len(times) - 1, 1)  # the first step allocates the optimizer state: not timed
-    timing = {"batch_turns": lcfg.batch_turns, "reply_tokens": batch.num_tokens, "step_s": round(step_s, 2),
-              "every_steps": every, "per_version_s": round(step_s * every, 2)}
-    return timing, candidates
-
-
-def gatekeeper_cost(model_dir: str, cfg, candidates: dict, rounds: int = 2) -> dict:
-    """The gatekeeper's base measurement, then `evaluate()` of each candidate against the base, with the greedy
-    replies generated whole and started from the base's replies (core/drafted_greedy.py), in alternating order.
-    Also: whether both ways give the same replies and numbers, and how much the drafts saved."""
-    from hsd_ray.core.weights import PolicyVersion, WeightSet
-    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
-
-    settings = GatekeeperSettings(model_dir, cfg.engine, cfg.version_gate, enable_lora=False)
-    gate, start_s = _timed(lambda: Gatekeeper(settings, None))
-    out = {"base_measurement_s": round(start_s, 2), "candidates": {}}
-    for v, (name, state) in enumerate(candidates.items(), start=1):
-        gate.engine.load_weights(WeightSet(kind="full", tensors=state, version=PolicyVersion(version=v)))
-        seconds, results = {"whole": [], "drafted": []}, {}
-        for r in range(rounds):
-            for mode in (("whole", "drafted") if r % 2 == 0 else ("drafted", "whole")):
-                (numbers, replies), s = _timed(lambda: gate.evaluate(drafted=mode == "drafted"))
-                seconds[mode].append(s)
-                results[mode] = (numbers, replies, dict(gate.last_drafts) if mode == "drafted" else None)
-        (n_whole, r_whole, _), (n_drafted, r_drafted, drafts) = results["whole"], results["drafted"]
-        same = [sum(a.token_ids == b.token_ids for a, b in zip(x, y)) for x, y in zip(r_whole, r_drafted)]
-        whole_s, drafted_s = (sum(seconds[m]) / rounds for m in ("whole", "drafted"))
-        out["candidates"][name] = {
-            "whole_s": round(whole_s, 2), "drafted_s": round(drafted_s, 2), "speedup": round(whole_s / drafted_s, 2),
-            "token_identical": {"probe": f"{same[0]}/{len(r_whole[0])}", "checkable": f"{same[1]}/{len(r_whole[1])}"},
-            "drafts": drafts, "numbers_whole": n_whole.to_dict(), "numbers_drafted": n_drafted.to_dict()}
-    return out
+    step()  # warm-up: optimizer state allocation, first-call overheads
+    step_s = sum(_timed(step)[1] for _ in range(steps)) / steps
+    return {"batch_turns": lcfg.batch_turns, "reply_tokens": batch.num_tokens, "step_s": round(step_s, 2),
+            "every_steps": cfg.broadcast.every_steps, "per_version_s": round(step_s * cfg.broadcast.every_steps, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                       "loadavg_start": os.getloadavg()[0]}}
     result["generation"] = generation_ratio(engine, cfg.version_gate, cfg.version_gate.probes_path)
     del engine
-    result["learner"], candidates = learner_candidates(model_dir, cfg)
-    result["gatekeeper"] = gatekeeper_cost(model_dir, cfg, candidates)
-    one, per_version = result["gatekeeper"]["candidates"]["one version"], result["learner"]["per_version_s"]
-    result["gate_to_learner_ratio"] = {"drafted": round(one["drafted_s"] / per_version, 3),
-                                       "whole": round(one["whole_s"] / per_version, 3)}
+    result["gatekeeper"] = gatekeeper_cost(model_dir, cfg)
+    result["learner"] = learner_step_cost(model_dir, cfg)
+    result["gate_to_learner_ratio"] = round(result["gatekeeper"]["candidate_evaluate_s"]
+                                            / result["learner"]["per_version_s"], 3)
     result["env"]["loadavg_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))
     out = Path(args.out) / f"bench_gate-{Path(cfg.model).name}.json"

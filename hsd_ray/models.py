@@ -95,25 +95,6 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-def eos_ids_of(tokenizer, generation_config) -> list[int]:
-    """Every id that ends a sequence: the tokenizer's EOS and the generation config's (a list on some models, e.g.
-    end-of-turn and end-of-text). The engines stop on these."""
-    ids = [tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)]
-    flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
-    return list(dict.fromkeys(int(i) for i in flat))
-
-
-def load_eos_ids(model_dir: str | Path, tokenizer) -> list[int]:
-    """`eos_ids_of` for a model folder (its generation_config.json, when it has one)."""
-    from transformers import GenerationConfig
-
-    try:
-        config = GenerationConfig.from_pretrained(str(model_dir))
-    except OSError:  # no generation_config.json: the tokenizer's EOS only
-        config = None
-    return eos_ids_of(tokenizer, config)
-
-
 def load_model_and_tokenizer(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
     """The transformers model (eval mode, on `device`) and its tokenizer (`load_tokenizer`)."""
     import torch

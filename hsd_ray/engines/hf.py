@@ -19,7 +19,7 @@ from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, S
 from hsd_ray.core.policy import tied_aliases
 from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet
 from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text, validate_tensors
-from hsd_ray.models import eos_ids_of, load_model_and_tokenizer
+from hsd_ray.models import load_model_and_tokenizer
 
 
 class HFEngine(VersionedWeights):
@@ -142,7 +142,9 @@ class HFEngine(VersionedWeights):
     def eos_ids(self) -> list[int]:
         """Every id that ends a sequence for this model: the tokenizer's EOS and the generation config's (a list on
         some models, e.g. end-of-turn and end-of-text)."""
-        return eos_ids_of(self.tokenizer, self.model.generation_config)
+        ids = [self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)]
+        flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
+        return list(dict.fromkeys(int(i) for i in flat))
 
     # ---- scoring --------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -44,14 +44,12 @@ from dataclasses import dataclass, replace
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
-from hsd_ray.core.drafted_greedy import Draft, draft_targets, greedy_from_drafts
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
                                        gate_reasons, loop_rate, mean_kl, perplexity)
 from hsd_ray.core.weights import BASE_ADAPTER, is_user_adapter
 from hsd_ray.data import load_probes
-from hsd_ray.models import load_eos_ids
 
 GATEKEEPER_ACTOR_NAME = "hsd-gatekeeper"
 MAX_USER_REFERENCES = 256  # users' accepted references kept; an older one is measured again when next needed
@@ -72,17 +70,13 @@ class GatekeeperSettings:
 
 @dataclass
 class _Reference:
-    """A version's greedy replies to the probe and checkable prompts (the next candidate's drafts), the probe
-    replies as score requests with their top-k under that version (the KL's targets), and what was measured on them."""
+    """A version's greedy probe replies (as score requests), their top-k under that version, and their mean length."""
 
     version: int
-    drafts: list[Draft]  # per probe prompt
-    checkable: list[Draft]  # per checkable prompt
-    targets: list[ScoreRequest]  # the probe drafts' score requests (draft_targets order)
+    targets: list[ScoreRequest]
     topk: list[tuple]  # (ids_T_K, logp_T_K) per target
     length: float
     loops: float  # share of its greedy probe replies that loop (version_gate.is_degenerate)
-    accuracy: float
 
 
 class Gatekeeper:
@@ -96,11 +90,9 @@ class Gatekeeper:
                                  g.max_length_change, g.max_loop_increase)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
-        self.eos_ids = load_eos_ids(settings.model_dir, self.engine.tokenizer)  # what ends a greedy draft
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
-        self.ppl_base, self.accuracy_base = self._perplexity(), self.base.accuracy
-        self.last_drafts: dict = {}  # how the last candidate's greedy replies were drafted (greedy_from_drafts)
+        self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy()
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.decisions: list[dict] = []
@@ -115,8 +107,8 @@ class Gatekeeper:
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
         return {"accepted_version": self.accepted.version, "ppl_base": self.ppl_base,
-                "accuracy_base": self.accuracy_base, "decisions": list(self.decisions), "drafts": self.last_drafts,
-                "alive": self._thread.is_alive(), "last_error": self.last_error}
+                "accuracy_base": self.accuracy_base, "decisions": list(self.decisions),
+                    "alive": self._thread.is_alive(), "last_error": self.last_error}
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,27 +137,25 @@ class Gatekeeper:
         self._decide(v, reasons, numbers, adapter)
         return True
 
-    def evaluate(self, accepted: _Reference | None = None, drafted: bool = True) -> tuple[GateNumbers, tuple]:
+    def evaluate(self, accepted: _Reference | None = None) -> tuple[GateNumbers, list]:
         """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
-        policy's last accepted version), and its (probe, checkable) greedy replies. `drafted`: start those from the
-        accepted version's replies (core/drafted_greedy.py); False generates them whole (bench/bench_gate.py
-        compares the two)."""
+        policy's last accepted version), and its probe replies."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
         on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
-        replies, checkable = self._replies(accepted if drafted else None, on_accepted)
+        replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
         length, loops = _probe_stats(replies)
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
-            accuracy=self._accuracy_of(checkable), accuracy_base=self.accuracy_base,
+            accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
         )
         numbers.seconds = time.perf_counter() - t0
-        return numbers, (replies, checkable)
+        return numbers, replies
 
     # ---- helpers ----------------------------------------------------------------------------------------------
     def _decide(self, version: int, reasons: list[str], numbers: GateNumbers | None, adapter: str,
@@ -228,36 +218,20 @@ class Gatekeeper:
     def _greedy(self, prompts: list[list[int]], max_tokens: int):
         return self.engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0))
 
-    def _replies(self, drafts_from: _Reference | None, probe_scores: list | None) -> tuple[list, list]:
-        """The loaded weights' greedy (probe, checkable) replies: generated whole, or started from `drafts_from`'s
-        replies (`probe_scores`: the top-k of its probe targets under the loaded weights, already computed)."""
-        g, checkable_prompts = self.settings.gate, [p for p, _, _ in self.checkable]
-        if drafts_from is None:
-            return (self._greedy(self.probe_prompts, g.probe_max_tokens),
-                    self._greedy(checkable_prompts, g.check_max_tokens))
-        probes, on_probes = greedy_from_drafts(self.engine, self.probe_prompts, drafts_from.drafts,
-                                               g.probe_max_tokens, self.eos_ids, scores=probe_scores)
-        checkable, on_checkable = greedy_from_drafts(self.engine, checkable_prompts, drafts_from.checkable,
-                                                     g.check_max_tokens, self.eos_ids)
-        self.last_drafts = {"probe": on_probes, "checkable": on_checkable}
-        return probes, checkable
-
-    def _reference(self, version: int, replies: tuple | None = None) -> _Reference:
-        """The loaded weights' greedy (probe, checkable) replies (or `replies`, already generated), the probe
-        replies' top-k and what they measure."""
-        g = self.settings.gate
-        probes, checkable = replies if replies is not None else self._replies(None, None)
-        drafts = [Draft.of(r) for r in probes]
-        targets = list(draft_targets(self.probe_prompts, drafts, self.eos_ids[0], g.probe_max_tokens).values())
-        scores = self.engine.score(targets, top_k=g.top_k)
-        return _Reference(version, drafts, [Draft.of(r) for r in checkable], targets,
-                          [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores], *_probe_stats(probes),
-                          accuracy=self._accuracy_of(checkable))
+    def _reference(self, version: int, replies: list | None = None) -> _Reference:
+        """The loaded weights' greedy probe replies (or `replies`, already generated) and their top-k."""
+        if replies is None:
+            replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
+        targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
+        scores = self.engine.score(targets, top_k=self.settings.gate.top_k)
+        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores],
+                          *_probe_stats(replies))
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
 
-    def _accuracy_of(self, replies: list) -> float:
+    def _accuracy(self) -> float:
+        replies = self._greedy([p for p, _, _ in self.checkable], self.settings.gate.check_max_tokens)
         right = sum(check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, self.checkable))
         return right / max(len(self.checkable), 1)
 
