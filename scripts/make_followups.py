@@ -19,14 +19,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from followups import (code_more, coding, extra, form_prefs, knowledge, life, multilingual, redo_requests,  # noqa: E402
-                       short_long, writing)
+                       same_verbs, short_long, writing)
 
 from hsd_ray.core.feedback import FEEDBACK_KINDS, NOT_FEEDBACK_KINDS  # noqa: E402
 
 OUT = ROOT / "hsd_ray" / "data" / "followups.jsonl"
 
 
-WAVES = ((coding, life, knowledge, writing, multilingual, short_long, code_more, extra, form_prefs), (redo_requests,))
+WAVES = ((coding, life, knowledge, writing, multilingual, short_long, code_more, extra, form_prefs), (redo_requests,), (same_verbs,))
 
 
 def rows() -> list[tuple[int, dict]]:

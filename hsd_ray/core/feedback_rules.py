@@ -111,6 +111,18 @@ COMPLAINT_RX = _rx(
     # "ask me about my income first", "ask me what the budget is next time before listing"
     r"^(please )?(ask|check with) me (about|what|how|for|if|whether|which)\b.{0,60}\b(first|before|next time)\b")
 
+# What a redo imperative's object must be for the message to be about the reply: the reply, or a part of it.
+REPLY_PART = (r"(it|that|this|them|everything|the whole thing|(the |each |every |all (the )?)?((key|important|main|"
+              r"most important|hard|difficult|technical|new|\w+) )?(answer|reply|response|text|list|steps?|points?|"
+              r"sections?|paragraphs?|sentences?|definition|formula|code|syntax|examples?|result|conclusion|summary|"
+              r"bottom line|thesis( statement)?|ingredients|quantities|keywords|names?|numbers?|headings?|title|"
+              r"intro(duction)?|terms?|words?|facts?|ideas?|takeaways?|concepts?|causes?|reasons?|tips|options|items|"
+              r"bullets?|one))")
+REPLY_QUALITY = (r"(specific|precise|concrete|detailed|concise|clear|direct|brief|formal|casual|creative|thorough|"
+                 r"accurate|technical|simple|friendly|polite|professional|enthusiastic|objective|balanced|critical|"
+                 r"scary|dramatic|serious|funny|playful|harsh|blunt|gentle|firm|assertive|confident|wordy|verbose|"
+                 r"academic|personal|original|practical|structured|organi[sz]ed|nuanced|persuasive|natural)")
+
 REPHRASE_RX = _rx(
     r"\b(try|do it|one more time|once more) again\b", r"\btry (another|a different)\b", r"\b(re-?write|re-?do|re-?phrase|"
     r"re-?word|simplify|shorten|condense|summari[sz]e) (it|that|this|your (answer|reply|response)|the (answer|reply|text))\b",
@@ -121,22 +133,24 @@ REPHRASE_RX = _rx(
     r"smaller|bullet points|fewer words|less words)\b", r"\bin simpler (terms|words)\b", r"\beli5\b", r"^(please )?(mention|remove|include|drop|cut|delete|change|replace|swap|add|less) \w+",
     r"^again\b", r"^(please )?(re-?write|re-?do|re-?phrase|re-?word|simplify|shorten|expand|elaborate on|improve|polish|revise|edit) (it|that|this|the|your|my|above|again|point)\b", r"\b(make|change|edit|revise|improve) (it|that|this|the above|the (story|text|poem|code|essay|email|letter|answer|list|function)) (longer|shorter|more|less|simpler|clearer|funnier|better|sound)\b",
     r"^(more|less|a bit more|a little more|much more) (detailed|detail|details|concise|formal|casual|professional|specific|simple|technical|polite|friendly)\b",
-    # bare redo imperatives with no complaint word: "be more specific", "be firmer", "bold the key terms"
-    r"^((please|pls|just|can you|could you|would you|try to) )?(be|sound) (a (bit|little|lot) |much |way |even )?"
-    r"(more|less) \w+", r"^((please|pls|just) )?be (firmer|clearer|shorter|briefer|simpler|nicer|kinder|harsher|"
-    r"stricter|gentler|softer|bolder|blunter|friendlier|funnier|warmer|tighter|crisper|plainer)\b",
-    r"^(be )?(more )?(specific|specifics|concrete|precise)\b(?! (question|example|date|time|number|word|name))",
+    # bare redo imperatives with no complaint word: "be more specific", "be firmer", "bold the key terms". The verbs
+    # also start new tasks ("highlight the differences between TCP and UDP", "be less afraid of ..."), so the object
+    # must be the reply or a part of it (REPLY_PART) and the quality one the reply can have (REPLY_QUALITY).
+    rf"^((please|pls|just|can you|could you|would you|try to) )?(be|sound) (a (bit|little|lot) |much |way |even )?"
+    rf"(more|less) {REPLY_QUALITY}\b", r"^((please|pls|just) )?be (firmer|clearer|shorter|briefer|simpler|nicer|kinder|"
+    r"harsher|stricter|gentler|softer|bolder|blunter|friendlier|funnier|warmer|tighter|crisper|plainer)\b",
+    r"^(be )?(more )?(specific|specifics|concrete|precise)(,? (please|pls|plz))?([.!,;:]|$)",
     r"^((please|can you|could you) )?(write|say|put|type|give|redo|do) (it|that|this|them|everything|the (whole thing|"
     r"answer|reply|list|steps))( all| again| both)? (in|as|with|using|without|into) (all |small |capital |plain |"
     r"simple |simpler |short |bold )?(lower ?case|upper ?case|caps|capitals|small letters|capital letters|bold|italics|"
     r"bullets?|bullet points|plain text|markdown|simple words|simpler words|short sentences|fewer words|a (table|list|"
     r"numbered list|rhyme|single sentence|code block))\b",
-    r"^((please|can you|could you) )?(bold|highlight|italici[sz]e|underline|number|capitali[sz]e|bullet|label|indent|"
-    r"format) (the|them|it|that|this|each|every|all|key|main|important)\b",
+    rf"^((please|can you|could you) )?(bold|highlight|italici[sz]e|underline|number|capitali[sz]e|bullet|label|"
+    rf"indent|format) {REPLY_PART}\b",
     r"^((please|can you|could you) )?use (simpler|plainer|easier|shorter|fewer|simple|plain|everyday) (words|language|"
-    r"terms|sentences|english)\b",
-    r"^((please|can you|could you) )?(put|give( me)?|start with|lead with|open with|begin with) (the )?(\w+ ){0,2}"
-    r"(first|at the top|up front|upfront)\b",
+    r"terms|sentences|english)\b(?! to (?!(explain|say|write|describe) (it|that|this|them)\b)\w+)",
+    rf"^((please|can you|could you) )?(put|give( me)?|start with|lead with|open with|begin with) {REPLY_PART} "
+    rf"(first|at the top|up front|upfront)\b",
     r"m[áa]s (espec[íi]fic[oa]|concret[oa]|clar[oa]|direct[oa]|precis[oa])|plus (pr[ée]cis|concret|clair|direct)|"
     r"\b(genauer|konkreter|pr[äa]ziser)\b|fett (markieren|machen|schreiben)|mais (espec[íi]fico|direto|claro|concreto|"
     r"preciso)|pi[ùu] (specifico|preciso|chiaro|diretto)|具体一点|更具体|说具体|"

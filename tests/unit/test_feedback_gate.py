@@ -55,6 +55,9 @@ PROMPT, REPLY = "what is the capital of australia", "The capital of Australia is
     ("highlight the key facts", "rephrase"),
     ("use plain english", "rephrase"),
     ("give me the name first", "rephrase"),
+    ("highlight the main points", "rephrase"),
+    ("number each step", "rephrase"),
+    ("put the answer first", "rephrase"),
     ("sois plus précis", "rephrase"),
     ("a table would be clearer", "complaint"),
     ("ask me what I need first next time", "complaint"),
@@ -98,6 +101,12 @@ def test_rule_gate_reason_names_the_rule(followup, reason):
     ("now write it in Spanish", "build_on"),
     ("be honest, do you like cats?", None),
     ("be right back", None),
+    # ... whose object is something new, not the reply or a part of it
+    ("highlight the pros and cons of solar panels", None),
+    ("number the countries by population", None),
+    ("use simple words to explain black holes", None),
+    ("be less nervous before exams: tips?", None),
+    ("give me the weather first", None),
 ])
 def test_rule_gate_not_feedback(followup, kind):
     d = RuleGate().decide(PROMPT, REPLY, followup)
