@@ -5,7 +5,8 @@ kind: within each kind and wave, rows are ordered by sha1(id) and cut at 60% / 8
 the assignment is a deterministic function of the ids. A wave is a group of modules added together: a later wave is
 split on its own, so adding it moves no earlier row between splits. Follow-up texts are unique (normalised), so splits
 are disjoint by text as well as by id. Labelling rule for ambiguous cases: does the message say something about the
-quality/content of the previous reply ("thanks, that's right" does; "ok" and "continue" do not; "?" is a clarification request)."""
+quality/content of the previous reply ("thanks, that's right" does; "ok" and "continue" do not; "?" is a clarification
+request)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from hsd_ray.core.feedback import FEEDBACK_KINDS, NOT_FEEDBACK_KINDS  # noqa: E4
 OUT = ROOT / "hsd_ray" / "data" / "followups.jsonl"
 
 
-WAVES = ((coding, life, knowledge, writing, multilingual, short_long, code_more, extra, form_prefs), (redo_requests,), (same_verbs,))
+WAVES = ((coding, life, knowledge, writing, multilingual, short_long, code_more, extra, form_prefs),  # 571 rows
+         (redo_requests,),  # bare redo requests ("be more specific") and same-verb negatives
+         (same_verbs,))  # the redo verbs on the reply and on something new
 
 
 def rows() -> list[tuple[int, dict]]:
