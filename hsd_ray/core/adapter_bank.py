@@ -9,7 +9,7 @@ from disk (weights and optimizer state) when its user's turns arrive again. On d
 so any peft / vLLM user can load it:
 
     <root>/<adapter_id>/adapter_config.json, adapter_model.safetensors   (the layout of PeftModel.save_pretrained)
-    <root>/<adapter_id>/optimizer.pt, hsd_version.json                    (AdamW state; version, steps)
+    <root>/<adapter_id>/optimizer.pt, hsd_version.json                    (AdamW state, absent = fresh; version, steps)
     <root>/.accepted/<adapter_id>/...                                      (version gate on: the last accepted state)
 
 With the version gate on, the learner snapshots each candidate (`snapshot`), writes it as the accepted state once the
@@ -139,6 +139,19 @@ class AdapterBank:
         shutil.copytree(accepted, working)
         return self._saved_meta(adapter_id)["version"]
 
+    def restart_from(self, weights: WeightSet, steps: int, accepted: bool) -> None:
+        """Make a published version of the adapter its working state (and, `accepted`: its last accepted state), with
+        a fresh AdamW state: an admin rolled its user back to that version, whose optimizer state was not kept."""
+        adapter_id = weights.version.adapter_id
+        if adapter_id in self._resident:
+            self._drop(adapter_id)
+        if self.root is None:
+            return
+        state = AdapterState(dict(weights.tensors), {}, weights.version.version, steps)
+        self._write(self.root / adapter_id, state)
+        if accepted:
+            self._write(accepted_folder(self.root, adapter_id), state)
+
     def delete(self, adapter_id: str) -> bool:
         """Forget the adapter everywhere (memory and disk): its user's data was deleted. True if it existed."""
         existed = adapter_id in self._resident
@@ -186,7 +199,8 @@ class AdapterBank:
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         state = {"optimizer": optimizer, "steps": 0, "version": 0}
         if saved is not None:
-            optimizer.load_state_dict(torch.load(self.root / adapter_id / OPTIMIZER_FILE, weights_only=False))
+            if (self.root / adapter_id / OPTIMIZER_FILE).exists():
+                optimizer.load_state_dict(torch.load(self.root / adapter_id / OPTIMIZER_FILE, weights_only=False))
             state.update(steps=saved["steps"], version=saved["version"])
         self._resident[adapter_id] = state
 
@@ -206,7 +220,8 @@ class AdapterBank:
         tmp.mkdir(parents=True)
         save_file(state.tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         self.peft_config.save_pretrained(str(tmp))
-        torch.save(state.optimizer, tmp / OPTIMIZER_FILE)
+        if state.optimizer:  # none after a restart from a published version: a fresh AdamW
+            torch.save(state.optimizer, tmp / OPTIMIZER_FILE)
         (tmp / VERSION_FILE).write_text(json.dumps({"version": state.version, "steps": state.steps,
                                                     "saved_at": time.time()}))
         shutil.rmtree(folder, ignore_errors=True)

@@ -147,8 +147,9 @@ REPHRASE_RX = _rx(
     r"numbered list|rhyme|single sentence|code block))\b",
     rf"^((please|can you|could you) )?(bold|highlight|italici[sz]e|underline|number|capitali[sz]e|bullet|label|"
     rf"indent|format) {REPLY_PART}\b",
-    r"^((please|can you|could you) )?use (simpler|plainer|easier|shorter|fewer|simple|plain|everyday) (words|language|"
-    r"terms|sentences|english)\b(?! to (?!(explain|say|write|describe) (it|that|this|them)\b)\w+)",
+    r"^((please|can you|could you) )?use (more|fewer|less|simpler|plainer|easier|shorter|longer|simple|plain|everyday) "
+    r"(words|language|terms|sentences|english|detail|details|examples?)\b"
+    r"(?! to (?!(explain|say|write|describe) (it|that|this|them)\b)\w+)",
     rf"^((please|can you|could you) )?(put|give( me)?|start with|lead with|open with|begin with) {REPLY_PART} "
     rf"(first|at the top|up front|upfront)\b",
     r"m[áa]s (espec[íi]fic[oa]|concret[oa]|clar[oa]|direct[oa]|precis[oa])|plus (pr[ée]cis|concret|clair|direct)|"

@@ -86,7 +86,8 @@ class AdapterRouter:
                 "load_s_p50": recent[len(recent) // 2] if recent else None}
 
     async def _refresh(self, adapter: str) -> None:
-        """Bring `adapter` to the registry's latest version (or unload it when the registry no longer has it)."""
+        """Bring `adapter` to the version the registry serves — newer, or an earlier one after an admin rollback — or
+        unload it when the registry no longer has it."""
         try:
             registry = self._find_registry()
             if registry is None:
@@ -98,7 +99,7 @@ class AdapterRouter:
                 if have is not None:
                     await self._evict(adapter, "deleted")
                 return
-            if have is not None and have.version >= published.version.version:
+            if have is not None and have.version == published.version.version:
                 return
             weights = await published.ref
             while adapter not in self.engine.user_adapters and len(self.engine.user_adapters) >= self.max_resident:

@@ -13,6 +13,9 @@ the chat service stays unauthenticated and unchanged. Started by loop/job.py `st
     DELETE /admin/users/{user}    delete a user's data: opted out of capture, waiting replies dropped, logged turns
                                   deleted (a tombstone names the user by hash), queued turns never trained
     POST /admin/users/{user}/opt-out, /opt-in   stop / resume capturing the user's turns
+    GET  /admin/users/{user}/versions   the versions of the user's adapter (personalization.mode=per_user), as above
+    POST /admin/users/{user}/rollback   {"version": N}: serve an earlier accepted version of the user's adapter;
+                                  replicas switch on their next check, the per-user learner restarts the adapter from it
 
 Every request needs `Authorization: Bearer <key>`; the key comes from `admin.key` or env HSD_RAY_ADMIN_KEY (read by
 the driver). A missing or wrong key — or no key configured, which disables the API — gets 401 with an OpenAI-style
@@ -27,6 +30,7 @@ import os
 from fastapi import FastAPI, Request
 from ray import serve
 
+from hsd_ray.core.weights import BASE_ADAPTER, user_adapter_id
 from hsd_ray.loop import openai_api as oa
 
 ADMIN_APP_NAME = "hsd-admin"
@@ -64,11 +68,11 @@ def check_key(expected: str | None, authorization: str | None) -> None:
 class RayAdminBackend:
     """What the routes call: the version registry and the learner control actor, found by name."""
 
-    async def versions(self) -> list[dict]:
-        return await _registry().versions.remote()
+    async def versions(self, adapter_id: str = BASE_ADAPTER) -> list[dict]:
+        return await _registry().versions.remote(adapter_id)
 
-    async def rollback(self, version: int) -> dict:
-        return await _registry().rollback.remote(version)
+    async def rollback(self, version: int, adapter_id: str = BASE_ADAPTER) -> dict:
+        return await _registry().rollback.remote(version, adapter_id)
 
     async def set_paused(self, paused: bool) -> bool:
         return await _control().set_paused.remote(paused)
@@ -120,12 +124,28 @@ async def versions(request: Request):
 
 @admin_api.post("/rollback")
 async def rollback(request: Request):
+    return await _rollback(request, BASE_ADAPTER)
+
+
+@admin_api.get("/users/{user_id}/versions")
+async def user_versions(user_id: str, request: Request):
+    adapter = user_adapter_id(user_id)
+    return {"object": "list", "adapter": adapter, "data": await _authorized(request).versions(adapter)}
+
+
+@admin_api.post("/users/{user_id}/rollback")
+async def user_rollback(user_id: str, request: Request):
+    return {"user": user_id, "adapter": user_adapter_id(user_id),
+            **await _rollback(request, user_adapter_id(user_id))}
+
+
+async def _rollback(request: Request, adapter_id: str) -> dict:
     backend = _authorized(request)
     try:
         version = int((await request.json())["version"])
     except (ValueError, KeyError, TypeError):
         raise oa.APIError("body must be {\"version\": <accepted version number>}", param="version") from None
-    result = await backend.rollback(version)
+    result = await backend.rollback(version, adapter_id)
     if not result.get("ok"):
         raise oa.APIError(result.get("error", "rollback refused"), param="version", code="version_not_available")
     return result

@@ -153,7 +153,8 @@ class VersionRegistry(AdapterShelf):
         self._served[adapter_id] = target
         self._rollback_to[adapter_id] = version
         self._records[adapter_id][version]["rolled_back_at"] = time.time()
-        metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
+        if not is_user_adapter(adapter_id):  # one label per user would flood Prometheus
+            metrics.set_gauge("hsd_policy_version", version, adapter=adapter_id)
         self._save_history()
         self._save_served()
         return {"ok": True, "version": version}
@@ -162,6 +163,14 @@ class VersionRegistry(AdapterShelf):
         """One call per learner check: the decision on its pending candidate, and a rollback to take (then cleared)."""
         return {"decision": None if pending is None else self.decision(pending, adapter_id),
                 "rollback": self._rollback_to.pop(adapter_id, None)}
+
+    def take_user_rollbacks(self) -> dict[str, int]:
+        """Every user adapter an admin rolled back since the last call -> the version (the per-user learner restarts
+        each from it); handed out once."""
+        taken = {a: v for a, v in self._rollback_to.items() if is_user_adapter(a)}
+        for adapter in taken:
+            del self._rollback_to[adapter]
+        return taken
 
     def decision(self, version: int, adapter_id: str = BASE_ADAPTER) -> str | None:
         """"candidate", "accepted", "rejected", "superseded", or None for a number never published."""

@@ -59,6 +59,7 @@ from hsd_ray.loop.queue_client import QueueClient
 
 log = logging.getLogger("hsd_ray.loop.learner")  # the same "[learner]" lines as the global learner
 STATE_FILE = ".learner.json"
+ROLLBACK_CHECK_S = 1.0  # how often the learner asks the registry for admin rollbacks of user adapters
 
 
 @dataclass
@@ -96,6 +97,7 @@ class PersonalLearner:
         self._deletions_seen = 0.0  # registry deletion times up to here have been acted on
         self.pending: dict[str, _Candidate] = {}  # adapter -> its undecided candidate (version gate on)
         self.unvetted: Counter[str] = Counter()  # adapter -> turns trained since its accepted state
+        self._rollbacks_checked = 0.0  # time.monotonic() of the last look for admin rollbacks
 
     def restore(self) -> None:
         """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
@@ -107,10 +109,10 @@ class PersonalLearner:
         """The next round-robin batch of scored turns; None when it is time to stop."""
         while True:
             self._drop_deleted()
-            self._follow_gate()
+            self._follow_registry()
             if not ray.get(self.control.paused.remote()):
                 # the gate's decisions are acted on while waiting for turns too ([] = some were: take again)
-                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._follow_gate)
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._follow_registry)
                 if batch != []:
                     return batch
                 continue
@@ -174,6 +176,30 @@ class PersonalLearner:
             self.pending[adapter] = _Candidate(version, state, self.unvetted[adapter])
         log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
         return version
+
+    def _follow_registry(self) -> bool:
+        """Admin rollbacks first, then the gate's decisions; True when the gate decided some candidates."""
+        self._follow_rollbacks()
+        return self._follow_gate()
+
+    def _follow_rollbacks(self) -> None:
+        """An admin rolled users back to earlier versions of their adapters (admin API): each adapter restarts from
+        that version's weights with a fresh AdamW state (its optimizer state was not kept); its undecided candidate
+        was superseded; with the gate on, the turns trained since its last accepted state count as rejected, as
+        after a rejection."""
+        if time.monotonic() - self._rollbacks_checked < ROLLBACK_CHECK_S:
+            return
+        self._rollbacks_checked = time.monotonic()
+        for adapter, version in ray.get(self.registry.handle.take_user_rollbacks.remote()).items():
+            published = ray.get(self.registry.handle.latest.remote(adapter))
+            if published is None or published.version.version != version:
+                log.warning("rollback of %s to v%d: the registry now serves another version; ignored", adapter, version)
+                continue
+            self.pending.pop(adapter, None)
+            self.bank.restart_from(ray.get(published.ref), published.version.step, accepted=self.s.gated_users)
+            rejected = self.queue.reject_trained(self.unvetted.pop(adapter, 0)) if self.s.gated_users else 0
+            log.warning("%s rolled back by the admin API to v%d: its adapter restarts from that version's weights; "
+                        "%d turns trained since count as rejected", adapter, version, rejected)
 
     def _follow_gate(self) -> bool:
         """Act on the gatekeeper's decisions about the pending candidates (one registry round trip for all of them).

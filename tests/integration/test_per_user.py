@@ -16,6 +16,7 @@ from hsd_ray.core.weights import user_adapter_id
 from tests.integration.test_loop import _accounting_holds, _cfg, _chat, _conversation, _wait
 
 pytestmark = pytest.mark.integration
+ADMIN_KEY = "per-user-admin-key"
 
 
 def _probe(client, user):
@@ -31,8 +32,8 @@ def test_each_user_is_answered_by_their_own_adapter(ray_session, tiny_model_dir,
 
     cfg = _cfg(tmp_path, tiny_model_dir, **{
         "personalization.mode": "per_user", "personalization.lr": 5e-2, "personalization.max_resident": 1,
-        "learner.batch_turns": 2, "job.max_steps": 4, "version_gate.enabled": "true", "serve.replicas": 1,
-        "engine.kind": engine, "engine.max_lora_rank": 8,
+        "learner.batch_turns": 2, "job.max_steps": 5, "version_gate.enabled": "true", "serve.replicas": 1,
+        "engine.kind": engine, "engine.max_lora_rank": 8, "admin.key": ADMIN_KEY,
         "version_gate.user_adapters": "none",  # every step a served version (the gate on adapters: tests below)
     })
     if engine == "vllm":
@@ -57,6 +58,7 @@ def test_each_user_is_answered_by_their_own_adapter(ray_session, tiny_model_dir,
                 fp = _wait(lambda u=user, a=adapter: (p := _probe(client, u))[0] == f"hsd-{a}-v2" and p, 30,
                            f"{user}'s adapter")[0]
                 assert fp == f"hsd-{adapter}-v2"
+        _roll_bob_back(loop, client, bob, adapters)
         alice_lp, carol = _probe(client, "alice")[1], _probe(client, "carol")
         assert carol == (base_fp, base_lp)  # the shared policy did not move, and carol is never given an adapter
         n = min(len(alice_lp), len(base_lp))
@@ -69,9 +71,35 @@ def test_each_user_is_answered_by_their_own_adapter(ray_session, tiny_model_dir,
         assert loop.registry.latest(alice) is None and loop.registry.highest_version(alice) == 2  # no number reused
         time.sleep(cfg.broadcast.poll_seconds)
         assert _probe(client, "alice")[0] == "hsd-base-v0"
-        assert _probe(client, "bob")[0] == f"hsd-{bob}-v2"
+        assert _probe(client, "bob")[0] == f"hsd-{bob}-v3"
         learner.wait(120)
         assert learner.error is None, learner.error
+
+
+def _roll_bob_back(loop, client, bob, adapters) -> None:
+    """An admin rolls bob back to v1 (admin API): the replica answers him with v1 again, the learner restarts his
+    adapter from v1's weights, and his next version — a new number, v3 — is trained from there."""
+    import httpx
+
+    from hsd_ray.core.adapter_bank import read_adapter
+
+    admin, auth = loop.base_url.removesuffix("/v1") + "/admin", {"Authorization": f"Bearer {ADMIN_KEY}"}
+    assert httpx.post(f"{admin}/users/bob/rollback", json={"version": 1}, timeout=30).status_code == 401
+    r = httpx.post(f"{admin}/users/bob/rollback", json={"version": 1}, headers=auth, timeout=30)
+    assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["adapter"] == bob, r.text
+    versions = httpx.get(f"{admin}/users/bob/versions", headers=auth, timeout=30).json()["data"]
+    assert [v["version"] for v in versions if v["current"]] == [1], versions
+    _wait(lambda: _probe(client, "bob")[0] == f"hsd-{bob}-v1", 30, "bob answered by v1 again")
+    v1 = ray.get(loop.registry.latest(bob).ref)
+    _wait(lambda: (w := read_adapter(adapters / bob, bob)) is not None and w.version.version == 1, 60,
+          "the learner restarting bob's adapter from v1")
+    saved = read_adapter(adapters / bob, bob)
+    assert all(torch.equal(saved.tensors[k], v1.tensors[k]) for k in v1.tensors)
+    for i in range(2):  # one batch of 2: one more step of bob's adapter
+        _conversation(client, "bob", f"Question {i + 2}?", "Use more words please.")
+    _wait(lambda: loop.registry.latest_version(bob) == 3, 240, "bob's next version")
+    _wait(lambda: _probe(client, "bob")[0] == f"hsd-{bob}-v3", 30, "bob answered by v3")
+    assert [v["version"] for v in loop.registry.versions(bob)] == [1, 2, 3]  # no number reused
 
 
 def _gated_cfg(tmp_path, tiny_model_dir, lr):

@@ -191,6 +191,31 @@ def test_a_rejected_adapter_rolls_back_to_its_accepted_state(engine, tmp_path):
     assert bank.delete(ALICE) and not (tmp_path / ".accepted" / ALICE).exists()
 
 
+def test_an_admin_rollback_restarts_the_adapter_from_a_published_version(engine, tmp_path):
+    """The admin API rolled a user back to v1: the adapter's working (and accepted) state becomes v1's published
+    tensors with a fresh AdamW state, and its next step starts there."""
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    batch = _batch(engine, cfg)
+    _step(bank, ALICE, batch, cfg)
+    v1 = bank.export(ALICE, 1, bank.steps(ALICE))
+    v1_params = _params(bank, ALICE)
+    for _ in range(2):
+        _step(bank, ALICE, batch, cfg)
+    bank.set_version(ALICE, 2)
+    bank.save(ALICE)
+    bank.restart_from(v1, steps=1, accepted=True)
+    assert ALICE not in bank.resident() and not (tmp_path / ALICE / "optimizer.pt").exists()
+    for folder in (tmp_path / ALICE, tmp_path / ".accepted" / ALICE):
+        saved = read_adapter(folder, ALICE)
+        assert saved.version.version == 1 and all(torch.equal(saved.tensors[k], v1.tensors[k]) for k in v1.tensors)
+    assert bank.version(ALICE) == 1 and bank.steps(ALICE) == 1
+    assert all(torch.equal(p, v1_params[k]) for k, p in _params(bank, ALICE).items())
+    assert not bank._resident[ALICE]["optimizer"].state_dict()["state"]  # a fresh AdamW
+    _step(bank, ALICE, batch, cfg)
+    assert bank.steps(ALICE) == 2 and any(not torch.equal(p, v1_params[k]) for k, p in _params(bank, ALICE).items())
+
+
 def test_deleting_an_adapter_removes_it_from_memory_and_disk(engine, tmp_path):
     cfg = _cfg()
     bank = _bank(engine, cfg, tmp_path)

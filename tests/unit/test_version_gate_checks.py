@@ -12,7 +12,7 @@ from hsd_ray.config import Config
 from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
                                        check_answer, first_number, gate_cost, gate_reasons, is_degenerate, loop_rate,
                                        mean_kl, perplexity, rate_kind, topk_kl)
-from hsd_ray.core.weights import PolicyVersion
+from hsd_ray.core.weights import PolicyVersion, user_adapter_id
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
 from hsd_ray.loop.queue import TurnQueue, TurnRef
@@ -155,8 +155,8 @@ def test_queue_counts_receptions_per_version_once_and_rejected_turns_keep_the_su
 # ---- registry: candidates, decisions, monotonic numbers ------------------------------------------------------------
 
 
-def _pub(v: int) -> PublishedWeights:
-    return PublishedWeights(PolicyVersion(version=v, step=v), f"ref{v}")
+def _pub(v: int, adapter_id: str = "base") -> PublishedWeights:
+    return PublishedWeights(PolicyVersion(adapter_id=adapter_id, version=v, step=v), f"ref{v}")
 
 
 def test_registry_serves_only_accepted_versions():
@@ -248,6 +248,12 @@ def test_registry_rollback_serves_an_earlier_accepted_version_and_tells_the_lear
     assert r.latest_version() == 1 and r.latest().ref == "ref1" and r.decision(3) == "superseded"
     assert r.learner_news(None) == {"decision": None, "rollback": 1}
     assert r.learner_news(None)["rollback"] is None  # taken once
+    ann = user_adapter_id("ann")  # a user's adapter: the per-user learner takes every user's rollback in one call
+    for v in (1, 2):
+        r.publish(_pub(v, ann))
+        r.accept(v, adapter_id=ann)
+    assert r.rollback(1, ann)["ok"] and r.latest_version(ann) == 1 and r.latest_version() == 1
+    assert r.take_user_rollbacks() == {ann: 1} and r.take_user_rollbacks() == {}
     assert [v["version"] for v in r.versions() if v["current"]] == [1]
     r.publish(_pub(4))
     r.accept(4)
@@ -258,11 +264,12 @@ class _FakeBackend:
     def __init__(self):
         self.paused, self.rolled_back = False, []
 
-    async def versions(self):
-        return [{"version": 1, "state": "accepted", "current": True, "numbers": {"kl_accepted": 0.01}}]
+    async def versions(self, adapter_id="base"):
+        return [{"version": 1, "state": "accepted", "current": True, "numbers": {"kl_accepted": 0.01},
+                 "adapter": adapter_id}]
 
-    async def rollback(self, version):
-        self.rolled_back.append(version)
+    async def rollback(self, version, adapter_id="base"):
+        self.rolled_back.append((adapter_id, version))
         return {"ok": version == 1, "version": version, "error": "not held"}
 
     async def set_paused(self, paused):
@@ -289,7 +296,7 @@ def admin_client(monkeypatch):
 def test_admin_api_needs_the_key(admin_client):
     client, backend = admin_client
     for method, path in [("get", "/versions"), ("post", "/rollback"), ("post", "/pause"), ("post", "/resume"),
-                         ("get", "/learner")]:
+                         ("get", "/learner"), ("get", "/users/ann/versions"), ("post", "/users/ann/rollback")]:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = getattr(client, method)(path, headers=headers)
             assert r.status_code == 401, (path, headers)
@@ -308,6 +315,12 @@ def test_admin_api_with_the_key(admin_client):
     bad = client.post("/rollback", json={"version": 5}, headers=auth)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "version_not_available"
     assert client.post("/rollback", json={}, headers=auth).json()["error"]["param"] == "version"
+    ann = user_adapter_id("ann")  # a user's adapter: the same routes under /users/<user>
+    assert client.get("/users/ann/versions", headers=auth).json()["data"][0]["adapter"] == ann
+    assert client.post("/users/ann/rollback", json={"version": 1}, headers=auth).json() == {
+        "user": "ann", "adapter": ann, "ok": True, "version": 1, "error": "not held"}
+    assert client.post("/users/ann/rollback", json={"version": 5}, headers=auth).status_code == 400
+    assert backend.rolled_back == [("base", 1), ("base", 5), (ann, 1), (ann, 5)]
 
 
 def test_admin_api_without_a_configured_key_is_disabled(monkeypatch):
