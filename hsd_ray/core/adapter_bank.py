@@ -141,7 +141,8 @@ class AdapterBank:
 
     def restart_from(self, weights: WeightSet, steps: int, accepted: bool) -> None:
         """Make a published version of the adapter its working state (and, `accepted`: its last accepted state), with
-        a fresh AdamW state: an admin rolled its user back to that version, whose optimizer state was not kept."""
+        a fresh AdamW state: an admin rolled its user back to that version, whose optimizer state was not kept.
+        Without a root nothing is kept, so the adapter starts again from zero (as `roll_back`)."""
         adapter_id = weights.version.adapter_id
         if adapter_id in self._resident:
             self._drop(adapter_id)
@@ -199,8 +200,9 @@ class AdapterBank:
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         state = {"optimizer": optimizer, "steps": 0, "version": 0}
         if saved is not None:
-            if (self.root / adapter_id / OPTIMIZER_FILE).exists():
-                optimizer.load_state_dict(torch.load(self.root / adapter_id / OPTIMIZER_FILE, weights_only=False))
+            optimizer_file = self.root / adapter_id / OPTIMIZER_FILE
+            if optimizer_file.exists():  # absent after a restart from a published version (restart_from)
+                optimizer.load_state_dict(torch.load(optimizer_file, weights_only=False))
             state.update(steps=saved["steps"], version=saved["version"])
         self._resident[adapter_id] = state
 

@@ -112,12 +112,11 @@ COMPLAINT_RX = _rx(
     r"^(please )?(ask|check with) me (about|what|how|for|if|whether|which)\b.{0,60}\b(first|before|next time)\b")
 
 # What a redo imperative's object must be for the message to be about the reply: the reply, or a part of it.
-REPLY_PART = (r"(it|that|this|them|everything|the whole thing|(the |each |every |all (the )?)?((key|important|main|"
-              r"most important|hard|difficult|technical|new|\w+) )?(answer|reply|response|text|list|steps?|points?|"
-              r"sections?|paragraphs?|sentences?|definition|formula|code|syntax|examples?|result|conclusion|summary|"
-              r"bottom line|thesis( statement)?|ingredients|quantities|keywords|names?|numbers?|headings?|title|"
-              r"intro(duction)?|terms?|words?|facts?|ideas?|takeaways?|concepts?|causes?|reasons?|tips|options|items|"
-              r"bullets?|one))")
+REPLY_PART = (r"(it|that|this|them|everything|the whole thing|(the |each |every |all (the )?)?((most important|\w+) )?"
+              r"(answer|reply|response|text|list|steps?|points?|sections?|paragraphs?|sentences?|definition|formula|"
+              r"code|syntax|examples?|result|conclusion|summary|bottom line|thesis( statement)?|ingredients|quantities|"
+              r"keywords|names?|numbers?|headings?|title|intro(duction)?|terms?|words?|facts?|ideas?|takeaways?|"
+              r"concepts?|causes?|reasons?|tips|options|items|bullets?|one))")
 REPLY_QUALITY = (r"(specific|precise|concrete|detailed|concise|clear|direct|brief|formal|casual|creative|thorough|"
                  r"accurate|technical|simple|friendly|polite|professional|enthusiastic|objective|balanced|critical|"
                  r"scary|dramatic|serious|funny|playful|harsh|blunt|gentle|firm|assertive|confident|wordy|verbose|"

@@ -135,8 +135,8 @@ async def user_versions(user_id: str, request: Request):
 
 @admin_api.post("/users/{user_id}/rollback")
 async def user_rollback(user_id: str, request: Request):
-    return {"user": user_id, "adapter": user_adapter_id(user_id),
-            **await _rollback(request, user_adapter_id(user_id))}
+    adapter = user_adapter_id(user_id)
+    return {"user": user_id, "adapter": adapter, **await _rollback(request, adapter)}
 
 
 async def _rollback(request: Request, adapter_id: str) -> dict:
