@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         print("train_job.py: runs until Ctrl-C (set --max-steps or --duration to stop by itself)", file=sys.stderr)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # the demo users' HTTP client logs every request at INFO
     from hsd_ray.loop.job import run_job
 
     summary = run_job(cfg)

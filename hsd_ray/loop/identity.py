@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hsd_ray.core.api_keys import KeyRing
+from hsd_ray.core.api_keys import KeyRecord, KeyRing
 from hsd_ray.loop import openai_api as oa
 
 
 class Identity:
-    def __init__(self, mode: str, keys_file: str | None):
-        self.keys = KeyRing.load(keys_file) if mode == "api_keys" else None
+    def __init__(self, mode: str, keys_file: str | None, extra_keys: tuple[KeyRecord, ...] = ()):
+        """`extra_keys`: records beside the key file's (the job's demo users, loop/users.py), held in memory."""
+        self.keys = KeyRing([*KeyRing.load(keys_file).records.values(), *extra_keys]) if mode == "api_keys" else None
         self.mode = mode
 
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from hsd_ray.loop.queue import QUEUE_ACTOR_NAME, TurnQueue, TurnRef
 from hsd_ray.loop.queue_client import QueueClient
 from hsd_ray.loop.runtime import connect
 from hsd_ray.loop.teacher import TeacherSettings, TeacherWorker
+from hsd_ray.loop.users import DemoUsers
 
 log = logging.getLogger("hsd_ray.job")
 VERSIONS_FILE = "versions.json"  # the registry's version records (states, gate numbers), kept across restarts
@@ -259,8 +261,9 @@ class ReplayThread(threading.Thread):
         self.join(timeout)
 
 
-def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
-    """Create the named actors, teachers and (optionally) the chat service. The learner is started separately."""
+def start_loop(cfg: Config, *, serve_chat: bool = True, demo_keys: tuple = ()) -> Loop:
+    """Create the named actors, teachers and (optionally) the chat service. The learner is started separately.
+    `demo_keys`: the demo users' key records, accepted by the chat service beside the key file (loop/users.py)."""
     if cfg.teacher.engine == "serving" and not serve_chat:
         raise ValueError("teacher.engine=serving scores on the chat replicas' engine: start the chat service too")
     out, log_uri, retention = Path(cfg.job.output_dir).resolve(), turnlog_uri(cfg), cfg.turnlog.retention_s
@@ -292,7 +295,7 @@ def start_loop(cfg: Config, *, serve_chat: bool = True) -> Loop:
         from hsd_ray.loop.admin import run_admin
         from hsd_ray.loop.serve import run_service
 
-        loop.base_url = run_service(cfg)
+        loop.base_url = run_service(cfg, demo_keys=demo_keys)
         run_admin(cfg.admin.key)
     return loop
 
@@ -314,9 +317,10 @@ def start_teacher(cfg: Config, settings: TeacherSettings, queue, registry, index
 
 
 @contextlib.contextmanager
-def running_loop(cfg: Config, *, serve_chat: bool = True, learner: bool = True) -> Iterator[Loop]:
+def running_loop(cfg: Config, *, serve_chat: bool = True, learner: bool = True,
+                 demo_keys: tuple = ()) -> Iterator[Loop]:
     """The loop, up for the body of the `with` (Ray must be connected); torn down afterwards, whatever happens."""
-    loop = start_loop(cfg, serve_chat=serve_chat)
+    loop = start_loop(cfg, serve_chat=serve_chat, demo_keys=demo_keys)
     try:
         if learner:
             loop.start_learner()
@@ -328,12 +332,16 @@ def running_loop(cfg: Config, *, serve_chat: bool = True, learner: bool = True) 
 def run_job(cfg: Config, *, on_ready=None) -> dict:
     """The whole job: returns (and writes) the final funnel summary. `on_ready(loop)` runs once the loop is up."""
     dashboard = connect(cfg.ray)
+    _stop_on_sigterm()
     out = Path(cfg.job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.to_yaml())
     summary: dict = {}
-    with running_loop(cfg, serve_chat=cfg.job.source is None, learner=False) as loop:
-        users = None
+    serve_chat = cfg.job.source is None
+    users = (DemoUsers(cfg.job.simulate_users, seed=cfg.seed, with_keys=cfg.auth.mode == "api_keys")
+             if cfg.job.simulate_users and serve_chat else None)
+    with running_loop(cfg, serve_chat=serve_chat, learner=False,
+                      demo_keys=users.key_records if users else ()) as loop:
         try:
             if cfg.job.source is not None:
                 log.info("[job] replaying %s (the job ends once every turn is trained)", cfg.job.source)
@@ -343,10 +351,8 @@ def run_job(cfg: Config, *, on_ready=None) -> dict:
                          loop.base_url)
             log.info("[job] Ray dashboard: %s", f"{dashboard}  (jobs, actors, metrics; ray job submit --address "
                      f"{dashboard})" if dashboard else "not running (install ray[default], or ray.dashboard=false)")
-            if cfg.job.simulate_users and loop.base_url:
-                from hsd_ray.loop.users import DemoUsers
-
-                users = DemoUsers(loop.base_url, cfg.job.simulate_users, seed=cfg.seed).start()
+            if users is not None:
+                users.start(loop.base_url)
             learner = loop.start_learner()
             if on_ready is not None:
                 on_ready(loop)
@@ -390,6 +396,14 @@ def _monitor(loop: Loop, learner: LearnerThread) -> None:
         except KeyboardInterrupt:
             log.warning("[job] stopping without the final checkpoint and weights")
             loop.learner = None  # the teardown does not wait for it again
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (`ray job stop`, `kill`, a Kubernetes pod's shutdown) stops the job as Ctrl-C does: final checkpoint,
+    weights, summary.json, actors torn down. Set after `ray.init`, whose driver handler for SIGTERM prints a stack
+    and aborts the process (exit -6, no summary). Only the main thread may set a handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:

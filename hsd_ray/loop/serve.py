@@ -93,14 +93,15 @@ class ServiceSettings:
     poll_s: float  # how often the weight follower looks for a new version
     enable_lora: bool  # the engine must accept LoRA adapters (the learner trains LoRA, or per-user adapters)
     personalization: PersonalizationConfig  # per_user: each user answered by their own adapter (adapter_routing.py)
+    demo_keys: tuple = ()  # api_keys: the job's demo users' key records (loop/users.py)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "ServiceSettings":
+    def from_config(cls, cfg: Config, demo_keys: tuple = ()) -> "ServiceSettings":
         from hsd_ray.models import resolve_model
 
         auth = cfg.auth.model_copy(update={"keys_file": Identity.resolve_path(cfg.auth.keys_file)})
         return cls(str(resolve_model(cfg.model)), cfg.engine, cfg.serve, cfg.capture, auth, cfg.broadcast.poll_seconds,
-                   cfg.learner.lora.enabled or cfg.personalization.per_user, cfg.personalization)
+                   cfg.learner.lora.enabled or cfg.personalization.per_user, cfg.personalization, demo_keys)
 
 
 # ---- helpers (above the deployment: Serve pickles the class by value when it is decorated) ------------------------
@@ -163,7 +164,7 @@ class ChatService:
         self.gate = AdmissionGate(scfg.max_ongoing_requests, scfg.max_queued_requests)
         self.rate = UserRateLimit(scfg.user_rate_per_s, scfg.user_burst)
         self.capture = CaptureClient(settings.capture.enabled, settings.capture.call_timeout_s, where)
-        self.identity = Identity(settings.auth.mode, settings.auth.keys_file)
+        self.identity = Identity(settings.auth.mode, settings.auth.keys_file, settings.demo_keys)
         self.weights = RegistryAttachment(self.engine, role="serve", poll_s=settings.poll_s, where=where)
         self.adapters = AdapterRouter(self.engine, per_user=settings.personalization.per_user,
                                       max_resident=settings.personalization.max_resident, check_s=settings.poll_s,
@@ -451,7 +452,7 @@ class ChatService:
 # ---- entry points ----------------------------------------------------------------------------------------------------
 
 
-def build_app(cfg: Config) -> serve.Application:
+def build_app(cfg: Config, demo_keys: tuple = ()) -> serve.Application:
     """The chat application for `cfg` (replicas and their CPU reservation from cfg.serve)."""
     from ray.serve.config import BackpressureConfig
 
@@ -469,10 +470,10 @@ def build_app(cfg: Config) -> serve.Application:
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=s.retry_after_s),
         health_check_period_s=s.health_check_period_s,
         health_check_timeout_s=s.health_check_timeout_s,
-    ).bind(ServiceSettings.from_config(cfg))
+    ).bind(ServiceSettings.from_config(cfg, demo_keys))
 
 
-def run_service(cfg: Config, *, blocking: bool = False) -> str:
+def run_service(cfg: Config, *, blocking: bool = False, demo_keys: tuple = ()) -> str:
     """Start Serve's HTTP proxy on cfg.serve.host:port and deploy the app as "hsd-chat" at "/".
 
     Returns the local base URL for OpenAI clients, `http://127.0.0.1:PORT/v1` (blocking=True never returns). Serve's
@@ -485,7 +486,7 @@ def run_service(cfg: Config, *, blocking: bool = False) -> str:
     port = serving_port(default=cfg.serve.port)
     if port != cfg.serve.port:
         log.warning("Serve already listens on port %d (cfg.serve.port=%d is ignored)", port, cfg.serve.port)
-    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=blocking)
+    serve.run(build_app(cfg, demo_keys), name=APP_NAME, route_prefix="/", blocking=blocking)
     return f"http://127.0.0.1:{port}/v1"
 
 

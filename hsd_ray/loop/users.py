@@ -2,12 +2,19 @@
 follow-ups are implicit feedback. Each prefers short answers: a reply over 25 words gets a complaint in varied
 wording, a short one gets thanks; then the user starts a new conversation. (The learning benchmark in bench/ has
 the full set of preferences and verifiers; this is only enough traffic to watch the loop work.)
+
+With `auth.mode: api_keys` every demo user gets a key of its own, minted for this job: the service is handed the
+keys' salted records (`key_records`) in memory, never the keys and never the key file, so demo users authenticate
+like anyone else and nothing about them outlives the job. (Without keys they would be refused with 401 forever.)
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+
+from hsd_ray.core.api_keys import KeyRecord, new_key
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -28,18 +35,25 @@ THANKS = ["Thanks, that's helpful.", "Great, thank you!", "Perfect."]
 
 
 class DemoUsers:
-    def __init__(self, base_url: str, n_users: int, seed: int = 0, max_tokens: int = 64):
-        from openai import OpenAI
-
-        self.client = OpenAI(base_url=base_url, api_key="demo", max_retries=0, timeout=120)
-        self.n_users, self.seed, self.max_tokens = n_users, seed, max_tokens
+    def __init__(self, n_users: int, seed: int = 0, max_tokens: int = 64, with_keys: bool = False):
+        self.names = [f"demo-{i}" for i in range(n_users)]
+        minted = [new_key(name) for name in self.names] if with_keys else []
+        self._keys = [key for key, _ in minted] or ["demo"] * n_users  # "demo": open mode reads the `user` field
+        self.key_records: tuple[KeyRecord, ...] = tuple(record for _, record in minted)
+        self.seed, self.max_tokens = seed, max_tokens
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors = 0
 
-    def start(self) -> "DemoUsers":
-        for i in range(self.n_users):
-            t = threading.Thread(target=self._run, args=(i,), name=f"demo-user-{i}", daemon=True)
+    def start(self, base_url: str) -> "DemoUsers":
+        from openai import OpenAI
+
+        for name in ("httpx", "httpx2"):  # the openai client's HTTP library (httpx2 in this openai) logs every request
+            logging.getLogger(name).setLevel(logging.WARNING)  # at INFO: a line per demo chat in the job's output
+
+        for i, key in enumerate(self._keys):
+            client = OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=120)
+            t = threading.Thread(target=self._run, args=(i, client), name=f"demo-user-{i}", daemon=True)
             t.start()
             self._threads.append(t)
         return self
@@ -49,21 +63,21 @@ class DemoUsers:
         for t in self._threads:
             t.join(timeout=150)
 
-    def _run(self, i: int) -> None:
+    def _run(self, i: int, client) -> None:
         rng = random.Random(self.seed * 1000 + i)
         while not self._stop.is_set():
             messages = [{"role": "user", "content": rng.choice(QUESTIONS)}]
             try:
-                reply = self._chat(messages, f"demo-{i}")
+                reply = self._chat(client, messages, self.names[i])
                 followup = rng.choice(COMPLAINTS if len(reply.split()) > 25 else THANKS)
                 messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": followup}]
-                self._chat(messages, f"demo-{i}")  # the follow-up is what gets captured
+                self._chat(client, messages, self.names[i])  # the follow-up is what gets captured
             except Exception:  # noqa: BLE001 - a demo user retries after a pause
                 self.errors += 1
                 self._stop.wait(2.0)
 
-    def _chat(self, messages: list[dict], user: str) -> str:
-        r = self.client.chat.completions.create(
+    def _chat(self, client, messages: list[dict], user: str) -> str:
+        r = client.chat.completions.create(
             model="hsd-policy", messages=messages, user=user, max_tokens=self.max_tokens, temperature=0.7
         )
         return r.choices[0].message.content or ""

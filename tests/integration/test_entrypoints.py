@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,40 @@ def test_train_job_live_with_demo_users(tiny_model_dir, tmp_path):
     assert summary["learner"]["step"] == 2 and summary["queue"]["trained"] == 4, summary
     assert summary["capture"]["captured"] >= 4
     assert (out / "final" / "config.json").exists() and (out / "config.yaml").exists()
+
+
+def test_train_job_with_api_keys_trains_its_demo_users_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+    """auth.mode=api_keys: the demo users chat with keys minted for this job (the key file is never written), so
+    their turns are captured and trained; SIGTERM (`ray job stop`, `kill`) stops the job as Ctrl-C does."""
+    keys, out, log = tmp_path / "keys.jsonl", tmp_path / "run", tmp_path / "job.log"
+    subprocess.run([sys.executable, "-m", "hsd_ray.keys", "add", "--file", str(keys), "--user", "alice"], cwd=ROOT,
+                   check=True, capture_output=True, timeout=60)
+    key_file = keys.read_text()
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "train_job.py", "--config", "cluster/local.yaml", "--duration", "900",
+             f"model={tiny_model_dir}", f"serve.port={free_port()}", "serve.max_tokens=8", "learner.batch_turns=2",
+             "job.simulate_users=2", "auth.mode=api_keys", f"auth.keys_file={keys}", f"job.output_dir={out}",
+             "job.log_every_s=2", "ray.num_cpus=4", "ray.object_store_bytes=268435456"],
+            cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 480
+        while proc.poll() is None and time.time() < deadline and not re.search(r"trained [1-9]", log.read_text()):
+            time.sleep(2)
+        assert proc.poll() is None and re.search(r"trained [1-9]", log.read_text()), log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    tail = log.read_text()[-3000:]
+    assert proc.returncode == 0, tail
+    assert "[job] stopping: final checkpoint" in log.read_text(), tail
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["queue"]["trained"] >= 2 and summary["capture"]["captured"] >= 2, summary
+    assert (out / "final" / "config.json").exists()
+    assert keys.read_text() == key_file  # the demo users' keys live in the job's memory only
+    assert "HTTP Request" not in log.read_text()  # no log line per demo chat (the openai client's httpx2 logger)
 
 
 @pytest.mark.parametrize(

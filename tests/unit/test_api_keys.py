@@ -55,6 +55,21 @@ def test_identity_open_trusts_the_user_field_and_api_keys_the_key(tmp_path):
     assert e.value.status_code == 400 and e.value.param == "user"
 
 
+def test_demo_users_keys_are_minted_per_job_and_accepted_beside_the_key_file(tmp_path):
+    from hsd_ray.loop.users import DemoUsers
+
+    key, record = new_key("carol")
+    append_record(tmp_path / "k", record)
+    demo = DemoUsers(2, with_keys=True)
+    assert [r.user for r in demo.key_records] == demo.names == ["demo-0", "demo-1"]
+    assert all(k not in repr(demo.key_records) for k in demo._keys)  # the records are salted hashes only
+    keyed = Identity("api_keys", str(tmp_path / "k"), demo.key_records)
+    assert [keyed.key_user(f"Bearer {k}") for k in (key, *demo._keys)] == ["carol", "demo-0", "demo-1"]
+    assert Identity("api_keys", str(tmp_path / "k")).keys.user_for(f"Bearer {demo._keys[0]}") is None
+    assert DemoUsers(2, with_keys=False).key_records == ()
+    assert DemoUsers(2, with_keys=True)._keys[0] != demo._keys[0]  # minted afresh for each job, never a fixed key
+
+
 def test_keys_cli_adds_and_lists(tmp_path, capsys):
     from hsd_ray.keys import main
 
