@@ -156,6 +156,9 @@ class PersonalLearner:
         """Wait (up to decision_timeout_s) for the gate's last decisions; every adapter is on disk already (saved
         after each step); report where they are."""
         deadline = time.time() + self.s.decision_timeout_s
+        if self.pending:  # on a busy CPU the gatekeeper takes minutes per adapter: say why the stop waits
+            log.info("waiting up to %.0f s (version_gate.decision_timeout_s) for the version gate's decisions on %d "
+                     "adapter versions", self.s.decision_timeout_s, len(self.pending))
         while self.pending and time.time() < deadline:
             self._follow_gate()
             time.sleep(0.2)

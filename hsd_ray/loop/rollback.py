@@ -149,6 +149,9 @@ class GateFollowing:
         """Ask the registry about the pending candidate (rank 0) and act on the answer (every rank). `wait`: until
         decided; past `decision_timeout_s` an undecided candidate is treated as rejected (never kept unvetted)."""
         deadline = time.time() + self.s.decision_timeout_s
+        if wait and self.rank == 0 and self.guard is not None and self.guard.pending is not None:
+            log.info("waiting up to %.0f s (version_gate.decision_timeout_s) for the version gate's decision on v%d",
+                     self.s.decision_timeout_s, self.guard.pending.version)
         while True:
             decision = rollback = None
             if self.rank == 0:
