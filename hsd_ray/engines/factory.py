@@ -46,6 +46,9 @@ def make_engine(
     if ecfg.kind == "vllm":
         from hsd_ray.engines.vllm import VLLMEngine
 
+        if enable_lora and ecfg.max_lora_rank is None:  # Config resolves it; a bare EngineConfig must say
+            raise ValueError("engine.max_lora_rank must be set for a vLLM engine with LoRA adapters")
+
         engine_cls, extra = VLLMEngine, {}
         if serving and ecfg.vllm_async:
             from hsd_ray.engines.vllm_async import AsyncVLLMEngine

@@ -74,3 +74,16 @@ def test_nothing_listens_beyond_localhost_unless_configured():
     configs do not (the KubeRay manifests set serve.host=0.0.0.0 inside their pods, explicitly)."""
     for cfg in [Config(), *(Config.load(p) for p in sorted((ROOT / "cluster").glob("*.yaml")))]:
         assert cfg.serve.host == "127.0.0.1" and cfg.ray.dashboard_host == "127.0.0.1"
+
+
+def test_the_engines_lora_rank_is_the_largest_rank_this_config_trains():
+    """vLLM pads every adapter to engine.max_lora_rank, and its CPU LoRA kernels cost in proportion to it."""
+    rank = lambda *o: Config.load(overrides=["learner.batch_turns=2", *o]).engine.max_lora_rank  # noqa: E731
+    assert rank() == 8  # nothing trains LoRA: the smallest slot vLLM has beyond 1
+    assert rank("learner.lora.enabled=true") == Config().learner.lora.r == 16
+    assert rank("learner.lora.enabled=true", "learner.lora.r=32") == 32
+    assert rank("personalization.mode=per_user") == Config().personalization.lora.r == 8
+    assert rank("personalization.mode=per_user", "engine.max_lora_rank=64") == 64  # set: kept
+    with pytest.raises(ConfigError, match=r"engine\.max_lora_rank \(8\) is below .* \(16"):
+        Config.load(overrides=["engine.kind=vllm", "learner.lora.enabled=true", "engine.max_lora_rank=8"])
+    assert "max_lora_rank: 16" in Config.load(overrides=["learner.lora.enabled=true"]).to_yaml()
