@@ -8,13 +8,12 @@ one-line description. This module imports neither torch, ray nor vllm so it can 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from hsd_ray.overrides import ConfigError, describe_error, parse_overrides, set_dotted  # noqa: F401 - re-exported
 
 
 # Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
@@ -23,6 +22,11 @@ TEMPLATE_NAMES = ("online", "offline")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _resources_field(who: str):
+    return Field(default_factory=dict, description=f"custom Ray resources each {who} asks for, {{name: amount}}: "
+                 "placed only on nodes that offer them (`ray start --resources`)")
 
 
 class EngineConfig(_Section):
@@ -40,10 +44,8 @@ class EngineConfig(_Section):
     vllm_enforce_eager: bool = Field(True, description="disable CUDA graphs / torch.compile (fast start)")
     max_lora_rank: int | None = Field(None, ge=1, description="largest LoRA rank the vLLM engine accepts (unset: the "
                                       "largest this config trains, learner.lora.r / personalization.lora.r)")
-    vllm_async: bool = Field(
-        True, description="chat replicas run vLLM's async engine (continuous batching, token streaming); false = the "
-        "offline engine behind serve's GenerationBatcher"
-    )
+    vllm_async: bool = Field(True, description="chat replicas run vLLM's async engine (continuous batching, token "
+                             "streaming); false = the offline engine behind serve's GenerationBatcher")
     vllm_max_num_seqs: int = Field(16, ge=1, description="replies the async engine generates at once (vLLM max_num_seqs)")
 
 
@@ -99,8 +101,7 @@ class LoraConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="module names that get adapters",
-    )
+        description="module names that get adapters")
 
 
 class LearnerConfig(_Section):
@@ -109,11 +110,7 @@ class LearnerConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU + gloo")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Train worker")
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="custom Ray resources each Train worker asks for, {name: amount}: placed only on nodes that offer "
-        "them (`ray start --resources`)",
-    )
+    resources: dict[str, float] = _resources_field("Train worker")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(2, ge=0, description="linear warm-up steps")
@@ -168,11 +165,7 @@ class ServeConfig(_Section):
     model_name: str = Field("hsd-policy", description="model id reported by /v1/models")
     cpus_per_replica: float = Field(0.1, ge=0, description="CPUs reserved per replica")
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved per replica (a vLLM engine on a GPU)")
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="custom Ray resources each replica asks for, {name: amount}: placed only on nodes that offer "
-        "them (`ray start --resources`)",
-    )
+    resources: dict[str, float] = _resources_field("replica")
     max_tokens: int = Field(128, ge=1, description="default max_tokens of a reply")
     max_tokens_limit: int = Field(1024, ge=1, description="largest max_tokens a client may ask for")
     max_n: int = Field(8, ge=1, le=128, description="most choices (`n`) one request may ask for")
@@ -271,11 +264,7 @@ class TeacherConfig(_Section):
                                               "engine (one model copy less: loop/replica_scorer.py)")
     cpus_per_worker: float = Field(0.5, ge=0, description="CPUs reserved per teacher")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per teacher")
-    resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="custom Ray resources each teacher asks for, {name: amount}: placed only on nodes that offer "
-        "them (`ray start --resources`)",
-    )
+    resources: dict[str, float] = _resources_field("teacher")
     max_batch_turns: int = Field(8, ge=1, description="turns leased per batch")
     token_budget: int = Field(8192, ge=64, description="max padded tokens per engine scoring call")
     idle_sleep_s: float = Field(0.2, gt=0, description="sleep when the queue is empty")
@@ -416,14 +405,14 @@ class Config(_Section):
 
     def _resolve_lora_rank(self) -> None:
         """vLLM pads every adapter to engine.max_lora_rank and its CPU LoRA kernels cost in proportion to it: the
-        gatekeeper's evaluation of a rank-8 user adapter took 113 s at 64 and 15 s at 8 (SmolLM2, 2 CPUs)."""
-        ranks = [c.r for c, on in ((self.learner.lora, self.learner.lora.enabled),
-                                   (self.personalization.lora, self.personalization.per_user)) if on]
+        gatekeeper's evaluation of a rank-8 user adapter took 106 s at 64, 16 s at 8 (bench/bench_lora_rank.py)."""
+        lora, personal = self.learner.lora, self.personalization
+        trained = max([lora.r] * lora.enabled + [personal.lora.r] * personal.per_user, default=0)
         if self.engine.max_lora_rank is None:
-            self.engine.max_lora_rank = max(ranks, default=8)
-        elif self.engine.kind == "vllm" and max(ranks, default=0) > self.engine.max_lora_rank:
+            self.engine.max_lora_rank = trained or 8
+        elif self.engine.kind == "vllm" and trained > self.engine.max_lora_rank:
             raise ValueError(f"engine.max_lora_rank ({self.engine.max_lora_rank}) is below the LoRA rank trained here "
-                             f"({max(ranks)}: learner.lora.r / personalization.lora.r); vLLM sizes adapter slots by it")
+                             f"({trained}: learner.lora.r / personalization.lora.r); vLLM sizes adapter slots by it")
 
     def _check_per_user(self) -> None:
         """per_user trains adapters on a frozen shared policy in one learner process (README, "Per-user adapters")."""
@@ -447,11 +436,65 @@ class Config(_Section):
             if not isinstance(data, dict):
                 raise ConfigError(f"config file {path} must hold a mapping at the top level")
         for key, value in parse_overrides(overrides or []):
-            set_dotted(data, key, value)
+            _set_dotted(data, key, value)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(describe_error(e)) from None
+            raise ConfigError(_describe(e)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the field."""
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`['--a.b', '1', 'c.d=x', '--flag']` -> [('a.b', 1), ('c.d', 'x'), ('flag', True)]; values parsed as YAML."""
+    out: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if "=" in arg:
+            key, raw = arg.lstrip("-").split("=", 1)
+            i += 1
+        elif arg.startswith("--"):
+            key = arg[2:]
+            if i + 1 < len(args) and not args[i + 1].startswith("--") and not _KEY_EQ.match(args[i + 1]):
+                raw, i = args[i + 1], i + 2
+            else:
+                raw, i = "true", i + 1
+        else:
+            raise ConfigError(f"cannot parse override {arg!r}: use --section.field VALUE or section.field=VALUE")
+        key = key.replace("-", "_")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    return out
+
+
+_KEY_EQ = re.compile(r"^[A-Za-z_][\w.-]*=")  # "section.field=value" is an override, never a flag's value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        lines.append(f"{loc}: {msg}{got}")
+    return "invalid config: " + "; ".join(lines)
