@@ -46,26 +46,9 @@ def _args():
 
 
 def _make_adapters(model_dir: str, n: int, tmp: str) -> list:
-    import torch
+    from bench.util import random_user_adapters
 
-    from hsd_ray.config import Config
-    from hsd_ray.core.adapter_bank import AdapterBank
-    from hsd_ray.core.weights import user_adapter_id
-    from hsd_ray.models import load_model_and_tokenizer
-
-    model, _ = load_model_and_tokenizer(model_dir, "float32", "cpu")
-    bank = AdapterBank(model, Config().personalization.lora, lr=1e-4, root=tmp, max_resident=n + 1)
-    torch.manual_seed(0)
-    sets = []
-    for i in range(n + 1):  # one extra: a user who is not resident yet
-        adapter = user_adapter_id(f"bench-user-{i}")
-        bank._activate(adapter)
-        with torch.no_grad():
-            for name, p in bank.model.named_parameters():
-                if f".{adapter}." in name and "lora_B" in name:
-                    p.normal_(0, 0.02)
-        sets.append(bank.export(adapter, 1, 1))
-    return sets
+    return random_user_adapters(model_dir, [f"bench-user-{i}" for i in range(n + 1)], 0.02, tmp)  # +1: not resident
 
 
 def _throughput(engine, prompt: list[int], adapters: list[str | None], max_tokens: int) -> float:

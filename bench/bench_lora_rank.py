@@ -16,7 +16,6 @@ Results print and go to `bench/results/bench_lora_rank-<model>.json`. SmolLM2-13
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -29,24 +28,8 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def user_adapter(model_dir: str, cfg, root: Path):
-    """A rank-`personalization.lora.r` adapter of one user, exported as the learner publishes it."""
-    from hsd_ray.core.adapter_bank import AdapterBank
-    from hsd_ray.core.weights import user_adapter_id
-    from hsd_ray.engines.hf import HFEngine
-
-    bank = AdapterBank(copy.deepcopy(HFEngine(model_dir).model), cfg.personalization.lora, lr=1e-3, root=root)
-    adapter = user_adapter_id("bench")
-    bank._activate(adapter)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in bank.model.named_parameters():
-            if f".{adapter}." in name and "lora_B" in name:
-                p.normal_(0, 0.002)  # a small step away from zero, as a first learner version
-    return bank.export(adapter, 1, 1)
-
-
 def main(argv: list[str] | None = None) -> int:
+    from bench.util import random_user_adapters
     from hsd_ray.config import Config
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
     from hsd_ray.models import resolve_model
@@ -59,12 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model_dir = str(resolve_model(args.model))
     ranks = [int(r) for r in args.ranks.split(",")]
-    base = Config.load(overrides=["personalization.mode=per_user", "learner.batch_turns=2", "engine.kind=vllm"])
-    weights = user_adapter(model_dir, base, Path(os.environ.get("TMPDIR", "/tmp")) / "bench_lora_rank")
+    per_user = ["personalization.mode=per_user", "learner.batch_turns=2", "engine.kind=vllm"]
+    base = Config.load(overrides=per_user)
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / "bench_lora_rank"
+    (weights,) = random_user_adapters(model_dir, ["bench"], 0.002, root)  # a small step from zero: a first version
     gates = {}
     for rank in ranks:
-        cfg = Config.load(overrides=["personalization.mode=per_user", "learner.batch_turns=2", "engine.kind=vllm",
-                                     f"engine.max_lora_rank={rank}"])
+        cfg = Config.load(overrides=[*per_user, f"engine.max_lora_rank={rank}"])
         gates[rank] = Gatekeeper(GatekeeperSettings(model_dir, cfg.engine, cfg.version_gate, enable_lora=True),
                                  registry=None)
         gates[rank]._load(weights)

@@ -25,3 +25,28 @@ def rss_mb(pid: int | None = None) -> float:
 
     proc = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
+
+
+def random_user_adapters(model_dir: str, users: list[str], std: float, root) -> list:
+    """One exported adapter (personalization.lora's shape, version 1) per user, its lora_B drawn from N(0, std) under
+    seed 0: peft starts B at zero, so an adapter moves the model only once B is not."""
+    import torch
+
+    from hsd_ray.config import Config
+    from hsd_ray.core.adapter_bank import AdapterBank
+    from hsd_ray.core.weights import user_adapter_id
+    from hsd_ray.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(model_dir, "float32", "cpu")
+    bank = AdapterBank(model, Config().personalization.lora, lr=1e-4, root=root, max_resident=len(users))
+    torch.manual_seed(0)
+    sets = []
+    for user in users:
+        adapter = user_adapter_id(user)
+        bank._activate(adapter)
+        with torch.no_grad():
+            for name, p in bank.model.named_parameters():
+                if f".{adapter}." in name and "lora_B" in name:
+                    p.normal_(0, std)
+        sets.append(bank.export(adapter, 1, 1))
+    return sets
