@@ -72,16 +72,20 @@ def test_overload_and_rate_limit_answered_with_retry_after(ray_session, tiny_mod
 
     from hsd_ray.loop.serve import APP_NAME
 
-    url = _service(tiny_model_dir, max_ongoing_requests=1, max_queued_requests=1, user_rate_per_s=0.1, user_burst=2)
+    # The first request must still hold the slot when the second arrives and when the third is refused: 1900 greedy
+    # tokens (the tiny model never stops early) take ~4 s on an idle core, against well under a second for the two
+    # HTTP round trips in between. (128 tokens, ~0.3 s, lost that race on a loaded CI machine.)
+    url = _service(tiny_model_dir, max_ongoing_requests=1, max_queued_requests=1, user_rate_per_s=0.1, user_burst=2,
+                   max_model_len=2048, max_tokens_limit=2000)
     client = _client(url)
     try:
-        def long(user):  # greedy, so the tiny model never stops early: ~1-10 s of engine time
-            return lambda: client.chat.completions.create(model="m", messages=Q, user=user, max_tokens=128,
+        def long(user, max_tokens):  # greedy: the reply runs to max_tokens
+            return lambda: client.chat.completions.create(model="m", messages=Q, user=user, max_tokens=max_tokens,
                                                           temperature=0)
 
-        first, first_out = _in_thread(long("a"))
+        first, first_out = _in_thread(long("a", 1900))
         _wait(lambda: _health(url)["admission"]["ongoing"] == 1, 60, "the first request to hold the slot")
-        second, second_out = _in_thread(long("b"))
+        second, second_out = _in_thread(long("b", 16))
         _wait(lambda: _health(url)["admission"]["queued"] == 1, 60, "the second request to wait")
         t0 = time.perf_counter()
         with pytest.raises(openai.APIStatusError) as info:
