@@ -30,6 +30,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,12 @@ class VersionRegistry(AdapterShelf):
         current = self.latest_version(adapter_id)
         return [{**r, "current": r["version"] == current} for _, r in sorted(self._records.get(adapter_id, {}).items())]
 
-    def user_versions_rejected(self) -> int:
-        """Per-user adapter versions the gate held back, all users together (one count, not one label per user)."""
-        return sum(r["state"] == "rejected" for a, records in self._records.items() if is_user_adapter(a)
-                   for r in records.values())
+    def user_version_counts(self) -> dict[str, int]:
+        """Per-user adapters, all users together (counts, not one label per user): how many adapters have versions,
+        and their versions by state (accepted, rejected, candidate, superseded)."""
+        users = [records for a, records in self._records.items() if is_user_adapter(a) and records]
+        states = Counter(r["state"] for records in users for r in records.values())
+        return {"adapters": len(users), **{k: states[k] for k in ("accepted", "rejected", "candidate", "superseded")}}
 
     def highest_version(self, adapter_id: str = BASE_ADAPTER) -> int:
         """The highest number ever published (accepted, candidate or rejected); the next version is above it."""

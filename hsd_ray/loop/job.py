@@ -152,7 +152,7 @@ class Loop:
             "learner": (self.control.get_progress, (), {}),
             "published_version": (self.registry.handle.latest_version, (BASE_ADAPTER,), -1),
             "versions": (self.registry.handle.versions, (BASE_ADAPTER,), []),
-            "adapter_versions_rejected": (self.registry.handle.user_versions_rejected, (), 0),
+            "user_adapters": (self.registry.handle.user_version_counts, (), {}),
         }
         refs, out, errors = {}, {}, {}
         for key, (method, args, empty) in calls.items():
@@ -412,10 +412,19 @@ def _summary_line(s: dict, turns_per_s: float, elapsed: float) -> str:
         f"[job {elapsed:6.0f}s] replies {c['recorded']} | captured {c['captured']} unmatched {c['unmatched']} "
         f"expired {c['expired']} | queue pending {q['pending']} scored {q['scored']} dropped {q['dropped_total']} | "
         f"trained {q['trained']} ({turns_per_s:.2f} turns/s) | step {lr.get('step', 0)} "
-        f"v{max(0, s['published_version'])} rejected {s.get('versions_rejected', 0)}"
-        f"{' + %d adapter versions' % s['adapter_versions_rejected'] if s.get('adapter_versions_rejected') else ''} "
+        f"v{max(0, s['published_version'])} rejected {s.get('versions_rejected', 0)}{_adapters_text(s)} "
         f"loss {lr.get('loss', float('nan')):.4f}{_rates_text(s.get('feedback_by_version', {}))}"
     )
+
+
+def _adapters_text(s: dict) -> str:
+    """Per-user adapters (per_user mode), when any has versions: " | user adapters 2: versions 5 accepted 1 rejected
+    1 pending" (the shared policy's "v0" alone would say nothing was learned)."""
+    a = s.get("user_adapters") or {}
+    if not a.get("adapters"):
+        return ""
+    return (f" | user adapters {a['adapters']}: versions {a['accepted']} accepted {a['rejected']} rejected "
+            f"{a['candidate']} pending |")
 
 
 def _rates_text(rates: dict, last: int = 3) -> str:

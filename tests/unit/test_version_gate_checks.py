@@ -367,6 +367,22 @@ def test_summary_line_shows_rejections_and_per_version_rates():
     line = _summary_line(s, 0.1, 10.0)
     assert "rejected 1" in line
     assert "feedback v0 n2 complaint 0.50 thanks 0.00 none 0.50; v1 n2 complaint 0.00 thanks 0.50 none 0.50" in line
+    assert "user adapters" not in line  # global mode: no per-user adapter has versions
+    s["user_adapters"] = {"adapters": 2, "accepted": 5, "rejected": 1, "candidate": 1, "superseded": 0}
+    line = _summary_line(s, 0.1, 10.0)
+    assert "rejected 1 | user adapters 2: versions 5 accepted 1 rejected 1 pending | loss 0.5000" in line
+
+
+def test_registry_counts_user_adapter_versions_by_state():
+    from hsd_ray.core.weights import user_adapter_id
+
+    reg = VersionRegistry(gated=True, gate_users=True)
+    assert reg.user_version_counts() == {"adapters": 0, "accepted": 0, "rejected": 0, "candidate": 0, "superseded": 0}
+    alice, bob = user_adapter_id("alice"), user_adapter_id("bob")
+    assert reg.publish(_pub(1, alice)) and reg.accept(1, adapter_id=alice)
+    assert reg.publish(_pub(2, alice)) and reg.publish(_pub(1, bob)) and reg.reject(1, "perplexity", adapter_id=bob)
+    assert reg.publish(_pub(3))  # the shared policy's versions are not counted
+    assert reg.user_version_counts() == {"adapters": 2, "accepted": 1, "rejected": 1, "candidate": 1, "superseded": 0}
 
 
 def test_gate_cost_is_gate_seconds_per_version_over_learner_seconds_per_version():
