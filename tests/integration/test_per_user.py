@@ -175,7 +175,8 @@ def test_a_destructive_user_adapter_is_never_served_and_rolls_back(ray_session, 
         assert b2 and max(float(t.abs().max()) for t in b2) <= lr * 1.001
         adapters = tmp_path / "run" / "adapters"
         assert not (adapters / alice).exists() and not (adapters / ".accepted" / alice).exists()
-        assert stats["user_adapters"] == {"adapters": 1, "accepted": 0, "rejected": 2, "candidate": 0, "superseded": 0} and stats["versions_rejected"] == 0
+        assert stats["user_adapters"] == {"adapters": 1, "accepted": 0, "rejected": 2, "candidate": 0, "superseded": 0}
+        assert stats["versions_rejected"] == 0
         q = stats["queue"]
         assert q["trained"] == 0 and q["dropped"]["rejected"] == 4 and _accounting_holds(q), q
 
