@@ -25,7 +25,7 @@ from hsd_ray.core.feedback import FeedbackDecision
 from hsd_ray.core.weights import BASE_ADAPTER
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
-VALID_ROLES = ("system", "user", "assistant")
+VALID_ROLES = ("system", "developer", "user", "assistant")  # developer = system (OpenAI renamed it)
 
 
 @dataclass
@@ -98,6 +98,9 @@ def validate_messages(messages: Any, where: str = "messages") -> list[Message]:
         role = m.get("role")
         if role not in VALID_ROLES:
             raise TurnFormatError(f"{where}[{i}].role must be one of {VALID_ROLES}, got {role!r}")
+        if m.get("content") is None and role != "assistant":  # only an assistant's content may be null (OpenAI)
+            raise TurnFormatError(f"{where}[{i}].content is required for role {role!r} (a string or text parts)")
+        role = "system" if role == "developer" else role  # OpenAI's newer name for the system message
         out.append({"role": role, "content": content_text(m.get("content"), f"{where}[{i}].content")})
     return out
 

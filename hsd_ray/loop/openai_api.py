@@ -4,8 +4,9 @@ Owned here so the Ray Serve deployment (hsd_ray/loop/serve.py) only glues it to 
 no torch; FastAPI/pydantic only (the error handlers that keep FastAPI's 422 from ever reaching a client live here too).
 
 What is accepted (everything else a client sends is ignored, as OpenAI clients send extras):
-- `messages`: roles system / user / assistant, content a string or a list of text parts (checked by
-  `hsd_ray.core.turns.validate_messages`); the last message must be the user's.
+- `messages`: roles system / developer (OpenAI's newer name for it; treated as system) / user / assistant, content a
+  string or a list of text parts, null only for an assistant (checked by `hsd_ray.core.turns.validate_messages`); the
+  last message must be the user's.
 - `max_completion_tokens` (preferred) or `max_tokens`, at most `ServeConfig.max_tokens_limit`; `temperature`, `top_p`,
   `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
   `logprobs`, `store`, and `n` (choices; at most `ServeConfig.max_n`).

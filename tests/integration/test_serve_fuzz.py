@@ -57,6 +57,7 @@ def _hostile_bodies(follow: list[dict]) -> list[tuple[str, dict]]:
         "messages empty": {"messages": []}, "messages ints": {"messages": [1, 2]}, "messages null": {"messages": [None]},
         "role robot": {"messages": [{"role": "robot", "content": "beep"}]},
         "role missing": {"messages": [{"content": "hi"}]}, "content int": {"messages": [{"role": "user", "content": 5}]},
+        "content null": {"messages": [{"role": "user", "content": None}]},
         "content dict": {"messages": [{"role": "user", "content": {"a": 1}}]},
         "image part": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
         "part not dict": {"messages": [{"role": "user", "content": ["x"]}]},

@@ -116,11 +116,22 @@ def test_n_choices_up_to_the_configured_limit():
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "text part"),
         ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "last message"),
         ("hello", "non-empty list"),
+        ([{"role": "user", "content": None}], "content is required"),
+        ([{"role": "system", "content": "s"}, {"role": "user"}], "messages[1].content is required"),
     ],
 )
 def test_bad_messages_are_rejected(messages, fragment):
     err = _error(_req(messages=messages))
     assert err.param == "messages" and fragment in err.message
+
+
+def test_developer_role_is_the_system_message_and_an_assistant_may_have_null_content():
+    call = oa.parse_chat_request(_req(messages=[{"role": "developer", "content": "Be brief."},
+                                                {"role": "user", "content": "q"},
+                                                {"role": "assistant", "content": None},
+                                                {"role": "user", "content": "again"}]), SCFG)
+    assert call.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"},
+                             {"role": "assistant", "content": ""}, {"role": "user", "content": "again"}]
 
 
 def test_missing_messages_is_rejected():
