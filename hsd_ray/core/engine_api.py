@@ -31,6 +31,9 @@ class EngineUnavailable(RuntimeError):
     the requests. A teacher hands such a batch back whole instead of blaming its turns one by one."""
 
 
+TopLogprobs = list[tuple[int, float]]  # one generated position's k most likely (token id, raw log-prob), best first
+
+
 @dataclass
 class SamplingParams:
     max_tokens: int = 128
@@ -41,6 +44,9 @@ class SamplingParams:
     # repeated prompts in one batch are distinct samples
     adapter_id: str = BASE_ADAPTER  # whose weights sample: the shared policy or a resident per-user adapter (the
     # batcher groups requests by equal params, so one engine call never mixes adapters)
+    presence_penalty: float = 0.0  # OpenAI's: subtracted from the logit of every token already in the reply
+    frequency_penalty: float = 0.0  # OpenAI's: times the number of times the token is already in the reply
+    top_logprobs: int = 0  # also return, per generated token, the k most likely tokens' raw log-probs
 
     def for_index(self, i: int) -> "SamplingParams":
         """The params prompt (or choice) i of a batch is drawn with: seed + i when seeded."""
@@ -61,6 +67,7 @@ class Generation:
     prompt_tokens: int
     version: PolicyVersion
     ended_on_eos: bool = False
+    top_logprobs: list[TopLogprobs] | None = None  # per generated id when SamplingParams.top_logprobs > 0
 
     @property
     def finish_reason(self) -> str:
@@ -77,6 +84,7 @@ class GenerationDelta:
     text: str
     logprobs: list[float]
     version: PolicyVersion | None = None  # the version generating this reply (fixed for the whole reply)
+    top_logprobs: list[TopLogprobs] | None = None  # per id, when asked for
 
 
 @dataclass

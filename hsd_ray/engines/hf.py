@@ -86,7 +86,7 @@ class HFEngine(VersionedWeights):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
         out = self.model.generate(input_ids, attention_mask=mask, max_new_tokens=params.max_tokens, do_sample=False,
                                   eos_token_id=self.eos_ids, pad_token_id=pad, output_logits=True,
-                                  return_dict_in_generate=True)
+                                  return_dict_in_generate=True, logits_processor=_penalties(params, width))
         logp_T_B_V = torch.log_softmax(torch.stack(out.logits, 0).float(), -1)
         eos, gens = set(self.eos_ids), []
         for b, prompt in enumerate(prompts):
@@ -94,7 +94,8 @@ class HFEngine(VersionedWeights):
             end = next((t + 1 for t, tok in enumerate(new) if tok in eos), len(new))  # after EOS: padding
             new = new[:end]
             logprobs = [float(logp_T_B_V[t, b, tok]) for t, tok in enumerate(new)]
-            gens.append(self._generation(prompt, new, logprobs, params, version))
+            top = _top_logprobs(logp_T_B_V[: len(new), b], params.top_logprobs)
+            gens.append(self._generation(prompt, new, logprobs, params, version, top))
         return gens
 
     def _generate_one(self, prompt: list[int], params: SamplingParams, version: PolicyVersion,
@@ -115,16 +116,20 @@ class HFEngine(VersionedWeights):
             return_dict_in_generate=True,
             stop_strings=params.stop or None,
             tokenizer=self.tokenizer if params.stop else None,
+            logits_processor=_penalties(params, len(prompt)),
             **gen_kwargs,
         )
         new = out.sequences[0, len(prompt) :].tolist()
-        logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before temperature / top-p)
-        logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
-        return self._generation(prompt, new, logprobs.tolist(), params, version)
+        logits = torch.stack(out.logits, 0)[:, 0].float()  # raw logits (before penalties / temperature / top-p)
+        logp_T_V = torch.log_softmax(logits, -1)
+        logprobs = logp_T_V.gather(1, torch.tensor(new, device=logits.device)[:, None])[:, 0]
+        top = _top_logprobs(logp_T_V, params.top_logprobs)
+        return self._generation(prompt, new, logprobs.tolist(), params, version, top)
 
     def _generation(self, prompt: list[int], new: list[int], logprobs: list[float], params: SamplingParams,
-                    version: PolicyVersion):
-        """The Generation of generated ids `new` (a trailing EOS dropped, the text cut at the first stop string)."""
+                    version: PolicyVersion, top: list | None = None):
+        """The Generation of generated ids `new` (a trailing EOS dropped, the text cut at the first stop string);
+        `top`: the top log-probs of each id, cut to the same length."""
         finished = ended_on_eos = bool(new) and new[-1] in self.eos_ids
         if finished:
             new, logprobs = new[:-1], logprobs[:-1]
@@ -136,7 +141,8 @@ class HFEngine(VersionedWeights):
                 finished, ended_on_eos = True, False
         if not finished and len(new) < params.max_tokens:
             finished = True  # stopped by a stop string inside generate()
-        return Generation(new, text, logprobs, finished, len(prompt), version, ended_on_eos)
+        return Generation(new, text, logprobs, finished, len(prompt), version, ended_on_eos,
+                          None if top is None else top[: len(new)])
 
     @property
     def eos_ids(self) -> list[int]:
@@ -244,6 +250,39 @@ class HFEngine(VersionedWeights):
 
 
 _LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type")
+
+
+class _OpenAIPenalties:
+    """OpenAI's presence and frequency penalties as a transformers logits processor: the logit of a token already
+    generated `c` times drops by `frequency * c + presence * (c > 0)`. Generated tokens only, not the prompt, as vLLM
+    counts them; applied before temperature and top-p (transformers runs a caller's processors before its warpers)."""
+
+    def __init__(self, start: int, presence: float, frequency: float):
+        self.start, self.presence, self.frequency = start, presence, frequency
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.start :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+def _penalties(params: SamplingParams, start: int):
+    """The logits processors of a generate call: the penalties when any is set (`start`: where generated ids begin)."""
+    from transformers import LogitsProcessorList
+
+    if not (params.presence_penalty or params.frequency_penalty):
+        return None
+    return LogitsProcessorList([_OpenAIPenalties(start, params.presence_penalty, params.frequency_penalty)])
+
+
+def _top_logprobs(logp_T_V: torch.Tensor, k: int) -> list | None:
+    """The k most likely (id, log-prob) of each position of raw log-probs [T, V], best first; None when k is 0."""
+    if k <= 0:
+        return None
+    values, ids = logp_T_V.topk(k, dim=-1)
+    return [list(zip(row_ids, row_values)) for row_ids, row_values in zip(ids.tolist(), values.tolist())]
 
 
 def _peft_config(weights: WeightSet):

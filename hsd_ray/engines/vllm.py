@@ -91,7 +91,12 @@ from hsd_ray.engines.vllm_adapters import (  # noqa: E402
     peft_config_from,
     write_adapter,
 )
-from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs, supports_flat_logprobs  # noqa: E402
+from hsd_ray.engines.vllm_outputs import (  # noqa: E402
+    extract_scores,
+    sampled_logprobs,
+    supports_flat_logprobs,
+    top_logprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +212,8 @@ class VLLMEngine(VersionedWeights):
         return [self._to_generation(o, params, version) for o in outs]
 
     def _vparams(self, params: SamplingParams):
-        """vLLM's sampling params for ours: the sampled token's raw log-prob, greedy at temperature 0."""
+        """vLLM's sampling params for ours: the sampled token's raw log-prob (and the top `top_logprobs`), greedy at
+        temperature 0, OpenAI's penalties on the generated tokens."""
         from vllm import SamplingParams as VSamplingParams
 
         sample = params.temperature > 0
@@ -217,7 +223,9 @@ class VLLMEngine(VersionedWeights):
             top_p=params.top_p if sample else 1.0,
             stop=list(params.stop) or None,
             seed=params.seed,
-            logprobs=0,  # only the sampled token's (raw) log-prob
+            logprobs=params.top_logprobs,  # the sampled token's (raw) log-prob first, then the k most likely
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
             skip_special_tokens=True,
         )
 
@@ -225,10 +233,11 @@ class VLLMEngine(VersionedWeights):
         comp = out.outputs[0]
         ids = list(comp.token_ids)
         return self._make_generation(ids, sampled_logprobs(comp.logprobs, ids), comp.finish_reason, comp.stop_reason,
-                                     len(out.prompt_token_ids or []), params, version)
+                                     len(out.prompt_token_ids or []), params, version,
+                                     top_logprobs(comp.logprobs, ids, params.top_logprobs))
 
     def _make_generation(self, ids, logprobs, finish_reason, stop_reason, prompt_tokens: int, params: SamplingParams,
-                         version: PolicyVersion) -> Generation:
+                         version: PolicyVersion, top: list | None = None) -> Generation:
         finished = finish_reason == "stop"
         # EOS (stop_reason None) or one of the model's EOS ids vLLM stops on (an int): never returned. A stop string
         # (str) is not an end of sequence.
@@ -242,7 +251,8 @@ class VLLMEngine(VersionedWeights):
             if cut >= 0:
                 ids, logprobs, text = trim_to_text(self.tokenizer, ids, logprobs, text[:cut])
                 finished, ended_on_eos = True, False
-        return Generation(ids, text, logprobs, finished, prompt_tokens, version, ended_on_eos)
+        return Generation(ids, text, logprobs, finished, prompt_tokens, version, ended_on_eos,
+                          None if top is None else top[: len(ids)])
 
     # ---- scoring --------------------------------------------------------------------------------------------
     def score(self, requests: list[ScoreRequest], top_k: int = 0) -> list[TokenScores]:

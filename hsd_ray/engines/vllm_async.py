@@ -54,7 +54,7 @@ from hsd_ray.core.weights import PolicyVersion, WeightLoadError, WeightSet  # no
 from hsd_ray.engines.base import is_user_set  # noqa: E402
 from hsd_ray.engines.vllm import VLLMEngine, _refresh_output_heads  # noqa: E402
 from hsd_ray.engines.vllm_adapters import delete_folders  # noqa: E402
-from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs  # noqa: E402
+from hsd_ray.engines.vllm_outputs import extract_scores, sampled_logprobs, top_logprobs  # noqa: E402
 
 _END = object()
 
@@ -143,6 +143,7 @@ class AsyncVLLMEngine(VLLMEngine):
             vparams.output_kind = RequestOutputKind.DELTA
             ids: list[int] = []
             logprobs: list[float] = []
+            top: list | None = [] if params.top_logprobs else None
             streamed = ""
             comp = out = None
             request_id = f"hsd-{next(self._ids)}"
@@ -151,15 +152,18 @@ class AsyncVLLMEngine(VLLMEngine):
                 comp = out.outputs[0]
                 new = list(comp.token_ids)
                 new_lp = sampled_logprobs(comp.logprobs, new)
+                new_top = top_logprobs(comp.logprobs, new, params.top_logprobs)
                 ids += new
                 logprobs += new_lp
+                if top is not None:
+                    top += new_top or []
                 streamed += comp.text
                 if new or comp.text:
-                    yield GenerationDelta(new, comp.text, new_lp, version)
+                    yield GenerationDelta(new, comp.text, new_lp, version, new_top)
             if comp is None:
                 raise RuntimeError("vLLM returned no output")
             gen = self._make_generation(ids, logprobs, comp.finish_reason, comp.stop_reason,
-                                        len(out.prompt_token_ids or prompt), params, version)
+                                        len(out.prompt_token_ids or prompt), params, version, top)
             rest = _unsent_tail(streamed, gen.text)
             if rest:
                 yield GenerationDelta([], rest, [], version)

@@ -29,6 +29,21 @@ def sampled_logprobs(container, ids: list[int]) -> list[float]:
     return [float(d[t].logprob) for d, t in zip(container, ids)]
 
 
+def top_logprobs(container, ids: list[int], k: int) -> list | None:
+    """The k most likely (id, raw log-prob) at each generated position (requested with logprobs=k), best first; None
+    when k is 0. The sampled token is listed only where it is among them."""
+    if k <= 0 or container is None:
+        return None
+    if hasattr(container, "start_indices"):  # FlatLogprobs: per position [sampled, rank 1, ..., rank k]
+        return [list(zip(container.token_ids[s + 1 : e], map(float, container.logprobs[s + 1 : e])))
+                for s, e in zip(container.start_indices[: len(ids)], container.end_indices[: len(ids)])]
+    out = []
+    for entry, sampled in zip(container, ids):  # dicts id -> Logprob; the sampled id is there with its true rank
+        ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == sampled))[:k]
+        out.append([(tok, float(lp.logprob)) for tok, lp in ranked])
+    return out
+
+
 def extract_scores(plp, req: ScoreRequest, top_k: int) -> TokenScores:
     """The target positions of one request's prompt logprobs → TokenScores ([T], [T, K])."""
     P, T = len(req.prompt_ids), len(req.target_ids)

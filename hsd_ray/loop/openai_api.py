@@ -9,11 +9,12 @@ What is accepted (everything else a client sends is ignored, as OpenAI clients s
   last message must be the user's.
 - `max_completion_tokens` (preferred) or `max_tokens`, at most `ServeConfig.max_tokens_limit`; `temperature`, `top_p`,
   `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
-  `logprobs`, `store`, and `n` (choices; at most `ServeConfig.max_n`).
+  `logprobs` + `top_logprobs` (0-20), `presence_penalty` / `frequency_penalty` (-2 to 2, on the generated tokens, as
+  vLLM), `store`, and `n` (choices; at most `ServeConfig.max_n`).
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
 - Refused with a 400 naming the field, because ignoring them would silently give a different answer than asked for
   (`_refuse_unsupported`): tools / functions (non-empty), tool_choice or function_call that require a call,
-  response_format other than text, non-zero frequency_penalty / presence_penalty, a non-empty logit_bias.
+  response_format other than text, a non-empty logit_bias.
 
 Hostile input is refused cheaply, cheapest check first (limits from `ServeConfig`): the body's size (413, from
 Content-Length before it is read, and while it is read), UTF-8, JSON nesting depth (a vectorised bracket count before
@@ -37,6 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hsd_ray.config import ServeConfig
+from hsd_ray.core.engine_api import SamplingParams
 from hsd_ray.core.turns import Message, TurnFormatError, is_valid_text, validate_messages
 
 # ---- errors --------------------------------------------------------------------------------------------------------
@@ -191,7 +193,9 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     store: bool | None = None  # false: this request and its reply are never captured (absent: captured)
     logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=0)  # only the sampled token's log-prob is returned
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's range; needs logprobs: true
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
 
     @field_validator("stop")
     @classmethod
@@ -222,6 +226,15 @@ class ChatCall:
     logprobs: bool = False
     n: int = 1  # choices; choice i of a seeded request is drawn with seed + i
     store: bool = True  # OpenAI's `store`; only an explicit false opts out (the service captures by default)
+    top_logprobs: int = 0  # per token, the k most likely alternatives (with logprobs)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    def sampling(self, max_tokens: int, adapter_id: str) -> SamplingParams:
+        """The engine's sampling params for this request (`max_tokens`: what fits the context)."""
+        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p, stop=self.stop,
+                              seed=self.seed, adapter_id=adapter_id, presence_penalty=self.presence_penalty,
+                              frequency_penalty=self.frequency_penalty, top_logprobs=self.top_logprobs)
 
 
 def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
@@ -241,6 +254,8 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         raise APIError(f"{param}: {msg}", param=param) from None
     if req.n is not None and req.n > scfg.max_n:
         raise APIError(f"n: at most {scfg.max_n} choices are allowed, got {req.n}", param="n")
+    if req.top_logprobs and not req.logprobs:
+        raise APIError("top_logprobs: logprobs must be set to true when top_logprobs is used", param="top_logprobs")
     _refuse_unsupported(body)
     _check_limits(req, scfg)
     try:
@@ -274,6 +289,9 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
         logprobs=bool(req.logprobs),
         n=req.n or 1,
         store=req.store is not False,
+        top_logprobs=req.top_logprobs or 0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
     )
 
 
@@ -291,10 +309,6 @@ def _refuse_unsupported(body: dict) -> None:
     if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise APIError("response_format: only {'type': 'text'} is supported", param="response_format",
                        code="unsupported_parameter")
-    for name in ("frequency_penalty", "presence_penalty"):
-        value = body.get(name)
-        if value is not None and value != 0:
-            raise APIError(f"{name}: only 0 is supported, got {value!r}", param=name, code="unsupported_parameter")
     if body.get("logit_bias"):
         raise APIError("logit_bias: not supported", param="logit_bias", code="unsupported_parameter")
 

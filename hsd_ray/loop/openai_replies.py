@@ -8,6 +8,7 @@ finish_reason of every choice, then the usage chunk (completion tokens summed ov
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -18,13 +19,15 @@ SSE_DONE = "data: [DONE]\n\n"
 
 @dataclass(frozen=True)
 class Choice:
-    """One generated choice, as the builders need it: its text, why it ended, its per-token text pieces (streaming)
-    and `logprob_entries` (when the client asked for log-probs)."""
+    """One generated choice, as the builders need it: its text, why it ended, its text pieces (streaming) and
+    `logprob_entries` (when the client asked for log-probs; streamed, `piece_logprobs[j]` are the entries of the
+    tokens piece j completes)."""
 
     text: str
     finish_reason: str
     pieces: list[str] | None = None
     logprobs: list[dict] | None = None
+    piece_logprobs: list[list[dict]] | None = None
 
 
 def completion_id() -> str:
@@ -70,12 +73,70 @@ def chat_completion(
     }
 
 
-def logprob_entries(pieces: list[str], logprobs: list[float]) -> list[dict]:
-    """OpenAI `logprobs.content`: one entry per generated token (text piece, raw-model log-prob, UTF-8 bytes)."""
-    return [
-        {"token": p, "logprob": float(lp), "bytes": list(p.encode("utf-8")), "top_logprobs": []}
-        for p, lp in zip(pieces, logprobs)
-    ]
+def logprob_entries(tokenizer, token_ids: list[int], logprobs: list[float], top: list | None = None) -> list[dict]:
+    """OpenAI `logprobs.content`: one entry per generated token — its text, raw-model log-prob and exact bytes (a
+    token that is part of a multi-byte character shows as "bytes:\\xf0\\x9f"; its `bytes` join with its neighbours'
+    into the character), and its `top` alternatives (per token, (id, log-prob) best first) in the same form."""
+    alternatives = [] if top is None else top
+    all_ids = list(token_ids) + [tok for row in alternatives for tok, _ in row]
+    pieces = iter(token_bytes(tokenizer, all_ids))
+    entries = [_entry(next(pieces), lp) for lp in logprobs[: len(token_ids)]]
+    for entry, row in zip(entries, alternatives):
+        entry["top_logprobs"] = [_entry(next(pieces), lp) for _, lp in row]
+    for entry in entries[len(alternatives):]:
+        entry["top_logprobs"] = []
+    return entries
+
+
+class UnsentLogprobs:
+    """The log-prob entries of each choice's streamed tokens not sent yet: a token inside a multi-byte character
+    comes with no text, so its entry waits for the chunk of the token that completes the character."""
+
+    def __init__(self, tokenizer, n: int):
+        self.tokenizer, self.waiting = tokenizer, [[] for _ in range(n)]
+
+    def add(self, i: int, delta, take: bool = False) -> list[dict] | None:
+        """Add a delta's tokens to choice i; with `take`, return (and clear) everything waiting, for its chunk."""
+        self.waiting[i] += logprob_entries(self.tokenizer, delta.token_ids, delta.logprobs, delta.top_logprobs)
+        if take:
+            out, self.waiting[i] = self.waiting[i], []
+            return out
+        return None
+
+
+def _entry(raw: bytes, logprob: float) -> dict:
+    try:
+        token = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        token = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    return {"token": token, "logprob": max(float(logprob), -9999.0), "bytes": list(raw)}
+
+
+def token_bytes(tokenizer, token_ids: list[int]) -> list[bytes]:
+    """The exact bytes of each token: byte-level BPE tokens (GPT-2 style, SmolLM2's) map back through the byte-to-
+    character table; other tokenizers fall back to decoding each token alone (a partial character becomes U+FFFD)."""
+    if not token_ids:
+        return []
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    if type(decoder).__name__ == "ByteLevel":
+        table = _unicode_to_byte()
+        tokens = tokenizer.convert_ids_to_tokens(list(token_ids))
+        if all(c in table for t in tokens for c in t):
+            return [bytes(table[c] for c in t) for t in tokens]
+    return [tokenizer.decode([t], skip_special_tokens=False).encode("utf-8") for t in token_ids]
+
+
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's reversible byte ↔ printable-character table, inverted: printable Latin-1 bytes stand for themselves,
+    the other bytes for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {chr(b): b for b in printable}, 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
 
 
 def chat_chunk(
@@ -88,16 +149,19 @@ def chat_chunk(
     finish_reason: str | None = None,
     include_usage: bool = False,
     index: int = 0,
+    logprobs: list[dict] | None = None,
 ) -> dict:
-    """One `chat.completion.chunk` for choice `index`. With include_usage every such chunk carries "usage": null
-    (the usage itself comes in `usage_chunk`, as OpenAI does)."""
+    """One `chat.completion.chunk` for choice `index` (with the `logprob_entries` of its tokens, when asked for).
+    With include_usage every such chunk carries "usage": null (the usage itself comes in `usage_chunk`, as OpenAI
+    does)."""
+    lp = None if logprobs is None else {"content": logprobs, "refusal": None}
     chunk = {
         "id": id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": index, "delta": delta or {}, "logprobs": None, "finish_reason": finish_reason}],
+        "choices": [{"index": index, "delta": delta or {}, "logprobs": lp, "finish_reason": finish_reason}],
     }
     if include_usage:
         chunk["usage"] = None
@@ -137,7 +201,9 @@ def stream_chunks(
     body = []
     for i, c in enumerate(choices):
         body.append(chat_chunk(delta={"role": "assistant", "content": ""}, index=i, **common))
-        body += [chat_chunk(delta={"content": p}, index=i, **common) for p in (c.pieces or []) if p]
+        lps = c.piece_logprobs or [None] * len(c.pieces or [])
+        body += [chat_chunk(delta={"content": p}, index=i, logprobs=lp, **common)
+                 for p, lp in zip(c.pieces or [], lps) if p]
     closing = closing_chunks(finish_reasons=[c.finish_reason for c in choices], prompt_tokens=prompt_tokens,
                              completion_tokens=completion_tokens, **common)
     return body, closing
@@ -163,7 +229,24 @@ def sse(obj: dict) -> str:
 
 
 def text_pieces(tokenizer, token_ids: list[int], text: str) -> list[str]:
-    """Split `text` (the decoded reply) into one piece per token for streaming; the pieces concatenate to `text`.
+    """`text` (the decoded reply) split into one piece per token for streaming (see `piece_spans`)."""
+    return [piece for piece, _ in piece_spans(tokenizer, token_ids, text)]
+
+
+def logprobs_by_piece(entries: list[dict], spans: list[tuple[str, int]]) -> list[list[dict]]:
+    """The log-prob entries of the tokens each streamed piece completes (`spans`: (piece, end token index)); tokens
+    after the last piece go with it."""
+    out, start = [], 0
+    for j, (_, end) in enumerate(spans):
+        end = len(entries) if j == len(spans) - 1 else end
+        out.append(entries[start:end])
+        start = end
+    return out
+
+
+def piece_spans(tokenizer, token_ids: list[int], text: str) -> list[tuple[str, int]]:
+    """Split `text` (the decoded reply) into one piece per token for streaming, each with the index just past the
+    last token it completes; the pieces concatenate to `text`.
 
     Incremental detokenisation over a short sliding window (as vLLM does), so cost is linear in the reply: each piece is
     decode(window + token) minus decode(window). A token that leaves an incomplete UTF-8 character (U+FFFD at the end)
@@ -181,8 +264,8 @@ def text_pieces(tokenizer, token_ids: list[int], text: str) -> list[str]:
         prefix_offset, read_offset = read_offset, i
         if not text.startswith(piece, sent):
             break
-        pieces.append(piece)
+        pieces.append((piece, i))
         sent += len(piece)
     if sent < len(text):
-        pieces.append(text[sent:])
+        pieces.append((text[sent:], len(token_ids)))
     return pieces

@@ -292,6 +292,7 @@ class ChatService:
         async def events():
             sent: list[list[str]] = [[] for _ in range(call.n)]
             gens: list = [None] * call.n
+            unsent = replies.UnsentLogprobs(self.engine.tokenizer, call.n) if call.logprobs else None
             try:
                 for i in range(call.n):
                     yield replies.sse(replies.chat_chunk(delta={"role": "assistant", "content": ""}, index=i, **common))
@@ -299,9 +300,12 @@ class ChatService:
                     async for i, item in items:
                         if isinstance(item, Generation):
                             gens[i] = item
-                        elif item.text:
+                            continue
+                        entries = unsent.add(i, item, take=bool(item.text)) if unsent else None
+                        if item.text:
                             sent[i].append(item.text)
-                            yield replies.sse(replies.chat_chunk(delta={"content": item.text}, index=i, **common))
+                            yield replies.sse(replies.chat_chunk(delta={"content": item.text}, index=i,
+                                                                 logprobs=entries, **common))
             except Exception as e:  # noqa: BLE001 - headers are sent: the error goes into the stream
                 err = self._api_error(e)
                 yield replies.sse(oa.error_body(err.message, code=err.code, type=err.type))
@@ -349,14 +353,16 @@ class ChatService:
         ) for gen in gens]
 
     def _choices(self, gens: list, call: oa.ChatCall) -> list[replies.Choice]:
-        """The reply builders' view of each generation: text pieces when streamed or log-probs asked for."""
-        out = []
+        """The reply builders' view of each generation: text pieces when streamed, log-prob entries when asked for
+        (streamed: grouped by the piece that completes their tokens)."""
+        out, tokenizer = [], self.engine.tokenizer
         for gen in gens:
-            pieces = None
-            if call.stream or call.logprobs:
-                pieces = replies.text_pieces(self.engine.tokenizer, gen.token_ids, gen.text)
-            logprobs = replies.logprob_entries(pieces, gen.logprobs) if call.logprobs else None
-            out.append(replies.Choice(gen.text, gen.finish_reason, pieces if call.stream else None, logprobs))
+            spans = replies.piece_spans(tokenizer, gen.token_ids, gen.text) if call.stream else []
+            logprobs = (replies.logprob_entries(tokenizer, gen.token_ids, gen.logprobs, gen.top_logprobs)
+                        if call.logprobs else None)
+            by_piece = replies.logprobs_by_piece(logprobs, spans) if call.stream and logprobs is not None else None
+            out.append(replies.Choice(gen.text, gen.finish_reason, [p for p, _ in spans] if call.stream else None,
+                                      None if call.stream else logprobs, by_piece))
         return out
 
     async def _generate(self, call: oa.ChatCall, user_id: str) -> list[Generation]:
@@ -419,15 +425,7 @@ class ChatService:
                 param="messages",
                 code="context_length_exceeded",
             )
-        params = SamplingParams(
-            max_tokens=min(call.max_tokens, limit - len(prompt)),  # the reply must fit the context too
-            temperature=call.temperature,
-            top_p=call.top_p,
-            stop=call.stop,
-            seed=call.seed,
-            adapter_id=adapter_id,
-        )
-        return prompt, params
+        return prompt, call.sampling(min(call.max_tokens, limit - len(prompt)), adapter_id)  # reply fits the context
 
     # ---- a teacher's scoring (teacher.engine=serving, loop/replica_scorer.py): a handle call, not an HTTP route ----
     async def score(self, requests: list, top_k: int = 0):

@@ -249,6 +249,36 @@ def test_generate_stop_string_trims_reply(engine, hf):
     assert cut.token_ids == free.token_ids[: len(cut.token_ids)] and len(cut.logprobs) == len(cut.token_ids)
 
 
+def test_penalties_and_top_logprobs_match_hf(engine, hf):
+    """OpenAI's presence / frequency penalties and top log-probs on vLLM: each greedy id is the argmax of HF's logits
+    minus the penalties of the ids before it (unless nearly tied); the top log-probs are HF's top-k, raw."""
+    prompts = chat_prompts(hf.tokenizer)[:4]
+    presence, frequency = 0.5, 1.0
+    params = SamplingParams(max_tokens=12, temperature=0.0, presence_penalty=presence, frequency_penalty=frequency,
+                            top_logprobs=K)
+    gens = engine.generate(prompts, params)
+    plain = engine.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0))
+    assert any(g.token_ids != p.token_ids for g, p in zip(gens, plain))  # the penalties changed some reply
+    check_generations(gens, prompts, hf, hf.tokenizer.eos_token_id, params)  # log-probs stay raw
+    scored = hf.score([ScoreRequest(p, g.token_ids) for p, g in zip(prompts, gens)], top_k=K)
+    for prompt, gen, s in zip(prompts, gens, scored):
+        with torch.no_grad():
+            logits = hf.model(torch.tensor([prompt + gen.token_ids])).logits[0, len(prompt) - 1 : -1].float()
+        for t, tok in enumerate(gen.token_ids):
+            counts = torch.bincount(torch.tensor(gen.token_ids[:t], dtype=torch.long), minlength=logits.shape[1])
+            best = (logits[t] - frequency * counts - presence * (counts > 0).float()).topk(2)
+            if best.values[0] - best.values[1] > 1e-3:
+                assert tok == int(best.indices[0]), t
+        lps = np.array([[lp for _, lp in row] for row in gen.top_logprobs], dtype=np.float32)
+        assert lps.shape == (len(gen.token_ids), K)
+        np.testing.assert_allclose(lps, s.topk_logp_T_K, atol=1e-3, rtol=0)
+        ids = np.array([[t for t, _ in row] for row in gen.top_logprobs])
+        apart = np.abs(np.diff(s.topk_logp_T_K, axis=1)) > 1e-3  # ranks k and k+1 clearly apart
+        edge = np.ones((len(ids), 1), bool)
+        clear = np.concatenate([apart, edge], 1) & np.concatenate([edge, apart], 1)  # apart from both neighbours
+        assert (ids[clear] == s.topk_ids_T_K[clear]).all()
+
+
 # ---- full weights -------------------------------------------------------------------------------------------------
 def perturbed(base_state: dict, seed: int, scale: float = 0.02) -> dict:
     g = torch.Generator().manual_seed(seed)
@@ -483,3 +513,4 @@ def test_async_stream_adds_up_to_the_reply_also_when_cut_inside_a_character(tiny
     assert [s for s, _ in results] == [g.text for _, g in results]
     cut = [g for _, g in results if g.text.endswith("\ufffd") and g.finish_reason == "length"]
     assert cut, "no reply was cut inside a character: the case is not exercised"
+

@@ -90,14 +90,26 @@ def test_unknown_fields_and_neutral_values_are_ignored():
         ("response_format", {"type": "json_object"}),
         ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
         ("response_format", "text"),
-        ("frequency_penalty", 0.5),
-        ("presence_penalty", -1),
         ("logit_bias", {"50256": -100}),
     ],
 )
 def test_output_changing_fields_the_service_cannot_honour_are_refused(field, value):
     err = _error(_req(**{field: value}))
     assert err.param == field and field in err.message and err.code == "unsupported_parameter"
+
+
+def test_penalties_and_top_logprobs_reach_the_sampling_params():
+    call = oa.parse_chat_request(_req(presence_penalty=1.5, frequency_penalty=-0.5, logprobs=True, top_logprobs=20),
+                                 SCFG)
+    params = call.sampling(max_tokens=7, adapter_id="a")
+    assert (params.presence_penalty, params.frequency_penalty, params.top_logprobs) == (1.5, -0.5, 20)
+    assert (params.max_tokens, params.adapter_id, params.temperature) == (7, "a", call.temperature)
+    plain = oa.parse_chat_request(_req(), SCFG).sampling(max_tokens=7, adapter_id="a")
+    assert (plain.presence_penalty, plain.frequency_penalty, plain.top_logprobs) == (0.0, 0.0, 0)
+    for field, value in [("presence_penalty", 2.5), ("frequency_penalty", -3), ("top_logprobs", 21)]:
+        assert _error(_req(**{field: value, "logprobs": True})).param == field
+    err = _error(_req(top_logprobs=2))  # OpenAI: top_logprobs needs logprobs
+    assert err.param == "top_logprobs" and "logprobs must be set to true" in err.message
 
 
 def test_n_choices_up_to_the_configured_limit():
@@ -216,7 +228,7 @@ def test_chat_completion_shape():
 
 
 def test_chat_completion_with_n_choices():
-    lp = replies.logprob_entries(["a"], [-0.5])
+    lp = replies.logprob_entries(_ByteTokenizer(), [ord("a")], [-0.5])
     body = replies.chat_completion(
         id="chatcmpl-x", model="m", fingerprint="f", prompt_tokens=5, completion_tokens=3,
         choices=[replies.Choice("a", "stop", logprobs=lp), replies.Choice("bc", "length", logprobs=[])],
@@ -301,6 +313,51 @@ def test_text_pieces_with_the_tiny_tokenizer(tiny_model_dir):
 def test_text_pieces_clip_to_a_shorter_text():
     ids = list(b"answer STOP more")
     assert "".join(replies.text_pieces(_ByteTokenizer(), ids, "answer ")) == "answer "
+
+
+def test_logprob_entries_are_one_per_token_with_exact_bytes(tiny_model_dir):
+    """A multi-token character: one entry per token, each with its own bytes (joined, they are the character's) and
+    a "bytes:" token where the bytes are not UTF-8 on their own; top alternatives in the same form."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ids = tok.encode("Hi 🎉 ü", add_special_tokens=False)
+    assert len(ids) > len("Hi 🎉 ü")  # the tiny tokenizer spells these characters in bytes
+    top = [[(t, -0.1), (ids[0], -2.5)] for t in ids]
+    entries = replies.logprob_entries(tok, ids, [-float(i) for i in range(len(ids))], top)
+    assert len(entries) == len(ids) and [e["logprob"] for e in entries] == [-float(i) for i in range(len(ids))]
+    assert b"".join(bytes(e["bytes"]) for e in entries) == "Hi 🎉 ü".encode()
+    partial = [e for e in entries if e["token"].startswith("bytes:")]
+    assert partial and all(e["token"] == "bytes:" + "".join(f"\\x{b:02x}" for b in e["bytes"]) for e in partial)
+    assert all(len(e["top_logprobs"]) == 2 and e["top_logprobs"][0]["bytes"] == e["bytes"] for e in entries)
+    assert entries[0]["top_logprobs"][1] == {"token": "H", "logprob": -2.5, "bytes": [ord("H")]}
+    assert replies.logprob_entries(tok, ids[:1], [-0.5])[0]["top_logprobs"] == []  # none asked for
+    assert replies.logprob_entries(tok, ids[:1], [-float("inf")])[0]["logprob"] == -9999.0  # JSON has no -inf
+
+
+def test_streamed_pieces_carry_the_entries_of_the_tokens_they_complete():
+    text = "aé"  # "é" is two byte-tokens: the piece "é" completes both
+    ids = list(text.encode())
+    spans = replies.piece_spans(_ByteTokenizer(), ids, text)
+    assert spans == [("a", 1), ("é", 3)]
+    entries = [{"logprob": -float(i)} for i in range(len(ids))]
+    assert replies.logprobs_by_piece(entries, spans) == [entries[:1], entries[1:]]
+    content, _ = replies.stream_chunks(
+        id="c", model="m", fingerprint="f", created=1, prompt_tokens=1, completion_tokens=3, include_usage=False,
+        choices=[replies.Choice(text, "stop", [p for p, _ in spans], None, replies.logprobs_by_piece(entries, spans))])
+    assert [c["choices"][0]["logprobs"] for c in content] == [None, {"content": entries[:1], "refusal": None},
+                                                             {"content": entries[1:], "refusal": None}]
+
+
+def test_unsent_logprobs_wait_for_the_chunk_that_completes_a_character():
+    from hsd_ray.core.engine_api import GenerationDelta
+
+    unsent = replies.UnsentLogprobs(_ByteTokenizer(), n=2)
+    first, second = [GenerationDelta([b], "", [-float(b)]) for b in "é".encode()]
+    assert unsent.add(1, first) is None
+    second.text = "é"
+    taken = unsent.add(1, second, take=True)
+    assert [e["logprob"] for e in taken] == [-0xC3, -0xA9] and unsent.waiting == [[], []]
 
 
 # ---- user identity -------------------------------------------------------------------------------------------------
