@@ -3,7 +3,7 @@
 Owned here so the Ray Serve deployment (hsd_ray/loop/serve.py) only glues it to the engine and to capture. Pure: no Ray,
 no torch; FastAPI/pydantic only (the error handlers that keep FastAPI's 422 from ever reaching a client live here too).
 
-What is accepted (everything else a client sends is ignored, as OpenAI clients send extras):
+What is accepted (a field that is not one of OpenAI's request fields gets a 400, as OpenAI answers it):
 - `messages`: roles system / developer (OpenAI's newer name for it; treated as system) / user / assistant, content a
   string or a list of text parts, null only for an assistant (checked by `hsd_ray.core.turns.validate_messages`); the
   last message must be the user's.
@@ -12,9 +12,12 @@ What is accepted (everything else a client sends is ignored, as OpenAI clients s
   `logprobs` + `top_logprobs` (0-20), `presence_penalty` / `frequency_penalty` (-2 to 2, on the generated tokens, as
   vLLM), `store`, and `n` (choices; at most `ServeConfig.max_n`).
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
+- Ignored, as they do not change the reply: metadata, parallel_tool_calls, prediction, prompt_cache_key,
+  safety_identifier, service_tier.
 - Refused with a 400 naming the field, because ignoring them would silently give a different answer than asked for
   (`_refuse_unsupported`): tools / functions (non-empty), tool_choice or function_call that require a call,
-  response_format other than text, a non-empty logit_bias.
+  response_format other than text, a non-empty logit_bias, audio, modalities other than text, web_search_options,
+  reasoning_effort, verbosity.
 
 Hostile input is refused cheaply, cheapest check first (limits from `ServeConfig`): the body's size (413, from
 Content-Length before it is read, and while it is read), UTF-8, JSON nesting depth (a vectorised bracket count before
@@ -295,8 +298,31 @@ def parse_chat_request(body: Any, scfg: ServeConfig) -> ChatCall:
     )
 
 
+# The request fields of OpenAI's Chat Completions API (2026). Any other field gets a 400, as OpenAI answers it
+# ("Unrecognized request argument supplied"): a client that sends, say, vLLM's `top_k` learns at once that it is not
+# applied here, instead of silently getting a different sampling than it asked for.
+OPENAI_FIELDS = frozenset({
+    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
+
+
 def _refuse_unsupported(body: dict) -> None:
-    """400 for a field the service cannot honour and whose neutral value it is not (see the module docstring)."""
+    """400 for a field that is not OpenAI's, and for one the service cannot honour and whose neutral value it is not
+    (see the module docstring)."""
+    unknown = sorted(k for k in body if k not in OPENAI_FIELDS)
+    if unknown:
+        raise APIError(f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
+                       code="unrecognized_argument")
+    for name in ("audio", "web_search_options", "reasoning_effort", "verbosity"):  # change the reply; none here
+        if body.get(name) is not None:
+            raise APIError(f"{name}: not supported by this service (a text-only chat model)", param=name,
+                           code="unsupported_parameter")
+    if body.get("modalities") not in (None, ["text"]):
+        raise APIError("modalities: only ['text'] is supported", param="modalities", code="unsupported_parameter")
     for name in ("tools", "functions"):
         if body.get(name):
             raise APIError(f"{name}: tool and function calling is not supported by this service", param=name,

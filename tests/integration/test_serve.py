@@ -206,6 +206,9 @@ class TestOneReplica:
             (dict(messages=[{"role": "robot", "content": "beep"}]), "messages"),
             (dict(messages=[]), "messages"),
             (dict(extra_body={"stop": 3}), "stop"),
+            (dict(extra_body={"top_k": 5}), "top_k"),  # vLLM's extra, not OpenAI's: refused, not silently ignored
+            (dict(extra_body={"reasoning_effort": "high"}), "reasoning_effort"),
+            (dict(messages=[{"role": "user", "content": None}]), "messages"),
             (dict(messages=[{"role": "user", "content": "hello there " * 200}]), "messages"),  # > max_model_len
         ],
     )

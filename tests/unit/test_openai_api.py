@@ -73,10 +73,19 @@ def test_max_completion_tokens_wins_over_max_tokens():
     assert oa.parse_chat_request(_req(max_tokens=5, max_completion_tokens=7), SCFG).max_tokens == 7
 
 
-def test_unknown_fields_and_neutral_values_are_ignored():
+def test_neutral_values_and_fields_that_do_not_change_the_reply_are_accepted():
     body = _req(frequency_penalty=0, presence_penalty=0.0, logit_bias={}, tools=[], tool_choice="none",
-                response_format={"type": "text"}, metadata={"a": "b"}, parallel_tool_calls=False, store=True)
+                response_format={"type": "text"}, metadata={"a": "b"}, parallel_tool_calls=False, store=True,
+                modalities=["text"], prediction={"type": "content", "content": "x"}, service_tier="auto",
+                prompt_cache_key="k", safety_identifier="s", audio=None)
     assert oa.parse_chat_request(body, SCFG).messages[-1]["content"] == "hi"
+
+
+@pytest.mark.parametrize("field", ["top_k", "repetition_penalty", "foo"])
+def test_a_field_that_is_not_openais_is_refused_as_openai_does(field):
+    err = _error(_req(**{field: 1}))
+    assert err.param == field and err.message == f"Unrecognized request argument supplied: {field}"
+    assert err.code == "unrecognized_argument"
 
 
 @pytest.mark.parametrize(
@@ -91,6 +100,11 @@ def test_unknown_fields_and_neutral_values_are_ignored():
         ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
         ("response_format", "text"),
         ("logit_bias", {"50256": -100}),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("modalities", ["text", "audio"]),
+        ("web_search_options", {}),
+        ("reasoning_effort", "low"),
+        ("verbosity", "low"),
     ],
 )
 def test_output_changing_fields_the_service_cannot_honour_are_refused(field, value):
