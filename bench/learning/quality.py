@@ -3,8 +3,8 @@
 A learned preference can be met by replies that are worse for the user (off-topic quips, loops): compliance alone
 does not see it, and no larger judge model is available on this machine. So, for every evaluation of a result file:
 
-- **loops**: the fraction of replies that repeat themselves (`is_degenerate`: a word 3-gram three times, or a line of
-  three or more words twice). Pure, tested.
+- **loops**: the fraction of replies that repeat themselves (`is_degenerate`: a word 3-gram three times, a line of
+  three or more words twice, or one emoji five times in a row). Pure, tested.
 - **on-topic**: does the reply tell which question it answers? Under the *base* model, the pointwise mutual
   information of question and reply, PMI(q; r) = log p(q | r) − log p(q), read off as "the question this answers"
   after the reply. A reply counts as on-topic when its own question gains more from it than a question of another

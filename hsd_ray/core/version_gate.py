@@ -35,6 +35,10 @@ _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 _WORD = re.compile(r"[a-z0-9]+")
 _LOOP_WORD = re.compile(r"[a-z0-9']+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s*")
+SYMBOL_RUN = 5  # three emojis in a row are a style ("🎉🎉🎉"); five of one kind were only ever a loop in the dev runs
+# one pictographic symbol (the emoji blocks, misc. symbols and dingbats), then it again SYMBOL_RUN - 1 times, with
+# whitespace, variation selectors and zero-width joiners allowed in between
+_SYMBOL_RUN = re.compile(r"([\U0001F000-\U0001FAFF\u2600-\u27BF])(?:[\s\uFE0F\u200D]*\1){%d}" % (SYMBOL_RUN - 1))
 
 
 # ---- the checkers ---------------------------------------------------------------------------------------------------
@@ -52,8 +56,12 @@ def first_number(text: str) -> str | None:
 
 
 def is_degenerate(reply: str) -> bool:
-    """The reply loops: a word 3-gram occurs three times, or a line of three or more words appears twice (list
-    markers aside)."""
+    """The reply loops: a word 3-gram occurs three times, a line of three or more words appears twice (list markers
+    aside), or one symbol (an emoji) comes `SYMBOL_RUN` times in a row. Word n-grams do not see symbols: on the dev
+    split a per-user adapter for "more emojis" answered "Babies, you are the most adorable babies out there!
+    🐩🐩🐩🐩🐩🐩🐩🐩🐩🐩" and the gate's loop check passed it (bench/learning/README.md, "Per-user adapters")."""
+    if _SYMBOL_RUN.search(reply):
+        return True
     w = _LOOP_WORD.findall(reply.lower())
     grams = Counter(zip(w, w[1:], w[2:]))
     if grams and max(grams.values()) >= 3:

@@ -108,6 +108,16 @@ def test_loop_detector_on_what_the_benchmark_served():
     assert loop_rate(looping + fine) == 0.5 and loop_rate([]) == 0.0
 
 
+def test_a_run_of_one_emoji_is_a_loop_and_a_few_emojis_are_a_style():
+    # what per-user "more emojis" adapters served in the dev runs, which the word n-grams did not see
+    looping = ["Dear friends,\n\nBabies, you are the most adorable babies out there! 🐩🐩🐩🐩🐩🐩🐩🐩🐩🐩",
+               "🌱🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍🌍", "🎉 🎉 🎉 🎉 🎉", "❤️❤️❤️❤️❤️"]
+    fine = ["Happy birthday! 🎉🎉🎉 Have a great day 🎂", "🚀🚀🚀🚀 to the moon", "🌱🌿🌍🌽🌵🌳🌱🌸🌷",
+            "| a | b |\n|-----|-----|", "Wow!!!!!!!!"]
+    assert [is_degenerate(t) for t in looping] == [True] * 4
+    assert [is_degenerate(t) for t in fine] == [False] * 5
+
+
 def test_config_gate_on_by_default_in_every_shipped_config_and_can_be_turned_off():
     cfg = Config()
     assert cfg.version_gate.enabled and cfg.version_gate.max_kl_accepted < cfg.version_gate.max_kl_base
