@@ -37,11 +37,15 @@ def top_logprobs(container, ids: list[int], k: int) -> list | None:
     if hasattr(container, "start_indices"):  # FlatLogprobs: per position [sampled, rank 1, ..., rank k]
         return [list(zip(container.token_ids[s + 1 : e], map(float, container.logprobs[s + 1 : e])))
                 for s, e in zip(container.start_indices[: len(ids)], container.end_indices[: len(ids)])]
-    out = []
-    for entry, sampled in zip(container, ids):  # dicts id -> Logprob; the sampled id is there with its true rank
-        ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == sampled))[:k]
-        out.append([(tok, float(lp.logprob)) for tok, lp in ranked])
-    return out
+    # dicts id -> Logprob; the sampled id is there with its true rank
+    return [_ranked(entry, sampled, k) for entry, sampled in zip(container, ids)]
+
+
+def _ranked(entry: dict, actual: int, k: int) -> list[tuple[int, float]]:
+    """The k best (id, log-prob) of one position's dict of Logprobs, which also holds the actual (sampled or target)
+    token with its true rank; a rank tie between it and the k-th is resolved in favour of the real top-k entry."""
+    ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == actual))[:k]
+    return [(tok, float(lp.logprob)) for tok, lp in ranked]
 
 
 def extract_scores(plp, req: ScoreRequest, top_k: int) -> TokenScores:
@@ -68,12 +72,11 @@ def extract_scores(plp, req: ScoreRequest, top_k: int) -> TokenScores:
             actual = req.target_ids[t]
             logp[t] = entry[actual].logprob
             if top_k:
-                # rank ties (the actual token tying with the k-th) are resolved in favour of the real top-k entry
-                ranked = sorted(entry.items(), key=lambda kv: (kv[1].rank, kv[0] == actual))[:top_k]
+                ranked = _ranked(entry, actual, top_k)
                 if len(ranked) != top_k:
                     raise RuntimeError(f"vLLM returned {len(ranked)} < {top_k} top log-probs at target {t}")
                 ids[t] = [tok for tok, _ in ranked]
-                lps[t] = [lp.logprob for _, lp in ranked]
+                lps[t] = [lp for _, lp in ranked]
     if not top_k:
         return TokenScores(logp)
     return TokenScores(logp, ids, lps)

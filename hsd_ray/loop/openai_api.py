@@ -178,7 +178,8 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields of a Chat Completions request this service understands; unknown fields are ignored."""
+    """The fields of a Chat Completions request this service understands (a field that is not OpenAI's is refused by
+    `_refuse_unsupported`; OpenAI's other fields are checked there too)."""
 
     model_config = ConfigDict(extra="ignore")
 

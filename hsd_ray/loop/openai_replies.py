@@ -128,15 +128,10 @@ def token_bytes(tokenizer, token_ids: list[int]) -> list[bytes]:
 
 @functools.cache
 def _unicode_to_byte() -> dict[str, int]:
-    """GPT-2's reversible byte ↔ printable-character table, inverted: printable Latin-1 bytes stand for themselves,
-    the other bytes for the characters from U+0100 on, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {chr(b): b for b in printable}, 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + extra)] = b
-            extra += 1
-    return table
+    """GPT-2's byte → printable-character table (transformers' own), inverted."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def chat_chunk(
@@ -226,11 +221,6 @@ def closing_chunks(
 def sse(obj: dict) -> str:
     """One server-sent event carrying a JSON object."""
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
-def text_pieces(tokenizer, token_ids: list[int], text: str) -> list[str]:
-    """`text` (the decoded reply) split into one piece per token for streaming (see `piece_spans`)."""
-    return [piece for piece, _ in piece_spans(tokenizer, token_ids, text)]
 
 
 def logprobs_by_piece(entries: list[dict], spans: list[tuple[str, int]]) -> list[list[dict]]:

@@ -304,7 +304,7 @@ class _ByteTokenizer:
 @pytest.mark.parametrize("text", ["hello world", "héllo → ok", ""])
 def test_text_pieces_concatenate_to_text(text):
     ids = list(text.encode())
-    pieces = replies.text_pieces(_ByteTokenizer(), ids, text)
+    pieces = [p for p, _ in replies.piece_spans(_ByteTokenizer(), ids, text)]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
     assert len(pieces) == len(text)  # one piece per complete character here
@@ -320,13 +320,13 @@ def test_text_pieces_with_the_tiny_tokenizer(tiny_model_dir):
     for _ in range(20):
         ids = [rng.randrange(3, len(tok)) for _ in range(rng.randrange(1, 40))]  # random ids: broken UTF-8 included
         text = tok.decode(ids, skip_special_tokens=True)
-        pieces = replies.text_pieces(tok, ids, text)
+        pieces = [p for p, _ in replies.piece_spans(tok, ids, text)]
         assert "".join(pieces) == text and len(pieces) <= len(ids) + 1
 
 
 def test_text_pieces_clip_to_a_shorter_text():
     ids = list(b"answer STOP more")
-    assert "".join(replies.text_pieces(_ByteTokenizer(), ids, "answer ")) == "answer "
+    assert "".join(p for p, _ in replies.piece_spans(_ByteTokenizer(), ids, "answer ")) == "answer "
 
 
 def test_logprob_entries_are_one_per_token_with_exact_bytes(tiny_model_dir):
