@@ -15,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 # Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
 TEMPLATE_NAMES = ("online", "offline")
 
@@ -271,12 +270,9 @@ class TeacherConfig(_Section):
 
 
 class VersionGateConfig(_Section):
-    """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py).
-
-    On by default. Thresholds: see the "Version gate" notes in loop/gatekeeper.py (measured on tiny-random, reasoned
-    for SmolLM2). Cost (bench/results/bench_gate-*.json): on 2 CPU cores a SmolLM2 candidate takes ~13 s, about two
-    learner versions' worth of optimizer time at `broadcast.every_steps: 2`; the learner publishes no new candidate
-    while one is pending, so on a busy CPU loop the gate stretches the publish cadence instead of being skipped."""
+    """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py; its
+    docstring says how each threshold was chosen). On by default. The learner publishes no new candidate while one is
+    pending, so on a busy CPU the gate stretches the publish cadence instead of being skipped."""
 
     enabled: bool = Field(True, description="evaluate every candidate before replicas and teachers may load it")
     probes_path: str | None = Field(None, description="probe set JSON (None = the shipped hsd_ray/data/probes.json)")
@@ -287,6 +283,10 @@ class VersionGateConfig(_Section):
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping greedy probe replies "
                                      "above the base model's")
+    user_probes: int = Field(8, ge=0, description="per_user mode: a user adapter's candidate is also tried on its "
+                             "user's latest N prompts (greedy; loops against the base's); 0 = the probe set only")
+    max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "
+                                          "the user's own prompts above the base model's on them")
     user_adapters: Literal["none", "capability", "all"] = Field(
         "capability", description="per_user mode: gate each user's adapter versions too (capability = perplexity, "
         "accuracy and loops only; all = every check above; none = served as trained)")

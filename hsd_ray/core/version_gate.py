@@ -11,7 +11,10 @@ The gate compares a candidate version with the last accepted one and with the ba
 - perplexity of a reference text; accuracy on checkable prompts under a strict checker (`check_answer`);
 - the mean reply length on the probe prompts against the accepted version's;
 - the share of probe replies that loop (`is_degenerate`) against the base model's: a learned style can keep
-  accuracy, perplexity and KL in bounds while replies repeat themselves (seen in the learning benchmark, README).
+  accuracy, perplexity and KL in bounds while replies repeat themselves (seen in the learning benchmark, README);
+- for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
+  the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
+  passed them), the user's own prompts do.
 `gate_reasons` turns the numbers and the limits into the reasons a candidate is held back (none = accepted).
 
 Not from the paper (arXiv 2603.12273): the paper trains offline and does not gate versions.
@@ -28,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "invalid")
+GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "user_loops", "invalid")
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
@@ -135,6 +138,7 @@ class GateLimits:
     max_accuracy_drop: float
     max_length_change: float
     max_loop_increase: float
+    max_user_loop_increase: float = 0.125
 
 
 @dataclass
@@ -152,6 +156,9 @@ class GateNumbers:
     seconds: float = 0.0
     loops: float = 0.0  # share of the probe replies that loop
     loops_base: float = 0.0
+    user_prompts: int = 0  # a per-user adapter's: how many of its user's own prompts it was tried on (0 = none)
+    user_loops: float = 0.0  # share of its greedy replies to them that loop
+    user_loops_base: float = 0.0  # the base model's share on the same prompts
 
     def to_dict(self) -> dict:
         return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -160,15 +167,17 @@ class GateNumbers:
         return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
                 f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
                 f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
-                f"loops {self.loops:.2f} (base {self.loops_base:.2f})")
+                f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
+                + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
+                   "user's prompts)" if self.user_prompts else ""))
 
 
-ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops")
+ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "user_loops")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers or
 # fluency. Not its distance from the shared policy, its reply length or its step size: those are what a personal
 # preference changes (a yes/no user's replies are a tenth as long), and a step-size bound on an adapter that trains
 # on while its candidate waits would reject it over and over.
-CAPABILITY_CHECKS = ("perplexity", "accuracy", "loops")
+CAPABILITY_CHECKS = ("perplexity", "accuracy", "loops", "user_loops")
 
 
 def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = ALL_CHECKS) -> list[str]:
@@ -184,6 +193,7 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "accuracy": n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9,
         "length": abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change,
         "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
+        "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
     }
     unknown = set(checks) - set(failed)
     if unknown:

@@ -55,6 +55,9 @@ class PublishedWeights:
 
     version: PolicyVersion
     ref: Any  # ray.ObjectRef[WeightSet]
+    # a per-user candidate's: ObjectRef of its user's latest prompts (message lists) the gate also tries it on; in
+    # memory only (never written to disk, dropped once decided)
+    probes: Any = None
 
 
 class VersionRegistry(AdapterShelf):
@@ -98,7 +101,7 @@ class VersionRegistry(AdapterShelf):
             return False  # never go backwards (a stale learner must not overwrite a newer policy), never reuse
         self._highest[adapter] = version.version
         if durable:
-            published = PublishedWeights(version, ray.put(ray.get(published.ref)))
+            published = PublishedWeights(version, ray.put(ray.get(published.ref)), published.probes)
         records = self._records.setdefault(adapter, {})
         records[version.version] = {"version": version.version, "step": version.step, "state": "candidate",
                                     "reason": None, "numbers": None}
@@ -127,7 +130,7 @@ class VersionRegistry(AdapterShelf):
             return False
         del self._candidates[adapter_id]
         self._records[adapter_id][version]["numbers"] = numbers
-        self._accept(published)
+        self._accept(PublishedWeights(published.version, published.ref))  # its user's prompts are let go
         return True
 
     def reject(self, version: int, reason: str, numbers: dict | None = None, adapter_id: str = BASE_ADAPTER) -> bool:
@@ -346,10 +349,12 @@ class RegistryClient:
         return ray.get(self.handle.learner_news.remote(pending, adapter_id))
 
 
-def publish(registry, weights: WeightSet, durable: bool = False) -> float:
-    """Put `weights` into the object store once and register it (see VersionRegistry.publish). Returns seconds."""
+def publish(registry, weights: WeightSet, durable: bool = False, probes: list | None = None) -> float:
+    """Put `weights` into the object store once and register it (see VersionRegistry.publish); `probes`: a user
+    adapter's latest prompts for the gate. Returns seconds."""
     t0 = time.perf_counter()
-    ok = ray.get(registry.publish.remote(PublishedWeights(weights.version, ray.put(weights)), durable))
+    probes_ref = ray.put(probes) if probes else None
+    ok = ray.get(registry.publish.remote(PublishedWeights(weights.version, ray.put(weights), probes_ref), durable))
     dt = time.perf_counter() - t0
     if ok:
         metrics.observe("hsd_broadcast_s", dt)

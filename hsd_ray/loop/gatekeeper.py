@@ -24,6 +24,11 @@ Threshold defaults (config `version_gate`), chosen as follows:
   between nearly identical weights the score moves by ±6–8 points (bench/learning/README.md), so a tighter bound
   would reject on noise; the KL and perplexity bounds catch a collapse first.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
+- a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
+  to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
+  an all-zero copy of the adapter, which answers exactly as the base; cached per prompt). The shipped probes never
+  invite what a user taught: on the dev split they passed an emoji adapter that answered its user with runs of one
+  emoji (bench/learning/README.md).
 - share of looping greedy probe replies at most 0.25 above the base's (base SmolLM2: 1 of 16, "Boil an egg: Boil an
   egg: ..."): in the learning benchmark with the gate on (seed 0) every version was accepted until an accuracy
   rejection, while the served replies started to loop ("The Pyramids of Egypt: The Pyramids of Egypt: ...") and
@@ -48,11 +53,12 @@ from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
                                        gate_reasons, loop_rate, mean_kl, perplexity)
-from hsd_ray.core.weights import BASE_ADAPTER, is_user_adapter
+from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 
 GATEKEEPER_ACTOR_NAME = "hsd-gatekeeper"
 MAX_USER_REFERENCES = 256  # users' accepted references kept; an older one is measured again when next needed
+MAX_BASE_REPLIES = 4096  # the base model's greedy replies to users' prompts kept (per prompt)
 log = logging.getLogger(__name__)
 
 
@@ -87,7 +93,7 @@ class Gatekeeper:
 
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
-                                 g.max_length_change, g.max_loop_increase)
+                                 g.max_length_change, g.max_loop_increase, g.max_user_loop_increase)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -95,6 +101,7 @@ class Gatekeeper:
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy()
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
+        self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
         self.decisions: list[dict] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -126,20 +133,28 @@ class Gatekeeper:
         user = is_user_adapter(adapter)
         try:
             accepted = self._user_reference(adapter) if user else self.accepted
-            self._load(ray.get(published.ref))
+            weights = ray.get(published.ref)
+            prompts = self._user_prompts(published) if user else []
+            t0 = time.perf_counter()
+            base_texts = self.base_replies_to(prompts, weights)
+            base_s = time.perf_counter() - t0
+            self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
             self._decide(v, ["invalid"], None, adapter, detail=f"{type(e).__name__}: {e}")
             return True
-        numbers, replies = self.evaluate(accepted)
+        numbers, replies = self.evaluate(accepted, prompts, base_texts)
+        numbers.seconds += base_s
         reasons = gate_reasons(numbers, self.limits, self.settings.user_checks if user else ALL_CHECKS)
         if not reasons:  # the new reference before followers can move past it
             self._remember(adapter, self._reference(v, replies))
         self._decide(v, reasons, numbers, adapter)
         return True
 
-    def evaluate(self, accepted: _Reference | None = None) -> tuple[GateNumbers, list]:
+    def evaluate(self, accepted: _Reference | None = None, user_prompts: list = (),
+                 base_texts: list[str] = ()) -> tuple[GateNumbers, list]:
         """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
-        policy's last accepted version), and its probe replies."""
+        policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's), also how
+        often its greedy replies to them loop against the base's replies to them (`base_texts`)."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
@@ -154,6 +169,10 @@ class Gatekeeper:
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
         )
+        if user_prompts:
+            texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
+            numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
+                len(texts), loop_rate(texts), loop_rate(list(base_texts)))
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
 
@@ -196,6 +215,41 @@ class Gatekeeper:
             return self.base
         self._load(ray.get(published.ref))
         return self._remember(adapter, self._reference(published.version.version))
+
+    def base_replies_to(self, prompts: list[list[int]], like: WeightSet) -> list[str]:
+        """The base model's greedy replies to `prompts`: cached, else generated with an all-zero copy of the LoRA set
+        `like` loaded (lora_B = 0 adds exactly nothing: the base's own replies, with no second engine)."""
+        import torch
+
+        missing = list({tuple(p): p for p in prompts if tuple(p) not in self.base_replies}.values())
+        if missing:
+            zero = WeightSet(replace(like.version, version=0), "lora",
+                             {k: torch.zeros_like(t) for k, t in like.tensors.items()}, like.lora_config)
+            self._load(zero)
+            for p, r in zip(missing, self._greedy(missing, self.settings.gate.probe_max_tokens)):
+                self.base_replies[tuple(p)] = r.text
+        for p in prompts:
+            self.base_replies.move_to_end(tuple(p))
+        texts = [self.base_replies[tuple(p)] for p in prompts]
+        while len(self.base_replies) > MAX_BASE_REPLIES:
+            self.base_replies.popitem(last=False)
+        return texts
+
+    def _user_prompts(self, published) -> list[list[int]]:
+        """The user's latest prompts that came with a candidate, rendered; [] without them (the gate's probe set
+        only: user_probes 0, or their owner, the learner, died)."""
+        import ray
+
+        if published.probes is None:
+            return []
+        try:
+            conversations = ray.get(published.probes)
+        except Exception as e:  # noqa: BLE001 - judged on the probe set alone, as without user probes
+            log.warning("gatekeeper: the prompts of %s v%d are gone (%s): probe set only",
+                        published.version.adapter_id, published.version.version, e)
+            return []
+        room = self.settings.engine.max_model_len - self.settings.gate.probe_max_tokens  # left-truncated to fit
+        return [render_prompt(self.engine.tokenizer, messages, max_tokens=room) for messages in conversations]
 
     def _remember(self, adapter: str, reference: _Reference) -> _Reference:
         if not is_user_adapter(adapter):

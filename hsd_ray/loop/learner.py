@@ -108,6 +108,7 @@ class LearnerSettings:
     snapshots_dir: str | None = None  # rollback snapshots on disk here (None: in memory)
     personal: PersonalizationConfig | None = None  # per_user mode: train users' adapters (personal_learner.py)
     gated_users: bool = False  # per_user mode: adapters' versions are candidates too (version_gate.user_adapters)
+    user_probes: int = 0  # gated_users: a candidate goes to the gate with its user's latest N prompts
 
 
 def rank0_broadcast(value, world: int):

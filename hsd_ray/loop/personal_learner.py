@@ -17,6 +17,8 @@ count survives in `.learner.json`.
 
 With the version gate on (`version_gate.user_adapters`, on by default) a published version is a candidate, served
 only once the gatekeeper accepts it — per adapter, the same rules as the shared policy's learner (rollback.py):
+- a candidate goes to the gate with its user's latest prompts (`version_gate.user_probes` distinct ones, in memory
+  only): the gate also tries it on them, where what the user taught shows;
 - an adapter with a candidate pending publishes nothing new; its steps go on, and what they trained is the next
   candidate as soon as the pending one is accepted;
 - accepted: the candidate's state (snapshotted when it was published) is written as the adapter's accepted state
@@ -35,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +100,7 @@ class PersonalLearner:
         self.pending: dict[str, _Candidate] = {}  # adapter -> its undecided candidate (version gate on)
         self.unvetted: Counter[str] = Counter()  # adapter -> turns trained since its accepted state
         self._rollbacks_checked = 0.0  # time.monotonic() of the last look for admin rollbacks
+        self.recent_prompts: dict[str, OrderedDict[str, list]] = defaultdict(OrderedDict)  # adapter -> its latest
 
     def restore(self) -> None:
         """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
@@ -136,6 +139,7 @@ class PersonalLearner:
             self.step_count += 1
             self.train_s += time.perf_counter() - t0
             self.unvetted[adapter] += len(group)
+            self._remember_prompts(adapter, group)
             if adapter in self.pending:  # one candidate at a time: the adapter trains on, unpublished
                 version = self.bank.version(adapter)
                 self.bank.save(adapter)
@@ -172,13 +176,25 @@ class PersonalLearner:
         """The adapter's next version to the registry (numbers never reused), then saved with it to disk."""
         version = max(self.bank.version(adapter), self.registry.highest_version(adapter)) + 1
         self.bank.set_version(adapter, version)
-        publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True)
+        probes = list(self.recent_prompts[adapter].values()) if self.s.gated_users else None
+        publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True,
+                probes=probes)
         state = self.bank.snapshot(adapter)  # one copy: written to disk, and kept while the gate decides
         self.bank.save(adapter, state)
         if self.s.gated_users:
             self.pending[adapter] = _Candidate(version, state, self.unvetted[adapter])
         log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
         return version
+
+    def _remember_prompts(self, adapter: str, turns: list[Turn]) -> None:
+        """Keep the adapter's `user_probes` latest distinct prompts (each turn's context, what its reply answered)."""
+        recent = self.recent_prompts[adapter]
+        for t in turns:
+            key = json.dumps(t.context, sort_keys=True)
+            recent.pop(key, None)
+            recent[key] = t.context
+        while len(recent) > self.s.user_probes:
+            recent.popitem(last=False)
 
     def _follow_registry(self) -> bool:
         """Admin rollbacks first, then the gate's decisions; True when the gate decided some candidates."""
@@ -237,6 +253,7 @@ class PersonalLearner:
         for adapter, when in deleted.items():
             self.pending.pop(adapter, None)
             self.unvetted.pop(adapter, None)
+            self.recent_prompts.pop(adapter, None)
             if self.bank.delete(adapter):
                 log.info("%s: its user's data was deleted; adapter dropped", adapter)
             self._deletions_seen = max(self._deletions_seen, when)

@@ -165,7 +165,7 @@ def test_a_destructive_user_adapter_is_never_served_and_rolls_back(ray_session, 
         assert [records[v]["state"] for v in (1, 2)] == ["rejected", "rejected"], records
         assert "perplexity" in records[1]["reason"] and records[1]["numbers"]["ppl"] > 1.01 * records[1]["numbers"][
             "ppl_base"]
-        assert set(records[1]["reason"].split(",")) <= {"perplexity", "accuracy", "loops"}  # capability checks only
+        assert set(records[1]["reason"].split(",")) <= {"perplexity", "accuracy", "loops", "user_loops"}  # capability
         decisions = ray.get(loop.gatekeeper.stats.remote())["decisions"]
         assert [(d["adapter"], d["accepted"]) for d in decisions] == [(alice, False), (alice, False)]
         # v2 was one Adam step from a zero adapter (lora_B starts at 0): had the learner kept v1's weights, some
@@ -201,6 +201,9 @@ def test_a_sound_user_adapter_is_served_once_accepted(ray_session, tiny_model_di
         learner.wait(400)
         assert learner.error is None, learner.error
         assert loop.registry.decision(2, alice) == "accepted"
+        # each candidate was also tried on alice's own prompts: the ones trained into it so far (distinct, latest 8)
+        records = {r["version"]: r for r in loop.registry.versions(alice)}
+        assert [records[v]["numbers"]["user_prompts"] for v in (1, 2)] == [2, 4], records
         served = ray.get(loop.registry.latest(alice).ref)
         saved = read_adapter(tmp_path / "run" / "adapters" / ".accepted" / alice, alice)
         assert saved.version.version == served.version.version == 2

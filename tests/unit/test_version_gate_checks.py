@@ -95,6 +95,19 @@ def test_gate_reasons_each_threshold():
     assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
 
 
+def test_gate_reasons_user_prompt_loops():
+    """A user adapter's loops on its user's own prompts count against the base's on the same prompts (default bound
+    0.125: one more of 8); the shared policy's candidates come without user prompts and are never held to it."""
+    assert LIMITS.max_user_loop_increase == 0.125
+    assert gate_reasons(_numbers(user_prompts=8, user_loops=0.25, user_loops_base=0.125), LIMITS) == []
+    assert gate_reasons(_numbers(user_prompts=8, user_loops=0.375, user_loops_base=0.125), LIMITS) == ["user_loops"]
+    held = _numbers(user_prompts=8, user_loops=0.5, user_loops_base=0.0)
+    assert gate_reasons(held, LIMITS, CAPABILITY_CHECKS) == ["user_loops"]
+    assert gate_reasons(_numbers(user_prompts=0, user_loops=1.0), LIMITS) == []  # no user prompts: nothing to judge
+    assert "user loops 0.50 (base 0.00, 8 of the user's prompts)" in held.summary()
+    assert "user loops" not in _numbers().summary() and held.to_dict()["user_prompts"] == 8
+
+
 def test_loop_detector_on_what_the_benchmark_served():
     looping = ["The Pyramids of Egypt: The Pyramids of Egypt: The pyramids of the Pharaohs. The pyramids of the "
                "Pharaohs. The Great Pyramid of Giza. The Great Pyramid of Giza.",

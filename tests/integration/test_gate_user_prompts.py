@@ -1,0 +1,78 @@
+"""The version gate tries a user adapter's candidate on its user's own prompts (tiny random model, transformers
+engine, no Ray): the base's replies to them come from an all-zero copy of the adapter and are exactly the base
+model's; they are cached per prompt; the candidate's numbers count its loops on those prompts against the base's."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Tell me about dogs."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is rain?"}],
+    [{"role": "user", "content": "Name a colour."}],
+]
+
+
+@pytest.fixture(scope="module")
+def gatekeeper(tiny_model_dir):
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    gate = VersionGateConfig(probe_max_tokens=12, check_max_tokens=4)
+    return Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(), gate, enable_lora=True), None)
+
+
+def _user_candidate(tiny_model_dir):
+    """A user adapter whose lora_B is far from zero, so its replies differ from the base's."""
+    from dataclasses import replace
+
+    from hsd_ray.config import LoraConfig
+    from hsd_ray.core.policy import apply_lora, export_weights
+    from hsd_ray.core.weights import user_adapter_id
+    from hsd_ray.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir), "float32", "cpu")
+    weights = export_weights(apply_lora(model, LoraConfig(r=4)), version=3, step=3)
+    gen = torch.Generator().manual_seed(0)
+    tensors = {k: (torch.randn(t.shape, generator=gen) if "lora_B" in k else t) for k, t in weights.tensors.items()}
+    return replace(weights, version=replace(weights.version, adapter_id=user_adapter_id("alice")), tensors=tensors)
+
+
+def test_user_prompts_are_judged_against_the_base_models_own_replies(gatekeeper, tiny_model_dir):
+    from hsd_ray.core.engine_api import SamplingParams
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.core.version_gate import loop_rate
+    from hsd_ray.engines.hf import HFEngine
+
+    gk = gatekeeper
+    prompts = [render_prompt(gk.engine.tokenizer, c) for c in CONVERSATIONS]
+    candidate = _user_candidate(tiny_model_dir)
+    base_texts = gk.base_replies_to(prompts, candidate)
+
+    plain = HFEngine(str(tiny_model_dir))  # the base model alone, no adapter machinery
+    greedy = SamplingParams(max_tokens=12, temperature=0.0, seed=0)
+    assert base_texts == [g.text for g in plain.generate(prompts, greedy)]
+
+    loads = []
+    gk._load, load = (lambda w: (loads.append(w.version.version), load(w))[1]), gk._load
+    try:
+        assert gk.base_replies_to(prompts[1:], candidate) == base_texts[1:] and loads == []  # cached: no zero load
+        gk._load(candidate)
+        numbers, _ = gk.evaluate(gk.base, prompts, base_texts)
+    finally:
+        gk._load = load
+    cand_texts = [g.text for g in gk.engine.generate(prompts, greedy)]
+    assert cand_texts != base_texts  # the adapter moved the replies: the comparison is not of a model with itself
+    assert numbers.user_prompts == 3
+    assert numbers.user_loops == loop_rate(cand_texts) and numbers.user_loops_base == loop_rate(base_texts)
+    assert "user loops" in numbers.summary()
+
+
+def test_without_user_prompts_the_numbers_say_none(gatekeeper):
+    numbers, _ = gatekeeper.evaluate(copy.copy(gatekeeper.base))
+    assert numbers.user_prompts == 0 and "user loops" not in numbers.summary()
