@@ -51,8 +51,6 @@ class EngineConfig(_Section):
 class HindsightConfig(_Section):
     """How teacher (hindsight) and student contexts are built from a Turn (METHOD.md, 'Hindsight context')."""
 
-    # "online" (the paper's wording for live chat) was chosen over "offline" on the dev split's in-context ceiling;
-    # an earlier, now superseded benchmark had preferred "offline" (bench/learning/README.md has both).
     template: str = Field("online", description="'online', 'offline' or a custom text containing {followup} "
                           "(online chosen on the dev split: bench/results/learning/ceiling-*-dev.json)")
     max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
@@ -124,10 +122,10 @@ class LearnerConfig(_Section):
 class PersonalizationConfig(_Section):
     """Whose weights a turn trains and which weights answer a user (README, "Per-user adapters")."""
 
-    mode: Literal["global", "per_user"] = Field(
+    mode: Literal["global", "per_user", "both"] = Field(
         "global", description="global = every turn trains the shared policy; per_user = a user's turns train that "
-        "user's own LoRA adapter on the frozen shared policy, and their chats are answered by it"
-    )
+        "user's own LoRA adapter on the frozen shared policy, and their chats are answered by it; both = per_user, "
+        "and the turns within the influence limits also train the shared policy, which the adapters sit on")
     lora: LoraConfig = Field(
         default_factory=lambda: LoraConfig(enabled=True, r=8, alpha=16,
                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
@@ -141,7 +139,8 @@ class PersonalizationConfig(_Section):
 
     @property
     def per_user(self) -> bool:
-        return self.mode == "per_user"
+        """Users have their own adapters (per_user or both)."""
+        return self.mode != "global"
 
 
 class BroadcastConfig(_Section):
@@ -192,9 +191,8 @@ class ServeConfig(_Section):
     user_burst: int = Field(20, ge=1, description="requests a user may send at once before the rate applies")
     health_check_period_s: float = Field(10.0, gt=0, description="how often Serve checks each replica's health")
     health_check_timeout_s: float = Field(30.0, gt=0, description="a health check that takes longer fails")
-    engine_stall_s: float = Field(600.0, gt=0,
-                                  description="an engine call running longer fails the health check; Serve "
-                                  "replaces a replica after 3 failed checks in a row")
+    engine_stall_s: float = Field(600.0, gt=0, description="an engine call running longer fails the health check; "
+                                  "Serve replaces a replica after 3 failed checks in a row")
 
 
 class CaptureConfig(_Section):
@@ -236,7 +234,8 @@ class QueueConfig(_Section):
 
 
 class InfluenceConfig(_Section):
-    """How far one user can move the global model (core/influence.py; enforced by the turn queue)."""
+    """How far one user can move the global model (core/influence.py; enforced by the turn queue; in mode both by
+    the learner, for the shared policy's steps only: there every turn trains its user's adapter)."""
 
     max_turns_per_user: int = Field(0, ge=0, description="a user's turns queued per window; beyond: dropped as "
                                     "user_quota (0 = no quota)")
@@ -415,13 +414,14 @@ class Config(_Section):
                              f"({trained}: learner.lora.r / personalization.lora.r); vLLM sizes adapter slots by it")
 
     def _check_per_user(self) -> None:
-        """per_user trains adapters on a frozen shared policy in one learner process (README, "Per-user adapters")."""
+        """Users' adapters train in one learner process, on a shared policy of full weights (README, "Per-user")."""
+        mode = f"personalization.mode={self.personalization.mode}"
         if self.learner.lora.enabled:
-            raise ValueError("personalization.mode=per_user trains per-user adapters on the frozen shared policy: "
-                             "set learner.lora.enabled=false (a shared adapter under per-user ones is not built)")
+            raise ValueError(f"{mode} trains per-user adapters on the shared policy's full weights: set "
+                             "learner.lora.enabled=false (a shared adapter under per-user ones is not built)")
         if self.learner.num_workers != 1:
-            raise ValueError(f"personalization.mode=per_user runs one learner worker (learner.num_workers is "
-                             f"{self.learner.num_workers}): adapter steps differ per user, DDP would need equal ones")
+            raise ValueError(f"{mode} runs one learner worker (learner.num_workers is {self.learner.num_workers}): "
+                             "adapter steps differ per user, DDP would need equal ones")
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod

@@ -48,12 +48,14 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "hsd_broadcast_s": ("histogram", "time to export and publish a weight set (seconds)", ()),
     "hsd_weight_load_s": ("histogram", "time for a replica/teacher to load a new weight set (seconds)", ("role",)),
     "hsd_weight_load_failures_total": ("counter", "weight sets a replica/teacher rejected", ("role",)),
-    # per-user adapters (personalization.mode=per_user)
+    # per-user adapters (personalization.mode=per_user / both)
     "hsd_adapter_loads_total": ("counter", "per-user adapters a replica loaded (first use, or a newer version)", ()),
     "hsd_adapter_load_s": ("histogram", "time for a replica to fetch and load a per-user adapter (seconds)", ()),
     "hsd_adapter_evictions_total": ("counter", "per-user adapters a replica unloaded (LRU, or the user's data "
                                     "deleted)", ("reason",)),
     "hsd_user_adapters": ("gauge", "per-user adapters with a served version (registry)", ()),
+    "hsd_shared_turns_skipped_total": ("counter", "mode both: turns that trained only their user's adapter, not the "
+                                       "shared policy, by reason (user_quota, too_few_users)", ("reason",)),
     # version gate and per-version feedback
     "hsd_versions_rejected_total": ("counter", "candidate versions the version gate held back, by first reason",
                                     ("reason",)),

@@ -92,6 +92,23 @@ class AdapterBank:
         pv = PolicyVersion(adapter_id=adapter_id, version=version, step=step, created_at=time.time())
         return WeightSet(pv, "lora", tensors, lora_config_dict(self.peft_config))
 
+    @torch.no_grad()
+    def load_shared(self, tensors: dict) -> None:
+        """New weights for the shared policy under every adapter (personalization.mode=both: its latest accepted
+        version); the adapters and their optimizer states stay. `tensors` by transformers names (a full WeightSet's);
+        every name is checked before anything is copied."""
+        from hsd_ray.core.policy import base_weights
+
+        params = base_weights(self.model)
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise ValueError(f"not weights of the shared policy: {unknown[:3]}")
+        for name, t in tensors.items():
+            if t.shape != params[name].shape:
+                raise ValueError(f"{name}: shape {tuple(t.shape)}, the shared policy has {tuple(params[name].shape)}")
+        for name, t in tensors.items():
+            params[name].copy_(t)
+
     def set_version(self, adapter_id: str, version: int) -> None:
         self._activate(adapter_id)["version"] = version
 

@@ -10,7 +10,9 @@ user supplies most of the batches and the model drifts toward whatever that user
   always in it; while fewer distinct users wait, no step is taken (the learner waits for more users).
 
 With per-user adapters (personalization.mode=per_user) a batch is taken `round_robin` instead: every waiting user's
-oldest turn before anyone's second, so one busy user cannot starve the others' adapters.
+oldest turn before anyone's second, so one busy user cannot starve the others' adapters. In mode `both` every turn
+trains its user's adapter and the limits bound only the shared policy: the learner picks a batch's `shared_turns`
+under the same two rules, and counts what it leaves out by reason.
 
 Pure: the queue actor (loop/queue.py) holds a `UserWindow` and calls `pick_batch` / `round_robin`.
 """
@@ -34,13 +36,17 @@ class UserWindow:
         """True (and counted) if `user_id` has had fewer than `max_turns` turns admitted in (now - window_s, now]."""
         if self.max_turns == 0:
             return True
+        if self.used(user_id, now) >= self.max_turns:
+            return False
+        self._admitted[user_id].append(now)
+        return True
+
+    def used(self, user_id: str, now: float) -> int:
+        """Turns of `user_id` admitted in (now - window_s, now]."""
         times = self._admitted.setdefault(user_id, deque())
         while times and times[0] <= now - self.window_s:
             times.popleft()
-        if len(times) >= self.max_turns:
-            return False
-        times.append(now)
-        return True
+        return len(times)
 
     def forget(self, user_id: str) -> None:
         """A deleted user leaves no record here either."""
@@ -89,3 +95,21 @@ def round_robin(users: Sequence[str], n: int) -> list[int]:
         ranked.append((seen.get(user, 0), i))
         seen[user] = seen.get(user, 0) + 1
     return sorted(i for _, i in sorted(ranked)[:n])
+
+
+def shared_turns(users: Sequence[str], window: UserWindow, min_users: int, now: float) -> tuple[list[int], dict]:
+    """Which turns of a batch (their users) also train the shared policy (personalization.mode=both), as indices, and
+    how many were left out by reason: over the user's quota (`user_quota`), or all of them when they come from fewer
+    than `min_users` distinct users (`too_few_users`). Only the turns chosen count against their users' quotas."""
+    taken: dict[str, int] = {}
+    within = []
+    for i, user in enumerate(users):
+        if window.max_turns == 0 or window.used(user, now) + taken.get(user, 0) < window.max_turns:
+            within.append(i)
+            taken[user] = taken.get(user, 0) + 1
+    skipped = {"user_quota": len(users) - len(within), "too_few_users": 0}
+    if len(taken) < min_users:
+        return [], {**skipped, "too_few_users": len(within)}
+    for i in within:
+        window.admit(users[i], now)
+    return within, skipped

@@ -84,6 +84,15 @@ def tied_aliases(model) -> dict[str, str]:
     return aliases
 
 
+def base_weights(model) -> dict:
+    """A model's own weights by their transformers names, whether or not peft has wrapped its layers: peft renames a
+    wrapped layer's weight `…q_proj.base_layer.weight` and puts its adapters' `lora_*` tensors beside it. The tensors
+    share storage with the model, so copying into them loads new shared weights under resident adapters."""
+    if hasattr(model, "get_base_model"):  # a PeftModel (the model inside has a `peft_config` too, once wrapped)
+        model = model.get_base_model()
+    return {name.replace(".base_layer.", "."): t for name, t in model.state_dict().items() if ".lora_" not in name}
+
+
 def cpu_copy(tensors: dict) -> dict:
     """Detached CPU copies of `tensors`. From a GPU each copy lands in page-locked memory, issued asynchronously with
     one synchronisation at the end: per-tensor copies into pageable memory ran at ~1 GB/s on an H100 (52 GB/s

@@ -16,7 +16,7 @@ import torch
 
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
 from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, ScoreRequest, TokenScores
-from hsd_ray.core.policy import tied_aliases
+from hsd_ray.core.policy import base_weights, tied_aliases
 from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet
 from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text, validate_tensors
 from hsd_ray.models import load_model_and_tokenizer
@@ -184,11 +184,9 @@ class HFEngine(VersionedWeights):
     # ---- weights (load_weights: VersionedWeights) -------------------------------------------------------------
     @torch.no_grad()
     def _load_full(self, tensors: dict) -> None:
-        if self.user_adapters:  # peft has renamed the wrapped layers; the shared policy is frozen in per_user mode
-            raise WeightLoadError("this engine serves per-user adapters; new shared weights beside them are not built")
-        if self._lora_loaded:  # a deployment trains either full weights or an adapter, never both
-            raise WeightLoadError("this engine serves LoRA adapters; a full weight set needs an engine without one")
-        params = dict(self._plain.state_dict())  # the base weights (shared with any peft wrapper around them)
+        """New shared weights; resident adapters (per-user ones, personalization.mode=both, or the gatekeeper's LoRA
+        slot) stay and now sit on them."""
+        params = base_weights(self._plain)  # by transformers names, also under peft's wrapped layers
         # a tied lm_head may be sent (it must then equal the embedding) or omitted (export_weights omits it)
         aliases = tied_aliases(self._plain)
         required = {k: v for k, v in params.items() if k not in aliases}

@@ -7,6 +7,11 @@ kind and settings as serving), measures it on the probe set (hsd_ray/data/probes
 version is never served, the log line says "rejected" with its numbers, `hsd_versions_rejected_total{reason}` counts
 it (once, under its first reason), and the learner rolls back (rollback.py).
 
+personalization.mode=both: a user adapter's candidate is judged on the shared policy its user is served (the
+latest accepted shared version; the engine loads it first when it holds another), and a shared candidate with the
+LoRA slot emptied (an all-zero adapter). The user references and base replies above are of one shared version:
+they are measured again once it changes. The capability numbers stay the base model's: never worse than the base.
+
 One engine, no second copy of the model: at start it holds the base weights and caches what the base says — its
 greedy replies to the probe prompts with their top-k, reference-text perplexity, checkable accuracy. The last
 accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the registry's
@@ -102,6 +107,8 @@ class Gatekeeper:
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
+        self.engine_shared: int | None = 0  # the shared version whose weights the engine holds (None: a candidate's)
+        self.zero_lora: WeightSet | None = None  # set once a user adapter used the LoRA slot: what empties it
         self.decisions: list[dict] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -132,6 +139,7 @@ class Gatekeeper:
         adapter, v = published.version.adapter_id, published.version.version
         user = is_user_adapter(adapter)
         try:
+            self._serve_shared() if user else self._empty_lora_slot()
             accepted = self._user_reference(adapter) if user else self.accepted
             weights = ray.get(published.ref)
             prompts = self._user_prompts(published) if user else []
@@ -147,6 +155,8 @@ class Gatekeeper:
         reasons = gate_reasons(numbers, self.limits, self.settings.user_checks if user else ALL_CHECKS)
         if not reasons:  # the new reference before followers can move past it
             self._remember(adapter, self._reference(v, replies))
+        if not user:
+            self.engine_shared = None if reasons else v
         self._decide(v, reasons, numbers, adapter)
         return True
 
@@ -196,11 +206,47 @@ class Gatekeeper:
 
     def _load(self, weights) -> None:
         """Load a candidate. A user's adapter is loaded as this engine's one LoRA adapter (relabelled, inside this
-        actor only): per-user adapters train on a frozen shared policy, which this engine holds, so base + that LoRA
-        is exactly what the user is served."""
+        actor only): per-user adapters train on the served shared policy, which this engine holds (_serve_shared), so
+        shared + that LoRA is exactly what the user is served."""
         if is_user_adapter(weights.version.adapter_id):
+            self._zero_like(weights)  # from now on a shared candidate needs the slot emptied
             weights = replace(weights, version=replace(weights.version, adapter_id=self.settings.adapter_id))
         self.engine.load_weights(weights)
+
+    def _zero_like(self, weights: WeightSet) -> WeightSet:
+        """An all-zero copy of a user adapter (every user adapter has the same shape), relabelled for the LoRA slot:
+        lora_B = 0 adds exactly nothing, so the engine answers as the shared policy under it."""
+        if self.zero_lora is None:
+            self.zero_lora = WeightSet(replace(weights.version, adapter_id=self.settings.adapter_id, version=0),
+                                       "lora", {k: t.new_zeros(t.shape) for k, t in weights.tensors.items()},
+                                       weights.lora_config)
+        return self.zero_lora
+
+    def _empty_lora_slot(self) -> None:
+        """Before a shared candidate (mode both): no user's adapter may stay under it."""
+        if self.zero_lora is not None:
+            self.engine.load_weights(self.zero_lora)
+
+    def _serve_shared(self) -> None:
+        """Before a user's candidate: the engine holds the shared version its user is served (mode both moves it;
+        per_user never does). What was measured on another shared version is measured again when next needed."""
+        import ray
+
+        from hsd_ray.core.policy import export_weights
+        from hsd_ray.models import load_model_and_tokenizer
+
+        published = ray.get(self.registry.latest.remote(self.settings.adapter_id))
+        served = published.version.version if published is not None else 0
+        if served == self.engine_shared:
+            return
+        if published is not None:
+            self.engine.load_weights(ray.get(published.ref))
+        else:  # the base itself, after a rejected first candidate: read again from the model folder
+            self.engine.load_weights(export_weights(load_model_and_tokenizer(self.settings.model_dir)[0], 0, 0))
+        self.engine_shared = served
+        self.base_replies.clear()
+        self.user_accepted.clear()
+        log.info("gatekeeper: user adapters are judged on the shared policy v%d", served)
 
     def _user_reference(self, adapter: str) -> _Reference:
         """The user's last accepted version's reference: cached, else measured from the registry's copy (loaded for
@@ -217,15 +263,11 @@ class Gatekeeper:
         return self._remember(adapter, self._reference(published.version.version))
 
     def base_replies_to(self, prompts: list[list[int]], like: WeightSet) -> list[str]:
-        """The base model's greedy replies to `prompts`: cached, else generated with an all-zero copy of the LoRA set
-        `like` loaded (lora_B = 0 adds exactly nothing: the base's own replies, with no second engine)."""
-        import torch
-
+        """The shared policy's greedy replies to `prompts` (the base model's, but in mode both): cached, else
+        generated with an all-zero copy of the user adapter `like` in the LoRA slot (no second engine)."""
         missing = list({tuple(p): p for p in prompts if tuple(p) not in self.base_replies}.values())
         if missing:
-            zero = WeightSet(replace(like.version, version=0), "lora",
-                             {k: torch.zeros_like(t) for k, t in like.tensors.items()}, like.lora_config)
-            self._load(zero)
+            self.engine.load_weights(self._zero_like(like))
             for p, r in zip(missing, self._greedy(missing, self.settings.gate.probe_max_tokens)):
                 self.base_replies[tuple(p)] = r.text
         for p in prompts:

@@ -75,7 +75,7 @@ def learner_settings(cfg: Config) -> LearnerSettings:
                            cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
                            cfg.version_gate.decision_timeout_s, snapshots,
                            cfg.personalization if cfg.personalization.per_user else None,
-                           cfg.gates_user_adapters, cfg.version_gate.user_probes)
+                           cfg.gates_user_adapters, cfg.version_gate.user_probes, cfg.influence)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:
@@ -270,9 +270,11 @@ def start_loop(cfg: Config, *, serve_chat: bool = True, demo_keys: tuple = ()) -
     queue = ray.remote(TurnQueue).options(**control_actor_options(QUEUE_ACTOR_NAME)).remote(
         cfg.queue.capacity, cfg.queue.scored_capacity, cfg.queue.lease_timeout_s, cfg.queue.max_attempts,
         cfg.queue.dead_letter_capacity, lossless=cfg.job.source is not None,  # a replay loses nothing to overflow
-        log_uri=log_uri, log_retention_s=retention, max_turns_per_user=cfg.influence.max_turns_per_user,
-        quota_window_s=cfg.influence.window_s, min_users_per_step=cfg.influence.min_users_per_step,
-        round_robin_users=cfg.personalization.per_user,
+        log_uri=log_uri, log_retention_s=retention, round_robin_users=cfg.personalization.per_user,
+        # mode both: every turn trains its user's adapter; the limits bound the shared steps (both_learner.py)
+        **({} if cfg.personalization.mode == "both" else dict(
+            max_turns_per_user=cfg.influence.max_turns_per_user, quota_window_s=cfg.influence.window_s,
+            min_users_per_step=cfg.influence.min_users_per_step)),
     )
     registry = ray.remote(VersionRegistry).options(**control_actor_options(REGISTRY_ACTOR_NAME)).remote(
         cfg.broadcast.keep_versions, cfg.version_gate.enabled, str(out / VERSIONS_FILE),

@@ -30,7 +30,7 @@ import ray
 import torch
 
 from hsd_ray import metrics
-from hsd_ray.config import BroadcastConfig, LearnerConfig, LossConfig, PersonalizationConfig
+from hsd_ray.config import BroadcastConfig, InfluenceConfig, LearnerConfig, LossConfig, PersonalizationConfig
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.weights import BASE_ADAPTER
 from hsd_ray.data.files import replace_atomically
@@ -109,6 +109,7 @@ class LearnerSettings:
     personal: PersonalizationConfig | None = None  # per_user mode: train users' adapters (personal_learner.py)
     gated_users: bool = False  # per_user mode: adapters' versions are candidates too (version_gate.user_adapters)
     user_probes: int = 0  # gated_users: a candidate goes to the gate with its user's latest N prompts
+    influence: InfluenceConfig | None = None  # mode both: the limits of the shared policy's steps (both_learner.py)
 
 
 def rank0_broadcast(value, world: int):
@@ -189,6 +190,7 @@ class Learner(GateFollowing):
         self.guard: VersionGuard | None = None
         self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
         self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
+        self.owns_turns = True  # acknowledges its turns and counts rejected ones (mode both: the adapter steps do)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -261,7 +263,8 @@ class Learner(GateFollowing):
         # is measured against them
         self.train_s, self.train_steps = self.train_s + time.perf_counter() - t0, self.train_steps + 1
         if self.rank == 0:
-            self.queue.ack_trained_nowait([t.turn_id for t in turns])
+            if self.owns_turns:
+                self.queue.ack_trained_nowait([t.turn_id for t in turns])
             _record_metrics(step_metrics, turns, self.version)
             self.control.report.remote({"step": self.step_count, "version": self.version, "train_s": self.train_s,
                                         "train_steps": self.train_steps, **step_metrics})
@@ -427,10 +430,12 @@ def make_trainer(settings: LearnerSettings, learner_cfg: LearnerConfig):
 
     storage = Path(settings.output_dir) / "ray_train"
     storage.mkdir(parents=True, exist_ok=True)
+    from hsd_ray.loop.both_learner import train_loop_both
     from hsd_ray.loop.personal_learner import train_loop_per_user
 
+    personal = settings.personal.mode if settings.personal is not None else None
     return TorchTrainer(
-        train_loop_per_user if settings.personal is not None else train_loop_per_worker,
+        {"per_user": train_loop_per_user, "both": train_loop_both}.get(personal, train_loop_per_worker),
         train_loop_config={"settings": settings},
         scaling_config=ScalingConfig(
             num_workers=learner_cfg.num_workers,

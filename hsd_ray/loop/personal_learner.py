@@ -1,4 +1,6 @@
-"""The learner in personalization.mode=per_user: every user's turns train that user's own LoRA adapter.
+"""The learner in personalization.mode=per_user: every user's turns train that user's own LoRA adapter. (Mode both
+runs it beside the shared policy's learner, both_learner.py; there the shared policy under the adapters moves:
+`follow_shared`.)
 
 One Ray Train worker (config cross-check) holds the frozen shared policy and an `AdapterBank` (core/adapter_bank.py):
 
@@ -101,6 +103,8 @@ class PersonalLearner:
         self.unvetted: Counter[str] = Counter()  # adapter -> turns trained since its accepted state
         self._rollbacks_checked = 0.0  # time.monotonic() of the last look for admin rollbacks
         self.recent_prompts: dict[str, OrderedDict[str, list]] = defaultdict(OrderedDict)  # adapter -> its latest
+        self.shared_version = 0  # the shared policy's version under the adapters (moves only in mode both)
+        self.shared_trains = p.mode == "both"  # then the shared learner reports "step" and "version", not this one
 
     def restore(self) -> None:
         """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
@@ -151,10 +155,24 @@ class PersonalLearner:
         self.queue.ack_trained_nowait([t.turn_id for t in turns])
         self._save_state()
         last = next(reversed(out.values()))
-        step_metrics = {k: v for k, v in last.items() if k != "version"}
-        self.control.report.remote({"step": self.step_count, "version": last["version"], "train_s": self.train_s,
-                                    "train_steps": self.step_count, **step_metrics})
+        if self.shared_trains:
+            self.control.report.remote({"adapter_steps": self.step_count, "adapter_train_s": self.train_s})
+        else:
+            step_metrics = {k: v for k, v in last.items() if k != "version"}
+            self.control.report.remote({"step": self.step_count, "version": last["version"], "train_s": self.train_s,
+                                        "train_steps": self.step_count, **step_metrics})
         return out
+
+    def follow_shared(self) -> None:
+        """Mode both: the shared policy under the adapters becomes the one served (its latest accepted version, or
+        one an admin rolled back to), so each adapter trains on what its user is served with."""
+        served = self.registry.latest_version()
+        if served < 0 or served == self.shared_version:
+            return
+        published = self.registry.latest()
+        self.bank.load_shared(ray.get(published.ref).tensors)
+        self.shared_version = published.version.version
+        log.info("per-user adapters now sit on the shared policy v%d", self.shared_version)
 
     def finish(self) -> None:
         """Wait (up to decision_timeout_s) for the gate's last decisions; every adapter is on disk already (saved

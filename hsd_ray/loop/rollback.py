@@ -116,9 +116,9 @@ class VersionGuard:
 
 class GateFollowing:
     """The learner's side of the version gate, mixed into `Learner` (loop/learner.py), which provides `rank`,
-    `guard`, `snapshots` (a SnapshotStore), `registry`, `queue`, `version`, `step_count`, `published_step`,
-    `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and `s.decision_timeout_s`. Every rank
-    calls these together."""
+    `guard`, `snapshots` (a SnapshotStore), `registry`, `queue`, `owns_turns`, `version`, `step_count`,
+    `published_step`, `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and
+    `s.decision_timeout_s`. Every rank calls these together."""
 
     def _snapshot(self) -> Snapshot:
         stored = self.snapshots.save(self._state(), f"v{self.version}-step{self.step_count}")
@@ -188,7 +188,7 @@ class GateFollowing:
             rejected, self.turns_trained = self.turns_trained - self.guard.accepted.turns_trained, \
                 self.guard.accepted.turns_trained
             if self.rank == 0:
-                self.queue.reject_trained(rejected)
+                self._count_rejected(rejected)
             self.guard.pending = None
             self.guard.accepted = Snapshot(version, self.snapshots.save(self._state(), f"v{version}-rollback"),
                                            self.turns_trained)
@@ -207,6 +207,13 @@ class GateFollowing:
         rejected, self.turns_trained = self.turns_trained - target.turns_trained, target.turns_trained
         self.published_step = self.step_count  # the accepted weights are out already
         if self.rank == 0:
-            self.queue.reject_trained(rejected)
+            self._count_rejected(rejected)
             log.warning("v%d %s by the version gate: back to v%d (weights and optimizer state); %d turns trained "
-                        "since count as rejected", pending.version, decision, target.version, rejected)
+                        "since count as rejected%s", pending.version, decision, target.version, rejected,
+                        "" if self.owns_turns else " (by the shared policy; their users' adapters keep them)")
+
+    def _count_rejected(self, n: int) -> None:
+        """The queue counts the turns as rejected, when this learner owns their accounting (personalization.mode=both:
+        the adapter steps do; a shared rejection does not undo what the adapters learned)."""
+        if self.owns_turns:
+            self.queue.reject_trained(n)

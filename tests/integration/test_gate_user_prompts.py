@@ -58,14 +58,16 @@ def test_user_prompts_are_judged_against_the_base_models_own_replies(gatekeeper,
     greedy = SamplingParams(max_tokens=12, temperature=0.0, seed=0)
     assert base_texts == [g.text for g in plain.generate(prompts, greedy)]
 
-    loads = []
-    gk._load, load = (lambda w: (loads.append(w.version.version), load(w))[1]), gk._load
+    loads, load = [], gk.engine.load_weights
+    gk.engine.load_weights = lambda w: (loads.append(w.version.version), load(w))[1]
     try:
         assert gk.base_replies_to(prompts[1:], candidate) == base_texts[1:] and loads == []  # cached: no zero load
+        gk.base_replies_to([*prompts, prompts[0][:-1]], candidate)
+        assert loads == [0]  # one new prompt: the zero adapter loaded once for it
         gk._load(candidate)
         numbers, _ = gk.evaluate(gk.base, prompts, base_texts)
     finally:
-        gk._load = load
+        del gk.engine.load_weights
     cand_texts = [g.text for g in gk.engine.generate(prompts, greedy)]
     assert cand_texts != base_texts  # the adapter moved the replies: the comparison is not of a model with itself
     assert numbers.user_prompts == 3

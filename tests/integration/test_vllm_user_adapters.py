@@ -1,6 +1,6 @@
 """Per-user adapters on vLLM (offline and async engines) against the transformers engine's peft adapters: each user
 is answered by their own adapter, a new version replaces the old without cutting a reply that runs on it, an evicted
-adapter leaves its user on the shared policy."""
+adapter leaves its user on the shared policy, new shared weights load under resident adapters (mode both)."""
 
 from __future__ import annotations
 
@@ -117,5 +117,31 @@ def test_async_engine_swaps_a_users_adapter_without_cutting_their_reply(tiny_mod
         _same(engine.generate([prompt], SamplingParams(**GREEDY, adapter_id=BOB))[0], ref[BOB, 1])
         _same(engine.generate([prompt], SamplingParams(**GREEDY))[0], ref["base"])
         assert engine.swaps == []  # per-user adapters never drained the engine
+
+        # personalization.mode=both: new shared weights load under the resident adapters; each user then gets their
+        # adapter on the new shared weights, everyone else the new shared weights (as the transformers engine)
+        shared = _shifted_shared(tiny_model_dir)
+        engine.load_weights(shared)
+        hf = HFEngine(tiny_model_dir)
+        hf.load_weights(shared)
+        hf.load_weights(adapters[ALICE, 2])
+        for who in (ALICE, "base"):
+            want = hf.generate([prompt], SamplingParams(**GREEDY, adapter_id=who))[0]
+            got = engine.generate([prompt], SamplingParams(**GREEDY, adapter_id=who))[0]
+            _same(got, want)
+            assert want.token_ids != (ref[ALICE, 2] if who == ALICE else ref["base"]).token_ids  # the shift shows
+        assert engine.version.version == 5 and engine.user_adapters[ALICE].version == 2
     finally:
         engine.close()
+
+
+def _shifted_shared(tiny_model_dir):
+    """Shared weights v5 with every tensor moved: what a shared version of mode both brings."""
+    from hsd_ray.core.policy import export_weights
+
+    model = HFEngine(tiny_model_dir).model
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return export_weights(model, version=5, step=5)

@@ -255,11 +255,62 @@ def test_engine_answers_each_user_with_their_adapter(engine, tmp_path, tiny_mode
     assert after.version.fingerprint() == "hsd-base-v0" and after.token_ids == base.token_ids
 
 
+def _shifted(engine) -> dict:
+    """New shared weights (every tensor moved): what a shared version of mode both brings."""
+    from hsd_ray.core.policy import export_weights
+
+    model = copy.deepcopy(engine.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    return export_weights(model, version=3, step=3)
+
+
+def test_new_shared_weights_under_resident_adapters(engine, tmp_path, tiny_model_dir):
+    """Mode both: the shared policy moves under every adapter, in the learner (AdapterBank.load_shared) and in a
+    replica (HFEngine.load_weights of a full set with user adapters resident). Each user is then answered by exactly
+    their adapter on the new shared weights, everyone else by the new shared weights."""
+    cfg = _cfg()
+    bank = _bank(engine, cfg, tmp_path)
+    _step(bank, ALICE, _batch(engine, cfg), cfg)
+    alice_before = _params(bank, ALICE)
+    shared = _shifted(engine)
+    bank.load_shared(shared.tensors)
+    assert all(torch.equal(t, _params(bank, ALICE)[k]) for k, t in alice_before.items())  # the adapter stays
+    assert set(_params(bank)) and all(
+        torch.equal(p, shared.tensors[k.replace("base_model.model.", "", 1).replace(".base_layer.", ".")])
+        for k, p in _params(bank).items() if "lm_head" not in k)
+    with pytest.raises(ValueError, match="not weights of the shared policy"):
+        bank.load_shared({"model.nope.weight": torch.zeros(1)})
+
+    alice = bank.export(ALICE, 1, 1)
+    prompt, greedy = [1, 2, 3, 4], dict(max_tokens=8, temperature=0)
+    served = HFEngine(tiny_model_dir)
+    served.load_weights(alice)
+    served.load_weights(shared)  # refused before mode both; now the adapters sit on it
+    fresh = HFEngine(tiny_model_dir)
+    fresh.load_weights(shared)
+    shared_only = fresh.generate([prompt], SamplingParams(**greedy))[0]
+    fresh.load_weights(alice)
+    alice_on_shared = fresh.generate([prompt], SamplingParams(**greedy, adapter_id=ALICE))[0]
+    for adapter, want in ((BOB, shared_only), (ALICE, alice_on_shared)):
+        got = served.generate([prompt], SamplingParams(**greedy, adapter_id=adapter))[0]
+        assert got.token_ids == want.token_ids and got.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+    assert served.version.version == 3 and served.user_adapters[ALICE].version == 1
+
+
+@pytest.mark.parametrize("mode", ["per_user", "both"])
 @pytest.mark.parametrize("override, field", [
     ("learner.lora.enabled=true", "learner.lora.enabled"),
     ("learner.num_workers=2", "learner.num_workers"),
     ("engine.max_lora_rank=4", "personalization.lora.r"),
 ])
-def test_per_user_mode_refuses_what_it_cannot_run(override, field):
+def test_per_user_mode_refuses_what_it_cannot_run(override, field, mode):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        Config.load(overrides=["personalization.mode=per_user", "learner.batch_turns=2", "engine.kind=vllm", override])
+        Config.load(overrides=[f"personalization.mode={mode}", "learner.batch_turns=2", "engine.kind=vllm", override])
+
+
+def test_mode_both_has_users_adapters_and_trains_the_shared_policy():
+    both = Config.load(overrides=["personalization.mode=both"])
+    assert both.personalization.per_user and both.gates_user_adapters
+    assert not Config.load().personalization.per_user

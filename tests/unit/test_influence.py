@@ -4,7 +4,7 @@ them with exact accounting."""
 import pytest
 
 from hsd_ray.config import Config, ConfigError
-from hsd_ray.core.influence import UserWindow, pick_batch
+from hsd_ray.core.influence import UserWindow, pick_batch, shared_turns
 from hsd_ray.loop.queue import TurnQueue, TurnRef
 
 pytestmark = pytest.mark.unit
@@ -29,6 +29,20 @@ def test_user_window_zero_admits_all_and_forget_and_prune_clear_users():
     assert w._admitted == {}
     with pytest.raises(ValueError):
         UserWindow(-1)
+
+
+def test_shared_turns_keeps_quota_and_floor_for_the_shared_policy_only():
+    """personalization.mode=both: every turn trains its user's adapter; these are the ones that also train the shared
+    policy, and what is left out is counted by reason."""
+    w = UserWindow(max_turns=2, window_s=10.0)
+    assert shared_turns(["a", "a", "a", "b"], w, 1, 0.0) == ([0, 1, 3], {"user_quota": 1, "too_few_users": 0})
+    assert shared_turns(["a", "b"], w, 1, 1.0) == ([1], {"user_quota": 1, "too_few_users": 0})  # a's 2 used up
+    # the floor: turns of one user within quota are all left out, and do not use up the quota
+    assert shared_turns(["c", "c"], w, 2, 2.0) == ([], {"user_quota": 0, "too_few_users": 2})
+    assert w.used("c", 2.0) == 0
+    assert shared_turns(["c", "d", "c"], w, 2, 3.0) == ([0, 1, 2], {"user_quota": 0, "too_few_users": 0})
+    assert w.used("c", 3.0) == 2 and w.used("a", 10.5) == 0  # a's turns at 0.0 left the window
+    assert shared_turns(["x"] * 5, UserWindow(0), 1, 0.0) == ([0, 1, 2, 3, 4], {"user_quota": 0, "too_few_users": 0})
 
 
 def test_pick_batch_takes_oldest_but_first_of_each_of_min_users():
