@@ -104,7 +104,7 @@ class LoraConfig(_Section):
 class LearnerConfig(_Section):
     """Ray Train learner: optimisation and checkpoints."""
 
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel; per_user: users split by hash)")
     use_gpu: bool = Field(False, description="one GPU per worker, NCCL; otherwise CPU + gloo")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per Train worker")
     resources: dict[str, float] = _resources_field("Train worker")
@@ -419,9 +419,9 @@ class Config(_Section):
         if self.learner.lora.enabled:
             raise ValueError(f"{mode} trains per-user adapters on the shared policy's full weights: set "
                              "learner.lora.enabled=false (a shared adapter under per-user ones is not built)")
-        if self.learner.num_workers != 1:
+        if self.learner.num_workers != 1 and self.personalization.mode == "both":
             raise ValueError(f"{mode} runs one learner worker (learner.num_workers is {self.learner.num_workers}): "
-                             "adapter steps differ per user, DDP would need equal ones")
+                             "the shared steps' DDP and the per-user shards are not built together")
 
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod

@@ -20,6 +20,12 @@ def is_user_adapter(adapter_id: str) -> bool:
     return adapter_id.startswith(USER_ADAPTER_PREFIX)
 
 
+def in_shard(adapter_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether a user adapter belongs to learner worker `rank` of `world` (`shard` = (rank, world); None = one worker
+    owns every adapter): by its hash, so a user's turns always go to the same worker."""
+    return shard is None or int(adapter_id.removeprefix(USER_ADAPTER_PREFIX), 16) % shard[1] == shard[0]
+
+
 @dataclass(frozen=True)
 class PolicyVersion:
     """Identity of a weight set: which adapter (the shared policy is "base") and its monotonic version number."""

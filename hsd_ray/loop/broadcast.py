@@ -38,7 +38,7 @@ from typing import Any
 import ray
 
 from hsd_ray import metrics
-from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet, is_user_adapter
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet, in_shard, is_user_adapter
 from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.adapter_shelf import AdapterShelf
@@ -168,10 +168,10 @@ class VersionRegistry(AdapterShelf):
         return {"decision": None if pending is None else self.decision(pending, adapter_id),
                 "rollback": self._rollback_to.pop(adapter_id, None)}
 
-    def take_user_rollbacks(self) -> dict[str, int]:
-        """Every user adapter an admin rolled back since the last call -> the version (the per-user learner restarts
-        each from it); handed out once."""
-        taken = {a: v for a, v in self._rollback_to.items() if is_user_adapter(a)}
+    def take_user_rollbacks(self, shard: tuple[int, int] | None = None) -> dict[str, int]:
+        """Every user adapter (of the learner worker's `shard`) an admin rolled back since the last call -> the
+        version (the per-user learner restarts each from it); handed out once."""
+        taken = {a: v for a, v in self._rollback_to.items() if is_user_adapter(a) and in_shard(a, shard)}
         for adapter in taken:
             del self._rollback_to[adapter]
         return taken

@@ -53,6 +53,7 @@ class LearnerControl:
         self._stop = False
         self._paused = False  # admin API: no optimizer step while paused (turns wait in the queue)
         self.progress: dict = {"step": 0, "version": 0}
+        self._workers: dict[int, dict] = {}  # per-user learner workers' latest reports (report_worker)
         if self.state_path is not None and self.state_path.exists():
             try:
                 saved = json.loads(self.state_path.read_text())
@@ -86,6 +87,16 @@ class LearnerControl:
 
     def report(self, progress: dict) -> None:
         self.progress = {**self.progress, **progress}  # a step's metrics, or only where the learner's weights are
+
+    def report_worker(self, rank: int, progress: dict) -> None:
+        """One of several per-user learner workers: its "step" (adapter steps), "train_s" and "train_steps" are
+        summed over the workers; the rest is the latest report's."""
+        self._workers[rank] = progress
+        summed = {k: sum(w.get(k, 0) for w in self._workers.values()) for k in ("step", "train_s", "train_steps")}
+        self.progress = {**self.progress, **progress, **summed}
+
+    def steps(self) -> int:
+        return int(self.progress.get("step", 0))
 
     def get_progress(self) -> dict:
         return self.progress
@@ -132,7 +143,8 @@ def stop_due(control, settings: LearnerSettings, step_count: int, started: float
     return settings.duration_s is not None and time.time() - started >= settings.duration_s
 
 
-def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: int = 1) -> list[Turn] | None:
+def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: int = 1,
+               shard: tuple[int, int] | None = None) -> list[Turn] | None:
     """Block until `n` scored turns can be fetched (returns them, in queue order) or `should_stop()` (returns None)
     or `interrupt()` (returns []: the version gate decided while the learner waited). At the end of a closed source
     (a replay) the final batch may hold fewer than `n` turns (but at least `world`, one per worker: a remainder
@@ -140,12 +152,12 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: i
 
     Turns whose payload died with its owner (a teacher that restarted after scoring them) go back to pending from
     the turn log (dropped as lost only when the log does not hold them); the rest are given back and a full batch is
-    taken again.
+    taken again. `shard`: the turns of the users whose adapters this per-user learner worker owns.
     """
     while not should_stop():
         if interrupt is not None and interrupt():
             return []
-        batch = queue.take_scored(n, at_least=world)
+        batch = queue.take_scored(n, at_least=world, shard=shard)
         if batch is None:  # a replay's source is exhausted and every turn was handed out: time to stop
             log.info("the source is exhausted and every turn was trained: stopping")
             return None
@@ -156,7 +168,7 @@ def take_batch(queue: QueueClient, n: int, should_stop, interrupt=None, world: i
         if not lost:
             return turns
         dropped = queue.drop_lost([t.turn_id for t in lost])
-        queue.requeue_training()
+        queue.requeue_training(shard)
         log.warning("%d scored turns were lost with their owner: %d back to pending from the turn log (scored "
                     "again), %d dropped as lost", len(lost), len(lost) - dropped, dropped)
     return None

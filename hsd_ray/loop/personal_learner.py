@@ -2,7 +2,10 @@
 runs it beside the shared policy's learner, both_learner.py; there the shared policy under the adapters moves:
 `follow_shared`.)
 
-One Ray Train worker (config cross-check) holds the frozen shared policy and an `AdapterBank` (core/adapter_bank.py):
+Each Ray Train worker holds the frozen shared policy and an `AdapterBank` (core/adapter_bank.py) of the users it owns
+(`learner.num_workers` > 1: users are split by the hash of their adapter id, core/weights.in_shard; the queue hands a
+worker only its users' turns, so no two workers ever step one adapter and no gradient is exchanged; job.max_steps
+counts the adapter steps of all workers):
 
     loop { next_batch → for each user in it: one step of their adapter → publish its new version → save it }
 
@@ -90,6 +93,9 @@ class PersonalLearner:
         self.queue = QueueClient.lookup()
         self.registry = RegistryClient.lookup()
         self.control = ray.get_actor(CONTROL_ACTOR_NAME, namespace=NAMESPACE)
+        ctx = train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.shard = (self.rank, self.world) if self.world > 1 else None  # the users whose adapters this worker owns
         device = train.torch.get_device()
         model, self.tokenizer = load_model_and_tokenizer(settings.model_dir, "float32", str(device))
         self.root = Path(settings.output_dir) / ADAPTERS_DIR
@@ -108,7 +114,9 @@ class PersonalLearner:
 
     def restore(self) -> None:
         """Take back the turns a dead predecessor was training on; adapters come back from disk when needed."""
-        requeued = self.queue.requeue_training()
+        requeued = self.queue.requeue_training(self.shard)
+        if self.shard is not None:  # job.max_steps counts every worker's steps, those of an earlier run too
+            self.control.report_worker.remote(self.rank, {"step": self.step_count})
         log.info("per-user adapters under %s (%d saved); resumed at step %d; %d in-flight turns requeued",
                  self.root, len(self.bank.on_disk()), self.step_count, requeued)
 
@@ -119,7 +127,8 @@ class PersonalLearner:
             self._follow_registry()
             if not ray.get(self.control.paused.remote()):
                 # the gate's decisions are acted on while waiting for turns too ([] = some were: take again)
-                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._follow_registry)
+                batch = take_batch(self.queue, self.s.learner.batch_turns, self._should_stop, self._follow_registry,
+                                   shard=self.shard)
                 if batch != []:
                     return batch
                 continue
@@ -157,10 +166,14 @@ class PersonalLearner:
         last = next(reversed(out.values()))
         if self.shared_trains:
             self.control.report.remote({"adapter_steps": self.step_count, "adapter_train_s": self.train_s})
-        else:
-            step_metrics = {k: v for k, v in last.items() if k != "version"}
-            self.control.report.remote({"step": self.step_count, "version": last["version"], "train_s": self.train_s,
-                                        "train_steps": self.step_count, **step_metrics})
+            return out
+        step_metrics = {k: v for k, v in last.items() if k != "version"}
+        progress = {"step": self.step_count, "version": last["version"], "train_s": self.train_s,
+                    "train_steps": self.step_count, **step_metrics}
+        if self.shard is None:
+            self.control.report.remote(progress)
+        else:  # summed over the workers by the control actor
+            self.control.report_worker.remote(self.rank, progress)
         return out
 
     def follow_shared(self) -> None:
@@ -227,7 +240,7 @@ class PersonalLearner:
         if time.monotonic() - self._rollbacks_checked < ROLLBACK_CHECK_S:
             return
         self._rollbacks_checked = time.monotonic()
-        for adapter, version in ray.get(self.registry.handle.take_user_rollbacks.remote()).items():
+        for adapter, version in ray.get(self.registry.handle.take_user_rollbacks.remote(self.shard)).items():
             published = ray.get(self.registry.handle.latest.remote(adapter))
             if published is None or published.version.version != version:
                 log.warning("rollback of %s to v%d: the registry now serves another version; ignored", adapter, version)
@@ -277,22 +290,27 @@ class PersonalLearner:
             self._deletions_seen = max(self._deletions_seen, when)
 
     def _should_stop(self) -> bool:
-        return stop_due(self.control, self.s, self.step_count, self.started)
+        steps = self.step_count if self.shard is None else ray.get(self.control.steps.remote())  # every worker's
+        return stop_due(self.control, self.s, steps, self.started)
+
+    @property
+    def _state_file(self) -> Path:
+        return self.root / (STATE_FILE if self.shard is None else f".learner-{self.rank}-of-{self.world}.json")
 
     def _load_state(self) -> int:
         try:
-            return int(json.loads((self.root / STATE_FILE).read_text())["step"])
+            return int(json.loads(self._state_file.read_text())["step"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0
 
     def _save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         state = json.dumps({"step": self.step_count})
-        replace_atomically(self.root / STATE_FILE, lambda tmp: tmp.write_text(state))
+        replace_atomically(self._state_file, lambda tmp: tmp.write_text(state))
 
 
 def train_loop_per_user(config: dict) -> None:
-    """Runs on the (single) Ray Train worker in per_user mode; `config["settings"]` is the LearnerSettings."""
+    """Runs on every Ray Train worker in per_user mode; `config["settings"]` is the LearnerSettings."""
     _log_to_stdout()
     learner = PersonalLearner(config["settings"])
     learner.restore()

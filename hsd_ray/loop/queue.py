@@ -61,6 +61,7 @@ from hsd_ray import metrics
 from hsd_ray.core.influence import UserWindow, pick_batch, round_robin
 from hsd_ray.core.turns import Turn
 from hsd_ray.core.version_gate import VersionFeedback
+from hsd_ray.core.weights import in_shard, user_adapter_id
 from hsd_ray.data.turnlog import TRAINED, TurnLog
 
 QUEUE_ACTOR_NAME = "hsd-turn-queue"
@@ -228,26 +229,28 @@ class TurnQueue:
         return len(lease[1])
 
     # ---- learner side -----------------------------------------------------------------------------------------
-    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
+    def take_scored(self, n: int, at_least: int = 1, shard: tuple[int, int] | None = None) -> list[TurnRef] | None:
         """Exactly n scored turns (or none: a step's batch is all-or-nothing), except at the end of a closed source:
         once nothing is pending or leased, the last fewer than n scored turns, then None (drained, nothing will come).
         A final batch needs `at_least` turns (one per learner worker); fewer stay in scored, visible in the counts,
-        and None is returned."""
+        and None is returned. `shard` (per-user adapters on several learner workers): only the turns of the users
+        whose adapters that worker owns (core/weights.in_shard)."""
         self._expire_leases()
         upstream_done = self.closed and not self._pending and not self._leases
-        if upstream_done and len(self._scored) < max(1, at_least):
+        waiting = [t for t in self._scored if shard is None or in_shard(user_adapter_id(t.user_id), shard)]
+        if upstream_done and len(waiting) < max(1, at_least):
             return None
-        if len(self._scored) < n and not upstream_done:
+        if len(waiting) < n and not upstream_done:
             return []
-        users = [t.user_id for t in self._scored]
+        users = [t.user_id for t in waiting]
         picked = (round_robin(users, n) if self.round_robin_users
-                  else pick_batch(users, min(n, len(self._scored)), self.min_users))
+                  else pick_batch(users, min(n, len(waiting)), self.min_users))
         if picked is None:
             return self._too_few_users(upstream_done)
         self._holding = False
-        waiting, chosen = list(self._scored), set(picked)
         batch = [waiting[i] for i in picked]
-        self._scored = deque(t for i, t in enumerate(waiting) if i not in chosen)
+        chosen = {t.turn_id for t in batch}
+        self._scored = deque(t for t in self._scored if t.turn_id not in chosen)
         for t in batch:
             self._training[t.turn_id] = t
         self._gauges()
@@ -294,10 +297,12 @@ class TurnQueue:
         self._gauges()
         return len(lost)
 
-    def requeue_training(self) -> int:
-        """A restarted learner lost its in-flight batch: give those turns back to the front of `scored`."""
-        batch = list(self._training.values())
-        self._training.clear()
+    def requeue_training(self, shard: tuple[int, int] | None = None) -> int:
+        """A restarted learner (worker: `shard`) lost its in-flight batch: give those turns back to the front of
+        `scored`."""
+        batch = [t for t in self._training.values() if shard is None or in_shard(user_adapter_id(t.user_id), shard)]
+        for t in batch:
+            del self._training[t.turn_id]
         self._scored.extendleft(reversed(batch))
         return len(batch)
 

@@ -44,8 +44,8 @@ class QueueClient:
     def release(self, lease: Lease) -> int:
         return ray.get(self.handle.release.remote(lease.lease_id))
 
-    def take_scored(self, n: int, at_least: int = 1) -> list[TurnRef] | None:
-        return ray.get(self.handle.take_scored.remote(n, at_least))
+    def take_scored(self, n: int, at_least: int = 1, shard: tuple[int, int] | None = None) -> list[TurnRef] | None:
+        return ray.get(self.handle.take_scored.remote(n, at_least, shard))
 
     def ack_trained_nowait(self, turn_ids: list[str]) -> None:
         self.handle.ack_trained.remote(turn_ids)
@@ -56,8 +56,8 @@ class QueueClient:
     def drop_lost(self, turn_ids: list[str]) -> int:
         return ray.get(self.handle.drop_lost.remote(turn_ids))
 
-    def requeue_training(self) -> int:
-        return ray.get(self.handle.requeue_training.remote())
+    def requeue_training(self, shard: tuple[int, int] | None = None) -> int:
+        return ray.get(self.handle.requeue_training.remote(shard))
 
     def forget_user(self, user_id: str) -> int:
         return ray.get(self.handle.forget_user.remote(user_id))

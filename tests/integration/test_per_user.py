@@ -210,3 +210,38 @@ def test_a_sound_user_adapter_is_served_once_accepted(ray_session, tiny_model_di
         assert all(torch.equal(saved.tensors[k], served.tensors[k]) for k in served.tensors)
         q = loop.stats()["queue"]
         assert q["trained"] == 4 and q["dropped"]["rejected"] == 0 and _accounting_holds(q), q
+
+
+def test_users_are_split_across_two_learner_workers(ray_session, tiny_model_dir, tmp_path):
+    """learner.num_workers=2 in per_user mode: each worker owns the users whose adapter hashes to it, takes only
+    their turns, and steps only their adapters; every turn is trained once, and job.max_steps counts both workers'
+    adapter steps."""
+    import json
+
+    from openai import OpenAI
+
+    from hsd_ray.core.weights import in_shard
+    from hsd_ray.loop.job import running_loop
+
+    names = [f"user{i}" for i in range(40)]
+    by_rank = {r: [u for u in names if in_shard(user_adapter_id(u), (r, 2))][:2] for r in (0, 1)}
+    users = by_rank[0] + by_rank[1]
+    cfg = _cfg(tmp_path, tiny_model_dir, **{
+        "personalization.mode": "per_user", "personalization.lr": 1e-3, "learner.num_workers": 2,
+        "learner.batch_turns": 2, "job.max_steps": 8, "serve.replicas": 1, "version_gate.enabled": "true",
+        "version_gate.user_adapters": "none",  # every step a served version
+    })
+    with running_loop(cfg, learner=False) as loop:
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        learner = loop.start_learner()
+        for i in range(2):  # 8 turns: per worker 2 users x 2 turns = 2 round-robin batches = 4 adapter steps
+            for user in users:
+                _conversation(client, user, f"Question {i}?", "No, that is wrong. Be brief.")
+        learner.wait(400)
+        assert learner.error is None, learner.error
+        stats = loop.stats()
+        assert {u: loop.registry.latest_version(user_adapter_id(u)) for u in users} == {u: 2 for u in users}
+        assert stats["queue"]["trained"] == 8 and _accounting_holds(stats["queue"]), stats["queue"]
+        assert stats["learner"]["step"] == 8, stats["learner"]  # summed over the two workers
+        adapters = tmp_path / "run" / "adapters"
+        assert [json.loads((adapters / f".learner-{r}-of-2.json").read_text())["step"] for r in (0, 1)] == [4, 4]

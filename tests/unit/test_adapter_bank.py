@@ -302,12 +302,27 @@ def test_new_shared_weights_under_resident_adapters(engine, tmp_path, tiny_model
 @pytest.mark.parametrize("mode", ["per_user", "both"])
 @pytest.mark.parametrize("override, field", [
     ("learner.lora.enabled=true", "learner.lora.enabled"),
-    ("learner.num_workers=2", "learner.num_workers"),
     ("engine.max_lora_rank=4", "personalization.lora.r"),
 ])
 def test_per_user_mode_refuses_what_it_cannot_run(override, field, mode):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         Config.load(overrides=[f"personalization.mode={mode}", "learner.batch_turns=2", "engine.kind=vllm", override])
+
+
+def test_several_learner_workers_split_users_in_per_user_mode_only():
+    """per_user: each worker owns the users whose adapter id hashes to it (in_shard), every user exactly one worker;
+    both: one worker (the shared policy's DDP beside the shards is not built)."""
+    from hsd_ray.core.weights import in_shard
+
+    assert Config.load(overrides=["personalization.mode=per_user", "learner.num_workers=2"]).learner.num_workers == 2
+    with pytest.raises(ConfigError, match=r"learner\.num_workers"):
+        Config.load(overrides=["personalization.mode=both", "learner.num_workers=2"])
+    adapters = [user_adapter_id(f"user{i}") for i in range(200)]
+    for world in (1, 2, 3):
+        owners = [[r for r in range(world) if in_shard(a, (r, world))] for a in adapters]
+        assert all(len(o) == 1 for o in owners)  # exactly one owner each
+        assert {o[0] for o in owners} == set(range(world))  # and every worker owns some
+    assert all(in_shard(a, None) for a in adapters)
 
 
 def test_mode_both_has_users_adapters_and_trains_the_shared_policy():

@@ -97,6 +97,29 @@ def test_queue_holds_a_batch_until_enough_users_and_counts_each_wait_once():
     assert s["steps_held_for_users"] == 2 and s["scored"] == 2 and _exact(s)
 
 
+def test_per_user_workers_take_only_their_own_users_turns():
+    """Per-user adapters on two learner workers: each takes (round robin) and requeues only the turns of the users
+    whose adapters it owns; together they take every turn once."""
+    from hsd_ray.core.weights import in_shard, user_adapter_id
+
+    users = ["ann", "ben", "cat", "dan", "eve", "fay"]
+    owner = {u: 0 if in_shard(user_adapter_id(u), (0, 2)) else 1 for u in users}
+    assert set(owner.values()) == {0, 1}
+    q = TurnQueue(round_robin_users=True)
+    q.put(_refs(users * 2))
+    _scored(q, 12)
+    taken = {0: [], 1: []}
+    for rank in (0, 1, 0, 1):
+        batch = q.take_scored(2, shard=(rank, 2))
+        assert batch and all(owner[t.user_id] == rank for t in batch)
+        taken[rank] += batch
+    assert q.requeue_training((1, 2)) == 4 and q.stats()["training"] == 4  # worker 0's batches stay in flight
+    again = q.take_scored(2, shard=(1, 2))
+    assert [t.turn_id for t in again] == [t.turn_id for t in taken[1][:2]]  # back at the front of scored
+    s = q.stats()
+    assert s["scored"] + s["training"] == 12 and _exact(s)
+
+
 def test_end_of_a_closed_source_drops_what_can_never_make_a_batch():
     q = TurnQueue(min_users_per_step=2, lossless=True)
     q.offer(_refs(["a", "b", "a", "a"]))
