@@ -11,7 +11,8 @@ and every user's served adapter version is evaluated on an in-process vLLM engin
 - compliance with every user's preference, per adapter: the user's OWN preference (the gain), and the others'
   (what one user's adapter learned that another user did not ask for);
 - yes/no correctness beside the yes/no format, and strict capability (greedy, checkable prompts), per adapter;
-- the shared policy itself, at the start and the end: in this mode it must not move at all.
+- the shared policy itself, at the start, the end and whenever a new shared version is served: in per_user mode it
+  must not move at all; with `personalization.mode=both` it is trained too, and adapters sit on its served version.
 
 Reported per user: own gain = final − base compliance, the in-context ceiling gain of that preference on the same
 split (bench/results/learning/ceiling-<model>-<split>.json, online template), distillation efficiency = gain ÷
@@ -96,14 +97,17 @@ class AdapterEvaluator:
         self._base, self._first = None, True
 
     def evaluate(self, loop, final: bool = False) -> dict:
-        """Every user's served adapter version; the shared policy at the first and the `final` evaluation (it does not
-        change in this mode; in between its first result stands in). A user without an adapter yet is answered by
-        the shared policy with the same seeds: its result is the shared policy's, not generated again."""
+        """Every user's served adapter version, on the served shared version. The shared policy is evaluated at the
+        first and the `final` evaluation and whenever a new shared version is served (mode `both`); in per_user mode
+        it never moves and its first result stands in between. A user without an adapter yet is answered by the
+        shared policy with the same seeds: its result is the shared policy's, not generated again."""
         import ray
 
-        if self._base is None or final:
+        moved = self._follow_shared(loop)
+        if self._base is None or final or moved:
             self._base = self._one(None)
-        out = {"base": {**self._base, "evaluated": final or self._first}}
+        out = {"base": {**self._base, "evaluated": final or self._first or moved,
+                        "shared_version": self.engine.version.version}}
         self._first = False
         for user, adapter in self.adapters.items():
             published = loop.registry.latest(adapter)
@@ -112,6 +116,21 @@ class AdapterEvaluator:
                 self.engine.load_weights(ray.get(published.ref))
             out[user] = self._one(adapter) if adapter in self.engine.user_adapters else out["base"]
         return out
+
+    def _follow_shared(self, loop) -> bool:
+        """Load the served shared version when it is not the one the engine holds (under the resident adapters, as
+        the replicas do); True when it changed. A new run on an engine an earlier seed moved starts from the base."""
+        import ray
+
+        served = loop.registry.latest()
+        held = self.engine.version.version
+        if served is not None and served.version.version != held:
+            self.engine.load_weights(ray.get(served.ref))
+            return True
+        if served is None and held != 0:
+            self.engine.load_weights(_base_weights(self.args.model))
+            return True
+        return False
 
     def _one(self, adapter: str | None) -> dict:
         from hsd_ray.core.weights import BASE_ADAPTER
@@ -137,6 +156,16 @@ class AdapterEvaluator:
                                 adapter_id=adapter)
         return [{"text": g.text, "finish_reason": g.finish_reason, "fingerprint": g.version.fingerprint()}
                 for g in self.engine.generate(ids, params)]
+
+
+def _base_weights(model: str):
+    """The model's own weights as shared version 0."""
+    from transformers import AutoModelForCausalLM
+
+    from hsd_ray.core.policy import export_weights
+    from hsd_ray.models import resolve_model
+
+    return export_weights(AutoModelForCausalLM.from_pretrained(resolve_model(model)), 0, 0)
 
 
 def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dict:
@@ -217,7 +246,11 @@ def summarize(result: dict) -> list[dict]:
                 "capability_base": first["base"]["capability"]["accuracy"],
                 "capability_final": last[user]["capability"]["accuracy"],
                 "yes_no_correct_final": last[user].get("yes_no", {}).get("correct"),
+                # per_user: must be True; mode both: the shared policy is trained too, its final version is here
                 "shared_policy_unchanged": first["base"]["replies"] == last["base"]["replies"],
+                "shared_version_final": last["base"].get("shared_version", 0),
+                "shared_own_final": last["base"]["compliance"][user],
+                "capability_shared_final": last["base"]["capability"]["accuracy"],
             })
     return rows
 
@@ -340,7 +373,8 @@ def main(argv=None) -> int:
         print(f"seed {row['seed']} {row['user']:>12}: own {100 * row['base']:.0f}% -> {100 * row['final']:.0f}% "
               f"(gain {100 * row['gain']:+.1f}, noise ±{100 * row['noise_floor']:.1f}, ceiling gain {ceil}, "
               f"efficiency {eff}) | capability {100 * row['capability_base']:.0f}% -> "
-              f"{100 * row['capability_final']:.0f}% | shared policy unchanged: {row['shared_policy_unchanged']}")
+              f"{100 * row['capability_final']:.0f}% | shared policy v{row['shared_version_final']}: own "
+              f"{100 * row['shared_own_final']:.0f}%, capability {100 * row['capability_shared_final']:.0f}%")
     print(f"\nresults: {json_path}  curves: {png_path}")
     return 0
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hsd_ray.core.policy import cpu_copy, lora_config_dict, peft_lora_config
-from hsd_ray.core.weights import PolicyVersion, WeightSet
+from hsd_ray.core.weights import PolicyVersion, WeightSet, validate_tensors
 
 if TYPE_CHECKING:
     from hsd_ray.config import LoraConfig, LossConfig
@@ -100,12 +100,7 @@ class AdapterBank:
         from hsd_ray.core.policy import base_weights
 
         params = base_weights(self.model)
-        unknown = sorted(set(tensors) - set(params))
-        if unknown:
-            raise ValueError(f"not weights of the shared policy: {unknown[:3]}")
-        for name, t in tensors.items():
-            if t.shape != params[name].shape:
-                raise ValueError(f"{name}: shape {tuple(t.shape)}, the shared policy has {tuple(params[name].shape)}")
+        validate_tensors(tensors, params, require_all=False)
         for name, t in tensors.items():
             params[name].copy_(t)
 

@@ -59,3 +59,19 @@ class WeightSet:
 
 class WeightLoadError(RuntimeError):
     """A weight set could not be applied (wrong names/shapes/dtype); the engine still serves its previous version."""
+
+
+def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
+    """Names, shapes and finiteness checked before anything is copied."""
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise WeightLoadError(f"weight set has unknown tensors, e.g. {unknown[:3]}")
+    if require_all:
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
+        if t.is_floating_point() and not t.isfinite().all():
+            raise WeightLoadError(f"{name}: contains NaN or inf")

@@ -91,22 +91,6 @@ def chunk_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
     return groups
 
 
-def validate_tensors(tensors: dict, expected: dict, require_all: bool) -> None:
-    """Names, shapes and finiteness checked before anything is copied."""
-    unknown = sorted(set(tensors) - set(expected))
-    if unknown:
-        raise WeightLoadError(f"weight set has unknown tensors, e.g. {unknown[:3]}")
-    if require_all:
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise WeightLoadError(f"weight set is missing tensors, e.g. {missing[:3]}")
-    for name, t in tensors.items():
-        if tuple(t.shape) != tuple(expected[name].shape):
-            raise WeightLoadError(f"{name}: shape {tuple(t.shape)} != expected {tuple(expected[name].shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise WeightLoadError(f"{name}: contains NaN or inf")
-
-
 def check_tied(tensors: dict, aliases: dict[str, str]) -> None:
     """A set that sends a tied alias (lm_head) must give it the values of the tensor it is tied to."""
     for alias, source in aliases.items():

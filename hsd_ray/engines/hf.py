@@ -17,8 +17,8 @@ import torch
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
 from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, ScoreRequest, TokenScores
 from hsd_ray.core.policy import base_weights, tied_aliases
-from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet
-from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text, validate_tensors
+from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet, validate_tensors
+from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text
 from hsd_ray.models import load_model_and_tokenizer
 
 

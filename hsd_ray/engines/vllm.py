@@ -80,8 +80,8 @@ from hsd_ray.core.engine_api import (  # noqa: E402
     TokenScores,
 )
 from hsd_ray.core.policy import tied_aliases  # noqa: E402
-from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet  # noqa: E402
-from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text, validate_tensors  # noqa: E402
+from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet, validate_tensors  # noqa: E402
+from hsd_ray.engines.base import VersionedWeights, check_tied, trim_to_text  # noqa: E402
 from hsd_ray.engines.vllm_adapters import (  # noqa: E402
     Shape,
     UserLoras,

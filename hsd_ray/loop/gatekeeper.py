@@ -109,6 +109,7 @@ class Gatekeeper:
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
         self.engine_shared: int | None = 0  # the shared version whose weights the engine holds (None: a candidate's)
         self.zero_lora: WeightSet | None = None  # set once a user adapter used the LoRA slot: what empties it
+        self.slot_holds_user = False  # the LoRA slot holds a user's adapter, not zeros (loading shared weights keeps it)
         self.decisions: list[dict] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -144,7 +145,7 @@ class Gatekeeper:
             weights = ray.get(published.ref)
             prompts = self._user_prompts(published) if user else []
             t0 = time.perf_counter()
-            base_texts = self.base_replies_to(prompts, weights)
+            base_texts = self.base_replies_to(prompts)
             base_s = time.perf_counter() - t0
             self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
@@ -209,7 +210,8 @@ class Gatekeeper:
         actor only): per-user adapters train on the served shared policy, which this engine holds (_serve_shared), so
         shared + that LoRA is exactly what the user is served."""
         if is_user_adapter(weights.version.adapter_id):
-            self._zero_like(weights)  # from now on a shared candidate needs the slot emptied
+            self._zero_like(weights)  # what empties the slot again
+            self.slot_holds_user = True  # before the load: a load that fails half-way leaves the slot unknown
             weights = replace(weights, version=replace(weights.version, adapter_id=self.settings.adapter_id))
         self.engine.load_weights(weights)
 
@@ -223,9 +225,11 @@ class Gatekeeper:
         return self.zero_lora
 
     def _empty_lora_slot(self) -> None:
-        """Before a shared candidate (mode both): no user's adapter may stay under it."""
-        if self.zero_lora is not None:
+        """Before a shared candidate (mode both) or the shared policy's replies: no user's adapter may stay in the
+        slot. Loaded only when one is there (a slot never used, or emptied since, answers as the shared policy)."""
+        if self.slot_holds_user:
             self.engine.load_weights(self.zero_lora)
+            self.slot_holds_user = False
 
     def _serve_shared(self) -> None:
         """Before a user's candidate: the engine holds the shared version its user is served (mode both moves it;
@@ -262,12 +266,12 @@ class Gatekeeper:
         self._load(ray.get(published.ref))
         return self._remember(adapter, self._reference(published.version.version))
 
-    def base_replies_to(self, prompts: list[list[int]], like: WeightSet) -> list[str]:
+    def base_replies_to(self, prompts: list[list[int]]) -> list[str]:
         """The shared policy's greedy replies to `prompts` (the base model's, but in mode both): cached, else
-        generated with an all-zero copy of the user adapter `like` in the LoRA slot (no second engine)."""
+        generated with the LoRA slot emptied (an all-zero adapter; no second engine)."""
         missing = list({tuple(p): p for p in prompts if tuple(p) not in self.base_replies}.values())
         if missing:
-            self.engine.load_weights(self._zero_like(like))
+            self._empty_lora_slot()
             for p, r in zip(missing, self._greedy(missing, self.settings.gate.probe_max_tokens)):
                 self.base_replies[tuple(p)] = r.text
         for p in prompts:

@@ -52,7 +52,7 @@ def test_user_prompts_are_judged_against_the_base_models_own_replies(gatekeeper,
     gk = gatekeeper
     prompts = [render_prompt(gk.engine.tokenizer, c) for c in CONVERSATIONS]
     candidate = _user_candidate(tiny_model_dir)
-    base_texts = gk.base_replies_to(prompts, candidate)
+    base_texts = gk.base_replies_to(prompts)
 
     plain = HFEngine(str(tiny_model_dir))  # the base model alone, no adapter machinery
     greedy = SamplingParams(max_tokens=12, temperature=0.0, seed=0)
@@ -61,9 +61,15 @@ def test_user_prompts_are_judged_against_the_base_models_own_replies(gatekeeper,
     loads, load = [], gk.engine.load_weights
     gk.engine.load_weights = lambda w: (loads.append(w.version.version), load(w))[1]
     try:
-        assert gk.base_replies_to(prompts[1:], candidate) == base_texts[1:] and loads == []  # cached: no zero load
-        gk.base_replies_to([*prompts, prompts[0][:-1]], candidate)
-        assert loads == [0]  # one new prompt: the zero adapter loaded once for it
+        assert gk.base_replies_to(prompts[1:]) == base_texts[1:] and loads == []  # cached
+        gk.base_replies_to([*prompts, prompts[0][:-1]])
+        assert loads == []  # a new prompt, but no user's adapter was ever in the slot: nothing to empty
+        gk._load(candidate)
+        new = prompts[1][:-1]
+        assert gk.base_replies_to([new]) == [g.text for g in plain.generate([new], greedy)]  # the slot was emptied
+        assert loads == [3, 0]  # the candidate, then the all-zero adapter once for the new prompt
+        gk.base_replies_to([new, prompts[2][:-1]])
+        assert loads == [3, 0]  # the slot holds zeros already: the next new prompt loads nothing
         gk._load(candidate)
         numbers, _ = gk.evaluate(gk.base, prompts, base_texts)
     finally:

@@ -111,5 +111,27 @@ def test_personal_benchmark_trains_one_adapter_per_user(ray_session, tiny_model_
     assert run["evals"][0]["targets"]["all_lowercase"]["fingerprint"] == "hsd-base-v0"  # before any training
     rows = {r["user"]: r for r in result["summary"]}
     assert set(rows) == {"all_lowercase", "use_emojis"} and all(r["shared_policy_unchanged"] for r in rows.values())
-    assert "shared policy unchanged: True" in printed
+    assert "shared policy v0: own" in printed
     assert (tmp_path / "personal-smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_personal_benchmark_in_mode_both_evaluates_the_served_shared_version(ray_session, tiny_model_dir, tmp_path,
+                                                                              capsys):
+    """personalization.mode=both trains the shared policy too: the benchmark evaluates every adapter on the shared
+    version that is served, and the shared policy itself at that version, not at the base."""
+    from bench.learning.personal import main
+
+    rc = main(["--model", "tiny-random", "--users", "all_lowercase,use_emojis", "--interactions", "4",
+               "--eval-every", "4", "--heldout", "2", "--heldout-yes-no", "2", "--capability", "3", "--samples", "2",
+               "--max-tokens", "8", "--out", str(tmp_path), "--name", "both", "--lr", "1e-2",
+               "personalization.mode=both", "learner.lr=1e-2", "version_gate.max_loop_increase=1.0",
+               "version_gate.max_user_loop_increase=1.0", "broadcast.poll_seconds=0.2", "teacher.idle_sleep_s=0.05"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed[-3000:]
+    (run,) = json.loads((tmp_path / "personal-both.json").read_text())["runs"]
+    first, last = run["evals"][0]["targets"], run["evals"][-1]["targets"]
+    assert first["base"]["fingerprint"] == "hsd-base-v0" and first["base"]["shared_version"] == 0
+    served = last["base"]["shared_version"]
+    assert served >= 1 and last["base"]["fingerprint"] == f"hsd-base-v{served}" and last["base"]["evaluated"]
+    rows = json.loads((tmp_path / "personal-both.json").read_text())["summary"]
+    assert {r["shared_version_final"] for r in rows} == {served} and f"shared policy v{served}" in printed
