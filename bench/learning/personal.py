@@ -159,13 +159,11 @@ class AdapterEvaluator:
 
 
 def _base_weights(model: str):
-    """The model's own weights as shared version 0."""
-    from transformers import AutoModelForCausalLM
-
+    """The model's own weights as shared version 0, read with the project's loader, as the gatekeeper reads them."""
     from hsd_ray.core.policy import export_weights
-    from hsd_ray.models import resolve_model
+    from hsd_ray.models import load_model_and_tokenizer, resolve_model
 
-    return export_weights(AutoModelForCausalLM.from_pretrained(resolve_model(model)), 0, 0)
+    return export_weights(load_model_and_tokenizer(resolve_model(model))[0], 0, 0)
 
 
 def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dict:

@@ -128,10 +128,10 @@ def test_personal_benchmark_in_mode_both_evaluates_the_served_shared_version(ray
                "version_gate.max_user_loop_increase=1.0", "broadcast.poll_seconds=0.2", "teacher.idle_sleep_s=0.05"])
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
-    (run,) = json.loads((tmp_path / "personal-both.json").read_text())["runs"]
+    result = json.loads((tmp_path / "personal-both.json").read_text())
+    (run,) = result["runs"]
     first, last = run["evals"][0]["targets"], run["evals"][-1]["targets"]
     assert first["base"]["fingerprint"] == "hsd-base-v0" and first["base"]["shared_version"] == 0
     served = last["base"]["shared_version"]
     assert served >= 1 and last["base"]["fingerprint"] == f"hsd-base-v{served}" and last["base"]["evaluated"]
-    rows = json.loads((tmp_path / "personal-both.json").read_text())["summary"]
-    assert {r["shared_version_final"] for r in rows} == {served} and f"shared policy v{served}" in printed
+    assert {r["shared_version_final"] for r in result["summary"]} == {served} and f"shared policy v{served}" in printed
