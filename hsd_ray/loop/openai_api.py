@@ -11,6 +11,8 @@ What is accepted (a field that is not one of OpenAI's request fields gets a 400,
   `seed`, `stop` (a string or up to `max_stop_sequences` strings), `stream` + `stream_options.include_usage`, `user`,
   `logprobs` + `top_logprobs` (0-20), `presence_penalty` / `frequency_penalty` (-2 to 2, on the generated tokens, as
   vLLM), `store`, and `n` (choices; at most `ServeConfig.max_n`).
+- Defaults where a field is absent: `ServeConfig.temperature` (0.7) and `ServeConfig.top_p` (0.9), not OpenAI's 1
+  and 1, and `ServeConfig.max_tokens`.
 - `model` is accepted whatever it says: the service serves one policy and reports `ServeConfig.model_name`.
 - Ignored, as they do not change the reply: metadata, parallel_tool_calls, prediction, prompt_cache_key,
   safety_identifier, service_tier.

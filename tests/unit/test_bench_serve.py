@@ -24,7 +24,7 @@ class _Client:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=self._create))
 
     def _create(self, **kw):
-        assert kw["stream"] and kw["stream_options"] == {"include_usage": True}
+        self.sent = kw
         import time
 
         for delay, chunk in self.steps:
@@ -35,8 +35,14 @@ class _Client:
 def test_streamed_request_times_first_token_and_mean_gap_per_token():
     steps = [(0.0, _chunk("")), (0.05, _chunk("Hel")), (0.02, _chunk("lo")), (0.02, _chunk(" you")),
              (0.0, _chunk(None, usage=SimpleNamespace(completion_tokens=5)))]
-    r = bench_serve._streamed(_Client(steps), [{"role": "user", "content": "hi"}], 8, "u")
+    client = _Client(steps)
+    args = SimpleNamespace(max_tokens=8, top_p=0.9)
+    r = bench_serve._streamed(client, [{"role": "user", "content": "hi"}], args, "u")
     assert r["text"] == "Hello you" and r["tokens"] == 5
+    # every sampling setting is sent, none left to a server's own default (they differ: top_p 0.9 here, 1.0 in vLLM)
+    sent = client.sent
+    assert (sent["max_tokens"], sent["temperature"], sent["top_p"]) == (8, 0.7, 0.9)
+    assert sent["stream"] and sent["stream_options"] == {"include_usage": True}
     assert 0.04 <= r["ttft_s"] < 0.5  # the empty role chunk does not count as the first token
     assert r["itl_s"] == pytest.approx(0.04 / 4, abs=0.01)  # (last - first content) / (tokens - 1)
 
