@@ -14,9 +14,9 @@ to back — a question, then a follow-up that continues the streamed reply — u
 ((last - first content chunk) / (tokens - 1); chunking differs between servers, so per-chunk gaps would not compare)
 and completion tokens. Each (server, C) is measured in `--rounds` rounds, the server order alternating (A B C D,
 D C B A, ...), after a warm-up.
-top_p is always sent: a request without it gets each server's own default (0.9 here, `serve.top_p`; 1.0 in vLLM's
-server), and on CPU nucleus sampling alone costs ~25% of the tokens/s at 16 streams (vLLM sorts the whole vocabulary
-per row), so the servers would not be doing the same work.
+top_p is always sent (by default `serve.top_p`): a request without it gets each server's own default (0.9 here, 1.0
+in vLLM's server), and on CPU nucleus sampling alone costs ~25% of the tokens/s at 16 streams (vLLM sorts the whole
+vocabulary per row), so the servers would not be doing the same work.
 
 Reported per server and C: requests/s, output tokens/s, TTFT p50/p99, ITL p50/p99; and the issue's ratios —
 capture / vllm for throughput and TTFT p50, capture / nocapture. Results: bench/results/bench_serve-<model>.json.
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-requests", type=int, default=8, help="requests per round at least (2 per conversation)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--top-p", type=float, default=0.9,
+    p.add_argument("--top-p", type=float, default=None,
                    help="sent with every request to every server (default: this project's serve.top_p)")
     p.add_argument("--ingress", choices=("proxy", "haproxy"), default="proxy",
                    help="Serve's HTTP ingress: its Python proxy (default), or HAProxy in front of the replicas' own "
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.load(overrides=[f"model={args.model}", "engine.kind=vllm", "engine.vllm_async=true",
                                  f"serve.max_tokens={args.max_tokens}", f"serve.port={free_port()}",
                                  "serve.cpus_per_replica=0", "capture.enabled=true", *args.overrides])
+    if args.top_p is None:
+        args.top_p = cfg.serve.top_p
     variants = {"capture": {}, "nocapture": {"capture": {"enabled": False}},
                 "offline": {"engine": {"vllm_async": False}}}
     out: dict = {"config": vars(args), "env": {"python": platform.python_version(), "cpus": os.cpu_count(),
