@@ -103,6 +103,32 @@ def uses_bold(reply: str) -> bool:
     return not _blank(reply) and any(not _blank(m.group(1) or m.group(2)) for m in _BOLD_RE.finditer(reply))
 
 
+_LEAD_RE = re.compile(r"^[\s*_>#`\"'(\[]*")  # markdown emphasis, quote marks, a heading mark before the first word
+_TLDR_RE = re.compile(r"tl\s*;?\s*dr\b", re.IGNORECASE)
+USER_NAME = "Sam"
+_NAME_RE = re.compile(rf"(?<![\w-]){USER_NAME}(?![\w-])")
+_HEADING_RE = re.compile(r"^#{1,6}[ \t]+\S")
+
+
+def starts_with_tldr(reply: str) -> bool:
+    """The first words are a "TL;DR" label ("TL;DR:", "**TLDR** -", "tl;dr") followed by content."""
+    lead = _LEAD_RE.sub("", reply, count=1)
+    m = _TLDR_RE.match(lead)
+    return m is not None and not _blank(lead[m.end():])
+
+
+def uses_name(reply: str) -> bool:
+    """The reply addresses the user by their name (USER_NAME, capitalised, as a word of its own: not "Samuel")."""
+    return _NAME_RE.search(reply) is not None and not _blank(_NAME_RE.sub("", reply))
+
+
+def starts_with_heading(reply: str) -> bool:
+    """The reply opens with a markdown heading line ("# Title" .. "###### Title") and has content after it."""
+    stripped = reply.lstrip()
+    first, _, rest = stripped.partition("\n")
+    return _HEADING_RE.match(first) is not None and not _blank(rest)
+
+
 def ends_with_question(reply: str) -> bool:
     """The reply's last sentence is a question: it ends with "?" (closing quotes, emphasis or brackets allowed)."""
     return not _blank(reply) and reply.rstrip().rstrip("\"'*_)]»”’ ").endswith("?")
@@ -271,6 +297,50 @@ CANDIDATE_PREFERENCES: dict[str, Preference] = {
         ),
     )
 }
+
+# Candidates of 2026-12-03: preferences that only ask to copy something the complaint names to a fixed place
+# (the start of the reply) or anywhere — what a 135M model does most readily in context — and none about length.
+CANDIDATE_PREFERENCES.update({
+    p.name: p
+    for p in (
+        Preference(
+            "tldr_first",
+            "the reply opens with a one-line 'TL;DR:' summary",
+            starts_with_tldr,
+            (
+                "Start with a TL;DR please, I only read the first line.",
+                "Give me a TL;DR at the top next time.",
+                "Where's the TL;DR? Put a one-line summary first, labelled TL;DR.",
+                "Please begin every answer with 'TL;DR:' and the gist in one line.",
+                "I skim. Open with a TL;DR line, then the details.",
+            ),
+        ),
+        Preference(
+            "use_name",
+            f"the reply addresses the user by their name, {USER_NAME}",
+            uses_name,
+            (
+                f"You can call me {USER_NAME}, by the way. Please use my name.",
+                f"My name is {USER_NAME}. I like it when you address me by name.",
+                f"It's {USER_NAME} here! Say my name when you answer, it feels more personal.",
+                f"Please address me as {USER_NAME} in your replies.",
+                f"Hey, I'm {USER_NAME}. Talk to me like you know me, use my name.",
+            ),
+        ),
+        Preference(
+            "heading_first",
+            "the reply opens with a markdown heading ('# Title')",
+            starts_with_heading,
+            (
+                "Give your answer a title, as a markdown heading with # in front.",
+                "Please start with a heading line like '# Topic', then the text.",
+                "I organise my notes in markdown. Open every answer with a # heading.",
+                "Can you put a title on top? A markdown '#' heading, please.",
+                "Headings help me file things. Begin with '# ' and a short title.",
+            ),
+        ),
+    )
+})
 
 ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only",
            "bullets": "no_bullets"}

@@ -228,6 +228,9 @@ FORM_WORD_RX = _rx(
     r"\b(a|as a|in a|into a|as|in) tables?\b|\btables? (format|instead)\b",
     r"\b(lower ?case|upper ?case|capital letters?|capitals|capitali[sz]\w*|all caps|caps)\b",
     r"\b(emojis?|emoji|emoticons?|smileys?)\b",
+    # how replies address the user ("use my name", "address me by name"); telling a name alone ("call me Priya") is not
+    r"\b(use|say|using|saying|mention|include)( my)? (first )?name\b|\b(address|call|refer to) me (by|with)\b|"
+    r"\bby (my )?(first )?name\b",
     r"\b(formal|informal|casual|relaxed|friendly|polite|stiff|tone|jargon|slang|professional|dry|playful|funny|jokes?|"
     r"cheerful|serious|enthusiastic|exclamation (marks?|points?)|sarcas\w*|condescending|patroni[sz]\w*|hedg\w*|rhym\w*|"
     r"free verse)\b",

@@ -71,6 +71,9 @@ def test_rule_gate_feedback(followup, kind):
 @pytest.mark.parametrize("followup, reason", [
     ("from now on, keep your answers under 30 words", "rule:form_preference"),
     ("Could you always reply in British English?", "rule:form_preference"),
+    # how replies address the user is about the form of replies; only telling a name is not (below)
+    ("I'd rather you use my first name when you reply", "rule:form_preference"),
+    ("please call me by my name, it's Ana", "rule:form_preference"),
     ("drop the intro next time", "rule:complaint"),
 ])
 def test_rule_gate_reason_names_the_rule(followup, reason):
@@ -89,6 +92,8 @@ def test_rule_gate_reason_names_the_rule(followup, reason):
     ("more", "build_on"),
     # a bare "from now on" / "next time" / "I prefer" with no form word, or a new task carrying its own form constraint
     ("from now on call me Sam", None),
+    ("My name is Tom, I like hiking", None),
+    ("What's the name of that river? I'd like to know", None),
     ("I prefer trains to planes", None),
     ("write a limerick about cheese, in lowercase please", "build_on"),
     # an explicit topic-change opener beats a correction/complaint cue after it

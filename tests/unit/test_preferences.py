@@ -188,3 +188,32 @@ def test_preference_registry_and_parse():
     assert {p.prompt_kind for n, p in P.PREFERENCES.items() if n != "yes_no_only"} == {"open"}
     with pytest.raises(ValueError):
         P.get_preference("no_such_preference")
+
+
+def test_starts_with_tldr():
+    assert P.starts_with_tldr("TL;DR: Paris.\n\nParis is the capital of France.")
+    assert P.starts_with_tldr("**TL;DR**: Paris")
+    assert P.starts_with_tldr("tldr - Paris")
+    assert P.starts_with_tldr("  > TL; DR: it is Paris")
+    assert not P.starts_with_tldr("TL;DR:")  # a label with nothing after it
+    assert not P.starts_with_tldr("Paris. TL;DR: Paris")  # not first
+    assert not P.starts_with_tldr("TLDRs are nice")  # a word that starts with the letters
+    assert not P.starts_with_tldr("")
+
+
+def test_uses_name():
+    assert P.uses_name(f"Sure, {P.USER_NAME}! Paris.")
+    assert P.uses_name(f"Paris is the capital, {P.USER_NAME}.")
+    assert not P.uses_name("Samuel wrote that Paris is the capital.")  # another name that starts the same
+    assert not P.uses_name("sam")  # lower case: not addressed by name
+    assert not P.uses_name(P.USER_NAME)  # the name alone is no answer
+    assert not P.uses_name("Paris is the capital of France.")
+
+
+def test_starts_with_heading():
+    assert P.starts_with_heading("# Paris\nThe capital of France.")
+    assert P.starts_with_heading("\n## The capital\nParis.")
+    assert not P.starts_with_heading("#Paris\nThe capital")  # no space: a hashtag, not a heading
+    assert not P.starts_with_heading("# Paris")  # a title and nothing under it
+    assert not P.starts_with_heading("Paris\n# The capital\nof France")  # not first
+    assert not P.starts_with_heading("####### Seven\ntext")
