@@ -254,7 +254,8 @@ PREFERENCES: dict[str, Preference] = {
 }
 
 # Candidates: defined and verifiable, but not in the measured matrix of every run until an in-context ceiling shows
-# that the model can follow them (`python -m bench.learning.ceiling --preferences use_list,use_bold,ask_back`).
+# that the model can follow them (`python -m bench.learning.ceiling --preferences use_list,use_bold,ask_back
+# --name candidates`).
 CANDIDATE_PREFERENCES: dict[str, Preference] = {
     p.name: p
     for p in (
@@ -295,14 +296,8 @@ CANDIDATE_PREFERENCES: dict[str, Preference] = {
                 "Finish with a question, please, so the conversation keeps going.",
             ),
         ),
-    )
-}
-
-# Candidates of 2026-12-03: preferences that only ask to copy something the complaint names to a fixed place
-# (the start of the reply) or anywhere — what a 135M model does most readily in context — and none about length.
-CANDIDATE_PREFERENCES.update({
-    p.name: p
-    for p in (
+        # Added 2026-12-03: copy something the complaint names to the start of the reply or anywhere in it — what a
+        # 135M model does most readily in context — and none about length (`--name candidates2` on dev).
         Preference(
             "tldr_first",
             "the reply opens with a one-line 'TL;DR:' summary",
@@ -340,7 +335,7 @@ CANDIDATE_PREFERENCES.update({
             ),
         ),
     )
-})
+}
 
 ALIASES = {"lowercase": "all_lowercase", "emojis": "no_emojis", "emoji_lover": "use_emojis", "yes_no": "yes_no_only",
            "bullets": "no_bullets"}
