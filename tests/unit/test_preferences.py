@@ -75,6 +75,21 @@ def test_drift_ignores_the_opposite_preference():
     assert s["max_off_target_pref"] == "no_emojis" and not s["meets_bar"]
 
 
+def test_bar_bounds_are_not_missed_by_float_error():
+    """3 of 80 -> 19 of 80 is exactly +20 points, though 0.2375 - 0.0375 < 0.2 in floating point."""
+    from bench.learning.report import BAR_ON_TARGET, summarize_run
+
+    def ev(rate):
+        return {"compliance": {"max_words": rate}, "capability": {"accuracy": 0.5}, "perplexity": 10.0,
+                "interactions": 0}
+
+    run = {"variant": "default", "preference": "max_words", "control": False, "opposes": None, "seed": 0,
+           "evals": [ev(3 / 80), ev(19 / 80)], "timings": {"total_s": 60.0}}
+    s = summarize_run(run)
+    assert s["on_target_delta"] < BAR_ON_TARGET and s["meets_bar"]
+    assert not summarize_run({**run, "evals": [ev(3 / 80), ev(18 / 80)]})["meets_bar"]
+
+
 def test_all_lowercase():
     assert P.all_lowercase("hello there, this is all lowercase. 42 is fine! ok?")
     assert P.all_lowercase("ünïcödé lowercase, 日本語 has no case")
