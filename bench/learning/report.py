@@ -30,6 +30,14 @@ BAR_SERVED_DROP, BAR_GAIN_KEPT = 0.03, 0.80
 # Rates are counts over a fixed sample size, and their differences carry float error (0.2375 - 0.0375 is
 # 0.19999999999999998): bounds are compared with this much slack, far below one sample (1/80).
 BAR_EPS = 1e-9
+
+
+def _at_least(value: float, bound: float) -> bool:
+    return value >= bound - BAR_EPS
+
+
+def _at_most(value: float, bound: float) -> bool:
+    return value <= bound + BAR_EPS
 MIN_CEILING_GAIN = 0.02
 
 
@@ -76,12 +84,11 @@ def summarize_run(run: dict) -> dict:
     for k in ("format", "correct", "said_yes"):
         if "yes_no" in evals[0] and "yes_no" in evals[-1]:
             s[f"yes_no_{k}_before"], s[f"yes_no_{k}_after"] = evals[0]["yes_no"][k], evals[-1]["yes_no"][k]
-    kept = (abs(s["max_off_target_drift"]) <= BAR_DRIFT + BAR_EPS
-            and s["capability_delta"] >= -BAR_CAPABILITY - BAR_EPS)
+    kept = _at_most(abs(s["max_off_target_drift"]), BAR_DRIFT) and _at_least(s["capability_delta"], -BAR_CAPABILITY)
     if population == "control":  # a control must be flat, on its matched preference too
-        s["meets_bar"] = kept and abs(s["on_target_delta"] or 0.0) <= BAR_DRIFT + BAR_EPS
+        s["meets_bar"] = kept and _at_most(abs(s["on_target_delta"] or 0.0), BAR_DRIFT)
     else:
-        s["meets_bar"] = kept and (s["on_target_delta"] or 0.0) >= BAR_ON_TARGET - BAR_EPS
+        s["meets_bar"] = kept and _at_least(s["on_target_delta"] or 0.0, BAR_ON_TARGET)
     return s
 
 
@@ -150,8 +157,8 @@ def version_gate_comparison(rows: list[dict]) -> list[dict]:
                     "lowest_capability_off": r_off["capability_min_delta"]["min"],
                     "rejected_on": r_on["versions_rejected"]["mean"] * len(r_on["seeds"]),
                     "published_on": r_on["versions_published"]["mean"] * len(r_on["seeds"]),
-                    "meets_bar": lowest_on >= -BAR_SERVED_DROP - BAR_EPS
-                    and (control or (kept or 0.0) >= BAR_GAIN_KEPT - BAR_EPS)})
+                    "meets_bar": _at_least(lowest_on, -BAR_SERVED_DROP)
+                    and (control or _at_least(kept or 0.0, BAR_GAIN_KEPT))})
     return out
 
 
