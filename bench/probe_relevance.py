@@ -28,13 +28,6 @@ from pathlib import Path
 from bench.learning.quality import RelevanceScorer, mismatched, truncate_words
 
 
-def _reader_on(engine) -> RelevanceScorer:
-    """A PMI scorer that reads with `engine` as it is loaded now (a fresh prior cache: the weights changed)."""
-    scorer = object.__new__(RelevanceScorer)
-    scorer.engine, scorer._prior = engine, {}
-    return scorer
-
-
 def measure(name: str, gate, replies: list[str], base_replies: list[str], probes: list[str],
             base_reader: RelevanceScorer) -> dict:
     """One weight set's numbers from its greedy probe replies (the gate's engine holds that weight set)."""
@@ -42,13 +35,13 @@ def measure(name: str, gate, replies: list[str], base_replies: list[str], probes
 
     cut = [truncate_words(b, len(r.split())) for r, b in zip(replies, base_replies)]
     own_pairs, cut_pairs = list(zip(replies, probes)), list(zip(cut, probes))
-    self_reader = _reader_on(gate.engine)
+    self_reader = RelevanceScorer(engine=gate.engine)  # a fresh prior cache: new weights
     n = len(replies)
     own, base_cut = base_reader.pmi(own_pairs), base_reader.pmi(cut_pairs)
     own_self, cut_self = self_reader.pmi(own_pairs), self_reader.pmi(cut_pairs)
     other = mismatched(probes)
-    kept = [(r, q) for r, q in zip(replies, probes) if q in other]
-    on_topic = [a > b for a, b in zip(base_reader.pmi(kept), base_reader.pmi([(r, other[q]) for r, q in kept]))]
+    kept = [i for i, q in enumerate(probes) if q in other]  # probes with a question of another topic
+    on_topic = [own[i] > b for i, b in zip(kept, base_reader.pmi([(replies[i], other[probes[i]]) for i in kept]))]
     row = {"name": name, "pmi": sum(own) / n, "pmi_base_cut": sum(base_cut) / n,
            "relevance_change": (sum(own) - sum(base_cut)) / n,
            "relevance_change_self_read": (sum(own_self) - sum(cut_self)) / n,
