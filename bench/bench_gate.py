@@ -6,7 +6,8 @@
     (HFEngine's left-padded greedy batches). Ratio of the two times, and how many replies are token-identical.
 (b) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
     measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
-    stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths).
+    stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths),
+    and the share of it the relevance check takes (timed once more on its own).
 (c) One learner optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the same
     function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
     per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
@@ -67,8 +68,10 @@ def gatekeeper_cost(model_dir: str, cfg) -> dict:
     state = {k: v.detach() + 1e-4 * torch.randn_like(v)
              for k, v in gate.engine.model.named_parameters()}  # a tied lm_head: once, as the learner sends it
     gate.engine.load_weights(WeightSet(kind="full", tensors=state, version=PolicyVersion(version=1)))
-    (numbers, _), eval_s = _timed(gate.evaluate)
+    (numbers, replies), eval_s = _timed(gate.evaluate)
+    _, relevance_s = _timed(lambda: gate._relevance([r.text for r in replies]))  # already inside evaluate: its share
     return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
+            "relevance_check_s": round(relevance_s, 2), "relevance_share": round(relevance_s / eval_s, 3),
             "candidate": numbers.to_dict()}
 
 

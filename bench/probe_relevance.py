@@ -8,7 +8,9 @@ engine, no Ray) generates its greedy replies to the shipped probe prompts (hsd_r
 bench.learning.quality's scorer reads them back: PMI(question; reply) under the base model, against the base
 model's reply to the same probe cut to the same number of words (shorter replies carry less about their question),
 and the same read by the candidate itself (what a gatekeeper holding only the candidate could compute). Also the
-share of probe replies that loop and the gate's checkable accuracy.
+gate's own numbers for the weight set against the base (`Gatekeeper.evaluate`: KLs, perplexity, strict accuracy,
+length, loops) with the reasons the gate would give, and a lenient "answered" rate on the checkable prompts (the
+answer anywhere in the greedy reply).
 
     python -m bench.probe_relevance /tmp/keep/run-v*.pt --out bench/results/probe_relevance-<name>.json
 
@@ -21,17 +23,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from bench.learning.quality import RelevanceScorer, mismatched, truncate_words
+from bench.learning.quality import RelevanceScorer, mismatched
+from hsd_ray.core.version_gate import truncate_words
+
+
+def answered(gate) -> tuple[float, list[str]]:
+    """Lenient accuracy of the loaded weights on the gate's checkable prompts: the answer appears *anywhere* in the
+    greedy reply (the gate's strict checker reads only the first number / the first sentence), and the replies.
+    Tells "the answer comes later" (the base: "5 times 6 is 30") from "no answer at all" ("Aw, what a question")."""
+    from hsd_ray.core.version_gate import first_number
+
+    replies = [r.text for r in gate._greedy([p for p, _, _ in gate.checkable], gate.settings.gate.check_max_tokens)]
+
+    def found(text: str, answer: str, kind: str) -> bool:
+        if kind == "number":
+            return first_number(answer) in {first_number(m) for m in re.findall(r"-?\d+(?:[.,]\d+)?", text)}
+        return answer.lower() in re.findall(r"[a-z0-9]+", text.lower())
+
+    right = [found(r, a, k) for r, (_, a, k) in zip(replies, gate.checkable)]
+    return sum(right) / max(len(right), 1), replies
 
 
 def measure(name: str, gate, replies: list[str], base_replies: list[str], probes: list[str],
-            base_reader: RelevanceScorer) -> dict:
-    """One weight set's numbers from its greedy probe replies (the gate's engine holds that weight set)."""
-    from hsd_ray.core.version_gate import is_degenerate
+            base_reader: RelevanceScorer, numbers) -> dict:
+    """One weight set's numbers from its greedy probe replies (the gate's engine holds that weight set) and the
+    gate's own `numbers` for it (evaluated against the base as the accepted version)."""
+    from hsd_ray.core.version_gate import gate_reasons, is_degenerate
 
     cut = [truncate_words(b, len(r.split())) for r, b in zip(replies, base_replies)]
     own_pairs, cut_pairs = list(zip(replies, probes)), list(zip(cut, probes))
@@ -46,11 +68,14 @@ def measure(name: str, gate, replies: list[str], base_replies: list[str], probes
            "relevance_change": (sum(own) - sum(base_cut)) / n,
            "relevance_change_self_read": (sum(own_self) - sum(cut_self)) / n,
            "on_topic": sum(on_topic) / len(on_topic), "loops": sum(map(is_degenerate, replies)) / n,
-           "words": sum(len(r.split()) for r in replies) / n, "accuracy": gate._accuracy(), "replies": replies}
+           "words": sum(len(r.split()) for r in replies) / n, "accuracy": numbers.accuracy,
+           "gate": numbers.to_dict(), "gate_reasons_vs_base": gate_reasons(numbers, gate.limits), "replies": replies}
+    row["answered"], row["checkable_replies"] = answered(gate)
     print(f"{name:<28} PMI {row['pmi']:5.2f} (base cut {row['pmi_base_cut']:5.2f}, change "
           f"{row['relevance_change']:+5.2f}; read by itself {row['relevance_change_self_read']:+5.2f}) "
           f"on-topic {row['on_topic']:.2f} loops {row['loops']:.2f} words {row['words']:4.1f} "
-          f"accuracy {row['accuracy']:.3f}", flush=True)
+          f"accuracy {row['accuracy']:.3f} answered {row['answered']:.3f} KL(base) {numbers.kl_base:.3f} "
+          f"ppl {numbers.ppl:.3g} gate vs base: {','.join(row['gate_reasons_vs_base']) or 'pass'}", flush=True)
     return row
 
 
@@ -73,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
                                          enable_lora=False), None)
     probes, base_reader = load_probes(gate_cfg.probes_path)["probes"], RelevanceScorer(args.model, "hf")
 
-    def greedy() -> list[str]:
-        return [r.text for r in gate._greedy(gate.probe_prompts, gate_cfg.probe_max_tokens)]
+    def evaluated() -> tuple:
+        """The gate's numbers for the loaded weights (against the base as the accepted version) and the texts of
+        its greedy probe replies."""
+        numbers, replies = gate.evaluate(gate.base)
+        return numbers, [r.text for r in replies]
 
-    base = greedy()
-    rows = [measure("base", gate, base, base, probes, base_reader)]
+    numbers, base = evaluated()
+    rows = [measure("base", gate, base, base, probes, base_reader, numbers)]
     for path in args.weights:
         weights = next(iter(torch.load(path, weights_only=False).values()))
         gate.engine.load_weights(weights)
-        rows.append(measure(f"{Path(path).stem[:20]} v{weights.version.version}", gate, greedy(), base, probes,
-                            base_reader))
+        numbers, replies = evaluated()
+        rows.append(measure(f"{Path(path).stem[:20]} v{weights.version.version}", gate, replies, base, probes,
+                            base_reader, numbers))
     if args.out:
         Path(args.out).write_text(json.dumps({"model": args.model, "weights": args.weights, "rows": rows,
                                               "wall_s": time.time() - t0}, indent=1) + "\n")

@@ -280,15 +280,15 @@ class VersionGateConfig(_Section):
     max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
     max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
-    max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping greedy probe replies "
-                                     "above the base model's")
+    max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping probe replies over base")
+    max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "
+                                      "the base reply cut to as many words (core/version_gate.relevance_change)")
     user_probes: int = Field(8, ge=0, description="per_user mode: a user adapter's candidate is also tried on its "
                              "user's latest N prompts (greedy; loops against the base's); 0 = the probe set only")
     max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "
                                           "the user's own prompts above the base model's on them")
-    user_adapters: Literal["none", "capability", "all"] = Field(
-        "capability", description="per_user mode: gate each user's adapter versions too (capability = perplexity, "
-        "accuracy and loops only; all = every check above; none = served as trained)")
+    user_adapters: Literal["none", "capability", "all"] = Field("capability", description="per_user mode: gate user "
+        "adapters too (capability = perplexity, accuracy, loops; all = every check above; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")

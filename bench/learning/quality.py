@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from hsd_ray.core.version_gate import is_degenerate
+from hsd_ray.core.version_gate import RELEVANCE_QUERY as QUERY
+from hsd_ray.core.version_gate import is_degenerate, relevance_requests, truncate_words
 
 _WORD_RE = re.compile(r"[a-z0-9']+")
 # Words that say nothing about a topic (for choosing a mismatched question of another topic)
@@ -35,7 +36,6 @@ _STOP = frozenset("""about above after again their there these those which while
     every where what when why how with from into your yours them they this that have does tell explain write give
     describe some main things know short cheerful message friend facts interesting important ideas summarize way
     simple terms someone beginner exciting social media post tips learning""".split())
-QUERY = "\n\nThe question this answers: "
 
 
 def words(text: str) -> list[str]:
@@ -86,12 +86,7 @@ class RelevanceScorer:
         self._prior: dict[str, float] = {}
 
     def logps(self, pairs: list[tuple[str, str]]) -> list[float]:
-        from hsd_ray.core.engine_api import ScoreRequest
-
-        tok = self.engine.tokenizer
-        reqs = [ScoreRequest(tok(p + QUERY, add_special_tokens=False)["input_ids"],
-                             tok(q, add_special_tokens=False)["input_ids"]) for p, q in pairs]
-        return [float(s.logp_T.sum()) for s in self.engine.score(reqs)]
+        return [float(s.logp_T.sum()) for s in self.engine.score(relevance_requests(self.engine.tokenizer, pairs))]
 
     def pmi(self, pairs: list[tuple[str, str]]) -> list[float]:
         """PMI of each (reply, question) pair, in nats."""
@@ -99,12 +94,6 @@ class RelevanceScorer:
         for q, lp in zip(new, self.logps([("", q) for q in new])):
             self._prior[q] = lp
         return [lp - self._prior[q] for (_, q), lp in zip(pairs, self.logps(pairs))]
-
-
-def truncate_words(text: str, n: int) -> str:
-    """`text` up to the end of its n-th whitespace-separated piece (its own spacing and newlines kept)."""
-    ends = [m.end() for m in re.finditer(r"\S+", text)]
-    return text if n >= len(ends) else text[: ends[n - 1]] if n > 0 else ""
 
 
 def quality_of_run(run: dict, scorer: RelevanceScorer) -> list[dict]:

@@ -12,6 +12,10 @@ The gate compares a candidate version with the last accepted one and with the ba
 - the mean reply length on the probe prompts against the accepted version's;
 - the share of probe replies that loop (`is_degenerate`) against the base model's: a learned style can keep
   accuracy, perplexity and KL in bounds while replies repeat themselves (seen in the learning benchmark, README);
+- relevance: how much the candidate's greedy probe replies tell which probe they answer, against the base model's
+  replies cut to the same number of words (`relevance_requests`, `relevance_change`). Loops, accuracy and KL all
+  passed versions that had drifted into a chatty persona ("Give me a word that rhymes with light." → "Aw, wow. I'm
+  sorry, but I'm not a word-guy."); their replies no longer carry their question;
 - for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
   the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
   passed them), the user's own prompts do.
@@ -31,7 +35,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "user_loops", "invalid")
+from hsd_ray.core.engine_api import ScoreRequest
+
+GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "relevance", "user_loops",
+                "invalid")
+RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
 _NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
@@ -91,6 +99,31 @@ def check_answer(reply: str, answer: str, kind: str) -> bool:
     raise ValueError(f"unknown checkable kind {kind!r} (expected 'number' or 'named')")
 
 
+# ---- relevance: does a reply still tell which question it answers? --------------------------------------------------
+
+
+def truncate_words(text: str, n: int) -> str:
+    """`text` up to the end of its n-th whitespace-separated piece (its own spacing and newlines kept)."""
+    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    return text if n >= len(ends) else text[: ends[n - 1]] if n > 0 else ""
+
+
+def relevance_requests(tokenizer, pairs: list[tuple[str, str]]) -> list[ScoreRequest]:
+    """(reply, question) → score the question's tokens after "reply + RELEVANCE_QUERY": the summed log-prob is
+    log p(question | reply). Less the same with an empty reply, it is the PMI of question and reply."""
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    return [ScoreRequest(ids(reply + RELEVANCE_QUERY), ids(question)) for reply, question in pairs]
+
+
+def relevance_change(logp_own: list[float], logp_cut: list[float]) -> float:
+    """Mean over the probes of log p(probe | candidate's reply) − log p(probe | base reply cut to as many words), in
+    nats: the PMI difference (the prior log p(probe) cancels). 0 for the base itself; the cut keeps a shorter learned
+    reply from counting as less relevant only because it says less."""
+    return float(np.mean(np.subtract(logp_own, logp_cut))) if logp_own else 0.0
+
+
 # ---- KL from top-k distributions -----------------------------------------------------------------------------------
 
 
@@ -139,6 +172,7 @@ class GateLimits:
     max_length_change: float
     max_loop_increase: float
     max_user_loop_increase: float = 0.125
+    max_relevance_drop: float = math.inf
 
 
 @dataclass
@@ -156,6 +190,7 @@ class GateNumbers:
     seconds: float = 0.0
     loops: float = 0.0  # share of the probe replies that loop
     loops_base: float = 0.0
+    relevance: float = 0.0  # relevance_change of its greedy probe replies (nats; the base: 0)
     user_prompts: int = 0  # a per-user adapter's: how many of its user's own prompts it was tried on (0 = none)
     user_loops: float = 0.0  # share of its greedy replies to them that loop
     user_loops_base: float = 0.0  # the base model's share on the same prompts
@@ -167,16 +202,17 @@ class GateNumbers:
         return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
                 f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
                 f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
-                f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
+                f"loops {self.loops:.2f} (base {self.loops_base:.2f}) relevance {self.relevance:+.2f}"
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else ""))
 
 
-ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "user_loops")
+ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "relevance", "user_loops")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers or
 # fluency. Not its distance from the shared policy, its reply length or its step size: those are what a personal
 # preference changes (a yes/no user's replies are a tenth as long), and a step-size bound on an adapter that trains
-# on while its candidate waits would reject it over and over.
+# on while its candidate waits would reject it over and over. Not relevance: "Yes." carries less of a probe than any
+# cut of a base reply, and the threshold was chosen on shared-policy versions only.
 CAPABILITY_CHECKS = ("perplexity", "accuracy", "loops", "user_loops")
 
 
@@ -193,6 +229,7 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "accuracy": n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9,
         "length": abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change,
         "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
+        "relevance": -n.relevance > limits.max_relevance_drop + 1e-9,
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
     }
     unknown = set(checks) - set(failed)

@@ -16,8 +16,9 @@ One engine, no second copy of the model: at start it holds the base weights and 
 greedy replies to the probe prompts with their top-k, reference-text perplexity, checkable accuracy. The last
 accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the registry's
 latest accepted version after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
-replies, for the two KLs), one for the reference text and two greedy generation batches (checkable prompts, probe
-prompts); when accepted, one more scoring pass of its own replies.
+replies, for the two KLs), one for the reference text, two greedy generation batches (checkable prompts, probe
+prompts) and one short scoring pass for relevance (each probe read after its reply and after the base's cut reply);
+when accepted, one more scoring pass of its own replies.
 
 Threshold defaults (config `version_gate`), chosen as follows:
 - KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
@@ -39,6 +40,13 @@ Threshold defaults (config `version_gate`), chosen as follows:
   rejection, while the served replies started to loop ("The Pyramids of Egypt: The Pyramids of Egypt: ...") and
   sampled loops rose from 1% to ~12% in earlier runs; 0.25 = 4 more of the 16 probes. Reasoned, not yet measured on
   candidates that loop.
+- relevance (mean log p(probe | reply) − log p(probe | base reply cut to as many words)) at least −1.0 nats: on the
+  dev split (bench/learning/README.md, "A relevance check in the version gate") an ungated mixed-traffic run's
+  versions v1–v10 read like the base and scored −0.14..+1.18; v13–v19 had drifted into a chatty persona ("I'm a
+  little guy named SmolLAM", "I'm a friend. I'm a friend.") and scored −1.5..−2.2 while passing the loop check and,
+  until v17, the accuracy check. −1.0 lies in that gap; v11–v12 (−0.44, −0.32: the first persona replies, 1–3 of
+  the 16) pass. The gate reads relevance with the candidate itself (it holds one model): on those 20 versions that
+  differed from the base model's reading by at most 0.07 nats.
 Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.35 (14 of 40), mean
 probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a candidate 13 s — the
 HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one prompt at a time).
@@ -57,7 +65,8 @@ from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
-                                       gate_reasons, loop_rate, mean_kl, perplexity)
+                                       gate_reasons, loop_rate, mean_kl, perplexity, relevance_change,
+                                       relevance_requests, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 
@@ -88,6 +97,7 @@ class _Reference:
     topk: list[tuple]  # (ids_T_K, logp_T_K) per target
     length: float
     loops: float  # share of its greedy probe replies that loop (version_gate.is_degenerate)
+    texts: list[str]  # the replies themselves, one per probe prompt (the base's are the relevance check's yardstick)
 
 
 class Gatekeeper:
@@ -98,7 +108,8 @@ class Gatekeeper:
 
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
-                                 g.max_length_change, g.max_loop_increase, g.max_user_loop_increase)
+                                 g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
+                                 g.max_relevance_drop)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -178,7 +189,7 @@ class Gatekeeper:
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
             length=length, length_accepted=accepted.length,
-            loops=loops, loops_base=self.base.loops,
+            loops=loops, loops_base=self.base.loops, relevance=self._relevance([r.text for r in replies]),
         )
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
@@ -309,7 +320,8 @@ class Gatekeeper:
 
     def _prepare_probes(self, probes: dict) -> None:
         tok = self.engine.tokenizer
-        self.probe_prompts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in probes["probes"]]
+        self.probe_texts = list(probes["probes"])
+        self.probe_prompts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in self.probe_texts]
         self.checkable = [(render_prompt(tok, [{"role": "user", "content": c["prompt"]}]), c["answer"], c["kind"])
                           for c in probes["checkable"]]
         ids = encode_text(tok, probes["reference_text"], split_special=False)
@@ -325,7 +337,15 @@ class Gatekeeper:
         targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
         scores = self.engine.score(targets, top_k=self.settings.gate.top_k)
         return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores],
-                          *_probe_stats(replies))
+                          *_probe_stats(replies), [r.text for r in replies])
+
+    def _relevance(self, texts: list[str]) -> float:
+        """`relevance_change` of the probe replies `texts`, read by the loaded weights (the candidate: the gate holds
+        no second model; on the dev split its reading matched the base model's within 0.07 nats: docstring above)."""
+        cut = [truncate_words(b, len(t.split())) for t, b in zip(texts, self.base.texts)]
+        own, base = list(zip(texts, self.probe_texts)), list(zip(cut, self.probe_texts))
+        logp = [float(s.logp_T.sum()) for s in self.engine.score(relevance_requests(self.engine.tokenizer, own + base))]
+        return relevance_change(logp[: len(own)], logp[len(own):])
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])

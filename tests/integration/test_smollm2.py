@@ -76,3 +76,24 @@ def test_greedy_chat_in_vllm(smollm2: Path) -> None:
         del llm
     assert "Paris" in result.text
     assert result.finish_reason == "stop"  # stopped on <|im_end|>, not on the length limit
+
+
+def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Path) -> None:
+    """The version gate's relevance check on SmolLM2, with the greedy probe replies an ungated dev-split run's
+    versions gave (bench/results/probe_relevance-dev-maxwords-mixed-150-vgoff-s0.json): v7 reads like the base and
+    passes the default bound; v16 has drifted into a chatty persona ("Say hello to my friend Sam." → "I'm sorry for
+    what I can't fit into your life. I'm a friendly soul, but I'm not a friend. I'm a friend. …") and does not."""
+    import json
+
+    from hsd_ray.config import Config, EngineConfig
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    result = Path(__file__).resolve().parents[2] / "bench/results/probe_relevance-dev-maxwords-mixed-150-vgoff-s0.json"
+    replies = {row["name"].split()[-1]: row["replies"] for row in json.loads(result.read_text())["rows"]}
+    cfg = Config().version_gate
+    gate = Gatekeeper(GatekeeperSettings(str(smollm2), EngineConfig(kind="hf"), cfg, enable_lora=False), None)
+    assert gate.base.texts == replies["base"]  # greedy and deterministic: the run's base replies are the gate's
+    assert gate._relevance(gate.base.texts) == 0.0
+    base_like, persona = gate._relevance(replies["v7"]), gate._relevance(replies["v16"])
+    assert base_like > -cfg.max_relevance_drop > persona, (base_like, persona)
+    assert base_like > 0.5 and persona < -1.5  # not a near miss either way (read by the base: +1.18, -1.77)

@@ -10,8 +10,9 @@ import torch
 
 from hsd_ray.config import Config
 from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
-                                       check_answer, first_number, gate_cost, gate_reasons, is_degenerate, loop_rate,
-                                       mean_kl, perplexity, rate_kind, topk_kl)
+                                       RELEVANCE_QUERY, check_answer, first_number, gate_cost, gate_reasons,
+                                       is_degenerate, loop_rate, mean_kl, perplexity, rate_kind, relevance_change,
+                                       relevance_requests, topk_kl, truncate_words)
 from hsd_ray.core.weights import PolicyVersion, user_adapter_id
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
@@ -21,7 +22,7 @@ from hsd_ray.loop.rollback import Snapshot, SnapshotStore, VersionGuard, cpu_sta
 pytestmark = pytest.mark.unit
 
 LIMITS = GateLimits(max_kl_accepted=0.25, max_kl_base=1.0, max_ppl_ratio=1.25, max_accuracy_drop=0.1,
-                    max_length_change=0.5, max_loop_increase=0.25)
+                    max_length_change=0.5, max_loop_increase=0.25, max_relevance_drop=1.0)
 
 
 def _numbers(**kw) -> GateNumbers:
@@ -93,6 +94,27 @@ def test_gate_reasons_each_threshold():
     with pytest.raises(ValueError, match="unknown gate checks"):
         gate_reasons(_numbers(), LIMITS, ("kl", "perplexity"))
     assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
+
+
+def test_relevance_check_reads_the_probe_after_each_reply_against_the_base_cut():
+    """relevance = mean over probes of log p(probe | reply) − log p(probe | base reply cut to as many words)."""
+    assert truncate_words("The sky is blue because of scattering.", 3) == "The sky is"
+    assert relevance_change([-5.0, -3.0], [-4.0, -4.0]) == 0.0
+    assert relevance_change([-6.0, -5.0], [-4.0, -4.0]) == -1.5 and relevance_change([], []) == 0.0
+
+    def chars(text, add_special_tokens):  # a tokenizer of one id per character: the request is readable back
+        assert add_special_tokens is False
+        return {"input_ids": [ord(c) for c in text]}
+
+    (req,) = relevance_requests(chars, [("Blue.", "Why is the sky blue?")])
+    assert "".join(map(chr, req.prompt_ids)) == "Blue." + RELEVANCE_QUERY
+    assert "".join(map(chr, req.target_ids)) == "Why is the sky blue?"
+    # the decision: a drop of exactly the bound passes; the shared policy is held to it, user adapters are not
+    assert gate_reasons(_numbers(relevance=-1.0), LIMITS) == [] and gate_reasons(_numbers(relevance=2.0), LIMITS) == []
+    assert gate_reasons(_numbers(relevance=-1.01), LIMITS) == ["relevance"]
+    assert gate_reasons(_numbers(relevance=-3.0), LIMITS, CAPABILITY_CHECKS) == []
+    assert "relevance -1.50" in _numbers(relevance=-1.5).summary()
+    assert Config().version_gate.max_relevance_drop == 1.0
 
 
 def test_gate_reasons_user_prompt_loops():
