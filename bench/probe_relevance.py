@@ -7,9 +7,9 @@ this measures what such a check would see: for the base model and each given wei
 engine, no Ray) generates its greedy replies to the shipped probe prompts (hsd_ray/data/probes.json), and
 bench.learning.quality's scorer reads them back: PMI(question; reply) under the base model, against the base
 model's reply to the same probe cut to the same number of words (shorter replies carry less about their question),
-and the same read by the candidate itself (what a gatekeeper holding only the candidate could compute). Also the
-gate's own numbers for the weight set against the base (`Gatekeeper.evaluate`: KLs, perplexity, strict accuracy,
-length, loops) with the reasons the gate would give, and a lenient "answered" rate on the checkable prompts (the
+and the gate's own numbers for the weight set against the base (`Gatekeeper.evaluate`: KLs, perplexity, strict
+accuracy, length, loops, and its relevance check — the same PMI difference read by the candidate itself, since the
+gate holds one model) with the reasons the gate would give, and a lenient "answered" rate on the checkable prompts (the
 answer anywhere in the greedy reply).
 
     python -m bench.probe_relevance /tmp/keep/run-v*.pt --out bench/results/probe_relevance-<name>.json
@@ -53,21 +53,19 @@ def measure(name: str, gate, replies: list[str], base_replies: list[str], probes
             base_reader: RelevanceScorer, numbers) -> dict:
     """One weight set's numbers from its greedy probe replies (the gate's engine holds that weight set) and the
     gate's own `numbers` for it (evaluated against the base as the accepted version)."""
-    from hsd_ray.core.version_gate import gate_reasons, is_degenerate
+    from hsd_ray.core.version_gate import gate_reasons
 
     cut = [truncate_words(b, len(r.split())) for r, b in zip(replies, base_replies)]
     own_pairs, cut_pairs = list(zip(replies, probes)), list(zip(cut, probes))
-    self_reader = RelevanceScorer(engine=gate.engine)  # a fresh prior cache: new weights
     n = len(replies)
     own, base_cut = base_reader.pmi(own_pairs), base_reader.pmi(cut_pairs)
-    own_self, cut_self = self_reader.pmi(own_pairs), self_reader.pmi(cut_pairs)
     other = mismatched(probes)
     kept = [i for i, q in enumerate(probes) if q in other]  # probes with a question of another topic
     on_topic = [own[i] > b for i, b in zip(kept, base_reader.pmi([(replies[i], other[probes[i]]) for i in kept]))]
     row = {"name": name, "pmi": sum(own) / n, "pmi_base_cut": sum(base_cut) / n,
            "relevance_change": (sum(own) - sum(base_cut)) / n,
-           "relevance_change_self_read": (sum(own_self) - sum(cut_self)) / n,
-           "on_topic": sum(on_topic) / len(on_topic), "loops": sum(map(is_degenerate, replies)) / n,
+           "relevance_change_self_read": numbers.relevance,  # the gate's check, read by the loaded weights
+           "on_topic": sum(on_topic) / len(on_topic), "loops": numbers.loops,
            "words": sum(len(r.split()) for r in replies) / n, "accuracy": numbers.accuracy,
            "gate": numbers.to_dict(), "gate_reasons_vs_base": gate_reasons(numbers, gate.limits), "replies": replies}
     row["answered"], row["checkable_replies"] = answered(gate)

@@ -76,13 +76,12 @@ class RelevanceScorer:
     """PMI(question; reply) under the base model: sum of log p(question tokens | reply + QUERY) minus the same with an
     empty reply. Scores through the project's engine interface (`Engine.score`)."""
 
-    def __init__(self, model: str | None = None, engine_kind: str = "hf", engine=None):
-        """`engine`: read with an engine that is already loaded (its current weights) instead of a new one."""
+    def __init__(self, model: str, engine_kind: str = "hf"):
         from hsd_ray.config import EngineConfig
         from hsd_ray.engines.factory import make_engine
         from hsd_ray.models import resolve_model
 
-        self.engine = engine or make_engine(resolve_model(model), EngineConfig(kind=engine_kind))
+        self.engine = make_engine(resolve_model(model), EngineConfig(kind=engine_kind))
         self._prior: dict[str, float] = {}
 
     def logps(self, pairs: list[tuple[str, str]]) -> list[float]:
