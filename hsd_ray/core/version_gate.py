@@ -190,7 +190,8 @@ class GateNumbers:
     seconds: float = 0.0
     loops: float = 0.0  # share of the probe replies that loop
     loops_base: float = 0.0
-    relevance: float = 0.0  # relevance_change of its greedy probe replies (nats; the base: 0)
+    relevance: float | None = None  # relevance_change of its greedy probe replies (nats; the base: 0); None: not
+    # measured (a per-user adapter's candidate is not held to it)
     user_prompts: int = 0  # a per-user adapter's: how many of its user's own prompts it was tried on (0 = none)
     user_loops: float = 0.0  # share of its greedy replies to them that loop
     user_loops_base: float = 0.0  # the base model's share on the same prompts
@@ -202,7 +203,8 @@ class GateNumbers:
         return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
                 f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
                 f"(base {self.accuracy_base:.3f}) length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
-                f"loops {self.loops:.2f} (base {self.loops_base:.2f}) relevance {self.relevance:+.2f}"
+                f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
+                + (f" relevance {self.relevance:+.2f}" if self.relevance is not None else "")
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else ""))
 
@@ -229,7 +231,7 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "accuracy": n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9,
         "length": abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change,
         "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
-        "relevance": -n.relevance > limits.max_relevance_drop + 1e-9,
+        "relevance": n.relevance is not None and -n.relevance > limits.max_relevance_drop + 1e-9,
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
     }
     unknown = set(checks) - set(failed)

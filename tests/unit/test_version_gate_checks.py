@@ -114,6 +114,9 @@ def test_relevance_check_reads_the_probe_after_each_reply_against_the_base_cut()
     assert gate_reasons(_numbers(relevance=-1.01), LIMITS) == ["relevance"]
     assert gate_reasons(_numbers(relevance=-3.0), LIMITS, CAPABILITY_CHECKS) == []
     assert "relevance -1.50" in _numbers(relevance=-1.5).summary()
+    # not measured (a user adapter's candidate skips its scoring pass): no reason, and the log line does not show it
+    unmeasured = _numbers(relevance=None)
+    assert gate_reasons(unmeasured, LIMITS) == [] and "relevance" not in unmeasured.summary()
     assert Config().version_gate.max_relevance_drop == 1.0
 
 
