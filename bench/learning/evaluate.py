@@ -33,7 +33,7 @@ from bench.learning.preferences import Preference
 from bench.learning.prompts import PromptSets
 from bench.learning.scoring import eval_requests, score_capability, score_compliance
 from bench.learning.users import MODEL_NAME
-from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion
+from hsd_ray.core.weights import BASE_ADAPTER, PolicyVersion, WeightSet
 
 
 def _poll(predicate, timeout: float, what: str, interval: float = 0.5):
@@ -103,6 +103,9 @@ _ENGINES: dict[tuple[str, str], object] = {}
 # The base model's evaluation, per settings: every run's first evaluation is the same computation (fixed sampling
 # seeds, base weights), so a process evaluates it once (engine path only; the HTTP path always asks the replicas).
 _BASE_EVALS: dict[tuple, dict] = {}
+# Per LoRA evaluation engine (by id): an all-zero copy of the adapter its runs train. A LoRA run's versions never
+# touch the base weights, so loading it (lora_B = 0 adds nothing) takes the engine back to the base for the next run.
+_ZERO_LORAS: dict[int, object] = {}
 
 
 def _base_weights(model_dir: str):
@@ -110,8 +113,6 @@ def _base_weights(model_dir: str):
     from pathlib import Path
 
     from safetensors.torch import load_file
-
-    from hsd_ray.core.weights import WeightSet
 
     tensors: dict = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
@@ -123,7 +124,7 @@ class Evaluator:
     def __init__(self, client, prompts: PromptSets, preferences: list[Preference], *, model_dir: str,
                  split: str = "dev", samples: int = 2, max_tokens: int = 48, temperature: float = 0.7,
                  top_p: float = 0.9, capability_max_tokens: int = 24, concurrency: int = 1, via: str = "engine",
-                 engine_kind: str = "vllm", sampling_seed: int = 0):
+                 engine_kind: str = "vllm", sampling_seed: int = 0, lora_rank: int | None = None):
         if via not in ("engine", "http"):
             raise ValueError(f"via must be 'engine' or 'http', not {via!r}")
         self.client, self.prompts, self.preferences, self.split = client, prompts, preferences, split
@@ -131,6 +132,7 @@ class Evaluator:
         self.capability_max_tokens, self.concurrency = capability_max_tokens, max(1, concurrency)
         self.model_dir, self.via, self.sampling_seed = model_dir, via, sampling_seed
         self.engine_kind = engine_kind if via == "engine" else "hf"
+        self.lora_rank = lora_rank  # the learner trains a LoRA adapter of this rank (None: full weights)
         self._engine = None
 
     def evaluate(self, loop, expected_fingerprint: str) -> dict:
@@ -192,16 +194,24 @@ class Evaluator:
         from hsd_ray.engines.factory import make_engine
 
         if self._engine is None:
-            key = (str(self.model_dir), self.engine_kind)
-            if key not in _ENGINES:
-                _ENGINES[key] = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind))
+            key = (str(self.model_dir), self.engine_kind, self.lora_rank)
+            if key not in _ENGINES:  # vLLM reserves its LoRA slot (sized by the rank) when it starts
+                _ENGINES[key] = make_engine(self.model_dir, EngineConfig(kind=self.engine_kind,
+                                                                         max_lora_rank=self.lora_rank),
+                                            enable_lora=self.lora_rank is not None)
             self._engine = _ENGINES[key]
         engine = self._engine
         latest = loop.registry.latest()
         if latest is None and engine.version.version != 0:  # a new run: back to the base weights
-            engine.load_weights(_base_weights(self.model_dir))
+            # a LoRA run's versions never touch the base weights; an all-zero adapter adds exactly nothing
+            engine.load_weights(_ZERO_LORAS.get(id(engine)) or _base_weights(self.model_dir))
         if latest is not None and latest.version.version != engine.version.version:
-            engine.load_weights(ray.get(latest.ref))
+            weights = ray.get(latest.ref)
+            if weights.kind == "lora" and id(engine) not in _ZERO_LORAS:
+                _ZERO_LORAS[id(engine)] = WeightSet(PolicyVersion(BASE_ADAPTER, 0), "lora",
+                                                    {k: t.new_zeros(t.shape) for k, t in weights.tensors.items()},
+                                                    weights.lora_config)
+            engine.load_weights(weights)
         if expected_fingerprint is not None and engine.version.fingerprint() != expected_fingerprint:
             raise RuntimeError(f"evaluation engine is on {engine.version.fingerprint()}, replicas serve "
                                f"{expected_fingerprint}: a version was published during the evaluation")

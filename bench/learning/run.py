@@ -166,7 +166,8 @@ def run_one(args, variant: str, preference: Preference, seed: int, population: s
                                       split=args.split, samples=args.samples, max_tokens=args.max_tokens,
                                       temperature=cfg.serve.temperature, top_p=cfg.serve.top_p,
                                       capability_max_tokens=args.capability_max_tokens,
-                                      concurrency=cfg.serve.replicas, via=args.eval_via, engine_kind=args.eval_engine)
+                                      concurrency=cfg.serve.replicas, via=args.eval_via, engine_kind=args.eval_engine,
+                                      lora_rank=cfg.engine.max_lora_rank if cfg.learner.lora.enabled else None)
                 timings["startup_s"] = time.time() - t_start
 
                 def checkpoint() -> None:

@@ -12,11 +12,14 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("eval_via, loop_engine, seeds", [("engine", "vllm", "0,1"), ("http", "hf", "0")])
+@pytest.mark.parametrize("eval_via, loop_engine, seeds, extra", [
+    ("engine", "vllm", "0,1", []), ("http", "hf", "0", []), ("engine", "vllm", "0,1", ["learner.lora.enabled=true"])],
+    ids=["vllm", "http-hf", "vllm-lora"])
 def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tmp_path, capsys, eval_via,
-                                                 loop_engine, seeds):
+                                                 loop_engine, seeds, extra):
     """The default (vLLM loop, evaluation on an in-process vLLM engine following the registry; two runs, so the
-    shared evaluation engine must go back to the base weights in between) and the all-HTTP, transformers variant."""
+    shared evaluation engine must go back to the base weights in between), the all-HTTP, transformers variant, and
+    a LoRA learner (the evaluation engine must load adapters, and an all-zero one takes it back to the base)."""
     from bench.learning.preferences import PREFERENCES
     from bench.learning.run import main
 
@@ -25,7 +28,7 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
                "--seeds", seeds, "--interactions", "8", "--eval-every", "4", "--heldout", "3", "--heldout-yes-no",
                "2", "--capability", "3", "--samples", "2", "--max-tokens", "12", "--out", str(tmp_path), "--name",
                "smoke", "--eval-via", eval_via, f"engine.kind={loop_engine}", "broadcast.poll_seconds=0.2",
-               "teacher.idle_sleep_s=0.05"])
+               "teacher.idle_sleep_s=0.05", *extra])
     printed = capsys.readouterr().out
     assert rc == 0, printed[-3000:]
     assert time.time() - t0 < 150 * len(seeds.split(","))
@@ -39,6 +42,7 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
         assert run["variant"] == "contrastive" and run["preference"] == "all_lowercase" and not run["control"]
         assert [e["interactions"] for e in run["evals"]] == [0, 4, 8]
         assert run["loop_config"]["engine"]["kind"] == loop_engine
+        assert run["loop_config"]["learner"]["lora"]["enabled"] == bool(extra)
         for ev in run["evals"]:
             assert ev["via"] == eval_via and ev["split"] == "dev"
             assert ev["yes_no"]["n"] == 2 * 2 and 0.0 <= ev["yes_no"]["correct"] <= 1.0
