@@ -208,9 +208,7 @@ class Evaluator:
         if latest is not None and latest.version.version != engine.version.version:
             weights = ray.get(latest.ref)
             if weights.kind == "lora" and id(engine) not in _ZERO_LORAS:
-                _ZERO_LORAS[id(engine)] = WeightSet(PolicyVersion(BASE_ADAPTER, 0), "lora",
-                                                    {k: t.new_zeros(t.shape) for k, t in weights.tensors.items()},
-                                                    weights.lora_config)
+                _ZERO_LORAS[id(engine)] = weights.zeroed(PolicyVersion(BASE_ADAPTER, 0))
             engine.load_weights(weights)
         if expected_fingerprint is not None and engine.version.fingerprint() != expected_fingerprint:
             raise RuntimeError(f"evaluation engine is on {engine.version.fingerprint()}, replicas serve "

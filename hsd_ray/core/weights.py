@@ -56,6 +56,12 @@ class WeightSet:
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def zeroed(self, version: PolicyVersion) -> "WeightSet":
+        """An all-zero copy labelled `version`. Of a LoRA set: an adapter that adds exactly nothing (lora_B = 0), so
+        loading it takes an engine's LoRA slot back to the weights underneath."""
+        return WeightSet(version, self.kind, {k: t.new_zeros(t.shape) for k, t in self.tensors.items()},
+                         self.lora_config)
+
 
 class WeightLoadError(RuntimeError):
     """A weight set could not be applied (wrong names/shapes/dtype); the engine still serves its previous version."""

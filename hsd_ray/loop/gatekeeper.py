@@ -234,9 +234,7 @@ class Gatekeeper:
         """An all-zero copy of a user adapter (every user adapter has the same shape), relabelled for the LoRA slot:
         lora_B = 0 adds exactly nothing, so the engine answers as the shared policy under it."""
         if self.zero_lora is None:
-            self.zero_lora = WeightSet(replace(weights.version, adapter_id=self.settings.adapter_id, version=0),
-                                       "lora", {k: t.new_zeros(t.shape) for k, t in weights.tensors.items()},
-                                       weights.lora_config)
+            self.zero_lora = weights.zeroed(replace(weights.version, adapter_id=self.settings.adapter_id, version=0))
         return self.zero_lora
 
     def _empty_lora_slot(self) -> None:

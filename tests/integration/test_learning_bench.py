@@ -19,7 +19,7 @@ def test_short_benchmark_run_writes_json_and_png(ray_session, tiny_model_dir, tm
                                                  loop_engine, seeds, extra):
     """The default (vLLM loop, evaluation on an in-process vLLM engine following the registry; two runs, so the
     shared evaluation engine must go back to the base weights in between), the all-HTTP, transformers variant, and
-    a LoRA learner (the evaluation engine must load adapters, and an all-zero one takes it back to the base)."""
+    a LoRA learner (the evaluation engine must be built with a LoRA slot to load its versions)."""
     from bench.learning.preferences import PREFERENCES
     from bench.learning.run import main
 

@@ -153,3 +153,14 @@ def test_hf_generate_seeds_prompt_i_with_seed_plus_i(engine):
     assert twice[0].token_ids != twice[1].token_ids
     alone = engine.generate([prompt], SamplingParams(max_tokens=12, temperature=1.0, seed=12))
     assert alone[0].token_ids == twice[1].token_ids
+
+
+def test_zeroed_weight_set_keeps_names_shapes_and_lora_config_under_the_new_version():
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
+
+    lora = WeightSet(PolicyVersion("user-a", 7), "lora", {"x.lora_A.weight": torch.ones(2, 3),
+                                                          "x.lora_B.weight": torch.full((3, 2), 0.5)}, {"r": 2})
+    zero = lora.zeroed(PolicyVersion("base", 0))
+    assert zero.version == PolicyVersion("base", 0) and zero.kind == "lora" and zero.lora_config == {"r": 2}
+    assert {k: tuple(t.shape) for k, t in zero.tensors.items()} == {"x.lora_A.weight": (2, 3), "x.lora_B.weight": (3, 2)}
+    assert all(not t.any() for t in zero.tensors.values()) and lora.tensors["x.lora_A.weight"].all()  # a copy
