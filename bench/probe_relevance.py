@@ -36,13 +36,13 @@ def answered(gate) -> tuple[float, list[str]]:
     """Lenient accuracy of the loaded weights on the gate's checkable prompts: the answer appears *anywhere* in the
     greedy reply (the gate's strict checker reads only the first number / the first sentence), and the replies.
     Tells "the answer comes later" (the base: "5 times 6 is 30") from "no answer at all" ("Aw, what a question")."""
-    from hsd_ray.core.version_gate import first_number
+    from hsd_ray.core.answers import numbers_in
 
     replies = [r.text for r in gate._greedy([p for p, _, _ in gate.checkable], gate.settings.gate.check_max_tokens)]
 
     def found(text: str, answer: str, kind: str) -> bool:
         if kind == "number":
-            return first_number(answer) in {first_number(m) for m in re.findall(r"-?\d+(?:[.,]\d+)?", text)}
+            return float(answer) in numbers_in(text)
         return answer.lower() in re.findall(r"[a-z0-9]+", text.lower())
 
     right = [found(r, a, k) for r, (_, a, k) in zip(replies, gate.checkable)]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from bench.learning.facts import CAPITALS, FAMILY_SPLIT, YES_NO_FAMILIES, check_capital, check_number, mirror_key
+from bench.learning.facts import CAPITALS, FAMILY_SPLIT, YES_NO_FAMILIES, check_capital, mirror_key
+from hsd_ray.core.answers import check_number
 
 SPLITS = ("train", "dev", "test")
 EVAL_SPLITS = ("dev", "test")

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hsd_ray.core.answers import check_number
 from hsd_ray.core.engine_api import ScoreRequest
 
 GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "relevance", "user_loops",
@@ -42,7 +43,6 @@ GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "l
 RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
 _WORD = re.compile(r"[a-z0-9]+")
 _LOOP_WORD = re.compile(r"[a-z0-9']+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s*")
@@ -53,17 +53,6 @@ _SYMBOL_RUN = re.compile(r"([\U0001F000-\U0001FAFF\u2600-\u27BF])(?:[\s\uFE0F\u2
 
 
 # ---- the checkers ---------------------------------------------------------------------------------------------------
-
-
-def first_number(text: str) -> str | None:
-    """The first number in `text` ("1,000" → "1000", "7.0" → "7"), or None."""
-    m = _NUMBER.search(text)
-    if m is None:
-        return None
-    raw = m.group(0).replace(",", "") if re.fullmatch(r"-?\d{1,3}(,\d{3})+", m.group(0)) else m.group(0)
-    raw = raw.replace(",", ".")
-    value = float(raw)
-    return str(int(value)) if value == int(value) else str(value)
 
 
 def is_degenerate(reply: str) -> bool:
@@ -87,11 +76,15 @@ def loop_rate(replies: list[str]) -> float:
 
 
 def check_answer(reply: str, answer: str, kind: str) -> bool:
-    """Strict: kind "number" — the reply's *first* number is the answer (a later correct number does not count);
+    """Strict: kind "number" — the number the reply answers with is the answer (`answers.check_number`, the learning
+    benchmark's reading: the first number, or c when it opens "a op b = c"; a later correct number does not count);
     kind "named" — the answer is a whole word among the first 12 words of the reply's first sentence
-    (case-insensitive). No number, a wrong first number or a rambling first sentence is wrong."""
+    (case-insensitive). No number, a wrong first number or a rambling first sentence is wrong.
+    The gate read only the first number until 2026-12-03, so the base's correct "7 + 5 = 12" counted as wrong and a
+    version that dropped the restated sum ("12") gained accuracy for a style: 8 of the base's 20 arithmetic probe
+    replies are correct equations (bench/learning/README.md, "One reading of a numeric answer")."""
     if kind == "number":
-        return first_number(reply) == first_number(answer)
+        return check_number(reply, answer)
     if kind == "named":
         sentence = re.split(r"[.!?\n]", reply.strip().lower(), maxsplit=1)[0]
         words = _WORD.findall(sentence)
@@ -195,6 +188,9 @@ class GateNumbers:
     user_prompts: int = 0  # a per-user adapter's: how many of its user's own prompts it was tried on (0 = none)
     user_loops: float = 0.0  # share of its greedy replies to them that loop
     user_loops_base: float = 0.0  # the base model's share on the same prompts
+    # the evidence behind `accuracy`: checkable prompts the base answers right and this candidate does not, with its
+    # reply (`lost_answers`); an operator reading a rejection sees what was lost, not only a rate
+    lost: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -206,7 +202,19 @@ class GateNumbers:
                 f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
                 + (f" relevance {self.relevance:+.2f}" if self.relevance is not None else "")
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
-                   "user's prompts)" if self.user_prompts else ""))
+                   "user's prompts)" if self.user_prompts else "")
+                + "".join(f" | lost {x['prompt']!r} -> {x['reply'][:60]!r}" for x in self.lost[:2]))
+
+
+MAX_LOST = 5  # answers kept as evidence per candidate: enough to read what went wrong, small in versions.json
+
+
+def lost_answers(questions: list[str], base_right: list[bool], right: list[bool], replies: list[str],
+                 limit: int = MAX_LOST) -> list[dict]:
+    """The first `limit` checkable prompts the base answered right and the candidate did not, with the candidate's
+    reply (cut to 200 characters)."""
+    lost = [{"prompt": q, "reply": r[:200]} for q, b, c, r in zip(questions, base_right, right, replies) if b and not c]
+    return lost[:limit]
 
 
 ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "length", "loops", "relevance", "user_loops")

@@ -66,7 +66,7 @@ from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
-                                       gate_reasons, loop_rate, mean_kl, perplexity, relevance_change,
+                                       gate_reasons, lost_answers, loop_rate, mean_kl, perplexity, relevance_change,
                                        relevance_requests, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
@@ -115,7 +115,8 @@ class Gatekeeper:
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
-        self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy()
+        self.base_right = self._answers()[0]  # which checkable prompts the base gets right: what a candidate can lose
+        self.ppl_base, self.accuracy_base = self._perplexity(), sum(self.base_right) / max(len(self.base_right), 1)
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
@@ -186,14 +187,16 @@ class Gatekeeper:
         on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
         length, loops = _probe_stats(replies)
+        right, answered = self._answers()
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
-            accuracy=self._accuracy(), accuracy_base=self.accuracy_base,
+            accuracy=sum(right) / max(len(right), 1), accuracy_base=self.accuracy_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
+            lost=lost_answers(self.checkable_questions, self.base_right, right, answered),
         )
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
@@ -326,6 +329,7 @@ class Gatekeeper:
         self.probe_prompts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in self.probe_texts]
         self.checkable = [(render_prompt(tok, [{"role": "user", "content": c["prompt"]}]), c["answer"], c["kind"])
                           for c in probes["checkable"]]
+        self.checkable_questions = [c["prompt"] for c in probes["checkable"]]
         ids = encode_text(tok, probes["reference_text"], split_special=False)
         self.reference_request = ScoreRequest(prompt_ids=ids[:1], target_ids=ids[1:])
 
@@ -352,10 +356,10 @@ class Gatekeeper:
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
 
-    def _accuracy(self) -> float:
-        replies = self._greedy([p for p, _, _ in self.checkable], self.settings.gate.check_max_tokens)
-        right = sum(check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, self.checkable))
-        return right / max(len(self.checkable), 1)
+    def _answers(self) -> tuple[list[bool], list[str]]:
+        """Which checkable prompts the loaded weights answer right (strict checker), and their greedy replies."""
+        replies = [r.text for r in self._greedy([p for p, _, _ in self.checkable], self.settings.gate.check_max_tokens)]
+        return [check_answer(r, answer, kind) for r, (_, answer, kind) in zip(replies, self.checkable)], replies
 
     def _resume_from_registry(self) -> None:
         """A restarted gatekeeper (or one started beside a registry that already serves a version) takes the

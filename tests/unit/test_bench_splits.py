@@ -15,6 +15,7 @@ from bench.learning import facts as F
 from bench.learning.preferences import PREFERENCES
 from bench.learning.prompts import (EVAL_SPLITS, SPLITS, CheckablePrompt, build_prompt_sets, check_disjoint,
                                     checkable_splits, yes_no_split)
+from hsd_ray.core import answers
 
 pytestmark = pytest.mark.unit
 
@@ -142,8 +143,8 @@ def test_number_checker_first_number_or_equation_result():
     assert units.check("2,000 grams") and units.check("two thousand") and units.check("2000 g")
     assert not units.check("There are 2 kilograms = 2000 grams.")  # first number 2 opens no "a op b = c"
     assert not units.check("200 grams") and not units.check("20000")
-    assert F.numbers_in("-3, 1.5 and 2,000 and twenty-one") == [-3.0, 1.5, 2000.0, 21.0]
-    assert F.answer_number("7 × 8 = 56") == 56 and F.answer_number("56 divided by 8 is 7") == 7
+    assert answers.numbers_in("-3, 1.5 and 2,000 and twenty-one") == [-3.0, 1.5, 2000.0, 21.0]
+    assert answers.answer_number("7 × 8 = 56") == 56 and answers.answer_number("56 divided by 8 is 7") == 7
 
 
 def test_yes_no_correctness_metrics():
