@@ -47,8 +47,9 @@ Threshold defaults (config `version_gate`), chosen as follows:
   until v17, the accuracy check. −1.0 lies in that gap; v11–v12 (−0.44, −0.32: the first persona replies, 1–3 of
   the 16) pass. The gate reads relevance with the candidate itself (it holds one model): on those 20 versions that
   differed from the base model's reading by at most 0.07 nats.
-Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.35 (14 of 40), mean
-probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a candidate 13 s — the
+Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.55 (22 of 40; 0.35
+under the first-number reading used before 2026-12-03, which re-scored on the dev run's 20 versions made the same
+decisions), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a candidate 13 s — the
 HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one prompt at a time); with
 the relevance check, on a slower day, a candidate 21.7 s of which the check 3.7 s.
 """
