@@ -396,8 +396,15 @@ class Learner(GateFollowing):
         out.mkdir(parents=True, exist_ok=True)
         unwrap(self.model).save_pretrained(out)  # full model, or the peft adapter (adapter_config + safetensors)
         self.tokenizer.save_pretrained(out)
-        (out / "hsd_version.json").write_text(json.dumps({"step": self.step_count, "version": self.version}))
-        log.info("final weights (step %d, v%d) saved to %s", self.step_count, self.version, out)
+        # Under the gate a rejected final candidate leaves the learner on the last accepted weights: label what is
+        # saved by their version (make run once wrote "v6" over v5's weights after rejecting v6); the highest number
+        # the learner used is kept beside it, since it is never reused.
+        version = self.guard.accepted.version if self.guard is not None else self.version
+        (out / "hsd_version.json").write_text(json.dumps({"version": version, "step": self.step_count,
+                                                          "highest_version": self.version}))
+        log.info("final weights (v%d%s; step %d) saved to %s", version,
+                 f", the last accepted: v{self.version} was not" if version != self.version else "",
+                 self.step_count, out)
 
 
 def train_loop_per_worker(config: dict) -> None:
