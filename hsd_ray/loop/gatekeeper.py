@@ -49,9 +49,9 @@ Threshold defaults (config `version_gate`), chosen as follows:
   differed from the base model's reading by at most 0.07 nats.
 Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.55 (22 of 40; 0.35
 under the first-number reading used before 2026-12-03, which re-scored on the dev run's 20 versions made the same
-decisions), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a candidate 13 s — the
-HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one prompt at a time); with
-the relevance check, on a slower day, a candidate 21.7 s of which the check 3.7 s.
+decisions), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a
+candidate 13 s — the HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one
+prompt at a time); with the relevance check, on a slower day, a candidate 21.7 s of which the check 3.7 s.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class Gatekeeper:
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
         self.engine_shared: int | None = 0  # the shared version whose weights the engine holds (None: a candidate's)
         self.zero_lora: WeightSet | None = None  # set once a user adapter used the LoRA slot: what empties it
-        self.slot_holds_user = False  # the LoRA slot holds a user's adapter, not zeros (loading shared weights keeps it)
+        self.slot_holds_user = False  # the LoRA slot holds a user's adapter, not zeros (shared weights leave it)
         self.decisions: list[dict] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
