@@ -34,11 +34,12 @@ from hsd_ray.core.version_gate import truncate_words
 
 def answered(gate) -> tuple[float, list[str]]:
     """Lenient accuracy of the loaded weights on the gate's checkable prompts: the answer appears *anywhere* in the
-    greedy reply (the gate's strict checker reads only the first number / the first sentence), and the replies.
-    Tells "the answer comes later" (the base: "5 times 6 is 30") from "no answer at all" ("Aw, what a question")."""
+    greedy reply (the gate's strict checker reads the number the reply answers with, `answers.check_number`, and
+    the first sentence), and the replies. Tells "the answer comes later" ("The product of 5 and 6 is 30") from "no
+    answer at all" ("Aw, what a question")."""
     from hsd_ray.core.answers import numbers_in
 
-    replies = [r.text for r in gate._greedy([p for p, _, _ in gate.checkable], gate.settings.gate.check_max_tokens)]
+    replies = gate._answers()[1]  # the gate's own greedy replies to its checkable prompts
 
     def found(text: str, answer: str, kind: str) -> bool:
         if kind == "number":
