@@ -196,6 +196,9 @@ class Learner(GateFollowing):
             self.model = apply_lora(self.model, settings.learner.lora)
         self.optimizer, self.scheduler = make_optimizer(self.model, settings.learner)
         self.step_count, self.version, self.published_step = 0, 0, -1
+        # the version whose weights the learner holds (the final label): the last it published, or the one an admin
+        # rolled back to, which is lower than `version` (the highest number used, never reused)
+        self.weights_version = 0
         self.started = self.last_publish = time.time()
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
         self.reference = None
@@ -222,6 +225,7 @@ class Learner(GateFollowing):
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.step_count, self.version = state["step"], state["version"]
+            self.weights_version = state.get("weights_version", self.version)
         parallel = "ddp" if self.world > 1 else None
         self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
         if self.s.gated:  # the starting point counts as accepted (the base, or the checkpoint)
@@ -311,7 +315,7 @@ class Learner(GateFollowing):
             return
         self.version = max(self.version, self.registry.highest_version(BASE_ADAPTER)) + 1
         self.publisher.submit(export_weights(self.model, self.version, self.step_count), durable=final)
-        self.published_step = self.step_count
+        self.published_step, self.weights_version = self.step_count, self.version
 
     def checkpoint_if_due(self) -> None:
         if self.step_count % self.s.learner.checkpoint_every_steps == 0:
@@ -354,7 +358,8 @@ class Learner(GateFollowing):
 
         reference = self.reference.state_dict() if self.reference is not None else None
         return {"model": trainable_state(self.model), "reference": reference, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version}
+                "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version,
+                "weights_version": self.weights_version}
 
     def _broadcast(self, value):
         return rank0_broadcast(value, self.world)
@@ -396,14 +401,15 @@ class Learner(GateFollowing):
         out.mkdir(parents=True, exist_ok=True)
         unwrap(self.model).save_pretrained(out)  # full model, or the peft adapter (adapter_config + safetensors)
         self.tokenizer.save_pretrained(out)
-        # Under the gate a rejected final candidate leaves the learner on the last accepted weights: label what is
-        # saved by their version (make run once wrote "v6" over v5's weights after rejecting v6); the highest number
-        # the learner used is kept beside it, since it is never reused.
-        version = self.guard.accepted.version if self.guard is not None else self.version
+        # Label what is saved by the version of its weights: under the gate a rejected final candidate leaves the
+        # learner on the last accepted ones (make run once wrote "v6" over v5's weights after rejecting v6), and an
+        # admin rollback leaves it on an earlier version until it publishes again. The highest number the learner
+        # used is kept beside it, since it is never reused.
+        version = self.guard.accepted.version if self.guard is not None else self.weights_version
         (out / "hsd_version.json").write_text(json.dumps({"version": version, "step": self.step_count,
                                                           "highest_version": self.version}))
         log.info("final weights (v%d%s; step %d) saved to %s", version,
-                 f", the last accepted: v{self.version} was not" if version != self.version else "",
+                 f"; v{self.version}, the highest number used, is not these weights" if version != self.version else "",
                  self.step_count, out)
 
 

@@ -117,7 +117,7 @@ class VersionGuard:
 class GateFollowing:
     """The learner's side of the version gate, mixed into `Learner` (loop/learner.py), which provides `rank`,
     `guard`, `snapshots` (a SnapshotStore), `registry`, `queue`, `owns_turns`, `version`, `step_count`,
-    `published_step`, `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and
+    `published_step`, `weights_version`, `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and
     `s.decision_timeout_s`. Every rank calls these together."""
 
     def _snapshot(self) -> Snapshot:
@@ -193,7 +193,7 @@ class GateFollowing:
             self.guard.accepted = Snapshot(version, self.snapshots.save(self._state(), f"v{version}-rollback"),
                                            self.turns_trained)
             self.snapshots.keep_only(self.guard.accepted)
-        self.published_step = self.step_count
+        self.published_step, self.weights_version = self.step_count, version
         if self.rank == 0:
             log.warning("rolled back by the admin API to v%d: the learner restarts from its weights", version)
 

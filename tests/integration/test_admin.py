@@ -4,6 +4,7 @@ the learner's next version starts from the rolled-back weights."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -79,6 +80,41 @@ def test_admin_rollback_pause_and_auth(ray_session, tiny_model_dir, tmp_path):
         by_version = {v["version"]: v for v in versions}
         assert by_version[1]["state"] == by_version[2]["state"] == "accepted"
         assert by_version[1]["numbers"]["kl_accepted"] >= 0 and sum(v["current"] for v in versions) == 1
+
+
+def test_a_rollback_without_the_gate_labels_the_final_weights_by_their_version(ray_session, tiny_model_dir, tmp_path):
+    """Version gate off: after an admin rollback from v2 to v1 and a stop with nothing trained since, the final
+    weights are v1's and are labelled v1 (they were labelled with the highest number used, 2)."""
+    import httpx
+    from openai import OpenAI
+
+    from hsd_ray.loop.job import running_loop
+    from hsd_ray.models import load_model_and_tokenizer
+
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"admin.key": KEY, "learner.lr": LR, "job.max_steps": 10,
+                                            "learner.checkpoint_every_steps": 10, "broadcast.keep_versions": 3})
+    with running_loop(cfg, learner=False) as loop:
+        admin = loop.base_url.removesuffix("/v1") + "/admin"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        client = OpenAI(base_url=loop.base_url, api_key="test", max_retries=0, timeout=60)
+        loop.start_learner()
+        published = {}
+        for v in (1, 2):
+            for i in range(2):
+                _conversation(client, f"user-{v}-{i}", f"Question {v}.{i}?", "No, that is wrong. Be brief.")
+            latest = _wait(lambda: (p := loop.registry.latest()) is not None and p.version.version == v and p, 240,
+                           f"v{v} published")
+            published[v] = ray.get(latest.ref).tensors
+        assert httpx.post(f"{admin}/pause", headers=auth, timeout=30).json() == {"paused": True}
+        r = httpx.post(f"{admin}/rollback", json={"version": 1}, headers=auth, timeout=30)
+        assert r.status_code == 200 and r.json()["ok"], r.text
+        _wait(lambda: _seeded(client)[0] == "hsd-base-v1", 60, "replica back on v1")
+        loop.stop_learner()
+        assert loop.learner.error is None, loop.learner.error
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "hsd_version.json").read_text()) == {"version": 1, "step": 2, "highest_version": 2}
+    model, _ = load_model_and_tokenizer(final)
+    assert _max_diff(model.state_dict(), published[1]) == 0.0  # and they are v1's weights
 
 
 def test_api_keys_isolation_and_a_user_deleting_their_own_data(ray_session, tiny_model_dir, tmp_path):
