@@ -10,17 +10,21 @@ bench.learning.ceiling`) of the same model and split, read from the results fold
 - A delta whose size is within the noise floor of its metric (`noise.py`) is marked "~".
 - Distillation efficiency = learned gain (mean over seeds) / in-context ceiling gain (ceiling with the complaint in
   the run's hindsight template minus the no-instruction baseline); n/a when the ceiling gain is under 2 points.
+- Lost answers: checkable prompts the base answered right and the trained model answers wrong (`answer_changes`),
+  next to those gained. The net capability delta hides them; their noise floor is the number of answers that differ
+  between the base evaluations of the reported runs (greedy: 0 so far, 30 runs on the test split).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import functools
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from bench.learning.scoring import metric_values
+from bench.learning.scoring import answer_changes, metric_values
 
 # The bar from the issue: a clear improvement on the trained preference, little drift elsewhere, capability kept.
 BAR_ON_TARGET, BAR_DRIFT, BAR_CAPABILITY = 0.20, 0.10, 0.02
@@ -80,6 +84,7 @@ def summarize_run(run: dict) -> dict:
         "version_gate": bool(run.get("loop_config", {}).get("version_gate", {}).get("enabled", False)),
         "versions_rejected": run.get("final_stats", {}).get("versions_rejected", 0),
         "versions_published": len(run.get("final_stats", {}).get("versions", [])),
+        "answers": answers_vs_base(evals),
     }
     for k in ("format", "correct", "said_yes"):
         if "yes_no" in evals[0] and "yes_no" in evals[-1]:
@@ -90,6 +95,42 @@ def summarize_run(run: dict) -> dict:
     else:
         s["meets_bar"] = kept and _at_least(s["on_target_delta"] or 0.0, BAR_ON_TARGET)
     return s
+
+
+@functools.cache
+def _kind_of() -> dict[str, str]:
+    """Question -> kind of every checkable prompt (results written before answers carried their kind)."""
+    from bench.learning.prompts import all_checkable
+
+    return {p.question: p.kind for p in all_checkable()}
+
+
+def _answers(ev: dict) -> list[dict] | None:
+    answers = ev.get("capability", {}).get("answers")
+    return answers if answers and len(answers) == ev["capability"].get("n") else None  # not a trimmed sample
+
+
+def answers_vs_base(evals: list[dict]) -> dict | None:
+    """`answer_changes` of the last evaluation against the first (the base), with the most answers lost at any
+    evaluation (what was served at its worst); None when the result kept no full answer lists."""
+    first, every = _answers(evals[0]), [_answers(e) for e in evals[1:]]
+    if first is None or not every or any(a is None for a in every):
+        return None
+    changes = [answer_changes(first, a, _kind_of()) for a in every]
+    return {**changes[-1], "lost_max": max(c["lost"] for c in changes)}
+
+
+def base_answer_spread(runs: list[dict]) -> dict | None:
+    """The noise floor of lost answers: how many answers differ between the base evaluations (the first of each
+    run) of the same prompts. None with fewer than two such runs."""
+    firsts = [a for a in (_answers(r["evals"][0]) for r in runs if r.get("evals")) if a is not None]
+    if firsts:
+        questions = [x["question"] for x in firsts[0]]
+        firsts = [a for a in firsts if [x["question"] for x in a] == questions]
+    if len(firsts) < 2:
+        return None
+    changed = [sum(x["correct"] != y["correct"] for x, y in zip(firsts[0], a)) for a in firsts[1:]]
+    return {"runs": len(firsts), "max_changed": max(changed)}
 
 
 def _group_key(s: dict) -> tuple:
@@ -115,6 +156,7 @@ def aggregate(summaries: list[dict]) -> list[dict]:
                     "perplexity_delta_pct", "versions_rejected", "versions_published"):
             row[key] = _stats([s[key] for s in ss])
         row["yes_no_correct_delta"] = _stats([s["metric_delta"].get("yes_no.correct") for s in ss])
+        row["answers_lost"] = _stats([s["answers"]["lost"] if s.get("answers") else None for s in ss])
         out.append(row)
     return out
 
@@ -140,7 +182,7 @@ def gain_over_control(summaries: list[dict]) -> list[dict]:
 def version_gate_comparison(rows: list[dict]) -> list[dict]:
     """Aggregated rows with the version gate on beside the same (variant, trained, population, gate) with it off: the
     gain kept (on / off, mean over seeds), the lowest served capability against the base in any run, rejections, and
-    the issue's bar (every gated run within BAR_SERVED_DROP of the base; trained rows keep BAR_GAIN_KEPT of the gain)."""
+    the issue's bar (every gated run within BAR_SERVED_DROP of the base; trained keep BAR_GAIN_KEPT of their gain)."""
     by_key = {(r["variant"], r["trained"], r["population"], r["gate"], r["version_gate"]): r for r in rows}
     out = []
     for (variant, trained, population, gate, on), r_on in by_key.items():
@@ -237,7 +279,7 @@ def _yes_no_cell(s: dict, noise: dict | None) -> str:
 def format_table(summaries: list[dict], noise: dict | None = None, ceiling: dict | None = None) -> str:
     head = (f"{'variant':<17} {'trained':<13} {'population':<10} {'seed':>4}  {'target before→after':<22} "
             f"{'efficiency':<18} {'yes/no (format, correct, said yes)':<52} {'max off-target drift':<26} "
-            f"{'capability':<18} {'ppl':<6} {'words':<9} {'min':>4}  bar")
+            f"{'capability':<18} {'answers lost/gained':<26} {'ppl':<6} {'words':<9} {'min':>4}  bar")
     lines = [head, "-" * len(head)]
     for s in summaries:
         on = (f"{_pct(s['on_target_before'])} → {_pct(s['on_target_after'])} "
@@ -249,10 +291,19 @@ def format_table(summaries: list[dict], noise: dict | None = None, ceiling: dict
                f"({mark(s['capability_delta'], noise, 'capability')})")
         words = f"{s['mean_words_before']:.0f} → {s['mean_words_after']:.0f}"
         lines.append(f"{s['variant']:<17} {s['trained']:<13} {s['population']:<10} {s['seed']:>4}  {on:<22} "
-                     f"{eff:<18} {_yes_no_cell(s, noise):<52} {drift:<26} {cap:<18} "
+                     f"{eff:<18} {_yes_no_cell(s, noise):<52} {drift:<26} {cap:<18} {_answers_cell(s):<26} "
                      f"{s['perplexity_delta_pct']:+.0f}%{'':<2} {words:<9} {s['minutes']:>4.0f}  "
                      f"{'yes' if s['meets_bar'] else 'no'}")
     return "\n".join(lines)
+
+
+def _answers_cell(s: dict) -> str:
+    """"-7/+16 of 42 (capital 4)": lost and gained against the base's right answers, the kind most lost."""
+    a = s.get("answers")
+    if a is None:
+        return "n/a"
+    most = max(a["lost_by_kind"].items(), key=lambda kv: kv[1], default=None)
+    return f"-{a['lost']}/+{a['gained']} of {a['right_before']}" + (f" ({most[0]} {most[1]})" if most else "")
 
 
 def _cell(v: dict | None, noise: dict | None, metric: str | None, scale: float = 100.0, unit: str = "") -> str:
@@ -264,7 +315,7 @@ def _cell(v: dict | None, noise: dict | None, metric: str | None, scale: float =
 
 def format_aggregate(rows: list[dict], noise: dict | None = None, ceiling: dict | None = None) -> str:
     head = (f"{'variant':<17} {'trained':<13} {'population':<10} {'seeds':<6} {'Δ target':<18} {'efficiency':<18} "
-            f"{'Δ yes/no correct':<18} {'max drift':<18} {'Δ capability':<18} Δ ppl")
+            f"{'Δ yes/no correct':<18} {'max drift':<18} {'Δ capability':<18} {'answers lost':<14} Δ ppl")
     lines = [head, "-" * len(head)]
     for r in rows:
         gain = r["on_target_delta"]["mean"] if r["on_target_delta"] else None
@@ -275,8 +326,13 @@ def format_aggregate(rows: list[dict], noise: dict | None = None, ceiling: dict 
                      f"{eff:<18} {_cell(r['yes_no_correct_delta'], noise, 'yes_no.correct'):<18} "
                      f"{_cell(r['max_off_target_drift'], noise, None):<18} "
                      f"{_cell(r['capability_delta'], noise, 'capability'):<18} "
+                     f"{_count_cell(r.get('answers_lost')):<14} "
                      f"{_cell(r['perplexity_delta_pct'], None, None, 1.0, '%')}")
     return "\n".join(lines)
+
+
+def _count_cell(v: dict | None) -> str:
+    return "n/a" if v is None else f"{v['mean']:.1f} [{v['min']:.0f}, {v['max']:.0f}]"
 
 
 def format_gain(rows: list[dict], noise: dict | None = None) -> str:
@@ -307,6 +363,7 @@ def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None)
              f"noise floor: {noise_path or dn if noise else 'MISSING (python -m bench.learning.noise)'}; "
              f"'~' = within it",
              f"ceiling: {ceiling_path or dc if ceiling else 'MISSING (python -m bench.learning.ceiling)'}",
+             _spread_line(base_answer_spread(result["runs"])),
              "", format_table(summaries, noise, ceiling)]
     if summaries:
         parts += ["", "over seeds: mean [min, max] (+vg: version gate on)",
@@ -319,6 +376,13 @@ def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None)
         parts += ["", "version gate on vs off (capability: lowest served evaluation minus the base, any run)",
                   format_version_gate(gated)]
     return "\n".join(parts)
+
+
+def _spread_line(spread: dict | None) -> str:
+    if spread is None:
+        return "lost answers' floor: n/a (fewer than two runs with full answer lists)"
+    return (f"lost answers' floor: at most {spread['max_changed']} answers differ between the base evaluations of "
+            f"{spread['runs']} runs")
 
 
 def main(argv: list[str] | None = None) -> int:

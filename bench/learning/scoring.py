@@ -70,10 +70,27 @@ def score_capability(items: list, replies: list[dict]) -> dict:
         "accuracy": sum(correct) / max(1, len(correct)),
         "n": len(correct),
         "by_kind": {k: sum(v) / len(v) for k, v in by_kind.items()},
-        "answers": [{"question": p.question, "reply": r["text"], "correct": c}
+        "answers": [{"question": p.question, "kind": p.kind, "reply": r["text"], "correct": c}
                     for p, r, c in zip(items, replies, correct)],
         "fingerprints": [r.get("fingerprint") for r in replies],
     }
+
+
+def answer_changes(before: list[dict], after: list[dict], kind_of: dict[str, str] | None = None) -> dict:
+    """Which of the checkable prompts `before` answered right `after` answers wrong (lost), and the reverse (gained):
+    the net capability number nets the two out, so a model that forgot a fifth of its capitals while it learned to
+    state sums first can score higher. Both lists are `score_capability` answers of the same prompts in the same
+    order. `lost_by_kind` counts the lost ones by prompt kind (an answer's own "kind", else `kind_of[question]`)."""
+    if [a["question"] for a in before] != [a["question"] for a in after]:
+        raise ValueError("answer lists of different prompts: compare evaluations of the same split")
+    lost = [a for a, b in zip(before, after) if a["correct"] and not b["correct"]]
+    by_kind: dict[str, int] = {}
+    for a in lost:
+        kind = a.get("kind") or (kind_of or {}).get(a["question"], "?")
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+    return {"right_before": sum(a["correct"] for a in before), "lost": len(lost),
+            "gained": sum(not a["correct"] and b["correct"] for a, b in zip(before, after)),
+            "lost_by_kind": dict(sorted(by_kind.items())), "lost_questions": [a["question"] for a in lost]}
 
 
 def metric_values(ev: dict) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """The learning benchmark's rule-based preference verifiers and complaint phrasings (bench/learning/preferences.py).
-Prompt splits, answer checkers, populations and the report: tests/unit/test_learning_bench.py."""
+Prompt splits, answer checkers, populations and the report: tests/unit/test_bench_splits.py; lost answers:
+tests/unit/test_bench_answers.py."""
 
 from __future__ import annotations
 
