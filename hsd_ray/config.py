@@ -56,10 +56,8 @@ class HindsightConfig(_Section):
     max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
     max_context_tokens: int = Field(1024, ge=16, description="contexts are left-truncated to this many tokens")
     max_reply_tokens: int = Field(512, ge=1, description="replies are right-truncated to this many tokens")
-    reference_followup: str = Field(
-        "Thanks, that's helpful.",
-        description="follow-up used for the contrastive baseline pass (loss.baseline=reference_followup)",
-    )
+    reference_followup: str = Field("Thanks, that's helpful.", description="follow-up used for the contrastive "
+                                    "baseline pass (loss.baseline=reference_followup)")
 
     @model_validator(mode="after")
     def _template_known(self) -> "HindsightConfig":
@@ -71,13 +69,11 @@ class HindsightConfig(_Section):
 class LossConfig(_Section):
     """Which distillation objective the learner applies (see hsd_ray/core/losses.py)."""
 
-    kind: Literal["sampled_token", "topk"] = Field(
-        "sampled_token", description="sampled_token = paper's advantage loss; topk = top-k divergence + tail"
-    )
-    baseline: Literal["student", "reference_followup"] = Field(
-        "reference_followup",
-        description="A_i = teacher - baseline; student = paper, reference_followup = contrastive (ours)",
-    )
+    kind: Literal["sampled_token", "topk"] = Field("sampled_token", description="sampled_token = paper's advantage "
+                                                   "loss; topk = top-k divergence + tail")
+    baseline: Literal["student", "reference_followup"] = Field("reference_followup", description="A_i = teacher - "
+                                                               "baseline; student = paper, reference_followup = "
+                                                               "contrastive (ours)")
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
     top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
@@ -87,6 +83,10 @@ class LossConfig(_Section):
     reference: Literal["initial", "ema"] = Field("initial", description="reference policy for the KL penalty")
     ema_rate: float = Field(0.05, gt=0, le=1, description="EMA update rate when reference=ema")
     importance_cap: float = Field(0.0, ge=0, description="cap of the stale-reply importance weight (0 = off)")
+    retain_coef: float = Field(0.0, ge=0, description="weight of the retain anchor: KL(reference || policy) on the "
+                               "reference's greedy replies to the retain prompts (core/retain.py; 0 = off)")
+    retain_per_step: int = Field(4, ge=1, description="retain replies replayed per learner step")
+    retain_path: str | None = Field(None, description="retain prompts JSON (None = shipped hsd_ray/data/retain.json)")
 
 
 class LoraConfig(_Section):

@@ -4,19 +4,22 @@
 in DDP by Ray Train); returns metrics. Deviations from the paper (arXiv 2603.12273), all configurable:
 - the baseline log-probs come from the teacher pass, not from the learner's own forward (a distributed learner sees
   teacher scores that may be a few versions old; taking both sides from one version keeps A_i consistent);
-- optional contrastive baseline, KL anchor to a reference policy, and a clipped importance weight for stale replies.
+- optional contrastive baseline, KL anchor to a reference policy, a retain anchor on replayed reference replies
+  (core/retain.py), and a clipped importance weight for stale replies.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import contextlib
 import math
 
 import torch
 
 from hsd_ray.core import losses
-from hsd_ray.core.batch import HindsightBatch, reply_logits
+from hsd_ray.core.batch import HindsightBatch, PackedSequences, reply_logits
+from hsd_ray.core.retain import retain_loss
 
 if TYPE_CHECKING:  # the core reads config attributes only; it does not need pydantic at run time
     from hsd_ray.config import LossConfig
@@ -71,14 +74,19 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
 
 def learner_step(
     model, optimizer, batch: HindsightBatch, cfg: LossConfig, *, grad_clip: float, scheduler=None, reference=None,
-    autocast_bf16: bool = False,
+    autocast_bf16: bool = False, retain: PackedSequences | None = None,
 ) -> dict:
-    """One optimizer step on `batch`; returns metrics (loss, grad_norm, lr, tokens, loss-specific terms)."""
+    """One optimizer step on `batch`; returns metrics (loss, grad_norm, lr, tokens, loss-specific terms). `retain`:
+    replayed reference replies for the retain anchor (used when cfg.retain_coef > 0)."""
     model.train()
     device = _device_of(model)
+    retain_metrics = {}
+    if retain is not None and cfg.retain_coef > 0:
+        retain_metrics = _retain_backward(model, reference, retain, cfg.retain_coef, autocast_bf16)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
         loss, metrics = compute_loss(model, batch, cfg, reference)
     loss.backward()
+    metrics.update(retain_metrics)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
     if math.isfinite(float(grad_norm)):
@@ -91,6 +99,19 @@ def learner_step(
     if reference is not None:
         reference.update()
     metrics.update(grad_norm=float(grad_norm), lr=optimizer.param_groups[0]["lr"], tokens=float(batch.num_tokens))
+    return metrics
+
+
+def _retain_backward(model, reference, retain: PackedSequences, coef: float, autocast_bf16: bool) -> dict:
+    """Accumulate the retain anchor's gradient before the main loss's. Under DDP it runs inside `no_sync`, so the main
+    backward all-reduces both together: two forwards before one DDP backward would mark parameters ready twice."""
+    if reference is None:
+        raise ValueError("loss.retain_coef > 0 needs a reference policy")
+    local = model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+    with local:
+        with torch.autocast(_device_of(model).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            kl, metrics = retain_loss(model, reference, retain)
+        (coef * kl).backward()
     return metrics
 
 

@@ -1,7 +1,8 @@
 """Data shipped with the package: the hand-labelled follow-up set (`followups.jsonl`, written by
 scripts/make_followups.py), the trained feedback-gate weights (`feedback_gate.json`, written by
-`python -m bench.feedback_gate`), the version gate's probe set (`probes.json`), their loaders, and `build_gate`, the feedback gate a config asks for. The gate
-itself is `hsd_ray.core.feedback` (pure); this package is the layer above it that reads files."""
+`python -m bench.feedback_gate`), the version gate's probe set (`probes.json`), the learner's retain prompts
+(`retain.json`), their loaders, and `build_gate`, the feedback gate a config asks for. The gate itself is
+`hsd_ray.core.feedback` (pure); this package is the layer above it that reads files."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hsd_ray.core.feedback import DEFAULT_KIND_WEIGHTS, make_gate
 FOLLOWUPS = "followups.jsonl"
 FEEDBACK_GATE = "feedback_gate.json"
 PROBES = "probes.json"
+RETAIN = "retain.json"
 
 
 def load_followups() -> list[dict]:
@@ -42,6 +44,16 @@ def load_probes(path: str | None = None) -> dict:
     if missing:
         raise ValueError(f"probe set {path or PROBES}: missing {missing}")
     return d
+
+
+def load_retain_prompts(path: str | None = None) -> list[str]:
+    """The learner's retain prompts (core/retain.py): the shipped `retain.json`, or the JSON file at `path` (config
+    `loss.retain_path`), {"prompts": [...]} with at least one non-empty prompt."""
+    source = Path(path) if path is not None else resources.files(__name__).joinpath(RETAIN)
+    prompts = json.loads(source.read_text(encoding="utf-8")).get("prompts")
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"retain prompts {path or RETAIN}: 'prompts' must be a non-empty list of non-empty strings")
+    return prompts
 
 
 def build_gate(fcfg: FeedbackConfig):

@@ -202,6 +202,7 @@ class Learner(GateFollowing):
         self.started = self.last_publish = time.time()
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
         self.reference = None
+        self.retain = None  # core.retain.RetainSet when loss.retain_coef > 0 (built from the reference in restore)
         self.guard: VersionGuard | None = None
         self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
         self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
@@ -219,8 +220,11 @@ class Learner(GateFollowing):
             with checkpoint.as_directory() as d:
                 state = torch.load(Path(d) / "learner.pt", map_location=self.device, weights_only=False)
         # the KL reference is taken before the checkpoint is loaded: the anchor stays the base weights; strict load
-        self.reference = resume_policy(self.model, state, kl_on=self.s.loss.kl_coef > 0, kind=self.s.loss.reference,
-                                       ema_rate=self.s.loss.ema_rate)
+        loss = self.s.loss
+        self.reference = resume_policy(self.model, state, kl_on=loss.kl_coef > 0 or loss.retain_coef > 0,
+                                       kind=loss.reference, ema_rate=loss.ema_rate)
+        if loss.retain_coef > 0:
+            self.retain = _retain_set(self.reference, self.tokenizer, loss)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -270,9 +274,11 @@ class Learner(GateFollowing):
 
         t0 = time.perf_counter()
         batch = HindsightBatch.collate(turns[self.rank :: self.world], self.tokenizer.pad_token_id)
+        retain = self.retain.draw(self.step_count, self.s.loss.retain_per_step, self.s.seed) if self.retain else None
         step_metrics = learner_step(self.model, self.optimizer, batch, self.s.loss,
                                     grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,
-                                    reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16)
+                                    reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16,
+                                    retain=retain)
         self.step_count += 1
         self.turns_trained += len(turns)
         # optimizer seconds and steps of this learner process (a resumed one starts at 0): the version gate's cost
@@ -411,6 +417,17 @@ class Learner(GateFollowing):
         log.info("final weights (v%d%s; step %d) saved to %s", version,
                  f"; v{self.version}, the highest number used, is not these weights" if version != self.version else "",
                  self.step_count, out)
+
+
+def _retain_set(reference, tokenizer, loss: LossConfig):
+    from hsd_ray.core.retain import build_retain_set
+    from hsd_ray.data import load_retain_prompts
+
+    t0 = time.perf_counter()
+    retain = build_retain_set(reference, tokenizer, load_retain_prompts(loss.retain_path))
+    log.info("retain anchor: %d reference replies (%.1f s), %d replayed per step, weight %g", len(retain.prompts),
+             time.perf_counter() - t0, loss.retain_per_step, loss.retain_coef)
+    return retain
 
 
 def train_loop_per_worker(config: dict) -> None:

@@ -216,21 +216,23 @@ def test_learner_restart_resumes_from_checkpoint(ray_session, tiny_model_dir, tm
         turns = [Turn(context=[{"role": "user", "content": f"q{j}"}], reply="an answer", followup="no") for j in range(n)]
         loop.queue.put([TurnRef.put(t) for t in turns])
 
-    cfg = _cfg(tmp_path, tiny_model_dir, **{"job.max_steps": 2})
+    # with the retain anchor on: both learners build it from the base (the reference), not from the checkpoint
+    cfg = _cfg(tmp_path, tiny_model_dir, **{"job.max_steps": 2, "loss.retain_coef": 1.0})
     with running_loop(cfg, serve_chat=False, learner=False) as loop:
         feed(loop, 4)
         first = loop.start_learner()
         first.join(timeout=300)
         assert first.error is None, first.error
         v1 = loop.registry.latest_version()
-        assert ray.get(loop.control.get_progress.remote())["step"] == 2
+        progress = ray.get(loop.control.get_progress.remote())
+        assert progress["step"] == 2 and progress["kl_retain"] > 0, progress
         # A new learner on the same output_dir resumes at step 2 and continues to 4; versions keep increasing.
         feed(loop, 4)
         second = loop.start_learner(cfg.model_copy(update={"job": cfg.job.model_copy(update={"max_steps": 4})}))
         second.join(timeout=300)
         assert second.error is None, second.error
         progress = ray.get(loop.control.get_progress.remote())
-        assert progress["step"] == 4, progress
+        assert progress["step"] == 4 and progress["kl_retain"] > 0, progress
         v2 = loop.registry.latest_version()
         assert v2 > v1
         q = loop.queue.stats()
