@@ -77,3 +77,11 @@ def encode_text(tokenizer, text: str, split_special: bool) -> list[int]:
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=split_special)["input_ids"])
+
+
+def reply_end_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a reply for this model: the tokenizer's EOS first, then the generation config's (a list on
+    some models, e.g. end-of-turn and end-of-text); no duplicates."""
+    ids = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
+    return list(dict.fromkeys(int(i) for i in flat))

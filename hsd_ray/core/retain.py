@@ -22,6 +22,7 @@ import torch
 
 from hsd_ray.core import losses
 from hsd_ray.core.batch import PackedSequences, pack_sequences, reply_logits
+from hsd_ray.core.prompts import render_prompt, reply_end_ids
 
 RETAIN_MAX_TOKENS = 32  # the start of a reply is where a fact is stated; longer replies add cost, not anchor
 
@@ -80,20 +81,11 @@ def retain_loss(model, reference, packed: PackedSequences) -> tuple[torch.Tensor
 
 def build_retain_set(reference, tokenizer, prompts: list[str], max_new_tokens: int = RETAIN_MAX_TOKENS) -> RetainSet:
     """Chat-render `prompts` as single user messages and let the reference answer them greedily."""
-    from hsd_ray.core.prompts import render_prompt
-
     ids = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     with reference.model() as ref_model:
         was_training = ref_model.training
         ref_model.eval()
-        replies = greedy_replies(ref_model, ids, tokenizer.pad_token_id, eos_ids_of(ref_model, tokenizer),
+        replies = greedy_replies(ref_model, ids, tokenizer.pad_token_id, reply_end_ids(ref_model, tokenizer),
                                  max_new_tokens)
         ref_model.train(was_training)
     return RetainSet(tuple(map(tuple, ids)), tuple(map(tuple, replies)), tokenizer.pad_token_id)
-
-
-def eos_ids_of(model, tokenizer) -> list[int]:
-    """The ids that end a reply: the generation config's EOS (an int or a list) and the tokenizer's."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})

@@ -17,6 +17,7 @@ import torch
 from hsd_ray.core.batch import pack_sequences, reply_logits, unpad_rows
 from hsd_ray.core.engine_api import Generation, PolicyVersion, SamplingParams, ScoreRequest, TokenScores
 from hsd_ray.core.policy import base_weights, tied_aliases
+from hsd_ray.core.prompts import reply_end_ids
 from hsd_ray.core.weights import BASE_ADAPTER, WeightLoadError, WeightSet, validate_tensors
 from hsd_ray.engines.base import VersionedWeights, check_tied, chunk_by_budget, trim_to_text
 from hsd_ray.models import load_model_and_tokenizer
@@ -146,11 +147,8 @@ class HFEngine(VersionedWeights):
 
     @property
     def eos_ids(self) -> list[int]:
-        """Every id that ends a sequence for this model: the tokenizer's EOS and the generation config's (a list on
-        some models, e.g. end-of-turn and end-of-text)."""
-        ids = [self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)]
-        flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
-        return list(dict.fromkeys(int(i) for i in flat))
+        """Every id that ends a sequence for this model (core.prompts.reply_end_ids)."""
+        return reply_end_ids(self.model, self.tokenizer)
 
     # ---- scoring --------------------------------------------------------------------------------------------
     @torch.no_grad()
