@@ -223,8 +223,9 @@ class Learner(GateFollowing):
         loss = self.s.loss
         self.reference = resume_policy(self.model, state, kl_on=loss.kl_coef > 0 or loss.retain_coef > 0,
                                        kind=loss.reference, ema_rate=loss.ema_rate)
-        if loss.retain_coef > 0:
-            self.retain = _retain_set(self.reference, self.tokenizer, loss)
+        if loss.retain_coef > 0:  # generated once, on rank 0: every rank replays the same replies
+            self.retain = rank0_broadcast(_retain_set(self.reference, self.tokenizer, loss) if self.rank == 0 else None,
+                                          self.world)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
