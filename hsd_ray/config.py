@@ -69,8 +69,8 @@ class HindsightConfig(_Section):
 class LossConfig(_Section):
     """Which distillation objective the learner applies (see hsd_ray/core/losses.py)."""
 
-    kind: Literal["sampled_token", "topk"] = Field("sampled_token", description="sampled_token = paper's advantage "
-                                                   "loss; topk = top-k divergence + tail")
+    kind: Literal["sampled_token", "topk", "shifted_topk"] = Field("sampled_token", description="sampled_token = "
+        "paper's advantage loss; topk = top-k divergence + tail; shifted_topk = losses.shifted_topk_loss")
     baseline: Literal["student", "reference_followup"] = Field("reference_followup", description="A_i = teacher - "
                                                                "baseline; student = paper, reference_followup = "
                                                                "contrastive (ours)")
@@ -79,6 +79,7 @@ class LossConfig(_Section):
     top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
     divergence: Literal["reverse_kl", "forward_kl", "jsd"] = Field("reverse_kl", description="top-k loss divergence")
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="mixture weight of the teacher in generalized JSD")
+    shift_scale: float = Field(1.0, gt=0, description="shifted_topk: exponent of teacher / baseline in the target")
     kl_coef: float = Field(0.1, ge=0, description="weight of the KL penalty to the reference policy (0 = off)")
     reference: Literal["initial", "ema"] = Field("initial", description="reference policy for the KL penalty")
     ema_rate: float = Field(0.05, gt=0, le=1, description="EMA update rate when reference=ema")
@@ -381,9 +382,9 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         """Combinations that would fail at run time (every teacher batch, or a rank's empty batch), named here."""
-        if self.loss.kind == "topk" and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
+        if "topk" in self.loss.kind and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
             raise ValueError(f"loss.top_k ({self.loss.top_k}) must be <= engine.vllm_max_logprobs "
-                             f"({self.engine.vllm_max_logprobs}) with loss.kind=topk and engine.kind=vllm")
+                             f"({self.engine.vllm_max_logprobs}) with loss.kind={self.loss.kind} and engine.kind=vllm")
         if self.learner.batch_turns < self.learner.num_workers:
             raise ValueError(f"learner.batch_turns ({self.learner.batch_turns}) must be >= learner.num_workers "
                              f"({self.learner.num_workers}): every worker needs a turn per step")
@@ -469,10 +470,9 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
             raise ConfigError(f"cannot parse override {arg!r}: use --section.field VALUE or section.field=VALUE")
         key = key.replace("-", "_")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            out.append((key, yaml.safe_load(raw) if raw != "" else ""))
         except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
+            out.append((key, raw))
     return out
 
 

@@ -43,6 +43,9 @@ VARIANTS: dict[str, dict] = {
                     "loss.center_advantages": True, "hindsight.template": "online"},
     # the top-k loss ignores the baseline pass; "student" makes that pass the cheap one
     "topk": {"loss.kind": "topk", "loss.baseline": "student", "hindsight.template": "online"},
+    # the top-k loss on the follow-up's shift (teacher / baseline), so the baseline pass is the reference follow-up's
+    "shifted_topk": {"loss.kind": "shifted_topk", "loss.baseline": "reference_followup",
+                     "hindsight.template": "online"},
     "offline_template": {"loss.kind": "sampled_token", "loss.baseline": "reference_followup",
                          "loss.center_advantages": True, "hindsight.template": "offline"},
     # whatever hsd_ray/config.py's defaults are today (loss, template, KL): the row README reports

@@ -89,6 +89,7 @@ class HindsightBatch:
     policy_versions: list[int | None]
     teacher_versions: list[int]
     replied_at: list[float]
+    baseline_topk_logp_B_T_K: torch.Tensor | None = None  # the baseline's log-prob of the teacher's top-k ids
 
     @property
     def mask_B_T(self) -> torch.Tensor:
@@ -117,6 +118,7 @@ class HindsightBatch:
             return out
 
         has_topk = all(s.teacher_topk_ids_T_K is not None for s in scores)
+        has_shift = has_topk and all(s.baseline_topk_logp_T_K is not None for s in scores)
         served = [_served_logp(t) for t in turns]
         return cls(
             packed=packed,
@@ -124,6 +126,8 @@ class HindsightBatch:
             baseline_logp_B_T=stack([s.baseline_logp_T for s in scores], 0.0, torch.float32),
             topk_ids_B_T_K=stack([s.teacher_topk_ids_T_K for s in scores], 0, torch.long) if has_topk else None,
             topk_logp_B_T_K=stack([s.teacher_topk_logp_T_K for s in scores], 0.0, torch.float32) if has_topk else None,
+            baseline_topk_logp_B_T_K=stack([s.baseline_topk_logp_T_K for s in scores], 0.0, torch.float32)
+            if has_shift else None,
             served_logp_B_T=stack(served, 0.0, torch.float32) if any(t.reply_logprobs is not None for t in turns)
             else None,
             feedback_weight_B=torch.tensor([t.feedback_weight() for t in turns], dtype=torch.float32),

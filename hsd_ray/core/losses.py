@@ -1,5 +1,6 @@
 """Losses of self-distillation from hindsight: token log-probs, advantages, the sampled-token loss, the top-k
-distribution loss, a KL-to-reference penalty and an exact (full-vocabulary) divergence for evaluation.
+distribution loss, its follow-up-shift form, a KL-to-reference penalty and an exact (full-vocabulary) divergence for
+evaluation.
 
 Method: "Aligning Language Models from User Interactions" (arXiv 2603.12273); full-distribution form after SDPO
 (arXiv 2601.20802). The learner drives these functions; the teacher/scorer only produces
@@ -19,6 +20,8 @@ Deviations from the paper / reference code:
   cap as in SDPO.
 - `topk_divergence_loss` uses the TEACHER's top-k (what vLLM prompt_logprobs returns, k <= 20 by default) plus one tail
   bucket, not the student's top-k (k = 50..100) as in SDPO; see its docstring for the approximation.
+- `shifted_topk_loss` (ours) distils the ratio teacher / baseline over the teacher's top-k onto the student, not the
+  teacher itself: only what the follow-up changed moves the policy.
 - `kl_penalty` (KL to a frozen reference) is not in the paper (beta = 0 there); offered because drift was measured here.
   Its value estimates KL(pi_theta || pi_ref) (k3); used as a loss on samples from pi_theta its gradient is an unbiased
   estimate of grad KL(pi_ref || pi_theta) (as in GRPO) -- both are zero at, and pull towards, pi_ref.
@@ -281,6 +284,58 @@ def topk_divergence_loss(
             "teacher_tail_mass": _token_mean(lt_B_T_K1[..., -1].exp(), m_B_T),
             "tokens": float(m_B_T.sum()),
         }
+    return loss, metrics
+
+
+def shifted_topk_loss(
+    student_logits_B_T_V: torch.Tensor,
+    topk_ids_B_T_K: torch.Tensor,
+    teacher_topk_logp_B_T_K: torch.Tensor,
+    baseline_topk_logp_B_T_K: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    seq_weight_B: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Distil only what the follow-up changed: forward KL(q || p_s) over the teacher's K+1 buckets, with the target
+    q ∝ p_s · (p_teacher / p_baseline)^scale (student side of q detached).
+
+    The teacher sees the user's follow-up, the baseline the same hindsight context with the reference follow-up; both
+    are scored by the same weights (core/scoring.py), `baseline_topk_logp_B_T_K` at the teacher's top-k ids. Where the
+    follow-up changes nothing (teacher == baseline) q = p_s and the gradient is zero, whatever the teacher and student
+    disagree about otherwise (the hindsight prompt's own effect); where it raises a token the student never samples
+    (a user's name at the first position), q raises it too — which the sampled-token loss cannot, it only reweighs the
+    sampled token. It is the sampled-token loss's advantage log p_t − log p_b taken over the top-k instead of one token
+    (a product-of-experts target as in proxy-tuning / contrastive decoding). With scale 1 and p_s == p_b it equals
+    forward-KL top-k distillation towards the teacher. q is re-formed from the current student at every step, so
+    repeated steps keep moving it (bounded by the KL anchor), unlike a fixed target.
+
+    Buckets as `topk_divergence_loss` (teacher top-k + tail; `teacher_bucket_logprobs` for both teacher and baseline,
+    so a baseline top-k that sums past 1 is renormalised). Ids/log-probs at masked positions are ignored.
+    Metrics: shift_div (the loss), shift_tv (mean total variation between q and p_s: how far the follow-up moves the
+    student per token), tokens.
+    """
+    m_B_T = _bool(mask_B_T)
+    K, V = topk_ids_B_T_K.shape[-1], student_logits_B_T_V.shape[-1]
+    if K > V:
+        raise ValueError(f"top-k K={K} exceeds vocab V={V}")
+    m_B_T_1 = m_B_T.unsqueeze(-1)
+    placeholder_K = torch.arange(K, device=topk_ids_B_T_K.device, dtype=topk_ids_B_T_K.dtype)
+    ids_B_T_K = torch.where(m_B_T_1, topk_ids_B_T_K, placeholder_K)
+    uniform = torch.full((), -math.log(K + 1), dtype=torch.float64, device=topk_ids_B_T_K.device)
+    t_B_T_K = torch.where(m_B_T_1, teacher_topk_logp_B_T_K.detach().to(torch.float64), uniform)
+    b_B_T_K = torch.where(m_B_T_1, baseline_topk_logp_B_T_K.detach().to(torch.float64), uniform)
+    ls_B_T_K1 = bucket_logprobs(student_logits_B_T_V, ids_B_T_K)
+    with torch.no_grad():
+        shift_B_T_K1 = (teacher_bucket_logprobs(t_B_T_K) - teacher_bucket_logprobs(b_B_T_K)).to(ls_B_T_K1.dtype)
+        lq_B_T_K1 = torch.log_softmax(ls_B_T_K1.detach() + scale * shift_B_T_K1, dim=-1)
+        q_B_T_K1 = lq_B_T_K1.exp()
+    div_B_T = (q_B_T_K1 * (lq_B_T_K1 - ls_B_T_K1)).sum(-1)
+    loss = masked_sequence_mean(div_B_T, m_B_T, seq_weight_B)
+    with torch.no_grad():
+        tv_B_T = 0.5 * (q_B_T_K1 - ls_B_T_K1.exp()).abs().sum(-1)
+        metrics = {"shift_div": float(loss.detach()), "shift_tv": _token_mean(tv_B_T, m_B_T),
+                   "tokens": float(m_B_T.sum())}
     return loss, metrics
 
 

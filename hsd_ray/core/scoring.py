@@ -23,6 +23,20 @@ if TYPE_CHECKING:  # the core reads config attributes only; it does not need pyd
     from hsd_ray.config import HindsightConfig, LossConfig
 
 
+TOPK_KINDS = ("topk", "shifted_topk")  # loss kinds that need the teacher's top-k
+
+
+def logprobs_at(ids_T_K: np.ndarray, other_ids_T_K: np.ndarray, other_logp_T_K: np.ndarray) -> np.ndarray:
+    """Another context's log-probs of `ids_T_K`, read from its own top-k (`other_ids_T_K`, `other_logp_T_K`): where an
+    id is outside that top-k, the top-k's smallest log-prob at that position (an upper bound: the engines return top-k
+    only, vLLM's prompt-logprob mode included). float32 [T, K]."""
+    same_T_K_K = ids_T_K[:, :, None] == other_ids_T_K[:, None, :]
+    floor_T_K = np.broadcast_to(other_logp_T_K.min(axis=1, keepdims=True), ids_T_K.shape)
+    found_T_K = same_T_K_K.any(axis=2)
+    at_T_K = np.take_along_axis(other_logp_T_K, same_T_K_K.argmax(axis=2), axis=1)
+    return np.where(found_T_K, at_T_K, floor_T_K).astype(np.float32)
+
+
 def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: LossConfig) -> list[Turn]:
     """Attach TurnScores to each turn (in place, and returned). One engine.score call for the whole list."""
     ref = hcfg.reference_followup if lcfg.baseline == "reference_followup" else None
@@ -39,7 +53,7 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
     ]
     requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
     requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
-    top_k = lcfg.top_k if lcfg.kind == "topk" else 0
+    top_k = lcfg.top_k if lcfg.kind in TOPK_KINDS else 0
     scored = engine.score(requests, top_k=top_k)
     version = engine.version.version
     for i, (t, e) in enumerate(zip(turns, examples)):
@@ -51,6 +65,8 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
             baseline_logp_T=baseline.logp_T,
             teacher_topk_ids_T_K=teacher.topk_ids_T_K,
             teacher_topk_logp_T_K=teacher.topk_logp_T_K,
+            baseline_topk_logp_T_K=logprobs_at(teacher.topk_ids_T_K, baseline.topk_ids_T_K, baseline.topk_logp_T_K)
+            if lcfg.kind == "shifted_topk" else None,
             teacher_version=version,
             teacher_prompt_tokens=len(e.teacher_prompt_ids),
             baseline_prompt_tokens=len(e.baseline_prompt_ids),

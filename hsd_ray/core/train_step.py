@@ -44,6 +44,13 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
         loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights, batch.feedback_weight_B)
+    elif cfg.kind == "shifted_topk":
+        if batch.baseline_topk_logp_B_T_K is None:
+            raise ValueError("loss.kind=shifted_topk needs the teacher's and the baseline's top-k scores")
+        loss, m = losses.shifted_topk_loss(
+            logits_B_T_V, batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
+            batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, scale=cfg.shift_scale,
+            seq_weight_B=batch.feedback_weight_B)
     else:
         if batch.topk_ids_B_T_K is None:
             raise ValueError("loss.kind=topk needs teacher top-k scores (teacher must score with top_k > 0)")

@@ -43,6 +43,7 @@ class TurnScores:
     baseline_logp_T: np.ndarray | None = None  # float32 [T]
     teacher_topk_ids_T_K: np.ndarray | None = None  # int64 [T, K]
     teacher_topk_logp_T_K: np.ndarray | None = None  # float32 [T, K]
+    baseline_topk_logp_T_K: np.ndarray | None = None  # float32 [T, K]: the baseline's log-prob of the teacher's top-k
     teacher_version: int = 0  # policy version of the weights that scored
     teacher_prompt_tokens: int = 0
     baseline_prompt_tokens: int = 0

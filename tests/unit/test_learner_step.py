@@ -55,7 +55,7 @@ def _exact_kl(model, batch, teacher_logits):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("kind", ["sampled_token", "topk"])
+@pytest.mark.parametrize("kind", ["sampled_token", "topk", "shifted_topk"])
 def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, kind):
     """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
     trained, then steps. The exact mean KL(student ‖ hindsight teacher) over the reply tokens must fall."""
