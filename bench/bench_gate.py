@@ -72,7 +72,26 @@ def gatekeeper_cost(model_dir: str, cfg) -> dict:
     _, relevance_s = _timed(lambda: gate._relevance([r.text for r in replies]))  # already inside evaluate: its share
     return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
             "relevance_check_s": round(relevance_s, 2), "relevance_share": round(relevance_s / eval_s, 3),
-            "candidate": numbers.to_dict()}
+            "acceptance": acceptance_cost(gate, replies, eval_s), "candidate": numbers.to_dict()}
+
+
+def acceptance_cost(gate, replies, eval_s: float) -> dict:
+    """An accepted candidate's reference (its probe replies' top-k): taken from the greedy generation (now) against
+    the scoring pass over the same replies it used to cost, and what asking the generation for its top-k adds."""
+    from hsd_ray.core.engine_api import ScoreRequest
+
+    k, max_tokens = gate.settings.gate.top_k, gate.settings.gate.probe_max_tokens
+    _, plain_s = _timed(lambda: gate._greedy(gate.probe_prompts, max_tokens))
+    _, with_topk_s = _timed(lambda: gate._greedy(gate.probe_prompts, max_tokens, top_k=k))
+    _, from_generation_s = _timed(lambda: gate._reference(1, replies))
+    targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(gate.probe_prompts, replies) if r.token_ids]
+    _, scoring_pass_s = _timed(lambda: gate.engine.score(targets, top_k=k))
+    before = eval_s - (with_topk_s - plain_s) + scoring_pass_s
+    after = eval_s + from_generation_s
+    return {"probe_generation_s": round(plain_s, 2), "probe_generation_with_topk_s": round(with_topk_s, 2),
+            "reference_from_generation_s": round(from_generation_s, 3), "reference_scoring_pass_s":
+            round(scoring_pass_s, 2), "accepted_candidate_before_s": round(before, 2),
+            "accepted_candidate_after_s": round(after, 2), "speedup": round(before / after, 3)}
 
 
 def learner_step_cost(model_dir: str, cfg, steps: int = 3) -> dict:

@@ -17,8 +17,8 @@ greedy replies to the probe prompts with their top-k, reference-text perplexity,
 accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the registry's
 latest accepted version after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
 replies, for the two KLs), one for the reference text, two greedy generation batches (checkable prompts, probe
-prompts) and, for a shared candidate, one short scoring pass for relevance (each probe read after its reply and after
-the base's cut reply); when accepted, one more scoring pass of its own replies.
+prompts: these return their top-k, kept as its reference when it is accepted) and, for a shared candidate, one short
+scoring pass for relevance (each probe read after its reply and after the base's cut reply).
 
 Threshold defaults (config `version_gate`), chosen as follows:
 - KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
@@ -61,6 +61,8 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
@@ -186,7 +188,7 @@ class Gatekeeper:
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
         on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
-        replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
+        replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
         numbers = GateNumbers(
@@ -334,17 +336,21 @@ class Gatekeeper:
         ids = encode_text(tok, probes["reference_text"], split_special=False)
         self.reference_request = ScoreRequest(prompt_ids=ids[:1], target_ids=ids[1:])
 
-    def _greedy(self, prompts: list[list[int]], max_tokens: int):
-        return self.engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0))
+    def _greedy(self, prompts: list[list[int]], max_tokens: int, top_k: int = 0):
+        return self.engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0,
+                                                            top_logprobs=top_k))
 
     def _reference(self, version: int, replies: list | None = None) -> _Reference:
-        """The loaded weights' greedy probe replies (or `replies`, already generated) and their top-k."""
+        """The loaded weights' greedy probe replies (or `replies`, already generated with their top log-probs) and
+        their top-k. The top-k come with the generation (the logits every reply position already had), not from a
+        second scoring pass over the replies: that pass was a sixth of an accepted candidate's time."""
+        k = self.settings.gate.top_k
         if replies is None:
-            replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens)
-        targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
-        scores = self.engine.score(targets, top_k=self.settings.gate.top_k)
-        return _Reference(version, targets, [(s.topk_ids_T_K, s.topk_logp_T_K) for s in scores],
-                          *_probe_stats(replies), [r.text for r in replies])
+            replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
+        kept = [(p, r) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
+        return _Reference(version, [ScoreRequest(p, list(r.token_ids)) for p, r in kept],
+                          [_topk_arrays(r.top_logprobs, k) for _, r in kept], *_probe_stats(replies),
+                          [r.text for r in replies])
 
     def _relevance(self, texts: list[str]) -> float:
         """`relevance_change` of the probe replies `texts`, read by the loaded weights (the candidate: the gate holds
@@ -387,6 +393,15 @@ class Gatekeeper:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("gatekeeper: evaluation failed")
                 self._stop.wait(1.0)
+
+
+def _topk_arrays(top_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A generation's per-position top log-probs ([(id, log-prob)] * k, best first) as (ids_T_K, logp_T_K), the
+    shape `engine.score(..., top_k=k)` returns."""
+    if top_logprobs is None or any(len(row) != k for row in top_logprobs):
+        raise ValueError(f"the engine returned no top-{k} log-probs with the gate's probe replies")
+    return (np.array([[i for i, _ in row] for row in top_logprobs], dtype=np.int64),
+            np.array([[lp for _, lp in row] for row in top_logprobs], dtype=np.float32))
 
 
 def _probe_stats(replies) -> tuple[float, float]:

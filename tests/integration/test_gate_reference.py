@@ -1,0 +1,36 @@
+"""The version gate's reference top-k comes with its greedy probe replies (tiny random model, transformers engine, no
+Ray): it is what a scoring pass over the same replies returns, so the KL numbers did not change when that pass went."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir):
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.core.version_gate import mean_kl
+    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(),
+                                         VersionGateConfig(probe_max_tokens=12, check_max_tokens=4), False), None)
+    k, base = gate.settings.gate.top_k, gate.base
+    assert len(base.targets) == len(base.topk) > 0
+    scored = gate.engine.score(base.targets, top_k=k)
+    for (ids, logp), s in zip(base.topk, scored):
+        assert ids.shape == s.topk_ids_T_K.shape == (len(s.logp_T), k)
+        np.testing.assert_allclose(logp, s.topk_logp_T_K, atol=1e-4)
+        assert (ids == s.topk_ids_T_K).mean() > 0.95  # near-ties may swap places between the two passes
+    assert mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in scored], base.topk) < 1e-5
+
+    numbers, _ = gate.evaluate()  # the base against itself: nothing moved
+    assert numbers.kl_accepted < 1e-5 and numbers.kl_base < 1e-5
+    torch.manual_seed(0)
+    noisy = {n: p.detach() + 0.05 * torch.randn_like(p) for n, p in gate.engine.model.named_parameters()}
+    gate.engine.load_weights(WeightSet(kind="full", tensors=noisy, version=PolicyVersion(version=1)))
+    moved, _ = gate.evaluate()
+    assert moved.kl_accepted > 100 * max(numbers.kl_accepted, 1e-7)
