@@ -1,5 +1,5 @@
-"""The version gate's reference top-k comes with its greedy probe replies (tiny random model, transformers engine, no
-Ray): it is what a scoring pass over the same replies returns, so the KL numbers did not change when that pass went."""
+"""The version gate's reference top-k comes with its greedy probe replies (tiny random model, both engines, no Ray):
+it is what a scoring pass over the same replies returns, so the KL numbers did not change when that pass went."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import torch
 pytestmark = pytest.mark.integration
 
 
-def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir):
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir, kind):
     from hsd_ray.config import EngineConfig, VersionGateConfig
     from hsd_ray.core.version_gate import mean_kl
-    from hsd_ray.core.weights import PolicyVersion, WeightSet
+    from hsd_ray.core.policy import export_weights
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+    from hsd_ray.models import load_model_and_tokenizer
 
-    gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(),
+    gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind=kind),
                                          VersionGateConfig(probe_max_tokens=12, check_max_tokens=4), False), None)
     k, base = gate.settings.gate.top_k, gate.base
     assert len(base.targets) == len(base.topk) > 0
@@ -29,8 +31,11 @@ def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir):
 
     numbers, _ = gate.evaluate()  # the base against itself: nothing moved
     assert numbers.kl_accepted < 1e-5 and numbers.kl_base < 1e-5
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
     torch.manual_seed(0)
-    noisy = {n: p.detach() + 0.05 * torch.randn_like(p) for n, p in gate.engine.model.named_parameters()}
-    gate.engine.load_weights(WeightSet(kind="full", tensors=noisy, version=PolicyVersion(version=1)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gate.engine.load_weights(export_weights(model, version=1, step=1))
     moved, _ = gate.evaluate()
     assert moved.kl_accepted > 100 * max(numbers.kl_accepted, 1e-7)
