@@ -228,6 +228,21 @@ def teacher_bucket_logprobs(teacher_topk_logp_B_T_K: torch.Tensor) -> torch.Tens
     return buckets_B_T_K1.to(out_dtype)
 
 
+def _sanitised_topk(
+    student_logits_B_T_V: torch.Tensor, topk_ids_B_T_K: torch.Tensor, m_B_T: torch.Tensor, *topk_logps_B_T_K
+) -> tuple[torch.Tensor, ...]:
+    """The top-k ids and log-probs with padding made harmless: distinct placeholder ids and a uniform distribution
+    (float64, detached) at masked positions, so nothing there can produce NaN. Checks K <= V."""
+    K, V = topk_ids_B_T_K.shape[-1], student_logits_B_T_V.shape[-1]
+    if K > V:
+        raise ValueError(f"top-k K={K} exceeds vocab V={V}")
+    m_B_T_1 = m_B_T.unsqueeze(-1)
+    placeholder_K = torch.arange(K, device=topk_ids_B_T_K.device, dtype=topk_ids_B_T_K.dtype)
+    uniform = torch.full((), -math.log(K + 1), dtype=torch.float64, device=topk_ids_B_T_K.device)
+    return (torch.where(m_B_T_1, topk_ids_B_T_K, placeholder_K),
+            *(torch.where(m_B_T_1, lp.detach().to(torch.float64), uniform) for lp in topk_logps_B_T_K))
+
+
 def topk_divergence_loss(
     student_logits_B_T_V: torch.Tensor,
     topk_ids_B_T_K: torch.Tensor,
@@ -260,19 +275,7 @@ def topk_divergence_loss(
     """
     _check_divergence(divergence, jsd_beta)
     m_B_T = _bool(mask_B_T)
-    K = topk_ids_B_T_K.shape[-1]
-    V = student_logits_B_T_V.shape[-1]
-    if K > V:
-        raise ValueError(f"top-k K={K} exceeds vocab V={V}")
-    m_B_T_1 = m_B_T.unsqueeze(-1)
-    # Sanitise padding: distinct placeholder ids and a uniform teacher, so nothing there can produce NaN.
-    placeholder_K = torch.arange(K, device=topk_ids_B_T_K.device, dtype=topk_ids_B_T_K.dtype)
-    ids_B_T_K = torch.where(m_B_T_1, topk_ids_B_T_K, placeholder_K)
-    t_top_B_T_K = torch.where(
-        m_B_T_1,
-        teacher_topk_logp_B_T_K.detach().to(torch.float64),
-        torch.full((), -math.log(K + 1), dtype=torch.float64, device=teacher_topk_logp_B_T_K.device),
-    )
+    ids_B_T_K, t_top_B_T_K = _sanitised_topk(student_logits_B_T_V, topk_ids_B_T_K, m_B_T, teacher_topk_logp_B_T_K)
     ls_B_T_K1 = bucket_logprobs(student_logits_B_T_V, ids_B_T_K)
     lt_B_T_K1 = teacher_bucket_logprobs(t_top_B_T_K).to(ls_B_T_K1.dtype)
     div_B_T = _divergence_from_logprobs(ls_B_T_K1, lt_B_T_K1, divergence, jsd_beta)
@@ -316,15 +319,8 @@ def shifted_topk_loss(
     student per token), tokens.
     """
     m_B_T = _bool(mask_B_T)
-    K, V = topk_ids_B_T_K.shape[-1], student_logits_B_T_V.shape[-1]
-    if K > V:
-        raise ValueError(f"top-k K={K} exceeds vocab V={V}")
-    m_B_T_1 = m_B_T.unsqueeze(-1)
-    placeholder_K = torch.arange(K, device=topk_ids_B_T_K.device, dtype=topk_ids_B_T_K.dtype)
-    ids_B_T_K = torch.where(m_B_T_1, topk_ids_B_T_K, placeholder_K)
-    uniform = torch.full((), -math.log(K + 1), dtype=torch.float64, device=topk_ids_B_T_K.device)
-    t_B_T_K = torch.where(m_B_T_1, teacher_topk_logp_B_T_K.detach().to(torch.float64), uniform)
-    b_B_T_K = torch.where(m_B_T_1, baseline_topk_logp_B_T_K.detach().to(torch.float64), uniform)
+    ids_B_T_K, t_B_T_K, b_B_T_K = _sanitised_topk(student_logits_B_T_V, topk_ids_B_T_K, m_B_T,
+                                                  teacher_topk_logp_B_T_K, baseline_topk_logp_B_T_K)
     ls_B_T_K1 = bucket_logprobs(student_logits_B_T_V, ids_B_T_K)
     with torch.no_grad():
         shift_B_T_K1 = (teacher_bucket_logprobs(t_B_T_K) - teacher_bucket_logprobs(b_B_T_K)).to(ls_B_T_K1.dtype)
