@@ -13,7 +13,10 @@
     per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
     the same ratio from its own timings (summary.json `version_gate_cost`).
 
-Results print and go to `bench/results/bench_gate-<model>.json`. SmolLM2-135M-Instruct: ~3 min on 2 CPU cores.
+Results print and go to `bench/results/bench_gate-<model>[-<tag>].json`. SmolLM2-135M-Instruct: ~3 min on 2 CPU cores.
+Config overrides follow the options (`engine.device=cuda engine.dtype=bfloat16`); `--random-weights` runs a machine that
+has the model's config and tokenizer but not its weights (the GPU machine: results bench_gate-smollm2-h200-*.json), `--batch-turns 4,32,128` adds the learner's step at those batch sizes and the cadence at which the gate would cost 0.25
+of the learner.
 """
 
 from __future__ import annotations
@@ -34,6 +37,30 @@ def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # CUDA kernels run asynchronously: a timer must wait for them
+        torch.cuda.synchronize()
+
+
+def random_weights_copy(model_dir: str, seed: int = 0) -> str:
+    """A copy of the model folder (its config and tokenizer; weights not needed) with seeded random weights: for a
+    machine that cannot hold the real ones (the GPU machine gets at most 64 MiB). Greedy replies of random weights
+    never end early, so every reply runs to max_tokens: the gate's times are an upper bound (the real base's probe
+    replies average 40 of 48 tokens)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(tempfile.mkdtemp(prefix="hsd-random-"))
+    for f in Path(model_dir).iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".gguf")):
+            shutil.copy(f, out / f.name)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out)).save_pretrained(out)
+    return str(out)
 
 
 def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
@@ -94,7 +121,7 @@ def acceptance_cost(gate, replies, eval_s: float) -> dict:
             "accepted_candidate_after_s": round(after, 2), "speedup": round(before / after, 3)}
 
 
-def learner_step_cost(model_dir: str, cfg, steps: int = 3) -> dict:
+def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | None = None) -> dict:
     """The learner's step as the loop takes it: the config's loss (with its KL anchor), batch size and optimizer, on
     synthetic turns scored by the teacher code path (core.scoring) with replies of 16-64 tokens (serve.max_tokens)."""
     from bench.bench_core import synthetic_turns
@@ -104,21 +131,24 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3) -> dict:
     from hsd_ray.core.train_step import learner_step
     from hsd_ray.engines.hf import HFEngine
 
-    engine = HFEngine(model_dir)
-    turns = synthetic_turns(engine.tokenizer, cfg.learner.batch_turns, 16, cfg.serve.max_tokens, seed=0)
+    engine = HFEngine(model_dir, device=cfg.engine.device)  # the learner's fp32 master weights, on the gate's device
+    n_turns = batch_turns or cfg.learner.batch_turns
+    turns = synthetic_turns(engine.tokenizer, n_turns, 16, cfg.serve.max_tokens, seed=0)
     batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
     model, lcfg = engine.model, cfg.learner
     reference = resume_policy(model, None, kl_on=cfg.loss.kl_coef > 0, kind=cfg.loss.reference)
     optimizer, scheduler = make_optimizer(model, lcfg)
 
     def step():
-        return learner_step(model, optimizer, batch, cfg.loss, grad_clip=lcfg.grad_clip, scheduler=scheduler,
-                            reference=reference)
+        out = learner_step(model, optimizer, batch, cfg.loss, grad_clip=lcfg.grad_clip, scheduler=scheduler,
+                           reference=reference, autocast_bf16=lcfg.autocast_bf16)
+        _sync(engine.device)
+        return out
 
     step()  # warm-up: optimizer state allocation, first-call overheads
     step_s = sum(_timed(step)[1] for _ in range(steps)) / steps
-    return {"batch_turns": lcfg.batch_turns, "reply_tokens": batch.num_tokens, "step_s": round(step_s, 2),
-            "every_steps": cfg.broadcast.every_steps, "per_version_s": round(step_s * cfg.broadcast.every_steps, 2)}
+    return {"batch_turns": n_turns, "reply_tokens": batch.num_tokens, "step_s": round(step_s, 4),
+            "every_steps": cfg.broadcast.every_steps, "per_version_s": round(step_s * cfg.broadcast.every_steps, 4)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_gate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="cluster/local.yaml", help="the loop config whose gate and learner are timed")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--random-weights", action="store_true", help="the model's config and tokenizer with random "
+                   "weights (a machine without the weights); replies then run to max_tokens: an upper bound")
+    p.add_argument("--batch-turns", default="", help="also time the learner's step at these batch sizes (comma "
+                   "separated): the cadence (steps per version) at which the gate would cost 0.25 of the learner")
+    p.add_argument("--tag", default="", help="suffix of the result file's name (e.g. the device)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. engine.device=cuda engine.dtype=bfloat16")
     args = p.parse_args(argv)
-    cfg = Config.load(args.config)
-    model_dir = str(resolve_model(cfg.model))
-    engine = HFEngine(model_dir)
-    result = {"model": cfg.model, "config": args.config, "torch_threads": torch.get_num_threads(),
+    cfg = Config.load(args.config, args.overrides)
+    if args.random_weights:  # a folder of config + tokenizer alone will do (resolve_model wants weights in it)
+        model_dir = random_weights_copy(cfg.model if Path(cfg.model).is_dir() else str(resolve_model(cfg.model)))
+    else:
+        model_dir = str(resolve_model(cfg.model))
+    engine = HFEngine(model_dir, device=cfg.engine.device, dtype=cfg.engine.dtype)
+    result = {"model": cfg.model, "config": args.config, "overrides": args.overrides,
+              "random_weights": args.random_weights, "device": _device_name(cfg.engine.device),
+              "torch_threads": torch.get_num_threads(),
               "env": {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
                       "loadavg_start": os.getloadavg()[0]}}
     result["generation"] = generation_ratio(engine, cfg.version_gate, cfg.version_gate.probes_path)
@@ -142,13 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     result["learner"] = learner_step_cost(model_dir, cfg)
     result["gate_to_learner_ratio"] = round(result["gatekeeper"]["candidate_evaluate_s"]
                                             / result["learner"]["per_version_s"], 3)
+    gate_s = result["gatekeeper"]["candidate_evaluate_s"]
+    result["learner_by_batch"] = [dict(cost, steps_per_version_for_quarter=round(gate_s / (0.25 * cost["step_s"]), 1))
+                                  for n in args.batch_turns.split(",") if n
+                                  for cost in [learner_step_cost(model_dir, cfg, batch_turns=int(n))]]
     result["env"]["loadavg_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))
-    out = Path(args.out) / f"bench_gate-{Path(cfg.model).name}.json"
+    out = Path(args.out) / f"bench_gate-{Path(cfg.model).name}{'-' + args.tag if args.tag else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def check_losses(device: torch.device) -> dict[str, float]:
     base_logp64 = torch.randn(B, T, generator=g, dtype=torch.float64) - 2
     ref_logp64 = torch.randn(B, T, generator=g, dtype=torch.float64) - 2
     weights64 = torch.rand(B, T, generator=g, dtype=torch.float64) * 2
+    # the no-follow-up baseline's log-probs at the teacher's top-k ids (shifted_topk_loss): another context's numbers
+    base_topk_logp64 = torch.log_softmax(torch.randn(B, T, V, generator=g, dtype=torch.float64) * 3, -1).gather(
+        -1, topk_ids)
 
     def cases(dtype, dev):
         """name -> list of tensors (values and grads) for inputs cast to dtype on dev."""
@@ -125,6 +128,12 @@ def check_losses(device: torch.device) -> dict[str, float]:
             ex = L.exact_divergence(lg, x(teacher64), mask.to(dev), div)
             ex.backward()
             out[f"exact_divergence({div})"] = [ex, lg.grad]
+        for scale in (1.0, 0.5):
+            lg = x(logits64).requires_grad_()
+            loss, _ = L.shifted_topk_loss(lg, topk_ids.to(dev), x(topk_logp64), x(base_topk_logp64), mask.to(dev),
+                                          scale=scale, seq_weight_B=x(weights64[:, 0]))
+            loss.backward()
+            out[f"shifted_topk_loss(scale={scale})"] = [loss, lg.grad]
         s = x(tgt_logp64).requires_grad_()
         kl, _ = L.kl_penalty(s, x(ref_logp64), mask.to(dev))
         kl.backward()
@@ -172,6 +181,7 @@ def duck_engine(model, device: torch.device, token_budget: int):
 
     engine = HFEngine.__new__(HFEngine)
     engine.model, engine.device, engine.score_token_budget = model, device, token_budget
+    engine._plain = model  # HFEngine.__init__'s attributes, set by hand: keep in step with it
     engine.tokenizer = types.SimpleNamespace(pad_token_id=0, eos_token_id=1)
     engine._version, engine._lock, engine._lora_loaded = PolicyVersion(), threading.RLock(), False
     engine.model_dir = None
@@ -282,6 +292,7 @@ def learner_batch(B: int, prompt_len: int, target_len: int, vocab: int, top_k: i
         topk_logp = topk_logp.sort(-1, descending=True).values
     return HindsightBatch(packed=packed, teacher_logp_B_T=teacher, baseline_logp_B_T=teacher + torch.randn(
         B, target_len, generator=g) * 0.3, topk_ids_B_T_K=topk_ids, topk_logp_B_T_K=topk_logp, served_logp_B_T=None,
+        feedback_weight_B=torch.ones(B),
         turn_ids=[str(i) for i in range(B)], policy_versions=[None] * B, teacher_versions=[0] * B, replied_at=[0.0] * B)
 
 
