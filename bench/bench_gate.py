@@ -15,7 +15,8 @@
 
 Results print and go to `bench/results/bench_gate-<model>[-<tag>].json`. SmolLM2-135M-Instruct: ~3 min on 2 CPU cores.
 Config overrides follow the options (`engine.device=cuda engine.dtype=bfloat16`); `--random-weights` runs a machine that
-has the model's config and tokenizer but not its weights (the GPU machine: results bench_gate-smollm2-h200-*.json), `--batch-turns 4,32,128` adds the learner's step at those batch sizes and the cadence at which the gate would cost 0.25
+has the model's config and tokenizer but not its weights (the GPU machine: results bench_gate-smollm2-h200-*.json);
+`--batch-turns 4,32,128` adds the learner's step at those batch sizes and the cadence at which the gate would cost 0.25
 of the learner.
 """
 
