@@ -42,6 +42,10 @@ def _args():
     p.add_argument("--requests", type=int, default=16, help="concurrent requests per round")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3, help="rounds of each arm (alternating)")
+    p.add_argument("--device", default="cpu", help="the hf engine's torch device ('cuda': GPU memory per adapter too)")
+    p.add_argument("--random-weights", action="store_true", help="the model's config and tokenizer with random "
+                   "weights (a machine without the weights; replies run to max_tokens)")
+    p.add_argument("--tag", default="", help="suffix of the result file's name (e.g. the device)")
     return p.parse_args()
 
 
@@ -82,26 +86,27 @@ def main() -> None:
     from hsd_ray.config import EngineConfig
     from hsd_ray.core.prompts import render_prompt
     from hsd_ray.engines.factory import make_engine
-    from hsd_ray.models import resolve_model
+    from bench.util import model_folder
 
-    model_dir = str(resolve_model(args.model))
+    model_dir = model_folder(args.model, args.random_weights)
     tmp = tempfile.mkdtemp(prefix="hsd-bench-adapters-")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         sets = pool.submit(_make_adapters, model_dir, args.adapters, tmp).result()
-    engine = make_engine(model_dir, EngineConfig(kind=args.engine, max_lora_rank=8, max_model_len=1024),
+    engine = make_engine(model_dir, EngineConfig(kind=args.engine, max_lora_rank=8, max_model_len=1024,
+                                                 device=args.device),
                          enable_lora=True, serving=True, max_loras=args.adapters)
     prompt = render_prompt(engine.tokenizer, [{"role": "user", "content": "Tell me about the sea."}])
     _throughput(engine, prompt, [None] * 2, 8)  # warm-up
-    rss_before = rss_mb()
+    rss_before, gpu_before = rss_mb(), _gpu_mb(args.device)
     new_user = []
     for weights in sets[: args.adapters]:
         t0 = time.perf_counter()
         engine.load_weights(weights)
         new_user.append(time.perf_counter() - t0)
-    rss_after = rss_mb()
+    rss_after, gpu_after = rss_mb(), _gpu_mb(args.device)
     names = [w.version.adapter_id for w in sets[: args.adapters]]
     spread = [names[i % len(names)] for i in range(args.requests)]
     _throughput(engine, prompt, spread[: args.adapters], 8)  # warm every adapter once
@@ -130,14 +135,28 @@ def main() -> None:
         "adapter_mb": adapter_mb,
         "rss_mb": {"before": rss_before, "after": rss_after,
                    "per_adapter": (rss_after - rss_before) / args.adapters},
-        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
+        "random_weights": args.random_weights,
     }
+    if gpu_before is not None:  # what the adapters' tensors take on the GPU (the caching allocator's live bytes)
+        result["gpu_mb"] = {"before": gpu_before, "after": gpu_after,
+                            "per_adapter": (gpu_after - gpu_before) / args.adapters}
     if hasattr(engine, "close"):
         engine.close()
     print(json.dumps(result, indent=1))
-    out = Path("bench/results") / f"bench_adapters-{Path(args.model).name}-{args.engine}.json"
+    tag = f"-{args.tag}" if args.tag else ""
+    out = Path("bench/results") / f"bench_adapters-{Path(args.model).name}-{args.engine}{tag}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {out}", file=sys.stderr)
+
+
+def _gpu_mb(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() / 2**20
 
 
 if __name__ == "__main__":

@@ -45,25 +45,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def random_weights_copy(model_dir: str, seed: int = 0) -> str:
-    """A copy of the model folder (its config and tokenizer; weights not needed) with seeded random weights: for a
-    machine that cannot hold the real ones (the GPU machine gets at most 64 MiB). Greedy replies of random weights
-    never end early, so every reply runs to max_tokens: the gate's times are an upper bound (the real base's probe
-    replies average 40 of 48 tokens)."""
-    import shutil
-    import tempfile
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    out = Path(tempfile.mkdtemp(prefix="hsd-random-"))
-    for f in Path(model_dir).iterdir():
-        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".gguf")):
-            shutil.copy(f, out / f.name)
-    torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out)).save_pretrained(out)
-    return str(out)
-
-
 def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
     from hsd_ray.core.engine_api import SamplingParams
     from hsd_ray.core.prompts import render_prompt
@@ -153,9 +134,9 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.util import model_folder
     from hsd_ray.config import Config
     from hsd_ray.engines.hf import HFEngine
-    from hsd_ray.models import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m bench.bench_gate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="cluster/local.yaml", help="the loop config whose gate and learner are timed")
@@ -168,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. engine.device=cuda engine.dtype=bfloat16")
     args = p.parse_args(argv)
     cfg = Config.load(args.config, args.overrides)
-    if args.random_weights:  # a folder of config + tokenizer alone will do (resolve_model wants weights in it)
-        model_dir = random_weights_copy(cfg.model if Path(cfg.model).is_dir() else str(resolve_model(cfg.model)))
-    else:
-        model_dir = str(resolve_model(cfg.model))
+    model_dir = model_folder(cfg.model, args.random_weights)
     engine = HFEngine(model_dir, device=cfg.engine.device, dtype=cfg.engine.dtype)
     result = {"model": cfg.model, "config": args.config, "overrides": args.overrides,
               "random_weights": args.random_weights, "device": _device_name(cfg.engine.device),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -50,3 +51,33 @@ def random_user_adapters(model_dir: str, users: list[str], std: float, root) -> 
                     p.normal_(0, std)
         sets.append(bank.export(adapter, 1, 1))
     return sets
+
+
+def model_folder(model: str, random_weights: bool = False) -> str:
+    """The model's local folder (`resolve_model`), or with `random_weights` a copy of it with random weights: then a
+    folder holding only its config and tokenizer will do (resolve_model wants weights in it)."""
+    from hsd_ray.models import resolve_model
+
+    if not random_weights:
+        return str(resolve_model(model))
+    return random_weights_copy(model if Path(model).is_dir() else str(resolve_model(model)))
+
+
+def random_weights_copy(model_dir: str, seed: int = 0) -> str:
+    """A copy of the model folder (its config and tokenizer; weights not needed) with seeded random weights: for a
+    machine that cannot hold the real ones (the GPU machine gets at most 64 MiB). Greedy replies of random weights
+    never end early, so every reply runs to max_tokens: generation times are an upper bound (the real SmolLM2's
+    greedy replies to the gate's probes average 40 of 48 tokens)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(tempfile.mkdtemp(prefix="hsd-random-"))
+    for f in Path(model_dir).iterdir():
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".gguf")):
+            shutil.copy(f, out / f.name)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out)).save_pretrained(out)
+    return str(out)
