@@ -58,6 +58,8 @@ class HindsightConfig(_Section):
     max_reply_tokens: int = Field(512, ge=1, description="replies are right-truncated to this many tokens")
     reference_followup: str = Field("Thanks, that's helpful.", description="follow-up used for the contrastive "
                                     "baseline pass (loss.baseline=reference_followup)")
+    teacher_reply_tokens: int = Field(0, ge=0, description="0: distil on the served reply (paper); N: on the teacher's "
+                                      "own greedy reply of <= N tokens under the hindsight context")
 
     @model_validator(mode="after")
     def _template_known(self) -> "HindsightConfig":
@@ -212,14 +214,12 @@ class FeedbackConfig(_Section):
 
     # "ensemble" was chosen on the dev split of hsd_ray/data/followups.jsonl (bench/feedback_gate.py); a unit test
     # keeps this default equal to the choice recorded in the shipped weights.
-    gate: Literal["none", "rules", "learned", "ensemble"] = Field(
-        "ensemble", description="none = every follow-up trains (the paper); rules / learned / ensemble = gated"
-    )
+    gate: Literal["none", "rules", "learned", "ensemble"] = Field("ensemble", description="none = every follow-up "
+                                                                  "trains (paper); rules / learned / ensemble = gated")
     weights_path: str | None = Field(None, description="learned-gate weights JSON (None = the shipped ones)")
     threshold: float | None = Field(None, ge=0, le=1, description="decision threshold (None = the one chosen on dev)")
-    kind_weights: dict[str, float] = Field(
-        default_factory=dict, description="loss weight per feedback kind, e.g. {positive: 0.5} (unset = defaults)"
-    )
+    kind_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per feedback kind, "
+                                           "e.g. {positive: 0.5} (unset = defaults)")
 
 
 class QueueConfig(_Section):

@@ -128,8 +128,7 @@ class HindsightBatch:
             topk_logp_B_T_K=stack([s.teacher_topk_logp_T_K for s in scores], 0.0, torch.float32) if has_topk else None,
             baseline_topk_logp_B_T_K=stack([s.baseline_topk_logp_T_K for s in scores], 0.0, torch.float32)
             if has_shift else None,
-            served_logp_B_T=stack(served, 0.0, torch.float32) if any(t.reply_logprobs is not None for t in turns)
-            else None,
+            served_logp_B_T=stack(served, 0.0, torch.float32) if any(_has_served_logp(t) for t in turns) else None,
             feedback_weight_B=torch.tensor([t.feedback_weight() for t in turns], dtype=torch.float32),
             turn_ids=[t.turn_id for t in turns],
             policy_versions=[t.policy_version for t in turns],
@@ -143,6 +142,12 @@ def _served_logp(turn: Turn) -> np.ndarray:
     a turn logged without logprobs) = weight 1. Per turn: one turn without them never turns the others' off."""
     T = len(turn.scores.target_ids_T)
     lp = np.full(T, np.nan, dtype=np.float32)
-    n = min(T, len(turn.reply_logprobs or ()))
-    lp[:n] = (turn.reply_logprobs or [])[:n]
+    if _has_served_logp(turn):
+        n = min(T, len(turn.reply_logprobs))
+        lp[:n] = turn.reply_logprobs[:n]
     return lp
+
+
+def _has_served_logp(turn: Turn) -> bool:
+    """The turn's serving-time log-probs exist and belong to the scored target (not to a teacher-written reply)."""
+    return turn.reply_logprobs is not None and turn.scores.served_reply

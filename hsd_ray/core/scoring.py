@@ -10,12 +10,13 @@ Pure apart from the engine call: config sections are read by attribute only (nev
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hsd_ray.core.engine_api import Engine, ScoreRequest
-from hsd_ray.core.hindsight import build_example
+from hsd_ray.core.engine_api import Engine, SamplingParams, ScoreRequest
+from hsd_ray.core.hindsight import HindsightExample, build_example, end_of_turn_id
 from hsd_ray.core.prompts import template_text
 from hsd_ray.core.turns import Turn, TurnScores
 
@@ -51,6 +52,8 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
         )
         for t in turns
     ]
+    if hcfg.teacher_reply_tokens:
+        examples = _with_teacher_replies(engine, examples, hcfg.teacher_reply_tokens)
     requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
     requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
     top_k = lcfg.top_k if lcfg.kind in TOPK_KINDS else 0
@@ -70,5 +73,18 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
             teacher_version=version,
             teacher_prompt_tokens=len(e.teacher_prompt_ids),
             baseline_prompt_tokens=len(e.baseline_prompt_ids),
+            served_reply=not hcfg.teacher_reply_tokens,
         )
     return turns
+
+
+def _with_teacher_replies(engine: Engine, examples: list[HindsightExample], max_tokens: int) -> list[HindsightExample]:
+    """The examples with the teacher's own greedy reply under the hindsight context as the scored target (context
+    distillation): the served reply can only raise tokens the policy already samples, and a user's name, which the
+    policy gives 0.02% at a reply's first position, is never among them (bench/learning/README.md). One batched
+    generate call; an end-of-turn id is appended only to a reply that ended on its own, as for served replies."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    generations = engine.generate([e.teacher_prompt_ids for e in examples], params)
+    eos = end_of_turn_id(engine.tokenizer)
+    return [replace(e, target_ids=[*g.token_ids, eos] if g.ended_on_eos else list(g.token_ids))
+            for e, g in zip(examples, generations)]

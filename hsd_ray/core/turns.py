@@ -47,6 +47,8 @@ class TurnScores:
     teacher_version: int = 0  # policy version of the weights that scored
     teacher_prompt_tokens: int = 0
     baseline_prompt_tokens: int = 0
+    served_reply: bool = True  # False: the target is the teacher's own reply (hindsight.teacher_reply_tokens), so
+    # the turn's serving-time log-probs (importance weights) belong to another reply
 
 
 @dataclass
