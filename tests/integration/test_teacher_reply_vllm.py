@@ -1,6 +1,6 @@
 """hindsight.teacher_reply_tokens on the vLLM engine (the teacher actors' engine in the learning benchmark and on
 GPUs): the teacher's greedy reply under the hindsight context is generated and scored by the same engine, and the
-scores are what a prompt-logprob pass over that reply returns (the transformers path: tests/unit/test_teacher_reply.py)."""
+scores are what a prompt-logprob pass over that reply returns (transformers: tests/unit/test_teacher_reply.py)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ def test_target_is_the_teachers_greedy_reply_scored_in_both_contexts(engine):
 
 def test_served_logprobs_do_not_weigh_a_teacher_written_reply(engine):
     cfg = _cfg(12)
-    batch = HindsightBatch.collate(score_turns(engine, _turns(), cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+    scored = score_turns(engine, _turns(), cfg.hindsight, cfg.loss)
+    batch = HindsightBatch.collate(scored, engine.tokenizer.pad_token_id)
     assert batch.served_logp_B_T is None  # no turn's serving-time log-probs belong to its scored target
     off = Config.load(overrides=["hindsight.template=online"])
     served = score_turns(engine, _turns(), off.hindsight, off.loss)
