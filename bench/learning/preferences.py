@@ -107,6 +107,10 @@ _LEAD_RE = re.compile(r"^[\s*_>#`\"'(\[]*")  # markdown emphasis, quote marks, a
 _TLDR_RE = re.compile(r"tl\s*;?\s*dr\b", re.IGNORECASE)
 USER_NAME = "Sam"
 _NAME_RE = re.compile(rf"(?<![\w-]){USER_NAME}(?![\w-])")
+# The model giving *itself* the user's name ("I'm Sam", "call me Sam"): what distilling the name taught on dev
+# (bench/learning/README.md, "The teacher writes the reply"), a persona, not a reply to Sam.
+_SELF_NAME_RE = re.compile(rf"(?i:\bI\s*['’]?\s*a?m|\bmy\s+name\s*(?:is|['’]s)|\bcall\s+me|\bthis\s+is)\s+"
+                           rf"{USER_NAME}(?![\w-])")
 _HEADING_RE = re.compile(r"^#{1,6}[ \t]+\S")
 
 
@@ -118,8 +122,10 @@ def starts_with_tldr(reply: str) -> bool:
 
 
 def uses_name(reply: str) -> bool:
-    """The reply addresses the user by their name (USER_NAME, capitalised, as a word of its own: not "Samuel")."""
-    return _NAME_RE.search(reply) is not None and not _blank(_NAME_RE.sub("", reply))
+    """The reply addresses the user by their name (USER_NAME, capitalised, as a word of its own: not "Samuel"), and
+    never takes that name for itself ("I'm Sam", "my name is Sam", "call me Sam", "this is Sam")."""
+    return (_NAME_RE.search(reply) is not None and not _blank(_NAME_RE.sub("", reply))
+            and _SELF_NAME_RE.search(reply) is None)
 
 
 def starts_with_heading(reply: str) -> bool:

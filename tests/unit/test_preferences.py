@@ -224,6 +224,17 @@ def test_uses_name():
     assert not P.uses_name("sam")  # lower case: not addressed by name
     assert not P.uses_name(P.USER_NAME)  # the name alone is no answer
     assert not P.uses_name("Paris is the capital of France.")
+    # the model taking the user's name for itself is a persona, not a reply to Sam (seen after training on dev)
+    assert not P.uses_name(f"I'm {P.USER_NAME}, a helpful AI. Paris is the capital.")
+    assert not P.uses_name(f"Hello! I am {P.USER_NAME} and the capital is Paris.")
+    assert not P.uses_name(f"I’m {P.USER_NAME}! Paris.")  # a typographic apostrophe
+    assert not P.uses_name(f"{P.USER_NAME}, I'm {P.USER_NAME}. Paris.")  # addressed and self-named: still a persona
+    assert not P.uses_name(f"Glad to help, {P.USER_NAME}. If you need me, you can call me {P.USER_NAME}.")
+    assert not P.uses_name(f"My name is {P.USER_NAME}. The capital is Paris.")
+    assert not P.uses_name(f"Hi, this is {P.USER_NAME} speaking: Paris.")
+    assert P.uses_name(f"I'm glad you asked, {P.USER_NAME}: Paris is the capital.")  # "I'm" elsewhere is fine
+    assert P.uses_name(f"Hi {P.USER_NAME}, I am happy to help. Paris.")
+    assert P.uses_name(f"Jim {P.USER_NAME}? No: hi {P.USER_NAME}, it is Paris.")  # "...im Sam" inside a word
 
 
 def test_starts_with_heading():
