@@ -128,6 +128,27 @@ def uses_name(reply: str) -> bool:
             and _SELF_NAME_RE.search(reply) is None)
 
 
+_GREETING_RE = re.compile(r"(?i:hello|hi|hey|greetings|howdy|good\s+(?:morning|afternoon|evening|day))(?![\w-])")
+_THANKS_RE = re.compile(r"(?i:thanks|thank\s+you)(?![\w-])")
+
+
+def _opens_with(pattern: re.Pattern, reply: str) -> bool:
+    """The reply's first words match `pattern` and something follows them (not a bare "Hello!")."""
+    lead = _LEAD_RE.sub("", reply, count=1)
+    m = pattern.match(lead)
+    return m is not None and not _blank(lead[m.end():])
+
+
+def starts_with_greeting(reply: str) -> bool:
+    """The reply opens with a greeting ("Hello!", "Hi there,", "Good morning —") and then answers."""
+    return _opens_with(_GREETING_RE, reply)
+
+
+def starts_with_thanks(reply: str) -> bool:
+    """The reply opens by thanking the user ("Thanks for asking!", "Thank you for the question.") and then answers."""
+    return _opens_with(_THANKS_RE, reply)
+
+
 def starts_with_heading(reply: str) -> bool:
     """The reply opens with a markdown heading line ("# Title" .. "###### Title") and has content after it."""
     stripped = reply.lstrip()
@@ -338,6 +359,33 @@ CANDIDATE_PREFERENCES: dict[str, Preference] = {
                 "I organise my notes in markdown. Open every answer with a # heading.",
                 "Can you put a title on top? A markdown '#' heading, please.",
                 "Headings help me file things. Begin with '# ' and a short title.",
+            ),
+        ),
+        # Added 2026-12-04, after "use_name" fell to +15 in context once self-naming stopped counting: an opening
+        # phrase the complaint names, which the model writes without taking anything of the user's for itself
+        # (`--name candidates3` on dev).
+        Preference(
+            "greet_first",
+            "the reply opens with a greeting ('Hello!', 'Hi there,')",
+            starts_with_greeting,
+            (
+                "Could you say hello first? Jumping straight in feels a bit cold.",
+                "Please start your replies with a greeting, like 'Hi there!'.",
+                "A friendly 'Hello!' at the start would be nice.",
+                "Greet me before you answer, please.",
+                "It feels abrupt. Open with a hi or a hello next time.",
+            ),
+        ),
+        Preference(
+            "thanks_first",
+            "the reply opens by thanking the user ('Thanks for asking!')",
+            starts_with_thanks,
+            (
+                "Please thank me for the question before you answer.",
+                "Start with 'Thanks for asking!', it makes the answer feel friendlier.",
+                "A quick thank-you at the start of each answer, please.",
+                "Could you open with 'Thank you for your question'?",
+                "I'd like every reply to begin by thanking me.",
             ),
         ),
     )

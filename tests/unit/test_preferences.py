@@ -237,6 +237,26 @@ def test_uses_name():
     assert P.uses_name(f"Jim {P.USER_NAME}? No: hi {P.USER_NAME}, it is Paris.")  # "...im Sam" inside a word
 
 
+def test_starts_with_greeting():
+    assert P.starts_with_greeting("Hello! Paris is the capital of France.")
+    assert P.starts_with_greeting("**Hi there,** it is Paris.")
+    assert P.starts_with_greeting("hey, Paris.")
+    assert P.starts_with_greeting("Good morning — the capital is Paris.")
+    assert not P.starts_with_greeting("Hello!")  # a greeting alone is no answer
+    assert not P.starts_with_greeting("Hi-tech cities like Paris...")  # a word that starts the same
+    assert not P.starts_with_greeting("History says Paris.")
+    assert not P.starts_with_greeting("Paris. Hello!")  # not at the start
+
+
+def test_starts_with_thanks():
+    assert P.starts_with_thanks("Thanks for asking! Paris.")
+    assert P.starts_with_thanks("Thank you for your question. It is Paris.")
+    assert P.starts_with_thanks("\"thanks, that's a good one\" - Paris.")
+    assert not P.starts_with_thanks("Thanks!")
+    assert not P.starts_with_thanks("Thankful people live in Paris.")
+    assert not P.starts_with_thanks("Paris. Thanks for asking!")
+
+
 def test_starts_with_heading():
     assert P.starts_with_heading("# Paris\nThe capital of France.")
     assert P.starts_with_heading("\n## The capital\nParis.")
