@@ -53,7 +53,7 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
         for t in turns
     ]
     if hcfg.teacher_reply_tokens:
-        examples = _with_teacher_replies(engine, examples, hcfg.teacher_reply_tokens)
+        examples = _with_teacher_replies(engine, examples, min(hcfg.teacher_reply_tokens, hcfg.max_reply_tokens))
     requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
     requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
     top_k = lcfg.top_k if lcfg.kind in TOPK_KINDS else 0

@@ -77,6 +77,12 @@ def test_served_logprobs_do_not_weigh_a_teacher_written_reply(engine):
     assert served_batch.served_logp_B_T is not None and float(served_batch.served_logp_B_T.nansum()) < 0
 
 
+def test_teacher_reply_respects_the_reply_budget(engine):
+    cfg = _cfg(40, "hindsight.max_reply_tokens=5")
+    for t in score_turns(engine, _turns(), cfg.hindsight, cfg.loss):
+        assert 1 <= len(t.scores.target_ids_T) <= 6  # 5 tokens, plus the end-of-turn id if it ended there
+
+
 def test_negative_token_budget_is_refused():
     with pytest.raises(ConfigError, match="teacher_reply_tokens"):
         Config.load(overrides=["hindsight.teacher_reply_tokens=-1"])
