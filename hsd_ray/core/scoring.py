@@ -3,9 +3,10 @@
 `score_turns` builds the hindsight examples of a list of turns and scores them with any Engine in one batched call:
 the teacher context (x + o) and the baseline context (plain x for the paper's A_i, or x + reference follow-up for the
 contrastive variant, ours) are both scored by the *same* weights, so A_i never mixes policy versions. The results
-travel on the Turn as `TurnScores` to the learner (core/train_step.py).
+travel on the Turn as `TurnScores` to the learner (core/train_step.py). With `hindsight.teacher_reply_tokens` the
+scored reply is first written by the teacher itself (one batched greedy generate call under the teacher context).
 
-Pure apart from the engine call: config sections are read by attribute only (never imported at run time).
+Pure apart from the engine calls: config sections are read by attribute only (never imported at run time).
 """
 
 from __future__ import annotations
