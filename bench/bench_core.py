@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from bench.util import cuda_sync
+
 RESULTS = Path(__file__).resolve().parent / "results"
 _WORDS = (
     "the of and to in is you that it he was for on are as with his they at be this have from or one had by word but "
@@ -66,11 +68,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def bench_scoring(engine, turns, hcfg, lcfg, device: str, repeats: int) -> dict:
     """Teacher + baseline requests of `turns`: batched by token budget vs one request per call (same requests)."""
     from hsd_ray.core.hindsight import build_example
@@ -93,13 +90,13 @@ def bench_scoring(engine, turns, hcfg, lcfg, device: str, repeats: int) -> dict:
     timings: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
     for _ in range(repeats):  # modes alternate, so load from other processes hits both alike; best of `repeats`
         for mode in timings:
-            _sync(device)
+            cuda_sync(device)
             start = time.perf_counter()
             if mode == "batched":
                 batched = engine.score(requests)
             else:
                 single = [engine.score([r])[0] for r in requests]
-            _sync(device)
+            cuda_sync(device)
             timings[mode].append(time.perf_counter() - start)
             log(f"scoring {mode}: {timings[mode][-1]:.1f} s")
     best = {mode: min(ts) for mode, ts in timings.items()}
@@ -146,10 +143,10 @@ def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: in
     metrics: dict[str, dict] = {}
     for i in range(steps + 1):
         for mode, (model, optimizer, scheduler, cfg) in learners.items():
-            _sync(device)
+            cuda_sync(device)
             start = time.perf_counter()
             metrics[mode] = learner_step(model, optimizer, batch, lcfg, grad_clip=cfg.grad_clip, scheduler=scheduler)
-            _sync(device)
+            cuda_sync(device)
             elapsed = time.perf_counter() - start
             log(f"learner {mode} step {i}{' (warm-up)' if i == 0 else ''}: {elapsed:.1f} s")
             if i > 0:  # step 0 is the warm-up (optimizer state allocation, first-call overheads)

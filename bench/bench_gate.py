@@ -40,11 +40,6 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # CUDA kernels run asynchronously: a timer must wait for them
-        torch.cuda.synchronize()
-
-
 def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
     from hsd_ray.core.engine_api import SamplingParams
     from hsd_ray.core.prompts import render_prompt
@@ -107,6 +102,7 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | No
     """The learner's step as the loop takes it: the config's loss (with its KL anchor), batch size and optimizer, on
     synthetic turns scored by the teacher code path (core.scoring) with replies of 16-64 tokens (serve.max_tokens)."""
     from bench.bench_core import synthetic_turns
+    from bench.util import cuda_sync
     from hsd_ray.core.batch import HindsightBatch
     from hsd_ray.core.policy import make_optimizer, resume_policy
     from hsd_ray.core.scoring import score_turns
@@ -124,7 +120,7 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | No
     def step():
         out = learner_step(model, optimizer, batch, cfg.loss, grad_clip=lcfg.grad_clip, scheduler=scheduler,
                            reference=reference, autocast_bf16=lcfg.autocast_bf16)
-        _sync(engine.device)
+        cuda_sync(engine.device)
         return out
 
     step()  # warm-up: optimizer state allocation, first-call overheads

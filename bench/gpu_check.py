@@ -35,6 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere: find hsd_ray
 
+from bench.util import cuda_sync  # noqa: E402  (after the path: found when run as a file)
+
 QWEN25_05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                   intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768)
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
@@ -46,20 +48,15 @@ LOSS_CFG = types.SimpleNamespace(kind="sampled_token", ignore_first_k=0, center_
                                  kl_coef=0.0, top_k=20, divergence="reverse_kl", jsd_beta=0.5)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device, repeats: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(repeats):
-        sync(device)
+        cuda_sync(device)
         t = time.perf_counter()
         fn()
-        sync(device)
+        cuda_sync(device)
         out.append(time.perf_counter() - t)
     return out
 
@@ -223,12 +220,12 @@ def bench_weights(engine, policy_mod, device) -> dict:
     # export_weights (tied lm_head once, pinned async copies) vs what it replaced (every state-dict entry, tied
     # alias included, copied to pageable memory one tensor at a time), side by side; the first export also pays for
     # pinned allocations, the later ones reuse torch's pinned-memory cache.
-    sync(device)
+    cuda_sync(device)
     times = []
     for _ in range(3):
         t = time.perf_counter()
         ws = policy_mod.export_weights(model, version=1, step=1)
-        sync(device)
+        cuda_sync(device)
         times.append(time.perf_counter() - t)
         if len(times) < 3:
             del ws
@@ -239,7 +236,7 @@ def bench_weights(engine, policy_mod, device) -> dict:
     for _ in range(2):
         t = time.perf_counter()
         old = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        sync(device)
+        cuda_sync(device)
         old_times.append(time.perf_counter() - t)
         old_gb = sum(v.numel() * v.element_size() for v in old.values()) / 1e9
         del old
@@ -247,7 +244,7 @@ def bench_weights(engine, policy_mod, device) -> dict:
     out["export_speedup_vs_pageable"] = out["export_pageable_s"] / out["export_s"]
     t = time.perf_counter()
     engine.load_weights(ws)
-    sync(device)
+    cuda_sync(device)
     out["load_s"] = time.perf_counter() - t
     out["load_gb_s"] = out["export_gb"] / out["load_s"]
     params = dict(model.state_dict())
@@ -255,21 +252,21 @@ def bench_weights(engine, policy_mod, device) -> dict:
     with torch.no_grad():
         for name, cpu_t in ws.tensors.items():
             params[name].copy_(cpu_t)
-    sync(device)
+    cuda_sync(device)
     out["raw_h2d_pageable_gb_s"] = out["export_gb"] / (time.perf_counter() - t)
     if device.type == "cuda":
         pinned = {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in ws.tensors.items()}
-        sync(device)
+        cuda_sync(device)
         t = time.perf_counter()
         for k in pinned:
             pinned[k].copy_(params[k], non_blocking=True)
-        sync(device)
+        cuda_sync(device)
         out["raw_d2h_pinned_gb_s"] = out["export_gb"] / (time.perf_counter() - t)
         t = time.perf_counter()
         with torch.no_grad():
             for k in pinned:
                 params[k].copy_(pinned[k], non_blocking=True)
-        sync(device)
+        cuda_sync(device)
         out["raw_h2d_pinned_gb_s"] = out["export_gb"] / (time.perf_counter() - t)
         del pinned
     del ws
@@ -370,7 +367,7 @@ def run(args, log) -> dict:
     res["learner_lora"] = with_oom_retry(
         lambda b: bench_learner(lora_model, step_mod, device, learner_batch(b, P, T, shape["vocab_size"]), lr=1e-5,
                                 steps=args.repeats), B_learn, device, "LoRA step", log)
-    sync(device)
+    cuda_sync(device)
     t = time.perf_counter()
     adapter = policy_mod.export_weights(lora_model, version=2, step=2)
     res["weights"]["lora_export_s"] = time.perf_counter() - t

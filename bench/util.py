@@ -6,6 +6,15 @@ import socket
 from pathlib import Path
 
 
+def cuda_sync(device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously, so a timer must); no-op elsewhere.
+    `device`: a torch.device or its name."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for a Serve HTTP proxy)."""
     with socket.socket() as s:

@@ -114,11 +114,16 @@ _SELF_NAME_RE = re.compile(rf"(?i:\bI\s*['’]?\s*a?m|\bmy\s+name\s*(?:is|['’]
 _HEADING_RE = re.compile(r"^#{1,6}[ \t]+\S")
 
 
+def _opens_with(pattern: re.Pattern, reply: str) -> bool:
+    """The reply's first words match `pattern` and something follows them (not a bare "Hello!")."""
+    lead = _LEAD_RE.sub("", reply, count=1)
+    m = pattern.match(lead)
+    return m is not None and not _blank(lead[m.end():])
+
+
 def starts_with_tldr(reply: str) -> bool:
     """The first words are a "TL;DR" label ("TL;DR:", "**TLDR** -", "tl;dr") followed by content."""
-    lead = _LEAD_RE.sub("", reply, count=1)
-    m = _TLDR_RE.match(lead)
-    return m is not None and not _blank(lead[m.end():])
+    return _opens_with(_TLDR_RE, reply)
 
 
 def uses_name(reply: str) -> bool:
@@ -130,13 +135,6 @@ def uses_name(reply: str) -> bool:
 
 _GREETING_RE = re.compile(r"(?i:hello|hi|hey|greetings|howdy|good\s+(?:morning|afternoon|evening|day))(?![\w-])")
 _THANKS_RE = re.compile(r"(?i:thanks|thank\s+you)(?![\w-])")
-
-
-def _opens_with(pattern: re.Pattern, reply: str) -> bool:
-    """The reply's first words match `pattern` and something follows them (not a bare "Hello!")."""
-    lead = _LEAD_RE.sub("", reply, count=1)
-    m = pattern.match(lead)
-    return m is not None and not _blank(lead[m.end():])
 
 
 def starts_with_greeting(reply: str) -> bool:
