@@ -117,10 +117,11 @@ def bench_scoring(engine, turns, hcfg, lcfg, device: str, repeats: int) -> dict:
     }
 
 
-def make_learner(model_dir, *, lora: bool, lora_r: int, device: str):
-    """A fresh policy from disk (optionally LoRA-wrapped) with its optimizer, as the learner builds it."""
+def make_learner(model_dir, lcfg, *, lora: bool, lora_r: int, device: str):
+    """A fresh policy from disk (optionally LoRA-wrapped) with its optimizer and, when the loss has a KL anchor, its
+    reference policy, as the learner builds them."""
     from hsd_ray.config import LearnerConfig, LoraConfig
-    from hsd_ray.core.policy import apply_lora, make_optimizer
+    from hsd_ray.core.policy import apply_lora, make_optimizer, resume_policy
     from hsd_ray.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(model_dir, "float32", device)
@@ -128,8 +129,9 @@ def make_learner(model_dir, *, lora: bool, lora_r: int, device: str):
                         lora=LoraConfig(enabled=lora, r=lora_r, alpha=2 * lora_r))
     if lora:
         model = apply_lora(model, cfg.lora)
+    reference = resume_policy(model, None, kl_on=lcfg.kl_coef > 0, kind=lcfg.reference)
     optimizer, scheduler = make_optimizer(model, cfg)
-    return model, optimizer, scheduler, cfg
+    return model, optimizer, scheduler, cfg, reference
 
 
 def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: int) -> dict:
@@ -137,15 +139,16 @@ def bench_learner(model_dir, batch, lcfg, *, lora_r: int, device: str, steps: in
     steps each), so a burst of load from other processes hits both alike; median step time per mode."""
     from hsd_ray.core.train_step import learner_step
 
-    learners = {mode: make_learner(model_dir, lora=mode == "lora", lora_r=lora_r, device=device)
+    learners = {mode: make_learner(model_dir, lcfg, lora=mode == "lora", lora_r=lora_r, device=device)
                 for mode in ("full", "lora")}
     times: dict[str, list[float]] = {mode: [] for mode in learners}
     metrics: dict[str, dict] = {}
     for i in range(steps + 1):
-        for mode, (model, optimizer, scheduler, cfg) in learners.items():
+        for mode, (model, optimizer, scheduler, cfg, reference) in learners.items():
             cuda_sync(device)
             start = time.perf_counter()
-            metrics[mode] = learner_step(model, optimizer, batch, lcfg, grad_clip=cfg.grad_clip, scheduler=scheduler)
+            metrics[mode] = learner_step(model, optimizer, batch, lcfg, grad_clip=cfg.grad_clip, scheduler=scheduler,
+                                         reference=reference)
             cuda_sync(device)
             elapsed = time.perf_counter() - start
             log(f"learner {mode} step {i}{' (warm-up)' if i == 0 else ''}: {elapsed:.1f} s")
