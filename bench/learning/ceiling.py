@@ -13,7 +13,8 @@ On the evaluation split's prompts, with the benchmark's sizes and sampling: cond
 is one batch in the evaluator's order (prompt j, sample s), request i drawn with seed + i where the yes/no batch starts
 at the number of open requests — so the baseline condition reproduces a run's first evaluation. Per preference it
 reports compliance (the verifier) and the TARGET metric (compliance; for `yes_no_only`: format AND correct answer),
-plus yes/no correctness per condition; writes bench/results/learning/ceiling-<model>-<split>.json.
+plus yes/no correctness per condition; writes bench/results/learning/ceiling-<model>-<split>.json, with every open
+reply (`replies`, for `python -m bench.learning.quality`: how many compliant replies are also good ones).
 """
 
 from __future__ import annotations
@@ -110,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             cache[key] = [g.text for g in engine.generate(batch, params)]
         return [q for _, _, q in qs], cache[key]
 
-    rows, target, yes_no, samples_out = {}, {}, {}, {}
+    rows, target, yes_no, samples_out, kept = {}, {}, {}, {}, {}
     for pref in prefs:
         rows[pref.name], target[pref.name], samples_out[pref.name] = {}, {}, {}
+        if pref.prompt_kind == "open":  # every open reply: bench/learning/quality.py reads good compliance off them
+            kept[pref.name] = {}
         for cond in conds:
             qs, texts = replies(pref, cond)
             rows[pref.name][cond] = sum(map(pref.verify, texts)) / len(texts)
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 yes_no[cond] = yes_no_metrics(qs, texts, truth)
                 target[pref.name][cond] = yes_no[cond]["good"]
             samples_out[pref.name][cond] = texts[:3]
+            if pref.name in kept:
+                kept[pref.name][cond] = [{"prompt": q, "sample": i % args.samples, "text": t}
+                                         for i, (q, t) in enumerate(zip(qs, texts))]
     print(f"{'preference':<15}" + "".join(f"{c:>19}" for c in conds) + "   (target metric)")
     for name, row in target.items():
         print(f"{name:<15}" + "".join(f"{100 * row[c]:>18.0f}%" for c in conds))
@@ -132,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     path = out / f"ceiling-{Path(args.model).name}-{args.split}{'-' + args.name if args.name else ''}.json"
     path.write_text(json.dumps({
         "config": vars(args), "compliance": rows, "target": target, "yes_no": yes_no, "samples": samples_out,
+        "replies": kept,
         "seeding": "per (prompt kind, condition) batch in evaluator order; request i drawn with seed + offset + i",
         "n_per_cell": {p.name: len(prompts.heldout(p.prompt_kind, args.split)) * args.samples for p in prefs},
         "wall_s": time.time() - t0, "cpus": os.cpu_count()}, indent=1) + "\n")

@@ -10,12 +10,18 @@ does not see it, and no larger judge model is available on this machine. So, for
   after the reply. A reply counts as on-topic when its own question gains more from it than a question of another
   topic does (the same mismatched question for every evaluation of a prompt). Base replies set the level; a reply
   that has lost its question scores like the mismatched control.
+- **good compliance**: the share of replies that meet the run's preference *and* neither loop nor lose their
+  question — what a user asking for "<= 20 words" wants is a short answer, not "Worried about the thing?". Open-prompt
+  preferences only (yes/no has its own `good`: format and the right answer).
 
     python -m bench.learning.quality bench/results/learning/learning-test-maxwords-default-gate.json
+    python -m bench.learning.quality bench/results/learning/ceiling-smollm2-135m-instruct-test-replies.json
 
-Prints, per run, first → last evaluation: loops %, on-topic %, mean PMI (nats; own question and the mismatched one),
-the base replies' PMI when cut to the trained replies' lengths ("base cut"), mean words; writes
-`quality-<name>.json` beside the result file. Read the samples too: these are proxies, not a judge.
+Prints, per run, first → last evaluation: compliance and good compliance %, loops %, on-topic %, mean PMI (nats; own
+question and the mismatched one), the base replies' PMI when cut to the trained replies' lengths ("base cut"), mean
+words; writes `quality-<name>.json` beside the result file. An in-context ceiling file (bench/learning/ceiling.py,
+which keeps every open reply) gets one row per preference and condition, so a learned gain in good compliance can be
+put against the ceiling's gain in it. Read the samples too: these are proxies, not a judge.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from bench.learning.preferences import get_preference
 from hsd_ray.core.version_gate import RELEVANCE_QUERY as QUERY
 from hsd_ray.core.version_gate import is_degenerate, relevance_requests, truncate_words
 
@@ -59,17 +67,26 @@ def mismatched(questions: list[str]) -> dict[str, str]:
     return out
 
 
-def summarize(replies: list[dict], pmi_own: list[float], pmi_other: list[float]) -> dict:
-    """Per-evaluation numbers from its open replies and their PMIs with the own and the mismatched question."""
+def summarize(replies: list[dict], pmi_own: list[float], pmi_other: list[float],
+              verify: Callable[[str], bool] | None = None) -> dict:
+    """Per-evaluation numbers from its open replies and their PMIs with the own and the mismatched question; with a
+    preference's `verify`, also its compliance and good compliance (compliant, not looping, on topic)."""
     n = len(replies)
-    return {
+    loops = [is_degenerate(r["text"]) for r in replies]
+    on_topic = [a > b for a, b in zip(pmi_own, pmi_other)]
+    out = {
         "n": n,
-        "loops": sum(is_degenerate(r["text"]) for r in replies) / n,
-        "on_topic": sum(a > b for a, b in zip(pmi_own, pmi_other)) / n,
+        "loops": sum(loops) / n,
+        "on_topic": sum(on_topic) / n,
         "pmi_own": sum(pmi_own) / n,
         "pmi_other": sum(pmi_other) / n,
         "mean_words": sum(len(words(r["text"])) for r in replies) / n,
     }
+    if verify is not None:
+        compliant = [verify(r["text"]) for r in replies]
+        out["compliance"] = sum(compliant) / n
+        out["good_compliance"] = sum(c and not lp and t for c, lp, t in zip(compliant, loops, on_topic)) / n
+    return out
 
 
 class RelevanceScorer:
@@ -95,18 +112,35 @@ class RelevanceScorer:
         return [lp - self._prior[q] for (_, q), lp in zip(pairs, self.logps(pairs))]
 
 
+def open_verify(preference: str | None) -> Callable[[str], bool] | None:
+    """The verifier of an open-prompt preference (None for a yes/no one, or none)."""
+    if not preference:
+        return None
+    pref = get_preference(preference)
+    return pref.verify if pref.prompt_kind == "open" else None
+
+
+def quality_of_replies(replies: list[dict], scorer: RelevanceScorer, verify=None) -> dict:
+    """One set of open replies ({"prompt", "text"}) → summarize(); prompts without a mismatched question are left
+    out (their on-topic reading has no control)."""
+    other = mismatched([r["prompt"] for r in replies])
+    kept = [r for r in replies if r["prompt"] in other]
+    if not kept:
+        raise ValueError("no open prompt has a question of another topic to compare with: on-topic cannot be read")
+    own = scorer.pmi([(r["text"], r["prompt"]) for r in kept])
+    control = scorer.pmi([(r["text"], other[r["prompt"]]) for r in kept])
+    return summarize(kept, own, control, verify)
+
+
 def quality_of_run(run: dict, scorer: RelevanceScorer) -> list[dict]:
     """Every evaluation of a run → its quality numbers (open replies only). Later evaluations also get
     `pmi_base_same_length`: the first (base) evaluation's reply to the same (prompt, sample), cut to this reply's
     word count: shorter replies carry less about their question, so this is the PMI to compare with."""
-    out, base = [], {}
+    out, base, verify = [], {}, open_verify(run.get("preference"))
     for ev in run["evals"]:
         replies = [r for r in ev["replies"] if r["kind"] == "open"]
-        other = mismatched([r["prompt"] for r in replies])
-        kept = [r for r in replies if r["prompt"] in other]
-        own = scorer.pmi([(r["text"], r["prompt"]) for r in kept])
-        control = scorer.pmi([(r["text"], other[r["prompt"]]) for r in kept])
-        row = {"interactions": ev.get("interactions", 0), **summarize(kept, own, control)}
+        kept = [r for r in replies if r["prompt"] in mismatched([r["prompt"] for r in replies])]
+        row = {"interactions": ev.get("interactions", 0), **quality_of_replies(replies, scorer, verify)}
         if not base:
             base = {(r["prompt"], r["sample"]): r["text"] for r in kept}
         else:
@@ -116,9 +150,32 @@ def quality_of_run(run: dict, scorer: RelevanceScorer) -> list[dict]:
     return out
 
 
+def quality_of_ceiling(result: dict, scorer: RelevanceScorer) -> list[dict]:
+    """An in-context ceiling file (every open reply kept) → one row per open-prompt preference and condition."""
+    rows = []
+    for name, by_condition in result.get("replies", {}).items():
+        verify = open_verify(name)
+        for cond, replies in by_condition.items():
+            if verify is not None:
+                rows.append({"label": f"{name} {cond}", "evals": [quality_of_replies(replies, scorer, verify)]})
+    return rows
+
+
+def _line(label: str, a: dict, b: dict) -> str:
+    """First → last of one run (a ceiling row: the same evaluation twice, printed once)."""
+    def pct(key: str) -> str:
+        if key not in a:
+            return f"{'—':>13}"
+        return f"{100 * b[key]:>13.0f}%" if a is b else f"{100 * a[key]:>5.0f}% → {100 * b[key]:>3.0f}%"
+    pmi = (f"{b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})" if a is b else
+           f"{a['pmi_own']:>5.1f} ({a['pmi_other']:>5.1f}) → {b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})")
+    return (f"  {label:<34} {pct('compliance')} {pct('good_compliance')} {pct('loops')} {pct('on_topic')} "
+            f"{pmi:>26} {b.get('pmi_base_same_length', float('nan')):>9.1f} {b['mean_words']:>5.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="learning-*.json result files")
+    p.add_argument("results", nargs="+", help="learning-*.json result files or ceiling-*.json in-context ceilings")
     p.add_argument("--model", default=None, help="base model (default: the result file's)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     args = p.parse_args(argv)
@@ -128,18 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(path.read_text())
         model = args.model or result["config"].get("model", "smollm2-135m-instruct")
         scorer = scorer or RelevanceScorer(model, args.engine)
-        rows = []
         print(f"{path.name} (base model {model})")
-        print(f"  {'run':<34} {'loops':>13} {'on-topic':>13} {'PMI own (other)':>26} {'base cut':>9} {'words':>11}")
-        for run in result["runs"]:
-            q = quality_of_run(run, scorer)
-            label = f"{run['preference']} {run['population']} s{run['seed']}"
-            rows.append({"label": label, "evals": q})
-            a, b = q[0], q[-1]
-            print(f"  {label:<34} {100 * a['loops']:>5.0f}% → {100 * b['loops']:>3.0f}% "
-                  f"{100 * a['on_topic']:>5.0f}% → {100 * b['on_topic']:>3.0f}% "
-                  f"{a['pmi_own']:>5.1f} ({a['pmi_other']:>5.1f}) → {b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f}) "
-                  f"{b.get('pmi_base_same_length', float('nan')):>9.1f} {a['mean_words']:>4.0f} → {b['mean_words']:>3.0f}")
+        print(f"  {'run':<34} {'compliant':>14} {'good':>14} {'loops':>14} {'on-topic':>14} "
+              f"{'PMI own (other)':>26} {'base cut':>9} {'words':>5}")
+        if "runs" in result:
+            rows = [{"label": f"{run['preference']} {run['population']} s{run['seed']}",
+                     "evals": quality_of_run(run, scorer)} for run in result["runs"]]
+        else:
+            rows = quality_of_ceiling(result, scorer)
+            if not rows:
+                print("  (no open replies kept: a ceiling file written before ceiling.py kept them)")
+        for row in rows:
+            print(_line(row["label"], row["evals"][0], row["evals"][-1]))
         out = path.with_name("quality-" + path.name.removeprefix("learning-"))  # never the input file
         out.write_text(json.dumps({"source": path.name, "model": model, "query": QUERY, "runs": rows,
                                    "wall_s": time.time() - t0}, indent=1) + "\n")

@@ -80,7 +80,7 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
     from bench.learning.ceiling import main
     from bench.learning.preferences import PREFERENCES
 
-    rc = main(["--model", "tiny-random", "--engine", "hf", "--samples", "1", "--heldout", "2", "--heldout-yes-no", "2",
+    rc = main(["--model", "tiny-random", "--engine", "hf", "--samples", "1", "--heldout", "4", "--heldout-yes-no", "2",
                "--max-tokens", "6", "--out", str(tmp_path)])
     assert rc == 0
     result = json.loads((tmp_path / "ceiling-tiny-random-test.json").read_text())
@@ -90,6 +90,23 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert set(result["target"]) == set(PREFERENCES) and set(result["yes_no"]) == set(row)
     assert result["n_per_cell"]["yes_no_only"] == 2 and "hindsight_online" in capsys.readouterr().out
+
+    # every open reply is kept, so quality.py reads how many compliant replies are also good ones, per condition
+    from bench.learning import quality
+
+    open_prefs = {name for name, p in PREFERENCES.items() if p.prompt_kind == "open"}
+    assert set(result["replies"]) == open_prefs
+    for name, by_condition in result["replies"].items():
+        for cond, replies in by_condition.items():
+            assert len(replies) == 4 and {r["sample"] for r in replies} == {0}
+            compliant = sum(PREFERENCES[name].verify(r["text"]) for r in replies)
+            assert compliant / 4 == result["compliance"][name][cond]
+    assert quality.main([str(tmp_path / "ceiling-tiny-random-test.json")]) == 0
+    rows = json.loads((tmp_path / "quality-ceiling-tiny-random-test.json").read_text())["runs"]
+    assert {r["label"] for r in rows} == {f"{n} {c}" for n in open_prefs for c in result["compliance"][n]}
+    for row in rows:
+        ev = row["evals"][0]
+        assert ev["n"] >= 2 and 0.0 <= ev["good_compliance"] <= ev["compliance"] <= 1.0
 
 
 def test_personal_benchmark_trains_one_adapter_per_user(ray_session, tiny_model_dir, tmp_path, capsys):

@@ -43,6 +43,23 @@ def test_summarize():
     assert s == {"n": 2, "loops": 0.5, "on_topic": 0.5, "pmi_own": 3.0, "pmi_other": 1.5, "mean_words": 6.5}
 
 
+def test_good_compliance_is_compliant_and_neither_looping_nor_off_topic():
+    replies = [{"text": "Paris is the capital."},  # compliant, on topic: good
+               {"text": "Worried about the thing?"},  # compliant, off topic (own PMI below the control's)
+               {"text": "a b c a b c a b c"},  # compliant, on topic, loops
+               {"text": " ".join(["word"] * 25)}]  # on topic, too long
+    s = Q.summarize(replies, pmi_own=[5.0, 0.5, 4.0, 6.0], pmi_other=[1.0, 1.0, 1.0, 1.0],
+                    verify=lambda text: len(text.split()) <= 20)
+    assert s["compliance"] == 0.75 and s["good_compliance"] == 0.25
+    assert "compliance" not in Q.summarize(replies, [1.0] * 4, [0.0] * 4)  # no preference: not measured
+
+
+def test_open_verify_is_the_preference_verifier_for_open_prompts_only():
+    assert Q.open_verify("max_words")("Short.") and not Q.open_verify("max_words")(" ".join(["w"] * 21))
+    assert Q.open_verify("yes_no_only") is None  # yes/no has its own good: format and the right answer
+    assert Q.open_verify(None) is None
+
+
 def test_truncate_words():
     assert Q.truncate_words("The moon  orbits\nEarth.", 2) == "The moon"
     assert Q.truncate_words("The moon  orbits\nEarth.", 3) == "The moon  orbits"
