@@ -21,7 +21,8 @@ Prints, per run, first → last evaluation: compliance and good compliance %, lo
 question and the mismatched one), the base replies' PMI when cut to the trained replies' lengths ("base cut"), mean
 words; writes `quality-<name>.json` beside the result file. An in-context ceiling file (bench/learning/ceiling.py,
 which keeps every open reply) gets one row per preference and condition, so a learned gain in good compliance can be
-put against the ceiling's gain in it. Read the samples too: these are proxies, not a judge.
+put against the ceiling's gain in it; a per-user file (bench/learning/personal.py) one row per user's adapter. Read
+the samples too: these are proxies, not a judge.
 """
 
 from __future__ import annotations
@@ -161,6 +162,22 @@ def quality_of_ceiling(result: dict, scorer: RelevanceScorer) -> list[dict]:
     return rows
 
 
+def quality_of_personal(result: dict, scorer: RelevanceScorer) -> list[dict]:
+    """A per-user benchmark file (bench/learning/personal.py) → one row per seed and open-prompt user: that user's
+    adapter (first evaluation: the base) on its own preference, at every evaluation."""
+    rows = []
+    for run in result["runs"]:
+        for user in run["evals"][0]["targets"]:
+            verify = open_verify(user) if user != "base" else None
+            if verify is None:
+                continue
+            evals = [{"interactions": ev["interactions_per_user"],
+                      **quality_of_replies([r for r in ev["targets"][user]["replies"] if r["kind"] == "open"], scorer,
+                                           verify)} for ev in run["evals"]]
+            rows.append({"label": f"{user} adapter s{run['seed']}", "evals": evals})
+    return rows
+
+
 def _line(label: str, a: dict, b: dict) -> str:
     """First → last of one run (a ceiling row: the same evaluation twice, printed once)."""
     def pct(key: str) -> str:
@@ -175,7 +192,8 @@ def _line(label: str, a: dict, b: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="learning-*.json result files or ceiling-*.json in-context ceilings")
+    p.add_argument("results", nargs="+", help="learning-*.json / personal-*.json results or ceiling-*.json "
+                   "in-context ceilings")
     p.add_argument("--model", default=None, help="base model (default: the result file's)")
     p.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     args = p.parse_args(argv)
@@ -188,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name} (base model {model})")
         print(f"  {'run':<34} {'compliant':>14} {'good':>14} {'loops':>14} {'on-topic':>14} "
               f"{'PMI own (other)':>26} {'base cut':>9} {'words':>5}")
-        if "runs" in result:
+        if result.get("benchmark") == "personal":
+            rows = quality_of_personal(result, scorer)
+        elif "runs" in result:
             rows = [{"label": f"{run['preference']} {run['population']} s{run['seed']}",
                      "evals": quality_of_run(run, scorer)} for run in result["runs"]]
         else:

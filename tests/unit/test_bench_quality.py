@@ -65,3 +65,29 @@ def test_truncate_words():
     assert Q.truncate_words("The moon  orbits\nEarth.", 3) == "The moon  orbits"
     assert Q.truncate_words("Bees:\n\n- make honey", 9) == "Bees:\n\n- make honey"  # shorter: unchanged
     assert Q.truncate_words("x y", 0) == ""
+
+
+class _TopicScorer:
+    """PMI stand-in: a reply is about a question when they share a topic word (what the base model's PMI reads)."""
+
+    def pmi(self, pairs):
+        return [1.0 if Q.topic_words(q) & set(Q.words(r)) else 0.0 for r, q in pairs]
+
+
+def test_personal_rows_read_each_users_adapter_on_its_own_preference():
+    def target(texts):
+        return {"replies": [{"kind": "open", "prompt": q, "sample": 0, "text": t} for q, t in texts]
+                + [{"kind": "yes_no", "prompt": "Is ice cold?", "sample": 0, "text": "Yes."}]}
+
+    qs = ["Tell me about the moon.", "What are some facts about honey bees?"]
+    long = "The moon orbits the Earth " + "and it is a very interesting thing to look at " * 3
+    base = target([(qs[0], long), (qs[1], "Bees " + "make honey and live in hives " * 4)])
+    learned = target([(qs[0], "The moon orbits Earth."), (qs[1], "Worried about the thing?")])
+    result = {"benchmark": "personal", "runs": [{"seed": 0, "evals": [
+        {"interactions_per_user": 0, "targets": {"base": base, "max_words": base, "yes_no_only": base}},
+        {"interactions_per_user": 45, "targets": {"base": base, "max_words": learned, "yes_no_only": learned}}]}]}
+    (row,) = Q.quality_of_personal(result, _TopicScorer())  # yes/no has its own good; the base is no user
+    assert row["label"] == "max_words adapter s0" and [e["interactions"] for e in row["evals"]] == [0, 45]
+    first, last = row["evals"]
+    assert (first["compliance"], last["compliance"]) == (0.0, 1.0)
+    assert last["good_compliance"] == 0.5  # "Worried about the thing?" is short and about nothing it was asked
