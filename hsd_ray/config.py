@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES  # the core's own names, not twins (torch-free, as this module)
-from hsd_ray.core.scoring import TOPK_KINDS
+# Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
+TEMPLATE_NAMES = ("online", "offline")
 
 
 class _Section(BaseModel):
@@ -63,7 +63,7 @@ class HindsightConfig(_Section):
 
     @model_validator(mode="after")
     def _template_known(self) -> "HindsightConfig":
-        if self.template not in HINDSIGHT_TEMPLATES and "{followup}" not in self.template:
+        if self.template not in TEMPLATE_NAMES and "{followup}" not in self.template:
             raise ValueError("template must be 'online', 'offline' or contain '{followup}'")
         return self
 
@@ -382,7 +382,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         """Combinations that would fail at run time (every teacher batch, or a rank's empty batch), named here."""
-        if self.loss.kind in TOPK_KINDS and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
+        if "topk" in self.loss.kind and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
             raise ValueError(f"loss.top_k ({self.loss.top_k}) must be <= engine.vllm_max_logprobs "
                              f"({self.engine.vllm_max_logprobs}) with loss.kind={self.loss.kind} and engine.kind=vllm")
         if self.learner.batch_turns < self.learner.num_workers:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hsd_ray.config import HindsightConfig
+from hsd_ray.config import TEMPLATE_NAMES, HindsightConfig
 from hsd_ray.core.hindsight import build_example, reply_ids
 from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt, template_text
 from hsd_ray.core.turns import Turn
@@ -115,6 +115,7 @@ def test_config_templates():
     assert HindsightConfig().template == "online"  # the default, chosen on dev
     assert "{followup}" in template_text("offline")
     assert template_text(HindsightConfig(template="custom: {followup}").template) == "custom: {followup}"
+    assert set(TEMPLATE_NAMES) == set(HINDSIGHT_TEMPLATES)  # config's names and core's texts stay in step
     with pytest.raises(ValueError, match="unknown hindsight template"):
         template_text("no placeholder")
     with pytest.raises(ValueError):
