@@ -87,3 +87,19 @@ def test_the_engines_lora_rank_is_the_largest_rank_this_config_trains():
     with pytest.raises(ConfigError, match=r"engine\.max_lora_rank \(8\) is below .* \(16"):
         Config.load(overrides=["engine.kind=vllm", "learner.lora.enabled=true", "engine.max_lora_rank=8"])
     assert "max_lora_rank: 16" in Config.load(overrides=["learner.lora.enabled=true"]).to_yaml()
+
+
+def test_config_and_core_agree_on_which_loss_kinds_score_a_top_k():
+    """Config sits below core (tests/unit/test_layers.py), so its cross-check spells the rule itself ("topk" in the
+    kind's name); the core's scoring decides by TOPK_KINDS. Every kind the config accepts must read the same in both."""
+    from typing import get_args
+
+    from hsd_ray.config import LossConfig
+    from hsd_ray.core.scoring import TOPK_KINDS
+
+    kinds = get_args(LossConfig.model_fields["kind"].annotation)
+    assert {k for k in kinds if "topk" in k} == set(TOPK_KINDS) and len(kinds) > len(TOPK_KINDS)
+    for kind in TOPK_KINDS:  # each is held to vLLM's logprob limit
+        with pytest.raises(ConfigError, match="vllm_max_logprobs"):
+            Config.load(overrides=[f"loss.kind={kind}", "engine.kind=vllm", "loss.top_k=50",
+                                   "engine.vllm_max_logprobs=20"])
