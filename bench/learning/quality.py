@@ -182,12 +182,13 @@ def _line(label: str, a: dict, b: dict) -> str:
     """First → last of one run (a ceiling row: the same evaluation twice, printed once)."""
     def pct(key: str) -> str:
         if key not in a:
-            return f"{'—':>13}"
+            return f"{'—':>14}"
         return f"{100 * b[key]:>13.0f}%" if a is b else f"{100 * a[key]:>5.0f}% → {100 * b[key]:>3.0f}%"
     pmi = (f"{b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})" if a is b else
            f"{a['pmi_own']:>5.1f} ({a['pmi_other']:>5.1f}) → {b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})")
     return (f"  {label:<34} {pct('compliance')} {pct('good_compliance')} {pct('loops')} {pct('on_topic')} "
-            f"{pmi:>26} {b.get('pmi_base_same_length', float('nan')):>9.1f} {b['mean_words']:>5.0f}")
+            f"{pmi:>26} {b.get('pmi_base_same_length', float('nan')):>9.1f} "
+            + (f"{b['mean_words']:>11.0f}" if a is b else f"{a['mean_words']:>4.0f} → {b['mean_words']:>4.0f}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer = scorer or RelevanceScorer(model, args.engine)
         print(f"{path.name} (base model {model})")
         print(f"  {'run':<34} {'compliant':>14} {'good':>14} {'loops':>14} {'on-topic':>14} "
-              f"{'PMI own (other)':>26} {'base cut':>9} {'words':>5}")
+              f"{'PMI own (other)':>26} {'base cut':>9} {'words':>11}")
         if result.get("benchmark") == "personal":
             rows = quality_of_personal(result, scorer)
         elif "runs" in result:
