@@ -15,7 +15,7 @@ does not see it, and no larger judge model is available on this machine. So, for
   preferences only (yes/no has its own `good`: format and the right answer).
 
     python -m bench.learning.quality bench/results/learning/learning-test-maxwords-default-gate.json
-    python -m bench.learning.quality bench/results/learning/ceiling-smollm2-135m-instruct-test-replies.json
+    python -m bench.learning.quality bench/results/learning/ceiling-smollm2-135m-instruct-test-maxwords-replies.json
 
 Prints, per run, first → last evaluation: compliance and good compliance %, loops %, on-topic %, mean PMI (nats; own
 question and the mismatched one), the base replies' PMI when cut to the trained replies' lengths ("base cut"), mean
@@ -121,16 +121,24 @@ def open_verify(preference: str | None) -> Callable[[str], bool] | None:
     return pref.verify if pref.prompt_kind == "open" else None
 
 
-def quality_of_replies(replies: list[dict], scorer: RelevanceScorer, verify=None) -> dict:
-    """One set of open replies ({"prompt", "text"}) → summarize(); prompts without a mismatched question are left
-    out (their on-topic reading has no control)."""
+def with_control(replies: list[dict]) -> tuple[list[dict], dict[str, str]]:
+    """The replies whose prompt has a mismatched question (the others' on-topic reading has no control), and those
+    questions."""
     other = mismatched([r["prompt"] for r in replies])
     kept = [r for r in replies if r["prompt"] in other]
     if not kept:
         raise ValueError("no open prompt has a question of another topic to compare with: on-topic cannot be read")
+    return kept, other
+
+
+def quality_of_replies(replies: list[dict], scorer: RelevanceScorer, verify=None,
+                       control: tuple[list[dict], dict[str, str]] | None = None) -> dict:
+    """One set of open replies ({"prompt", "text"}) → summarize() of those `with_control` keeps (`control`: its
+    result, when the caller already has it)."""
+    kept, other = control or with_control(replies)
     own = scorer.pmi([(r["text"], r["prompt"]) for r in kept])
-    control = scorer.pmi([(r["text"], other[r["prompt"]]) for r in kept])
-    return summarize(kept, own, control, verify)
+    mismatched_pmi = scorer.pmi([(r["text"], other[r["prompt"]]) for r in kept])
+    return summarize(kept, own, mismatched_pmi, verify)
 
 
 def quality_of_run(run: dict, scorer: RelevanceScorer) -> list[dict]:
@@ -140,8 +148,9 @@ def quality_of_run(run: dict, scorer: RelevanceScorer) -> list[dict]:
     out, base, verify = [], {}, open_verify(run.get("preference"))
     for ev in run["evals"]:
         replies = [r for r in ev["replies"] if r["kind"] == "open"]
-        kept = [r for r in replies if r["prompt"] in mismatched([r["prompt"] for r in replies])]
-        row = {"interactions": ev.get("interactions", 0), **quality_of_replies(replies, scorer, verify)}
+        control = with_control(replies)
+        kept = control[0]
+        row = {"interactions": ev.get("interactions", 0), **quality_of_replies(replies, scorer, verify, control)}
         if not base:
             base = {(r["prompt"], r["sample"]): r["text"] for r in kept}
         else:
