@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import functools
+import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -139,7 +140,30 @@ def _group_key(s: dict) -> tuple:
 
 def _stats(vals: list[float]) -> dict | None:
     vals = [v for v in vals if v is not None]
-    return {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals), "n": len(vals)} if vals else None
+    return ({"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
+            if vals else None)
+
+
+def ratio_interval(on: list[float], off: list[float], *, level: float = 0.95, draws: int = 10_000,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of mean(on) / mean(off), the seeds of each side resampled independently with
+    replacement. Draws whose resampled mean(off) is not positive have no ratio and are left out; None when fewer
+    than half the draws have one, or a side has no seed. With three seeds a side it is a rough guide to how far the
+    seed scatter alone moves the ratio, not a calibrated interval (a bootstrap of few points is too narrow)."""
+    if not on or not off:
+        return None
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        mean_off = statistics.fmean(rng.choices(off, k=len(off)))
+        mean_on = statistics.fmean(rng.choices(on, k=len(on)))
+        if mean_off > 0:
+            ratios.append(mean_on / mean_off)
+    if len(ratios) < draws / 2:
+        return None
+    ratios.sort()
+    tail = (1 - level) / 2
+    return ratios[int(tail * (len(ratios) - 1))], ratios[int(round((1 - tail) * (len(ratios) - 1)))]
 
 
 def aggregate(summaries: list[dict]) -> list[dict]:
@@ -192,10 +216,12 @@ def version_gate_comparison(rows: list[dict]) -> list[dict]:
         gain_on, gain_off = (r["on_target_delta"]["mean"] if r["on_target_delta"] else None for r in (r_on, r_off))
         control = population == "control"
         kept = gain_on / gain_off if gain_on is not None and gain_off and gain_off > 0 and not control else None
+        interval = (ratio_interval(r_on["on_target_delta"]["values"], r_off["on_target_delta"]["values"])
+                    if kept is not None else None)
         lowest_on = r_on["capability_min_delta"]["min"]
         out.append({"variant": variant, "trained": trained, "population": population, "gate": gate,
                     "seeds_on": r_on["seeds"], "seeds_off": r_off["seeds"], "gain_on": gain_on, "gain_off": gain_off,
-                    "gain_kept": kept, "lowest_capability_on": lowest_on,
+                    "gain_kept": kept, "gain_kept_interval": interval, "lowest_capability_on": lowest_on,
                     "lowest_capability_off": r_off["capability_min_delta"]["min"],
                     "rejected_on": r_on["versions_rejected"]["mean"] * len(r_on["seeds"]),
                     "published_on": r_on["versions_published"]["mean"] * len(r_on["seeds"]),
@@ -205,15 +231,17 @@ def version_gate_comparison(rows: list[dict]) -> list[dict]:
 
 
 def format_version_gate(rows: list[dict]) -> str:
-    head = (f"{'population':<10} {'feedback gate':<13} {'seeds on/off':<13} {'Δ target on/off':<17} {'kept':<6} "
+    head = (f"{'population':<10} {'feedback gate':<13} {'seeds on/off':<13} {'Δ target on/off':<17} {'kept':<18} "
             f"{'lowest served capability on/off':<32} {'rejected/published (on)':<24} bar")
     lines = [head, "-" * len(head)]
     for r in rows:
         gains = "/".join("n/a" if g is None else f"{100 * g:+.0f}" for g in (r["gain_on"], r["gain_off"]))
         kept = "—" if r["gain_kept"] is None else f"{r['gain_kept']:.2f}"
+        if r.get("gain_kept_interval"):
+            kept += " [{:.2f}, {:.2f}]".format(*r["gain_kept_interval"])
         low = f"{100 * r['lowest_capability_on']:+.1f} / {100 * r['lowest_capability_off']:+.1f} pts"
         seeds = f"{','.join(map(str, r['seeds_on']))}/{','.join(map(str, r['seeds_off']))}"
-        lines.append(f"{r['population']:<10} {str(r['gate']):<13} {seeds:<13} {gains:<17} {kept:<6} {low:<32} "
+        lines.append(f"{r['population']:<10} {str(r['gate']):<13} {seeds:<13} {gains:<17} {kept:<18} {low:<32} "
                      f"{r['rejected_on']:.0f}/{r['published_on']:.0f}{'':<19} {'yes' if r['meets_bar'] else 'no'}")
     return "\n".join(lines)
 
@@ -373,7 +401,8 @@ def full_report(result: dict, out_dir: Path, noise_path=None, ceiling_path=None)
         parts += ["", "gain over the matched control (target metric)", format_gain(gains, noise)]
     gated = version_gate_comparison(aggregate(summaries)) if summaries else []
     if gated:
-        parts += ["", "version gate on vs off (capability: lowest served evaluation minus the base, any run)",
+        parts += ["", "version gate on vs off (capability: lowest served evaluation minus the base, any run; kept: "
+                      "gain on / off, [95% bootstrap over seeds])",
                   format_version_gate(gated)]
     return "\n".join(parts)
 

@@ -332,6 +332,9 @@ def test_version_gate_comparison_lowest_served_capability_and_gain_kept():
     [cmp] = report.version_gate_comparison(rows)
     assert cmp["gain_on"] == pytest.approx(0.25) and cmp["gain_off"] == pytest.approx(0.30)
     assert cmp["gain_kept"] == pytest.approx(0.25 / 0.30)  # >= 0.80
+    # the seeds' gains: on +30 / +20, off +40 / +20; resampled, the ratio spans the extremes 20/40 .. 30/20
+    lo, hi = cmp["gain_kept_interval"]
+    assert 0.5 - 1e-9 <= lo < cmp["gain_kept"] < hi <= 1.5 + 1e-9
     assert cmp["lowest_capability_on"] == pytest.approx(-0.02)  # the mid-run dip, not the final value
     assert cmp["lowest_capability_off"] == pytest.approx(-0.10)
     assert cmp["rejected_on"] == 3 and cmp["published_on"] == 20 and cmp["meets_bar"]
@@ -340,6 +343,19 @@ def test_version_gate_comparison_lowest_served_capability_and_gain_kept():
     assert not cmp["meets_bar"]
     assert "version gate on vs off" in report.full_report({"config": {"model": "m", "split": "test"}, "runs": runs},
                                                             Path("/nonexistent"))
+
+
+def test_ratio_interval_bootstrap_over_seeds():
+    from bench.learning.report import ratio_interval
+
+    assert ratio_interval([0.2, 0.2, 0.2], [0.4, 0.4, 0.4]) == (0.5, 0.5)  # no scatter: the ratio itself
+    assert ratio_interval([], [0.4]) is None and ratio_interval([0.2], []) is None
+    assert ratio_interval([0.2], [0.0, -0.1]) is None  # mean(off) is never positive: no ratio
+    lo, hi = ratio_interval([0.19, 0.21, 0.26], [0.11, 0.35, 0.62])  # issue 11's three test seeds, gate on / off
+    assert 0.3 < lo < 0.61 < hi < 2.0  # the point estimate 0.61 sits inside a wide interval
+    assert ratio_interval([0.19, 0.21, 0.26], [0.11, 0.35, 0.62]) == (lo, hi)  # seeded: the same interval again
+    wide, narrow = ratio_interval([0.1, 0.3], [0.2, 0.4], level=0.95), ratio_interval([0.1, 0.3], [0.2, 0.4], level=0.5)
+    assert wide[0] <= narrow[0] <= narrow[1] <= wide[1]
 
 
 def test_cli_split_population_gate():
