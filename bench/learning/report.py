@@ -162,8 +162,8 @@ def ratio_interval(on: list[float], off: list[float], *, level: float = 0.95, dr
     if len(ratios) < draws / 2:
         return None
     ratios.sort()
-    tail = (1 - level) / 2
-    return ratios[int(tail * (len(ratios) - 1))], ratios[int(round((1 - tail) * (len(ratios) - 1)))]
+    tail, last = (1 - level) / 2, len(ratios) - 1
+    return ratios[round(tail * last)], ratios[round((1 - tail) * last)]
 
 
 def aggregate(summaries: list[dict]) -> list[dict]:
