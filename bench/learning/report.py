@@ -13,6 +13,9 @@ bench.learning.ceiling`) of the same model and split, read from the results fold
 - Lost answers: checkable prompts the base answered right and the trained model answers wrong (`answer_changes`),
   next to those gained. The net capability delta hides them; their noise floor is the number of answers that differ
   between the base evaluations of the reported runs (greedy: 0 so far, 30 runs on the test split).
+- Good compliance (`python -m bench.learning.quality`: compliant replies that neither loop nor lose their question):
+  read from the `quality-<name>.json` beside each result file when it exists; the version-gate comparison then also
+  prints the good-compliance gain kept, with its interval.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def summarize_run(run: dict) -> dict:
         "versions_rejected": run.get("final_stats", {}).get("versions_rejected", 0),
         "versions_published": len(run.get("final_stats", {}).get("versions", [])),
         "answers": answers_vs_base(evals),
+        "good_delta": _good_delta(run.get("quality")),
     }
     for k in ("format", "correct", "said_yes"):
         if "yes_no" in evals[0] and "yes_no" in evals[-1]:
@@ -181,6 +185,8 @@ def aggregate(summaries: list[dict]) -> list[dict]:
             row[key] = _stats([s[key] for s in ss])
         row["yes_no_correct_delta"] = _stats([s["metric_delta"].get("yes_no.correct") for s in ss])
         row["answers_lost"] = _stats([s["answers"]["lost"] if s.get("answers") else None for s in ss])
+        good = [s.get("good_delta") for s in ss]
+        row["good_delta"] = _stats(good) if None not in good else None  # every seed, or none: no partial mean
         out.append(row)
     return out
 
@@ -203,25 +209,35 @@ def gain_over_control(summaries: list[dict]) -> list[dict]:
     return out
 
 
+def _kept(on: dict | None, off: dict | None, control: bool) -> tuple:
+    """(mean gain on, mean gain off, on / off, its bootstrap interval) of two `_stats`; the ratio (and interval) is
+    None for a control, or when either side is missing or the gain off is not positive."""
+    gain_on, gain_off = (x["mean"] if x else None for x in (on, off))
+    if control or gain_on is None or not gain_off or gain_off <= 0:
+        return gain_on, gain_off, None, None
+    return gain_on, gain_off, gain_on / gain_off, ratio_interval(on["values"], off["values"])
+
+
 def version_gate_comparison(rows: list[dict]) -> list[dict]:
     """Aggregated rows with the version gate on beside the same (variant, trained, population, gate) with it off: the
     gain kept (on / off, mean over seeds), the lowest served capability against the base in any run, rejections, and
-    the issue's bar (every gated run within BAR_SERVED_DROP of the base; trained keep BAR_GAIN_KEPT of their gain)."""
+    the issue's bar (every gated run within BAR_SERVED_DROP of the base; trained keep BAR_GAIN_KEPT of their gain).
+    With quality rows on every run (`attach_quality`), the same for good compliance ("good_*"); the bar is read on
+    compliance."""
     by_key = {(r["variant"], r["trained"], r["population"], r["gate"], r["version_gate"]): r for r in rows}
     out = []
     for (variant, trained, population, gate, on), r_on in by_key.items():
         r_off = by_key.get((variant, trained, population, gate, False))
         if not on or r_off is None:
             continue
-        gain_on, gain_off = (r["on_target_delta"]["mean"] if r["on_target_delta"] else None for r in (r_on, r_off))
         control = population == "control"
-        kept = gain_on / gain_off if gain_on is not None and gain_off and gain_off > 0 and not control else None
-        interval = (ratio_interval(r_on["on_target_delta"]["values"], r_off["on_target_delta"]["values"])
-                    if kept is not None else None)
+        gain_on, gain_off, kept, interval = _kept(r_on["on_target_delta"], r_off["on_target_delta"], control)
+        good_on, good_off, good_kept, good_interval = _kept(r_on.get("good_delta"), r_off.get("good_delta"), control)
         lowest_on = r_on["capability_min_delta"]["min"]
         out.append({"variant": variant, "trained": trained, "population": population, "gate": gate,
                     "seeds_on": r_on["seeds"], "seeds_off": r_off["seeds"], "gain_on": gain_on, "gain_off": gain_off,
-                    "gain_kept": kept, "gain_kept_interval": interval, "lowest_capability_on": lowest_on,
+                    "gain_kept": kept, "gain_kept_interval": interval, "good_on": good_on, "good_off": good_off,
+                    "good_kept": good_kept, "good_kept_interval": good_interval, "lowest_capability_on": lowest_on,
                     "lowest_capability_off": r_off["capability_min_delta"]["min"],
                     "rejected_on": r_on["versions_rejected"]["mean"] * len(r_on["seeds"]),
                     "published_on": r_on["versions_published"]["mean"] * len(r_on["seeds"]),
@@ -230,19 +246,26 @@ def version_gate_comparison(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _kept_cell(kept: float | None, interval: tuple | None) -> str:
+    return ("—" if kept is None else f"{kept:.2f}") + (" [{:.2f}, {:.2f}]".format(*interval) if interval else "")
+
+
 def format_version_gate(rows: list[dict]) -> str:
+    """One line per comparison; the good-compliance columns read "n/a" / "—" where no quality file was beside."""
     head = (f"{'population':<10} {'feedback gate':<13} {'seeds on/off':<13} {'Δ target on/off':<17} {'kept':<18} "
-            f"{'lowest served capability on/off':<32} {'rejected/published (on)':<24} bar")
+            f"{'Δ good on/off':<15} {'good kept':<18} {'lowest served capability on/off':<32} "
+            f"{'rejected/published (on)':<24} bar")
     lines = [head, "-" * len(head)]
     for r in rows:
         gains = "/".join("n/a" if g is None else f"{100 * g:+.0f}" for g in (r["gain_on"], r["gain_off"]))
-        kept = "—" if r["gain_kept"] is None else f"{r['gain_kept']:.2f}"
-        if r.get("gain_kept_interval"):
-            kept += " [{:.2f}, {:.2f}]".format(*r["gain_kept_interval"])
+        good = "/".join("n/a" if g is None else f"{100 * g:+.0f}" for g in (r.get("good_on"), r.get("good_off")))
+        kept = _kept_cell(r["gain_kept"], r.get("gain_kept_interval"))
+        good_kept = _kept_cell(r.get("good_kept"), r.get("good_kept_interval"))
         low = f"{100 * r['lowest_capability_on']:+.1f} / {100 * r['lowest_capability_off']:+.1f} pts"
         seeds = f"{','.join(map(str, r['seeds_on']))}/{','.join(map(str, r['seeds_off']))}"
-        lines.append(f"{r['population']:<10} {str(r['gate']):<13} {seeds:<13} {gains:<17} {kept:<18} {low:<32} "
-                     f"{r['rejected_on']:.0f}/{r['published_on']:.0f}{'':<19} {'yes' if r['meets_bar'] else 'no'}")
+        lines.append(f"{r['population']:<10} {str(r['gate']):<13} {seeds:<13} {gains:<17} {kept:<18} {good:<15} "
+                     f"{good_kept:<18} {low:<32} {r['rejected_on']:.0f}/{r['published_on']:.0f}{'':<19} "
+                     f"{'yes' if r['meets_bar'] else 'no'}")
     return "\n".join(lines)
 
 
@@ -289,6 +312,30 @@ def efficiency(gain: float | None, ceiling: dict | None, preference: str, templa
 
 
 # ---- tables ---------------------------------------------------------------------------------------------------------
+
+
+def _good_delta(quality: list[dict] | None) -> float | None:
+    """Last minus first evaluation's good compliance, from a run's quality rows (`attach_quality`); None without."""
+    if not quality or "good_compliance" not in quality[0] or "good_compliance" not in quality[-1]:
+        return None
+    return quality[-1]["good_compliance"] - quality[0]["good_compliance"]
+
+
+def quality_label(run: dict) -> str:
+    """How `bench.learning.quality` names a run's row."""
+    return f"{run['preference']} {run['population']} s{run['seed']}"
+
+
+def attach_quality(runs: list[dict], quality: dict) -> list[dict]:
+    """The runs of one result file, each with its row of that file's quality JSON (`quality`: "runs" in the result's
+    order, one row per run) as "quality". A row that names another run is an error, not a silent mismatch."""
+    rows = quality.get("runs", [])
+    if len(rows) != len(runs):
+        raise ValueError(f"quality file {quality.get('source')!r} has {len(rows)} rows for {len(runs)} runs")
+    for run, row in zip(runs, rows):
+        if row["label"] != quality_label(run):
+            raise ValueError(f"quality row {row['label']!r} is not run {quality_label(run)!r}")
+    return [{**run, "quality": row["evals"]} for run, row in zip(runs, rows)]
 
 
 def _pct(x: float | None) -> str:
@@ -414,17 +461,33 @@ def _spread_line(spread: dict | None) -> str:
             f"{spread['runs']} runs")
 
 
+def quality_path(result_path: Path) -> Path:
+    """Where `python -m bench.learning.quality` writes a result file's quality JSON."""
+    return result_path.with_name("quality-" + result_path.name.removeprefix("learning-"))
+
+
+def load_with_quality(path: Path) -> dict:
+    """A result file, its runs carrying their quality rows when the quality JSON beside it was made from it."""
+    result = json.loads(path.read_text())
+    quality = load_json(quality_path(path))
+    if quality is None or quality.get("source") != path.name:
+        return result
+    return {**result, "runs": attach_quality(result["runs"], quality), "quality_file": quality_path(path).name}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.learning.report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="learning-*.json result files (runs are merged)")
     p.add_argument("--noise", default=None, help="noise-floor JSON (default: noise-<model>-<split>.json beside)")
     p.add_argument("--ceiling", default=None, help="ceiling JSON (default: ceiling-<model>-<split>.json beside)")
     args = p.parse_args(argv)
-    results = [json.loads(Path(f).read_text()) for f in args.results]
+    results = [load_with_quality(Path(f)) for f in args.results]
     splits = {r["config"].get("split", "dev") for r in results}
     if len(splits) > 1:
         raise SystemExit(f"results from different splits {sorted(splits)}: report them separately")
     merged = {**results[0], "runs": [run for r in results for run in r["runs"]]}
+    with_quality = sum(bool(r.get("quality_file")) for r in results)
+    print(f"quality files (good compliance): {with_quality} of {len(results)} results")
     print(full_report(merged, Path(args.results[0]).parent, args.noise, args.ceiling))
     return 0
 

@@ -345,6 +345,49 @@ def test_version_gate_comparison_lowest_served_capability_and_gain_kept():
                                                             Path("/nonexistent"))
 
 
+def test_report_reads_good_compliance_from_the_quality_file_beside(tmp_path):
+    import json
+
+    from bench.learning import report
+
+    def run(seed, gate_on, after):
+        r = _run("max_words", "feedback", seed, _ev({"max_words": 0.1}, 0.5), _ev({"max_words": after}, 0.5, 60))
+        r["loop_config"]["version_gate"] = {"enabled": gate_on}
+        return r
+
+    def quality(runs, goods):  # bench.learning.quality's rows: one per run, first and last evaluation
+        return {"runs": [{"label": report.quality_label(r), "evals": [{"good_compliance": 0.05},
+                                                                      {"good_compliance": g}]}
+                         for r, g in zip(runs, goods)]}
+
+    on, off = [run(0, True, 0.3), run(1, True, 0.3)], [run(0, False, 0.5), run(1, False, 0.5)]
+    for name, runs, goods in (("learning-on.json", on, (0.25, 0.15)), ("learning-off.json", off, (0.45, 0.25))):
+        (tmp_path / name).write_text(json.dumps({"config": {"model": "m", "split": "test"}, "runs": runs}))
+        (tmp_path / report.quality_path(tmp_path / name).name).write_text(
+            json.dumps({"source": name, **quality(runs, goods)}))
+    loaded = [report.load_with_quality(tmp_path / n) for n in ("learning-on.json", "learning-off.json")]
+    assert loaded[0]["quality_file"] == "quality-on.json"
+    [cmp] = report.version_gate_comparison(report.aggregate(
+        [report.summarize_run(r) for result in loaded for r in result["runs"]]))
+    assert cmp["gain_kept"] == pytest.approx(0.2 / 0.4)  # compliance: +20 against +40
+    assert cmp["good_on"] == pytest.approx(0.15) and cmp["good_off"] == pytest.approx(0.30)
+    assert cmp["good_kept"] == pytest.approx(0.5)
+    lo, hi = cmp["good_kept_interval"]  # on +20 / +10, off +40 / +20: from 10/40 to 20/20
+    assert 0.25 - 1e-9 <= lo < 0.5 < hi <= 1.0 + 1e-9
+    assert "0.50 [" in report.format_version_gate([cmp])
+    # a quality file made from another result is not read; one whose rows name other runs is an error
+    (tmp_path / "quality-on.json").write_text(json.dumps({"source": "learning-other.json", **quality(on, (0, 0))}))
+    assert "quality_file" not in report.load_with_quality(tmp_path / "learning-on.json")
+    with pytest.raises(ValueError, match="is not run"):
+        report.attach_quality(on, quality(list(reversed(on)), (0.2, 0.2)))
+    with pytest.raises(ValueError, match="rows for"):
+        report.attach_quality(on, quality(on[:1], (0.2,)))
+    # without quality rows on every seed there is no good-compliance ratio
+    rows = report.aggregate([report.summarize_run(r) for r in on + off])
+    [cmp] = report.version_gate_comparison(rows)
+    assert cmp["good_kept"] is None and "—" in report.format_version_gate([cmp])
+
+
 def test_ratio_interval_bootstrap_over_seeds():
     from bench.learning.report import ratio_interval
 
