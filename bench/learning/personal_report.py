@@ -1,0 +1,111 @@
+"""Per-user learning over seeds: the rows of several `bench.learning.personal` result files, each user's gain averaged.
+
+    python -m bench.learning.personal_report bench/results/learning/personal-<name>-s{0,1,2}-test.json
+
+One result file per seed is how the benchmark is run when a seed takes 20–25 minutes (a crash loses one seed, not
+all). Per user it prints, over the seeds: the own-preference gain (mean [min, max]), the efficiency of the mean gain
+against the in-context ceiling gain (the issue's bar: ≥ 0.5), the largest shift of another user's preference caused
+by this user's adapter against that metric's noise floor (the bar: within it), capability base → final, and whether
+the shared policy stayed unchanged in every run. Where `python -m bench.learning.quality` has written
+`quality-personal-<name>.json` beside a result, the good-compliance gain (compliant, not looping, on topic) too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from bench.learning.personal import summarize
+
+
+def good_gains(quality: dict | None) -> dict[tuple[int, str], float]:
+    """{(seed, user): last − first good compliance} from a personal result's quality JSON (its rows are labelled
+    "<user> adapter s<seed>")."""
+    out = {}
+    for row in (quality or {}).get("runs", []):
+        user, _, seed = row["label"].rpartition(" adapter s")
+        first, last = row["evals"][0], row["evals"][-1]
+        if user and "good_compliance" in first and "good_compliance" in last:
+            out[(int(seed), user)] = last["good_compliance"] - first["good_compliance"]
+    return out
+
+
+def over_seeds(rows: list[dict], good: dict[tuple[int, str], float] | None = None) -> list[dict]:
+    """`personal.summarize` rows of any number of seeds → one row per user. `efficiency` is the mean gain over the
+    ceiling gain; `worst_shift` the |shift| of another user's preference that is largest against that preference's
+    noise floor in its seed, over every seed, and `shift_over_noise` that ratio (≤ 1: within the floor); the floors
+    are those of each preference on the base model (binomial, 2 s.e.). Good-compliance gain only when every seed of
+    the user has one."""
+    by_user: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_user[r["user"]].append(r)
+    # a row's noise floor is that of its own preference on the base: the floor of preference o in a seed
+    floor = {(r["seed"], r["user"]): r["noise_floor"] for r in rows}
+    out = []
+    for user, rs in by_user.items():
+        gains = [r["gain"] for r in rs]
+        mean = statistics.fmean(gains)
+        ceiling = rs[0]["ceiling_gain"]
+        shifts = [(abs(v) / floor[(r["seed"], o)], abs(v), o) for r in rs for o, v in r["others_shift"].items()]
+        worst = max(shifts, default=(0.0, 0.0, None))  # the largest against its own floor
+        goods = [(good or {}).get((r["seed"], user)) for r in rs]
+        out.append({
+            "user": user, "seeds": [r["seed"] for r in rs], "gain_mean": mean, "gain_min": min(gains),
+            "gain_max": max(gains), "ceiling_gain": ceiling, "efficiency": mean / ceiling if ceiling else None,
+            "worst_shift": worst[1], "worst_shift_pref": worst[2], "shift_over_noise": worst[0],
+            "capability_base": statistics.fmean(r["capability_base"] for r in rs),
+            "capability_final": statistics.fmean(r["capability_final"] for r in rs),
+            "shared_policy_unchanged": all(r["shared_policy_unchanged"] for r in rs),
+            "good_gain_mean": statistics.fmean(goods) if goods and None not in goods else None,
+        })
+    return out
+
+
+def load(path: Path) -> tuple[list[dict], dict]:
+    """The summary rows of one result file and the good-compliance gains of its quality JSON (if beside)."""
+    result = json.loads(path.read_text())
+    if result.get("benchmark") != "personal":
+        raise SystemExit(f"{path}: not a bench.learning.personal result")
+    q = path.with_name("quality-" + path.name)
+    quality = json.loads(q.read_text()) if q.exists() else None
+    return summarize(result), good_gains(quality if quality and quality.get("source") == path.name else None)
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = (f"{'user':<12} {'seeds':<7} {'own gain: mean [min, max]':<27} {'ceiling':>8} {'efficiency':>10} "
+            f"{'good gain':>9}  {'worst cross-user shift (÷ noise)':<34} {'capability':<14} shared unchanged")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        gain = f"{100 * r['gain_mean']:+.1f} [{100 * r['gain_min']:+.1f}, {100 * r['gain_max']:+.1f}]"
+        ceiling = "n/a" if r["ceiling_gain"] is None else f"{100 * r['ceiling_gain']:+.1f}"
+        eff = "n/a" if r["efficiency"] is None else f"{r['efficiency']:.2f}"
+        good = "n/a" if r["good_gain_mean"] is None else f"{100 * r['good_gain_mean']:+.1f}"
+        shift = f"{100 * r['worst_shift']:.1f} pts {r['worst_shift_pref']} ({r['shift_over_noise']:.2f})"
+        cap = f"{100 * r['capability_base']:.1f} → {100 * r['capability_final']:.1f}%"
+        lines.append(f"{r['user']:<12} {','.join(map(str, r['seeds'])):<7} {gain:<27} {ceiling:>8} {eff:>10} "
+                     f"{good:>9}  {shift:<34} {cap:<14} {'yes' if r['shared_policy_unchanged'] else 'NO'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.learning.personal_report", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", help="personal-*.json result files (their seeds are pooled)")
+    args = p.parse_args(argv)
+    rows, good = [], {}
+    for path in map(Path, args.results):
+        r, g = load(path)
+        rows += r
+        good.update(g)
+    seen = [(r["seed"], r["user"]) for r in rows]
+    if len(seen) != len(set(seen)):
+        raise SystemExit("the same seed and user in two files: pool different seeds only")
+    print(format_rows(over_seeds(rows, good)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The per-user benchmark's report over seeds (bench/learning/personal_report.py): gains pooled per user, efficiency
+against the ceiling, the cross-user shift read against the shifted preference's own noise floor, good compliance
+from the quality file. No Ray, no model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.learning import personal_report as R
+
+pytestmark = pytest.mark.unit
+
+
+def _row(seed, user, gain, floor, others, ceiling=0.4, unchanged=True):
+    return {"seed": seed, "user": user, "gain": gain, "ceiling_gain": ceiling, "noise_floor": floor,
+            "others_shift": others, "capability_base": 0.24, "capability_final": 0.24 + gain / 10,
+            "shared_policy_unchanged": unchanged}
+
+
+def test_over_seeds_pools_gains_and_reads_shifts_against_the_shifted_preferences_floor():
+    rows = [_row(0, "short", 0.10, 0.05, {"emoji": 0.03}), _row(0, "emoji", 0.0, 0.02, {"short": -0.04}),
+            _row(1, "short", 0.30, 0.05, {"emoji": -0.01}), _row(1, "emoji", 0.02, 0.02, {"short": 0.06})]
+    by = {r["user"]: r for r in R.over_seeds(rows)}
+    short, emoji = by["short"], by["emoji"]
+    assert short["seeds"] == [0, 1] and short["gain_mean"] == pytest.approx(0.2)
+    assert (short["gain_min"], short["gain_max"]) == (0.10, 0.30)
+    assert short["efficiency"] == pytest.approx(0.5)  # mean gain / ceiling gain
+    # the short user's adapter moved emoji by 3 points against emoji's 2-point floor: 1.5x, outside it
+    assert short["worst_shift_pref"] == "emoji" and short["worst_shift"] == pytest.approx(0.03)
+    assert short["shift_over_noise"] == pytest.approx(1.5)
+    # the emoji adapter moved "short" by 6 points in seed 1 against short's 5-point floor
+    assert emoji["worst_shift"] == pytest.approx(0.06) and emoji["shift_over_noise"] == pytest.approx(1.2)
+    assert short["good_gain_mean"] is None and short["shared_policy_unchanged"]
+    rows[3]["shared_policy_unchanged"] = False  # one run whose shared policy moved is enough to say so
+    assert not {r["user"]: r for r in R.over_seeds(rows)}["emoji"]["shared_policy_unchanged"]
+    rows[0]["ceiling_gain"] = None
+    assert {r["user"]: r for r in R.over_seeds(rows)}["short"]["efficiency"] is None
+
+
+def test_good_compliance_gains_from_the_quality_file_only_when_every_seed_has_one(tmp_path):
+    quality = {"runs": [{"label": "max_words adapter s0", "evals": [{"good_compliance": 0.02},
+                                                                    {"good_compliance": 0.12}]},
+                        {"label": "max_words adapter s1", "evals": [{"good_compliance": 0.02},
+                                                                    {"good_compliance": 0.32}]}]}
+    good = R.good_gains(quality)
+    assert good == {(0, "max_words"): pytest.approx(0.10), (1, "max_words"): pytest.approx(0.30)}
+    rows = [_row(0, "max_words", 0.1, 0.05, {}), _row(1, "max_words", 0.3, 0.05, {})]
+    assert R.over_seeds(rows, good)[0]["good_gain_mean"] == pytest.approx(0.2)
+    del good[(1, "max_words")]
+    assert R.over_seeds(rows, good)[0]["good_gain_mean"] is None  # no mean of a subset of the seeds
+    text = R.format_rows(R.over_seeds(rows, good))
+    assert "+20.0 [+10.0, +30.0]" in text and "n/a" in text
+    # a quality file made from another result is not read
+    result = {"benchmark": "personal", "ceiling": {}, "runs": []}
+    (tmp_path / "personal-x.json").write_text(json.dumps(result))
+    (tmp_path / "quality-personal-x.json").write_text(json.dumps({"source": "personal-y.json", **quality}))
+    assert R.load(tmp_path / "personal-x.json") == ([], {})
+    (tmp_path / "quality-personal-x.json").write_text(json.dumps({"source": "personal-x.json", **quality}))
+    assert len(R.load(tmp_path / "personal-x.json")[1]) == 2
