@@ -14,9 +14,10 @@ and every user's served adapter version is evaluated on an in-process vLLM engin
 - the shared policy itself, at the start, the end and whenever a new shared version is served: in per_user mode it
   must not move at all; with `personalization.mode=both` it is trained too, and adapters sit on its served version.
 
-Reported per user: own gain = final − base compliance, the in-context ceiling gain of that preference on the same
-split (bench/results/learning/ceiling-<model>-<split>.json, online template), distillation efficiency = gain ÷
-ceiling gain (the bar: ≥ 0.5), and the noise floor of that compliance (binomial 2 s.e. at the evaluation's n).
+Reported per user: own gain = final − base compliance (for yes/no the format AND the right answer, `own_metric`), the
+in-context ceiling gain of that preference on the same split (bench/results/learning/ceiling-<model>-<split>.json,
+online template), distillation efficiency = gain ÷ ceiling gain (the bar: ≥ 0.5), and the noise floor of that
+compliance (binomial 2 s.e. at the evaluation's n).
 JSON and PNG under bench/results/learning/personal-<name>.*
 """
 
@@ -200,8 +201,8 @@ def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dic
                     ev["eval_s"] = time.time() - t0
                     run["evals"].append(ev)
                     log(f"seed {seed} @ {done}/user: " + " | ".join(
-                        f"{u}: own {100 * ev['targets'][u]['compliance'][u]:.0f}% "
-                        f"(base {100 * ev['targets']['base']['compliance'][u]:.0f}%), cap "
+                        f"{u}: own {100 * own_metric(ev['targets'][u], u):.0f}% "
+                        f"(base {100 * own_metric(ev['targets']['base'], u):.0f}%), cap "
                         f"{100 * ev['targets'][u]['capability']['accuracy']:.0f}%" for u in users)
                         + f" | eval {ev['eval_s']:.0f}s")
                     if done >= args.interactions:
@@ -224,6 +225,16 @@ def run_one(args, seed: int, preferences: list[Preference], prompts, log) -> dic
     return run
 
 
+def own_metric(evaluation: dict, user: str) -> float:
+    """What a user's own gain is measured on: their preference's compliance, except for yes/no, where it is
+    `yes_no.good` (the format AND the right answer), as in the learning benchmark and the in-context ceiling it is
+    divided by. Until 2026-12-05 the format alone was used here, so an adapter answering "Yes." to every question
+    (correct at chance) read as 3.4x its ceiling."""
+    if user == "yes_no_only":
+        return evaluation["yes_no"]["good"]
+    return evaluation["compliance"][user]
+
+
 def summarize(result: dict) -> list[dict]:
     """Per (seed, user): base → final own compliance, gain, ceiling gain, efficiency, cross-user drift."""
     ceiling = result.get("ceiling") or {}
@@ -231,8 +242,8 @@ def summarize(result: dict) -> list[dict]:
     for run in result["runs"]:
         first, last = run["evals"][0]["targets"], run["evals"][-1]["targets"]
         for user in run["adapters"]:
-            base, final = first["base"]["compliance"][user], last[user]["compliance"][user]
-            n = last[user]["compliance_n"][user]
+            base, final = own_metric(first["base"], user), own_metric(last[user], user)
+            n = last[user]["yes_no"]["n"] if user == "yes_no_only" else last[user]["compliance_n"][user]
             ceil = ceiling.get(user)
             others = {o: last[user]["compliance"][o] - last["base"]["compliance"][o] for o in run["adapters"]
                       if o != user}
@@ -247,7 +258,7 @@ def summarize(result: dict) -> list[dict]:
                 # per_user: must be True; mode both: the shared policy is trained too, its final version is here
                 "shared_policy_unchanged": first["base"]["replies"] == last["base"]["replies"],
                 "shared_version_final": last["base"].get("shared_version", 0),
-                "shared_own_final": last["base"]["compliance"][user],
+                "shared_own_final": own_metric(last["base"], user),
                 "capability_shared_final": last["base"]["capability"]["accuracy"],
             })
     return rows
@@ -274,15 +285,15 @@ def plot(result: dict, path: Path) -> None:
         xs = [e["interactions_per_user"] for e in run["evals"]]
         for ax, user in zip(axes[0], users):
             for target, style in ((user, "-o"), ("base", ":")):
-                ax.plot(xs, [e["targets"][target]["compliance"][user] for e in run["evals"]], style,
+                ax.plot(xs, [own_metric(e["targets"][target], user) for e in run["evals"]], style,
                         label=f"{'own adapter' if target == user else 'shared policy'} s{run['seed']}")
             for other in users:
                 if other != user:
-                    ax.plot(xs, [e["targets"][other]["compliance"][user] for e in run["evals"]], "--", alpha=0.5,
+                    ax.plot(xs, [own_metric(e["targets"][other], user) for e in run["evals"]], "--", alpha=0.5,
                             label=f"{other}'s adapter s{run['seed']}")
             ceil = result.get("ceiling", {}).get(user)
             if ceil is not None:
-                base = run["evals"][0]["targets"]["base"]["compliance"][user]
+                base = own_metric(run["evals"][0]["targets"]["base"], user)
                 ax.axhline(base + ceil, color="grey", lw=0.8, ls="-.", label="in-context ceiling")
             ax.set_title(f"user wanting {user}", fontsize=9)
             ax.set_xlabel("interactions of each user")

@@ -4,10 +4,11 @@
 
 One result file per seed is how the benchmark is run when a seed takes 20–25 minutes (a crash loses one seed, not
 all). Per user it prints, over the seeds: the own-preference gain (mean [min, max]), the efficiency of the mean gain
-against the in-context ceiling gain (the issue's bar: ≥ 0.5), the largest shift of another user's preference caused
-by this user's adapter against that metric's noise floor (the bar: within it), capability base → final, and whether
-the shared policy stayed unchanged in every run. Where `python -m bench.learning.quality` has written
-`quality-personal-<name>.json` beside a result, the good-compliance gain (compliant, not looping, on topic) too.
+against the in-context ceiling gain (the issue's bar: ≥ 0.5), how far this user's adapter moved the other users'
+preferences (what it learned that they did not ask for) against that metric's noise floor, capability base → final,
+and whether the shared policy stayed unchanged in every run (per_user: it must). Where `python -m
+bench.learning.quality` has written `quality-personal-<name>.json` beside a result, the good-compliance gain
+(compliant, not looping, on topic) too.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def load(path: Path) -> tuple[list[dict], dict]:
 
 def format_rows(rows: list[dict]) -> str:
     head = (f"{'user':<12} {'seeds':<7} {'own gain: mean [min, max]':<27} {'ceiling':>8} {'efficiency':>10} "
-            f"{'good gain':>9}  {'worst cross-user shift (÷ noise)':<34} {'capability':<14} shared unchanged")
+            f"{'good gain':>9}  {'drift on another preference (÷ floor)':<42} {'capability':<14} shared unchanged")
     lines = [head, "-" * len(head)]
     for r in rows:
         gain = f"{100 * r['gain_mean']:+.1f} [{100 * r['gain_min']:+.1f}, {100 * r['gain_max']:+.1f}]"
@@ -87,7 +88,7 @@ def format_rows(rows: list[dict]) -> str:
         shift = f"{100 * r['worst_shift']:.1f} pts {r['worst_shift_pref']} ({r['shift_over_noise']:.2f})"
         cap = f"{100 * r['capability_base']:.1f} → {100 * r['capability_final']:.1f}%"
         lines.append(f"{r['user']:<12} {','.join(map(str, r['seeds'])):<7} {gain:<27} {ceiling:>8} {eff:>10} "
-                     f"{good:>9}  {shift:<34} {cap:<14} {'yes' if r['shared_policy_unchanged'] else 'NO'}")
+                     f"{good:>9}  {shift:<42} {cap:<14} {'yes' if r['shared_policy_unchanged'] else 'NO'}")
     return "\n".join(lines)
 
 

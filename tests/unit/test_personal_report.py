@@ -59,3 +59,20 @@ def test_good_compliance_gains_from_the_quality_file_only_when_every_seed_has_on
     assert R.load(tmp_path / "personal-x.json") == ([], {})
     (tmp_path / "quality-personal-x.json").write_text(json.dumps({"source": "personal-x.json", **quality}))
     assert len(R.load(tmp_path / "personal-x.json")[1]) == 2
+
+
+def test_a_yes_no_users_own_gain_is_format_and_correct_not_format_alone():
+    from bench.learning.personal import own_metric, summarize
+
+    def ev(fmt, good, short):
+        return {"compliance": {"yes_no_only": fmt, "max_words": short}, "compliance_n": {"max_words": 80},
+                "yes_no": {"n": 80, "format": fmt, "good": good}, "capability": {"accuracy": 0.24}, "replies": []}
+
+    base, learned = ev(0.0, 0.0, 0.04), ev(0.8, 0.4, 0.16)  # "Yes." to 88% of questions: right half the time
+    assert own_metric(learned, "yes_no_only") == 0.4 and own_metric(learned, "max_words") == 0.16
+    result = {"ceiling": {"yes_no_only": 0.2}, "runs": [{"seed": 0, "adapters": {"yes_no_only": "a"},
+                                                         "evals": [{"targets": {"base": base, "yes_no_only": base}},
+                                                                   {"targets": {"base": base,
+                                                                                "yes_no_only": learned}}]}]}
+    [row] = summarize(result)
+    assert row["gain"] == pytest.approx(0.4) and row["efficiency"] == pytest.approx(2.0)  # not the format's 0.8 / 4.0
