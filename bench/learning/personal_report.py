@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.learning.personal import summarize
+from bench.learning.quality import good_delta, quality_path
 
 
 def good_gains(quality: dict | None) -> dict[tuple[int, str], float]:
@@ -29,9 +30,9 @@ def good_gains(quality: dict | None) -> dict[tuple[int, str], float]:
     out = {}
     for row in (quality or {}).get("runs", []):
         user, _, seed = row["label"].rpartition(" adapter s")
-        first, last = row["evals"][0], row["evals"][-1]
-        if user and "good_compliance" in first and "good_compliance" in last:
-            out[(int(seed), user)] = last["good_compliance"] - first["good_compliance"]
+        gain = good_delta(row["evals"])
+        if user and gain is not None:
+            out[(int(seed), user)] = gain
     return out
 
 
@@ -71,7 +72,7 @@ def load(path: Path) -> tuple[list[dict], dict]:
     result = json.loads(path.read_text())
     if result.get("benchmark") != "personal":
         raise SystemExit(f"{path}: not a bench.learning.personal result")
-    q = path.with_name("quality-" + path.name)
+    q = quality_path(path)
     quality = json.loads(q.read_text()) if q.exists() else None
     return summarize(result), good_gains(quality if quality and quality.get("source") == path.name else None)
 

@@ -113,6 +113,23 @@ class RelevanceScorer:
         return [lp - self._prior[q] for (_, q), lp in zip(pairs, self.logps(pairs))]
 
 
+def quality_path(result_path: Path) -> Path:
+    """Where a result file's quality JSON goes: beside it, "learning-" dropped, never the input file itself."""
+    return result_path.with_name("quality-" + result_path.name.removeprefix("learning-"))
+
+
+def run_label(run: dict) -> str:
+    """The label of a learning run's row in the quality JSON (`bench.learning.report` matches rows to runs by it)."""
+    return f"{run['preference']} {run['population']} s{run['seed']}"
+
+
+def good_delta(evals: list[dict] | None) -> float | None:
+    """Last minus first evaluation's good compliance of one row's evals; None without it (yes/no, an old file)."""
+    if not evals or "good_compliance" not in evals[0] or "good_compliance" not in evals[-1]:
+        return None
+    return evals[-1]["good_compliance"] - evals[0]["good_compliance"]
+
+
 def open_verify(preference: str | None) -> Callable[[str], bool] | None:
     """The verifier of an open-prompt preference (None for a yes/no one, or none)."""
     if not preference:
@@ -219,15 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         if result.get("benchmark") == "personal":
             rows = quality_of_personal(result, scorer)
         elif "runs" in result:
-            rows = [{"label": f"{run['preference']} {run['population']} s{run['seed']}",
-                     "evals": quality_of_run(run, scorer)} for run in result["runs"]]
+            rows = [{"label": run_label(run), "evals": quality_of_run(run, scorer)} for run in result["runs"]]
         else:
             rows = quality_of_ceiling(result, scorer)
             if not rows:
                 print("  (no open replies kept: a ceiling file written before ceiling.py kept them)")
         for row in rows:
             print(_line(row["label"], row["evals"][0], row["evals"][-1]))
-        out = path.with_name("quality-" + path.name.removeprefix("learning-"))  # never the input file
+        out = quality_path(path)
         out.write_text(json.dumps({"source": path.name, "model": model, "query": QUERY, "runs": rows,
                                    "wall_s": time.time() - t0}, indent=1) + "\n")
         print(f"  → {out}")

@@ -28,6 +28,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from bench.learning.quality import good_delta, quality_path
+from bench.learning.quality import run_label as quality_label
 from bench.learning.scoring import answer_changes, metric_values
 
 # The bar from the issue: a clear improvement on the trained preference, little drift elsewhere, capability kept.
@@ -89,7 +91,7 @@ def summarize_run(run: dict) -> dict:
         "versions_rejected": run.get("final_stats", {}).get("versions_rejected", 0),
         "versions_published": len(run.get("final_stats", {}).get("versions", [])),
         "answers": answers_vs_base(evals),
-        "good_delta": _good_delta(run.get("quality")),
+        "good_delta": good_delta(run.get("quality")),  # rows from `attach_quality`
     }
     for k in ("format", "correct", "said_yes"):
         if "yes_no" in evals[0] and "yes_no" in evals[-1]:
@@ -314,18 +316,6 @@ def efficiency(gain: float | None, ceiling: dict | None, preference: str, templa
 # ---- tables ---------------------------------------------------------------------------------------------------------
 
 
-def _good_delta(quality: list[dict] | None) -> float | None:
-    """Last minus first evaluation's good compliance, from a run's quality rows (`attach_quality`); None without."""
-    if not quality or "good_compliance" not in quality[0] or "good_compliance" not in quality[-1]:
-        return None
-    return quality[-1]["good_compliance"] - quality[0]["good_compliance"]
-
-
-def quality_label(run: dict) -> str:
-    """How `bench.learning.quality` names a run's row."""
-    return f"{run['preference']} {run['population']} s{run['seed']}"
-
-
 def attach_quality(runs: list[dict], quality: dict) -> list[dict]:
     """The runs of one result file, each with its row of that file's quality JSON (`quality`: "runs" in the result's
     order, one row per run) as "quality". A row that names another run is an error, not a silent mismatch."""
@@ -459,11 +449,6 @@ def _spread_line(spread: dict | None) -> str:
         return "lost answers' floor: n/a (fewer than two runs with full answer lists)"
     return (f"lost answers' floor: at most {spread['max_changed']} answers differ between the base evaluations of "
             f"{spread['runs']} runs")
-
-
-def quality_path(result_path: Path) -> Path:
-    """Where `python -m bench.learning.quality` writes a result file's quality JSON."""
-    return result_path.with_name("quality-" + result_path.name.removeprefix("learning-"))
 
 
 def load_with_quality(path: Path) -> dict:
