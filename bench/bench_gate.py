@@ -1,9 +1,10 @@
 """The version gate's cost, measured side by side in one run (`python -m bench.bench_gate`).
 
 (a) Greedy generation of the gate's own prompt sets (hsd_ray/data/probes.json: the probe prompts at
-    `version_gate.probe_max_tokens`, the checkable prompts at `check_max_tokens`) on the transformers engine: one
-    prompt per generate call (how HFEngine ran greedy batches before) against one `generate` call for the whole set
-    (HFEngine's left-padded greedy batches). Ratio of the two times, and how many replies are token-identical.
+    `version_gate.probe_max_tokens`, the plain facts and checkable prompts at `check_max_tokens`) on the
+    transformers engine: one prompt per generate call (how HFEngine ran greedy batches before) against one
+    `generate` call for the whole set (HFEngine's left-padded greedy batches). Ratio of the two times, and how
+    many replies are token-identical.
 (b) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
     measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
     stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths),
@@ -47,7 +48,8 @@ def generation_ratio(engine, gate_cfg, probes_path: str | None) -> dict:
 
     probes, tok = load_probes(probes_path), engine.tokenizer
     sets = {"probe": ([p for p in probes["probes"]], gate_cfg.probe_max_tokens),
-            "checkable": ([c["prompt"] for c in probes["checkable"]], gate_cfg.check_max_tokens)}
+            "facts+checkable": ([c["prompt"] for c in probes.get("facts", []) + probes["checkable"]],
+                                gate_cfg.check_max_tokens)}  # one batch in the gatekeeper too
     out = {}
     for name, (texts, max_tokens) in sets.items():
         prompts = [render_prompt(tok, [{"role": "user", "content": t}]) for t in texts]

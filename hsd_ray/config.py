@@ -280,6 +280,7 @@ class VersionGateConfig(_Section):
     max_kl_base: float = Field(1.0, gt=0, description="max mean per-token KL(candidate ‖ base model), nats")
     max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
     max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
+    max_facts_lost: int = Field(1000, ge=0, description="max plain facts (probes.json `facts`) lost against the base")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping probe replies over base")
     max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "
@@ -289,15 +290,14 @@ class VersionGateConfig(_Section):
     max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "
                                           "the user's own prompts above the base model's on them")
     user_adapters: Literal["none", "capability", "all"] = Field("capability", description="per_user mode: gate user "
-        "adapters too (capability = perplexity, accuracy, loops; all = every check above; none = served as trained)")
+        "adapters too (capability = perplexity, accuracy, facts, loops; all = every check; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
     poll_seconds: float = Field(0.2, gt=0, description="how often the gatekeeper looks for a candidate")
     decision_timeout_s: float = Field(600.0, gt=0, description="finish() waits this long for the final decision")
-    snapshots: Literal["disk", "memory"] = Field(
-        "disk", description="where the learner keeps the accepted and pending states it may roll back to (weights + "
-        "optimizer: 2 x 3 x the trainable bytes): files under <output_dir>/rollback, or CPU memory")
+    snapshots: Literal["disk", "memory"] = Field("disk", description="where the learner keeps the accepted and pending "
+        "states it may roll back to (weights + optimizer: 2 x 3 x trainable bytes): <output_dir>/rollback or memory")
     cpus: float = Field(0.25, ge=0, description="CPUs reserved for the gatekeeper actor")
     gpus: float = Field(0.0, ge=0, description="GPUs reserved for the gatekeeper actor")
 

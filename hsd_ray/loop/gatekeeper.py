@@ -113,13 +113,14 @@ class Gatekeeper:
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
                                  g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
-                                 g.max_relevance_drop)
+                                 g.max_relevance_drop, g.max_facts_lost)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
-        self.base_right = self._answers()[0]  # which checkable prompts the base gets right: what a candidate can lose
-        self.ppl_base, self.accuracy_base = self._perplexity(), sum(self.base_right) / max(len(self.base_right), 1)
+        self.base_right = self._answers()[0]  # which facts and checkable prompts the base gets right: what a
+        # candidate can lose
+        self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
@@ -191,15 +192,18 @@ class Gatekeeper:
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
+        facts_base = sum(self.base_right[: self.n_facts])
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
-            accuracy=sum(right) / max(len(right), 1), accuracy_base=self.accuracy_base,
+            accuracy=self._accuracy(right), accuracy_base=self.accuracy_base,
+            facts_lost=facts_base - sum(b and r for b, r in zip(self.base_right[: self.n_facts], right)),
+            facts_base=facts_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
-            lost=lost_answers(self.checkable_questions, self.base_right, right, answered),
+            lost=lost_answers(self.answer_questions, self.base_right, right, answered),
         )
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
@@ -330,9 +334,12 @@ class Gatekeeper:
         tok = self.engine.tokenizer
         self.probe_texts = list(probes["probes"])
         self.probe_prompts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in self.probe_texts]
-        self.checkable = [(render_prompt(tok, [{"role": "user", "content": c["prompt"]}]), c["answer"], c["kind"])
-                          for c in probes["checkable"]]
-        self.checkable_questions = [c["prompt"] for c in probes["checkable"]]
+        # what has an answer, asked in one greedy batch: the plain facts first, then the checkable prompts
+        asked = [{**f, "kind": "named"} for f in probes.get("facts", [])] + list(probes["checkable"])
+        self.n_facts = len(asked) - len(probes["checkable"])
+        self.with_answers = [(render_prompt(tok, [{"role": "user", "content": c["prompt"]}]), c["answer"], c["kind"])
+                             for c in asked]
+        self.answer_questions = [c["prompt"] for c in asked]
         ids = encode_text(tok, probes["reference_text"], split_special=False)
         self.reference_request = ScoreRequest(prompt_ids=ids[:1], target_ids=ids[1:])
 
@@ -364,9 +371,16 @@ class Gatekeeper:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
 
     def _answers(self) -> tuple[list[bool], list[str]]:
-        """Which checkable prompts the loaded weights answer right (strict checker), and their greedy replies."""
-        replies = [r.text for r in self._greedy([p for p, _, _ in self.checkable], self.settings.gate.check_max_tokens)]
-        return [check_answer(r, answer, kind) for r, (_, answer, kind) in zip(replies, self.checkable)], replies
+        """Which fact and checkable prompts (in that order) the loaded weights answer right (strict checker), and
+        their greedy replies."""
+        asked = self.with_answers
+        replies = [r.text for r in self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens)]
+        return [check_answer(r, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
+
+    def _accuracy(self, right: list[bool]) -> float:
+        """The share of the checkable prompts (not the facts) answered right."""
+        checkable = right[self.n_facts:]
+        return sum(checkable) / max(len(checkable), 1)
 
     def _resume_from_registry(self) -> None:
         """A restarted gatekeeper (or one started beside a registry that already serves a version) takes the

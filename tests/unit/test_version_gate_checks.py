@@ -65,6 +65,7 @@ def test_shipped_probe_set_answers_pass_its_checker():
     assert len(probes["probes"]) == 16 and len(probes["checkable"]) == 40 and len(probes["reference_text"]) > 200
     assert all(check_answer(c["answer"], c["answer"], c["kind"]) for c in probes["checkable"])
     assert all(not check_answer("I am not sure.", c["answer"], c["kind"]) for c in probes["checkable"])
+    assert all(not check_answer("I am not sure.", f["answer"], "named") for f in probes["facts"])
 
 
 # ---- measures ------------------------------------------------------------------------------------------------------
@@ -108,6 +109,36 @@ def test_gate_reasons_each_threshold():
     with pytest.raises(ValueError, match="unknown gate checks"):
         gate_reasons(_numbers(), LIMITS, ("kl", "perplexity"))
     assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
+
+
+def test_facts_lost_is_a_count_against_the_base_that_net_accuracy_cannot_hide():
+    """make run served a version with 6 of 12 plain capitals where the base had 10, its net accuracy on the bound:
+    gains elsewhere (a shorter number format) may not buy back lost facts."""
+    limits = GateLimits(**{**LIMITS.__dict__, "max_facts_lost": 2})
+    traded = _numbers(accuracy=0.6, facts_lost=3, facts_base=19)  # better net accuracy, three facts gone
+    assert gate_reasons(traded, LIMITS) == []  # unbounded by default in GateLimits
+    assert gate_reasons(traded, limits) == ["facts"]
+    assert gate_reasons(_numbers(facts_lost=2, facts_base=19), limits) == []  # at the bound passes
+    assert gate_reasons(traded, limits, CAPABILITY_CHECKS) == ["facts"]  # a user's adapter may not lose them either
+    assert "facts lost 3 of 19" in traded.summary() and traded.to_dict()["facts_lost"] == 3
+    assert "facts lost" not in _numbers().summary()  # a probe set without facts says nothing about them
+
+
+def test_shipped_facts_are_plain_questions_no_benchmark_evaluation_asks():
+    """The gate's facts are the benchmark's train-third capitals (prompt seed 0): a version gate that knew the dev or
+    test capitals would make the benchmark's capitals-lost numbers look better than they are."""
+    from bench.learning.facts import CAPITALS
+    from bench.learning.prompts import EVAL_SPLITS, checkable_splits
+
+    facts = load_probes()["facts"]
+    assert len(facts) >= 30 and len({f["prompt"] for f in facts}) == len(facts)
+    assert all(check_answer(f"The capital is {f['answer']}.", f["answer"], "named") for f in facts)
+    assert not any("Answer" in f["prompt"] for f in facts)  # plain: no format instruction to lean on
+    capital_of = {country: names[0] for country, names, _ in CAPITALS}
+    asked = {p.answers[0] for s in EVAL_SPLITS for p in checkable_splits(0)[s] if p.kind == "capital"}  # any size
+    answer_of = {f["prompt"].removeprefix("What is the capital of ").removesuffix("?"): f["answer"] for f in facts}
+    assert set(answer_of) <= set(capital_of) and not set(answer_of) & asked
+    assert all(capital_of[country] == answer for country, answer in answer_of.items())
 
 
 def test_relevance_check_reads_the_probe_after_each_reply_against_the_base_cut():
