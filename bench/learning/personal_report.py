@@ -8,7 +8,8 @@ against the in-context ceiling gain (the issue's bar: ≥ 0.5), how far this use
 preferences (what it learned that they did not ask for) against that metric's noise floor, capability base → final,
 and whether the shared policy stayed unchanged in every run (per_user: it must). Where `python -m
 bench.learning.quality` has written `quality-personal-<name>.json` beside a result, the good-compliance gain
-(compliant, not looping, on topic) too.
+(compliant, not looping, on topic) too. Below the table, per seed, what the yes/no user's adapter answers (format,
+correct, yes / no shares): a constant "Yes" passes half of a balanced set.
 """
 
 from __future__ import annotations
@@ -93,6 +94,25 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+ONE_ANSWER = 0.9  # of the replies that say yes or no at all, the share of one answer from which it is "one answer"
+
+
+def yes_no_lines(rows: list[dict]) -> list[str]:
+    """Per seed, what a yes/no user's adapter answers on the held-out questions (half yes, half no): format, correct,
+    and the shares whose first yes/no word is "yes" / "no". A constant answer is right on half of them, so its own
+    gain (format and correct) can pass the bar without learning anything: seed 2 of the 2026-12-05 test run said
+    "Yes" to 87.5%, correct 47.5%."""
+    out = []
+    for r in sorted((r for r in rows if r["user"] == "yes_no_only"), key=lambda r: r["seed"]):
+        fmt, correct, yes, no = (r.get(f"yes_no_{k}_final") for k in ("format", "correct", "said_yes", "said_no"))
+        if None in (fmt, correct, yes, no):
+            continue
+        one = " — one answer to nearly every question" if yes + no and max(yes, no) >= ONE_ANSWER * (yes + no) else ""
+        out.append(f"yes/no adapter s{r['seed']}: format {100 * fmt:.0f}%, correct {100 * correct:.0f}%, "
+                   f"first yes/no word: yes {100 * yes:.0f}%, no {100 * no:.0f}%{one}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.learning.personal_report", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="personal-*.json result files (their seeds are pooled)")
@@ -106,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(seen) != len(set(seen)):
         raise SystemExit("the same seed and user in two files: pool different seeds only")
     print(format_rows(over_seeds(rows, good)))
+    print("\n".join(yes_no_lines(rows)))
     return 0
 
 

@@ -76,3 +76,18 @@ def test_a_yes_no_users_own_gain_is_format_and_correct_not_format_alone():
                                                                                 "yes_no_only": learned}}]}]}
     [row] = summarize(result)
     assert row["gain"] == pytest.approx(0.4) and row["efficiency"] == pytest.approx(2.0)  # not the format's 0.8 / 4.0
+
+
+def test_yes_no_lines_say_when_an_adapter_gives_one_answer_to_everything():
+    def row(seed, fmt, correct, yes, no):
+        return {"seed": seed, "user": "yes_no_only", "yes_no_format_final": fmt, "yes_no_correct_final": correct,
+                "yes_no_said_yes_final": yes, "yes_no_said_no_final": no}
+
+    lines = R.yes_no_lines([row(2, 0.8, 0.475, 0.875, 0.05), row(0, 0.0, 0.31, 0.42, 0.3),
+                            {"seed": 1, "user": "max_words"}])
+    # seed 0 never uses the format, and its first yes/no words are mixed
+    assert lines[0] == "yes/no adapter s0: format 0%, correct 31%, first yes/no word: yes 42%, no 30%"
+    assert lines[1] == ("yes/no adapter s2: format 80%, correct 48%, first yes/no word: yes 88%, no 5% — one answer "
+                        "to nearly every question") and len(lines) == 2  # 0.875 of 0.925 is over 0.9
+    assert R.yes_no_lines([row(0, 0.0, 0.0, 0.0, 0.0)])[0].endswith("yes 0%, no 0%")  # says neither: not "one"
+    assert R.yes_no_lines([{"seed": 0, "user": "yes_no_only"}]) == []  # results from before these fields
