@@ -280,7 +280,7 @@ class VersionGateConfig(_Section):
     max_kl_base: float = Field(1.0, gt=0, description="max mean per-token KL(candidate ‖ base model), nats")
     max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
     max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
-    max_facts_lost: int = Field(1000, ge=0, description="max plain facts (probes.json `facts`) lost against the base")
+    max_facts_lost: int = Field(2, ge=0, description="max plain facts (probes.json `facts`) lost against the base")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping probe replies over base")
     max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "

@@ -12,13 +12,14 @@ latest accepted shared version; the engine loads it first when it holds another)
 LoRA slot emptied (an all-zero adapter). The user references and base replies above are of one shared version:
 they are measured again once it changes. The capability numbers stay the base model's: never worse than the base.
 
-One engine, no second copy of the model: at start it holds the base weights and caches what the base says — its
-greedy replies to the probe prompts with their top-k, reference-text perplexity, checkable accuracy. The last
-accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the registry's
-latest accepted version after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
-replies, for the two KLs), one for the reference text, two greedy generation batches (checkable prompts, probe
-prompts: these return their top-k, kept as its reference when it is accepted) and, for a shared candidate, one short
-scoring pass for relevance (each probe read after its reply and after the base's cut reply).
+One engine, no second copy of the model: at start it holds the base weights and caches what the base says — its greedy
+replies to the probe prompts with their top-k, reference-text perplexity, which facts and checkable prompts it answers
+right. The last accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the
+registry's latest accepted version after a restart). A candidate then costs: two scoring passes (the accepted's and
+the base's replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and
+checkable prompts, probe prompts: these return their top-k, kept as its reference when it is accepted) and, for a
+shared candidate, one short scoring pass for relevance (each probe read after its reply and after the base's cut
+reply).
 
 Threshold defaults (config `version_gate`), chosen as follows:
 - KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
@@ -29,6 +30,14 @@ Threshold defaults (config `version_gate`), chosen as follows:
 - accuracy ≥ base − 0.10 (4 of the 40 checkable prompts): greedy evaluation is deterministic per weight set, but
   between nearly identical weights the score moves by ±6–8 points (bench/learning/README.md), so a tighter bound
   would reject on noise; the KL and perplexity bounds catch a collapse first.
+- at most 2 plain facts lost (`max_facts_lost`): of the 34 plain capital questions of the probe set the base answers
+  19; a candidate may get at most 2 of those wrong. On the dev split (seed 0, bench/learning/README.md, "Facts the
+  net accuracy hid") a one-step version (KL to the base 0.0002) already lost one ("What is the capital of
+  Uruguay?" → "El Uruguay, está el capital de Uruguay, …": the base's answer is on a knife edge), so 0 would reject
+  on noise; without the bound the run served v3–v8 with 3, 3, 6, 8, 9, 11 lost ("Россlа, Россиль", "El Diablo,
+  Cuba's capital.") at net accuracy 0.45–0.6 against 0.55. 2 is the accuracy bound's tolerance (about 10% of what
+  the base knows). With it the same run served v4 (1 lost) and held back every later candidate (3 lost each): the
+  dev capitals — none of them a probe — lost 1 instead of 7, and the preference gain fell from +6 to +2 points.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
 - a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
   to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
