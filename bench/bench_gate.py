@@ -8,7 +8,8 @@
 (b) The gatekeeper itself (loop/gatekeeper.py, no Ray: `Gatekeeper(settings, registry=None)`): the seconds to
     measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
     stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths),
-    and the share of it the relevance check takes (timed once more on its own).
+    and the shares of it the relevance check and the plain facts take (timed once more on their own; the facts as
+    the answers batch with them against without them).
 (c) One learner optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the same
     function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
     per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
@@ -76,9 +77,23 @@ def gatekeeper_cost(model_dir: str, cfg) -> dict:
     gate.engine.load_weights(WeightSet(kind="full", tensors=state, version=PolicyVersion(version=1)))
     (numbers, replies), eval_s = _timed(gate.evaluate)
     _, relevance_s = _timed(lambda: gate._relevance([r.text for r in replies]))  # already inside evaluate: its share
+    facts_s = facts_cost(gate)
     return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
             "relevance_check_s": round(relevance_s, 2), "relevance_share": round(relevance_s / eval_s, 3),
+            "facts_check_s": round(facts_s, 2), "facts_share": round(facts_s / eval_s, 3),
             "acceptance": acceptance_cost(gate, replies, eval_s), "candidate": numbers.to_dict()}
+
+
+def facts_cost(gate, repeats: int = 2) -> float:
+    """What the plain facts add to a candidate: its greedy answers batch with them and without them (the checkable
+    prompts only), best of `repeats` each, the difference."""
+    with_facts = min(_timed(gate._answers)[1] for _ in range(repeats))
+    every, gate.with_answers = gate.with_answers, gate.with_answers[gate.n_facts:]
+    try:
+        without = min(_timed(gate._answers)[1] for _ in range(repeats))
+    finally:
+        gate.with_answers = every
+    return with_facts - without
 
 
 def acceptance_cost(gate, replies, eval_s: float) -> dict:
