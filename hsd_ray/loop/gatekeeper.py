@@ -38,6 +38,8 @@ Threshold defaults (config `version_gate`), chosen as follows:
   Cuba's capital.") at net accuracy 0.45–0.6 against 0.55. 2 is the accuracy bound's tolerance (about 10% of what
   the base knows). With it the same run served v4 (1 lost) and held back every later candidate (3 lost each): the
   dev capitals — none of them a probe — lost 1 instead of 7, and the preference gain fell from +6 to +2 points.
+  Reported once on test (issue 11's comparison, 4 seeds): gain kept 0.43 → 0.26, test capitals lost 4.5 → 3.5 a run
+  (gate off 3.8). It rules out the served catastrophe, not the everyday forgetting.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
 - a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
   to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
