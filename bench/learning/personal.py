@@ -235,6 +235,11 @@ def own_metric(evaluation: dict, user: str) -> float:
     return evaluation["compliance"][user]
 
 
+def own_metric_n(evaluation: dict, user: str) -> int:
+    """How many replies `own_metric` is a share of (the yes/no questions for yes/no, else the preference's prompts)."""
+    return evaluation["yes_no"]["n"] if user == "yes_no_only" else evaluation["compliance_n"][user]
+
+
 def summarize(result: dict) -> list[dict]:
     """Per (seed, user): base → final own compliance, gain, ceiling gain, efficiency, cross-user drift."""
     ceiling = result.get("ceiling") or {}
@@ -243,7 +248,7 @@ def summarize(result: dict) -> list[dict]:
         first, last = run["evals"][0]["targets"], run["evals"][-1]["targets"]
         for user in run["adapters"]:
             base, final = own_metric(first["base"], user), own_metric(last[user], user)
-            n = last[user]["yes_no"]["n"] if user == "yes_no_only" else last[user]["compliance_n"][user]
+            n = own_metric_n(last[user], user)
             ceil = ceiling.get(user)
             others = {o: last[user]["compliance"][o] - last["base"]["compliance"][o] for o in run["adapters"]
                       if o != user}
