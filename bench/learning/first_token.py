@@ -1,0 +1,78 @@
+"""How decided is the base model's first reply token on a capital question? (`python -m bench.learning.first_token`)
+
+The version gate's first lost facts were answers that changed language at the first token ("El Uruguay, está el
+capital de Uruguay, …" where the base says "The capital of Uruguay is Montevideo."). For every capital of
+`facts.CAPITALS` asked plainly ("What is the capital of X?") this prints which the base answers greedily (the gate's
+named checker on single-word capitals, else the canonical name in the first sentence), and for those the first
+token's top-1 probability and its margin over the second: a small margin is an answer any small weight change can
+flip. It also prints, for the first 24 train-split open prompts, the default loss's advantage at the greedy reply's
+first token (log p after the user's complaint − log p after "Thanks, that's helpful.", the contrastive baseline):
+whether the loss pushes that token down. Transformers, greedy, 2 CPU cores: about a minute. Not a benchmark of
+the loop: a reading of the base model, no training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+
+COMPLAINT = "That's way too long. Please keep answers under 20 words."  # one of the "≤ 20 words" user's complaints
+THANKS = "Thanks, that's helpful."  # hindsight.reference_followup's default
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.learning.facts import CAPITALS
+    from bench.learning.prompts import build_prompt_sets
+    from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt
+    from hsd_ray.core.version_gate import check_answer
+    from hsd_ray.models import resolve_model
+
+    p = argparse.ArgumentParser(prog="python -m bench.learning.first_token", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--margin", type=float, default=0.2, help="a known answer below this first-token margin is fragile")
+    args = p.parse_args(argv)
+    path = resolve_model(args.model)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+    def first_logp(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+
+    known = []
+    for country, names, _ in CAPITALS:
+        ids = render_prompt(tok, [{"role": "user", "content": f"What is the capital of {country}?"}])
+        with torch.no_grad():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
+        reply = tok.decode(out[0, len(ids):], skip_special_tokens=True)
+        first_sentence = reply.lower().split(".")[0]
+        if any(check_answer(reply, n, "named") for n in names if " " not in n) or names[0].lower() in first_sentence:
+            top = torch.topk(first_logp(ids).exp(), 2)
+            known.append((float(top.values[0] - top.values[1]), float(top.values[0]), country,
+                          tok.decode([int(top.indices[0])]), tok.decode([int(top.indices[1])])))
+    known.sort()
+    fragile = [k for k in known if k[0] < args.margin]
+    print(f"capitals the base answers: {len(known)} of {len(CAPITALS)}; first-token margin < {args.margin}: "
+          f"{len(fragile)}; median top-1 probability {statistics.median(k[1] for k in known):.2f}")
+    for margin, top1, country, a, b in fragile:
+        print(f"  {country:<22} margin {margin:.3f}  top-1 {a!r} {top1:.2f}, then {b!r}")
+
+    advantage: dict[str, list[float]] = defaultdict(list)
+    template = HINDSIGHT_TEMPLATES["online"]
+    for prompt in build_prompt_sets(0).train_open[:24]:
+        context = [{"role": "user", "content": prompt}]
+        first = int(first_logp(render_prompt(tok, context)).argmax())
+        teacher = first_logp(render_prompt(tok, hindsight_messages(context, COMPLAINT, template)))
+        baseline = first_logp(render_prompt(tok, hindsight_messages(context, THANKS, template)))
+        advantage[tok.decode([first])].append(float(teacher[first] - baseline[first]))
+    print("advantage at the greedy reply's first token (complaint - thanks), 24 train open prompts:")
+    for token, values in sorted(advantage.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {token!r:<12} {len(values):>2} replies, mean {statistics.fmean(values):+.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
