@@ -129,8 +129,8 @@ class Gatekeeper:
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
-        self.base_right = self._answers()[0]  # which facts and checkable prompts the base gets right: what a
-        # candidate can lose
+        self.base_right = self._answers()[0]  # the facts and checkable prompts the base gets right: what can be lost
+        self.facts_base = sum(self.base_right[: self.n_facts])
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
@@ -203,14 +203,13 @@ class Gatekeeper:
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
-        facts_base = sum(self.base_right[: self.n_facts])
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(right), accuracy_base=self.accuracy_base,
-            facts_lost=facts_base - sum(b and r for b, r in zip(self.base_right[: self.n_facts], right)),
-            facts_base=facts_base,
+            facts_lost=sum(b and not r for b, r in zip(self.base_right[: self.n_facts], right)),
+            facts_base=self.facts_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
