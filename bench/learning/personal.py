@@ -259,10 +259,8 @@ def summarize(result: dict) -> list[dict]:
                 "others_shift": others,
                 "capability_base": first["base"]["capability"]["accuracy"],
                 "capability_final": last[user]["capability"]["accuracy"],
-                "yes_no_correct_final": last[user].get("yes_no", {}).get("correct"),
-                "yes_no_format_final": last[user].get("yes_no", {}).get("format"),
-                "yes_no_said_yes_final": last[user].get("yes_no", {}).get("said_yes"),
-                "yes_no_said_no_final": last[user].get("yes_no", {}).get("said_no"),
+                **{f"yes_no_{k}_final": last[user].get("yes_no", {}).get(k)
+                   for k in ("correct", "format", "said_yes", "said_no")},
                 # per_user: must be True; mode both: the shared policy is trained too, its final version is here
                 "shared_policy_unchanged": first["base"]["replies"] == last["base"]["replies"],
                 "shared_version_final": last["base"].get("shared_version", 0),
