@@ -2,13 +2,13 @@
 
 The version gate's first lost facts were answers that changed language at the first token ("El Uruguay, está el
 capital de Uruguay, …" where the base says "The capital of Uruguay is Montevideo."). For every capital of
-`facts.CAPITALS` asked plainly ("What is the capital of X?") this prints which the base answers greedily (the gate's
-named checker on single-word capitals, else the canonical name in the first sentence), and for those the first
-token's top-1 probability and its margin over the second: a small margin is an answer any small weight change can
-flip. It also prints, for the first 24 train-split open prompts, the default loss's advantage at the greedy reply's
-first token (log p after the user's complaint − log p after "Thanks, that's helpful.", the contrastive baseline):
-whether the loss pushes that token down. Transformers, greedy, 2 CPU cores: about a minute. Not a benchmark of
-the loop: a reading of the base model, no training.
+`facts.CAPITALS` asked plainly ("What is the capital of X?") this prints which the base answers greedily (the
+benchmark's own capital checker, `facts.check_capital`), and for those the first token's top-1 probability and its
+margin over the second: a small margin is an answer any small weight change can flip. It also prints, for the first
+24 train-split open prompts, the default loss's advantage at the greedy reply's first token (log p after the user's
+complaint − log p after "Thanks, that's helpful.", the contrastive baseline): whether the loss pushes that token
+down. Transformers, greedy, 2 CPU cores: about a minute. Not a benchmark of the loop: a reading of the base model, no
+training.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bench.learning.facts import CAPITALS
+    from bench.learning.facts import CAPITALS, check_capital
     from bench.learning.prompts import build_prompt_sets
     from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt
-    from hsd_ray.core.version_gate import check_answer
     from hsd_ray.models import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m bench.learning.first_token", description=__doc__.split("\n\n")[0])
@@ -43,13 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             return torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
 
     known = []
-    for country, names, _ in CAPITALS:
+    for country, _, _ in CAPITALS:
         ids = render_prompt(tok, [{"role": "user", "content": f"What is the capital of {country}?"}])
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
         reply = tok.decode(out[0, len(ids):], skip_special_tokens=True)
-        first_sentence = reply.lower().split(".")[0]
-        if any(check_answer(reply, n, "named") for n in names if " " not in n) or names[0].lower() in first_sentence:
+        if check_capital(reply, country):
             top = torch.topk(first_logp(ids).exp(), 2)
             known.append((float(top.values[0] - top.values[1]), float(top.values[0]), country,
                           tok.decode([int(top.indices[0])]), tok.decode([int(top.indices[1])])))
