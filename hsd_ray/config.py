@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
-TEMPLATE_NAMES = ("online", "offline")
+TEMPLATE_NAMES = ("online", "offline", "plain")
 
 
 class _Section(BaseModel):
@@ -51,8 +51,8 @@ class EngineConfig(_Section):
 class HindsightConfig(_Section):
     """How teacher (hindsight) and student contexts are built from a Turn (METHOD.md, 'Hindsight context')."""
 
-    template: str = Field("online", description="'online', 'offline' or a custom text containing {followup} "
-                          "(online chosen on the dev split: bench/results/learning/ceiling-*-dev.json)")
+    template: str = Field("plain", description="'plain', 'online', 'offline' or a custom text containing {followup} "
+                          "(plain chosen on the dev split: bench/results/learning/ceiling-*-dev*.json)")
     max_context_messages: int = Field(5, ge=1, description="x = at most this many messages before the reply")
     max_context_tokens: int = Field(1024, ge=16, description="contexts are left-truncated to this many tokens")
     max_reply_tokens: int = Field(512, ge=1, description="replies are right-truncated to this many tokens")
@@ -64,7 +64,7 @@ class HindsightConfig(_Section):
     @model_validator(mode="after")
     def _template_known(self) -> "HindsightConfig":
         if self.template not in TEMPLATE_NAMES and "{followup}" not in self.template:
-            raise ValueError("template must be 'online', 'offline' or contain '{followup}'")
+            raise ValueError(f"template must be one of {', '.join(TEMPLATE_NAMES)} or contain '{{followup}}'")
         return self
 
 

@@ -29,11 +29,9 @@ from bench.learning.preferences import PREFERENCES, parse_preferences
 from bench.learning.prompts import EVAL_SPLITS, build_prompt_sets
 from bench.learning.scoring import yes_no_metrics
 
-# Candidate wordings measured beside the authors' two (choose on dev, then name the winner in core/prompts.py):
-# a 135M model follows a plainly appended request better than a framed "hindsight context" (test split,
-# instruction vs online: 49 vs 39% on "<= 20 words"), so the candidates frame the follow-up less.
+# A candidate wording measured beside the named templates (choose on dev, then name the winner in core/prompts.py).
+# `plain` was one (the follow-up appended as it is, the same text as the `instruction` condition) until it won on dev.
 CANDIDATE_TEMPLATES: dict[str, str] = {
-    "plain": "\n\n{followup}",
     "note": "\n\n(Note from me, read before answering: {followup})",
 }
 

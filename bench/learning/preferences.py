@@ -262,6 +262,7 @@ PREFERENCES: dict[str, Preference] = {
                 "Can you answer without bullets or numbering? Plain sentences are easier for me.",
                 "I hate bullet lists. Flowing text next time, please.",
             ),
+            opposes="use_list",
         ),
         Preference(
             "sign_off",
@@ -275,15 +276,7 @@ PREFERENCES: dict[str, Preference] = {
                 f"Where's the sign-off? The last thing you write should be '{SIGN_OFF}'.",
             ),
         ),
-    )
-}
-
-# Candidates: defined and verifiable, but not in the measured matrix of every run until an in-context ceiling shows
-# that the model can follow them (`python -m bench.learning.ceiling --preferences use_list,use_bold,ask_back
-# --name candidates`).
-CANDIDATE_PREFERENCES: dict[str, Preference] = {
-    p.name: p
-    for p in (
+        # Promoted from the candidates on 2026-12-05: +45 points in context with the `plain` template (dev).
         Preference(
             "use_list",
             "the answer laid out as a bulleted or numbered list",
@@ -297,6 +290,15 @@ CANDIDATE_PREFERENCES: dict[str, Preference] = {
             ),
             opposes="no_bullets",
         ),
+    )
+}
+
+# Candidates: defined and verifiable, but not in the measured matrix of every run until an in-context ceiling shows
+# that the model can follow them (`python -m bench.learning.ceiling --preferences use_list,use_bold,ask_back
+# --name candidates`; `use_list` has since been promoted).
+CANDIDATE_PREFERENCES: dict[str, Preference] = {
+    p.name: p
+    for p in (
         Preference(
             "use_bold",
             "the key term or answer in **bold**",

@@ -298,7 +298,7 @@ def ceiling_gain(ceiling: dict | None, preference: str, template: str | None) ->
     if not ceiling:
         return None
     row = ceiling.get("target", ceiling.get("compliance", {})).get(preference)
-    cond = "hindsight_offline" if template == "offline" else "hindsight_online"
+    cond = f"hindsight_{template or 'online'}"
     if not row or cond not in row:
         return None
     return row[cond] - row["baseline"]

@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
                      "hindsight.template": "online"},
     "offline_template": {"loss.kind": "sampled_token", "loss.baseline": "reference_followup",
                          "loss.center_advantages": True, "hindsight.template": "offline"},
+    # the authors' online template with today's loss: the system's default until 2026-12-05 (then `plain`)
+    "online": {"hindsight.template": "online"},
     # whatever hsd_ray/config.py's defaults are today (loss, template, KL): the row README reports
     "default": {},
 }

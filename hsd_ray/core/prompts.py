@@ -6,7 +6,7 @@ core.hindsight) and the diagnostics, so a scored prompt matches the served promp
 - `render_prompt`: the chat template with the generation prompt, message text tokenised with special tokens *split*
   (a user typing "<|im_end|>" gets plain text tokens, never a real control token), left-truncated.
 - `hindsight_messages`: x with the follow-up appended to its last user message through a template (arXiv 2603.12273,
-  "Hindsight context"); `HINDSIGHT_TEMPLATES` holds the authors' two wordings.
+  "Hindsight context"); `HINDSIGHT_TEMPLATES` holds the authors' two wordings and `plain`.
 
 Pure: a tokenizer and messages in, token ids out. No Ray, no torch.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from hsd_ray.core.turns import Message
 
-# The two hindsight templates published by the paper's authors (METHOD.md); `{followup}` is the user's next message.
+# The hindsight templates: the paper authors' two (METHOD.md) and `plain`; `{followup}` is the user's next message.
 HINDSIGHT_TEMPLATES: dict[str, str] = {
     "offline": (
         "\n\n[HINDSIGHT CONTEXT]\nThe following is a user response to your previous, insufficient attempt. "
@@ -25,6 +25,10 @@ HINDSIGHT_TEMPLATES: dict[str, str] = {
         "\n\n=== HINDSIGHT CONTEXT ===\n[The following is a future user message. "
         "Use this to guide your answer to the user prompt.]\n{followup}"
     ),
+    # Not the authors': the follow-up appended to the prompt as the user wrote it, no framing. A 135M model follows a
+    # plainly stated request more often than a framed "hindsight context" (in-context ceiling, dev split: "<= 20
+    # words" 44% vs online 35%, "a list" 46% vs 25%; bench/learning/README.md, "A second preference: lists").
+    "plain": "\n\n{followup}",
 }
 _SENTINEL = "\uE000HSD{}\uE001"  # private-use characters: never in real text, never merged by BPE with neighbours
 

@@ -112,8 +112,11 @@ def test_long_context_left_truncated_reply_right_truncated(tok):
 
 def test_config_templates():
     assert template_text(HindsightConfig(template="online").template) == ONLINE
-    assert HindsightConfig().template == "online"  # the default, chosen on dev
+    assert HindsightConfig().template == "plain"  # the default, chosen on dev
     assert "{followup}" in template_text("offline")
+    # plain: the follow-up appended to the prompt as the user wrote it (the ceiling's `instruction` condition)
+    assert hindsight_messages([{"role": "user", "content": "Q?"}], "Shorter.", template_text("plain")) == [
+        {"role": "user", "content": "Q?\n\nShorter."}]
     assert template_text(HindsightConfig(template="custom: {followup}").template) == "custom: {followup}"
     assert set(TEMPLATE_NAMES) == set(HINDSIGHT_TEMPLATES)  # config's names and core's texts stay in step
     with pytest.raises(ValueError, match="unknown hindsight template"):

@@ -52,9 +52,10 @@ def test_no_emojis_accepts_plain_text(text):
     assert not P.uses_emojis(text)
 
 
-def test_use_emojis_and_no_emojis_are_opposites():
+def test_opposite_preferences_name_each_other():
     assert not P.uses_emojis("") and not P.uses_emojis("🎉")  # blank, or nothing but an emoji, is no answer
     assert P.PREFERENCES["use_emojis"].opposes == "no_emojis" and P.PREFERENCES["no_emojis"].opposes == "use_emojis"
+    assert P.PREFERENCES["use_list"].opposes == "no_bullets" and P.PREFERENCES["no_bullets"].opposes == "use_list"
 
 
 def test_drift_ignores_the_opposite_preference():
@@ -183,7 +184,6 @@ def test_ends_with_question():
 def test_candidates_are_reachable_by_name_but_not_measured_by_default():
     for name, pref in P.CANDIDATE_PREFERENCES.items():
         assert P.get_preference(name) is pref and name not in P.PREFERENCES
-    assert P.CANDIDATE_PREFERENCES["use_list"].opposes == "no_bullets"
 
 
 def test_complaints_are_varied():
