@@ -4,10 +4,12 @@ The version gate's first lost facts were answers that changed language at the fi
 capital de Uruguay, …" where the base says "The capital of Uruguay is Montevideo."). For every capital of
 `facts.CAPITALS` asked plainly ("What is the capital of X?") this prints which the base answers greedily (the
 benchmark's own capital checker, `facts.check_capital`), and for those the first token's top-1 probability and its
-margin over the second: a small margin is an answer any small weight change can flip. It also prints, for the first
+margin over the second: a small margin is an answer any small weight change can flip; then the smallest such margin
+at any reply token up to the one that names the capital ("The capital of Zimbabwe is Har" → "e", 0.08 over " K"),
+with the version gate's probe facts marked. It also prints, for the first
 24 train-split open prompts, the default loss's advantage at the greedy reply's first token (log p after the user's
 complaint − log p after "Thanks, that's helpful.", the contrastive baseline): whether the loss pushes that token
-down. Transformers, greedy, 2 CPU cores: about a minute. Not a benchmark of the loop: a reading of the base model, no
+down. Transformers, greedy, 2 CPU cores: a minute or two. Not a benchmark of the loop: a reading of the base model, no
 training.
 """
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.learning.facts import CAPITALS, check_capital
     from bench.learning.prompts import build_prompt_sets
     from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt
+    from hsd_ray.data import load_probes
     from hsd_ray.models import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m bench.learning.first_token", description=__doc__.split("\n\n")[0])
@@ -41,22 +44,38 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             return torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
 
-    known = []
+    probed = {f["prompt"].removeprefix("What is the capital of ").rstrip("?") for f in load_probes()["facts"]}
+    known, weakest = [], []
     for country, _, _ in CAPITALS:
         ids = render_prompt(tok, [{"role": "user", "content": f"What is the capital of {country}?"}])
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
-        reply = tok.decode(out[0, len(ids):], skip_special_tokens=True)
-        if check_capital(reply, country):
-            top = torch.topk(first_logp(ids).exp(), 2)
-            known.append((float(top.values[0] - top.values[1]), float(top.values[0]), country,
-                          tok.decode([int(top.indices[0])]), tok.decode([int(top.indices[1])])))
+            out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, output_scores=True,
+                                 return_dict_in_generate=True)
+        new_ids = out.sequences[0, len(ids):]
+        reply = tok.decode(new_ids, skip_special_tokens=True)
+        if not check_capital(reply, country):
+            continue
+        tops = [torch.topk(torch.softmax(scores[0].float(), -1), 2) for scores in out.scores]
+        margins = [float(t.values[0] - t.values[1]) for t in tops]
+        # the step at which the capital is first named: every greedy choice up to it decides the answer
+        named = next(i for i in range(len(new_ids)) if check_capital(tok.decode(new_ids[: i + 1]), country))
+        step = min(range(named + 1), key=margins.__getitem__)
+        mark = "*" if country in probed else " "
+        known.append((margins[0], float(tops[0].values[0]), f"{mark}{country}", tok.decode([int(tops[0].indices[0])]),
+                      tok.decode([int(tops[0].indices[1])])))
+        weakest.append((margins[step], step, f"{mark}{country}", tok.decode(new_ids[: step + 1]),
+                        tok.decode([int(tops[step].indices[1])])))
     known.sort()
     fragile = [k for k in known if k[0] < args.margin]
-    print(f"capitals the base answers: {len(known)} of {len(CAPITALS)}; first-token margin < {args.margin}: "
-          f"{len(fragile)}; median top-1 probability {statistics.median(k[1] for k in known):.2f}")
+    median = statistics.median(k[1] for k in known)
+    print(f"capitals the base answers: {len(known)} of {len(CAPITALS)} (* = a version-gate probe fact); first-token "
+          f"margin < {args.margin}: {len(fragile)}; median top-1 probability {median:.2f}")
     for margin, top1, country, a, b in fragile:
         print(f"  {country:<22} margin {margin:.3f}  top-1 {a!r} {top1:.2f}, then {b!r}")
+    weak = sorted(w for w in weakest if w[0] < args.margin)
+    print(f"smallest margin at any token up to the one that names the capital < {args.margin}: {len(weak)}")
+    for margin, step, country, prefix, b in weak:
+        print(f"  {country:<22} margin {margin:.3f}  at token {step} of {prefix!r}, then {b!r}")
 
     advantage: dict[str, list[float]] = defaultdict(list)
     template = HINDSIGHT_TEMPLATES["online"]
