@@ -27,7 +27,7 @@ HINDSIGHT_TEMPLATES: dict[str, str] = {
     ),
     # Not the authors': the follow-up appended to the prompt as the user wrote it, no framing. A 135M model follows a
     # plainly stated request more often than a framed "hindsight context" (in-context ceiling, dev split: "<= 20
-    # words" 44% vs online 35%, "a list" 46% vs 25%; bench/learning/README.md, "A second preference: lists").
+    # words" 44% vs online 35%, "a list" 46% vs 25%; bench/learning/README.md, "Defaults chosen on dev").
     "plain": "\n\n{followup}",
 }
 _SENTINEL = "\uE000HSD{}\uE001"  # private-use characters: never in real text, never merged by BPE with neighbours
