@@ -132,8 +132,7 @@ class PersonalizationConfig(_Section):
     lora: LoraConfig = Field(
         default_factory=lambda: LoraConfig(enabled=True, r=8, alpha=16,
                                            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-        description="the per-user adapter's shape (enabled is ignored: per_user always trains adapters)",
-    )
+        description="the per-user adapter's shape (enabled is ignored: per_user always trains adapters)")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of every user's adapter")
     learner_resident: int = Field(64, ge=1, description="adapters (with optimizer state) the learner keeps in memory; "
                                   "the rest wait on disk under <output_dir>/adapters")
@@ -186,8 +185,7 @@ class ServeConfig(_Section):
     # Back-pressure and health (loop/admission.py): overload, a timeout or a user over the rate limit gets a 503 / 429
     # with Retry-After and an OpenAI error body, never an unbounded wait.
     max_ongoing_requests: int = Field(16, ge=1, le=4096, description="chat requests a replica works on at once")
-    max_queued_requests: int = Field(64, ge=0, le=65_536,
-                                     description="chat requests waiting for a replica's slot (503 beyond)")
+    max_queued_requests: int = Field(64, ge=0, le=65_536, description="requests waiting for a replica (503 beyond)")
     request_timeout_s: float = Field(300.0, gt=0, description="wait + generation of one request (503 beyond)")
     retry_after_s: int = Field(1, ge=0, le=3600, description="Retry-After (seconds) sent with a 503")
     user_rate_per_s: float = Field(0.0, ge=0, description="requests a second per user and replica (0 = no limit)")
@@ -281,6 +279,8 @@ class VersionGateConfig(_Section):
     max_ppl_ratio: float = Field(1.25, ge=1, description="max reference-text perplexity as a multiple of the base's")
     max_accuracy_drop: float = Field(0.1, ge=0, le=1, description="max accuracy below the base's (0.1 = 10 points)")
     max_facts_lost: int = Field(2, ge=0, description="max plain facts (probes.json `facts`) lost against the base")
+    min_fact_margin: float = Field(0.2, ge=0, le=1, description="facts_lost counts only facts the base decides by at "
+                                   "least this top-1 probability margin at every reply token up to the answer")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping probe replies over base")
     max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "

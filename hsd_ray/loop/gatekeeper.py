@@ -79,9 +79,9 @@ from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
-from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, check_answer,
-                                       gate_reasons, lost_answers, loop_rate, mean_kl, perplexity, relevance_change,
-                                       relevance_requests, truncate_words)
+from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, answer_margin,
+                                       check_answer, gate_reasons, lost_answers, loop_rate, mean_kl, perplexity,
+                                       relevance_change, relevance_requests, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 
@@ -130,7 +130,12 @@ class Gatekeeper:
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
         self.base_right = self._answers()[0]  # the facts and checkable prompts the base gets right: what can be lost
-        self.facts_base = sum(self.base_right[: self.n_facts])
+        # the facts the base decides firmly: only these count as lost (a knife-edge one flips with any step)
+        margins = self._fact_margins()
+        self.counted_facts = [b and m >= g.min_fact_margin for b, m in zip(self.base_right, margins)]
+        self.facts_base = sum(self.counted_facts)
+        self.fragile_facts = {self.answer_questions[i]: round(m, 3) for i, m in enumerate(margins)
+                              if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
@@ -145,12 +150,15 @@ class Gatekeeper:
         if registry is not None:  # None: measure weights by hand (evaluate), as bench and tests do
             self._resume_from_registry()
             self._thread.start()
-        log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f", self.ppl_base, self.accuracy_base)
+        log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s)",
+                 self.ppl_base, self.accuracy_base, self.facts_base, sum(self.base_right[: self.n_facts]),
+                 self.fragile_facts)
 
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
         return {"accepted_version": self.accepted.version, "ppl_base": self.ppl_base,
-                "accuracy_base": self.accuracy_base, "decisions": list(self.decisions),
+                "accuracy_base": self.accuracy_base, "fragile_facts": self.fragile_facts,
+                "decisions": list(self.decisions),
                     "alive": self._thread.is_alive(), "last_error": self.last_error}
 
     def stop(self) -> None:
@@ -208,7 +216,7 @@ class Gatekeeper:
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(right), accuracy_base=self.accuracy_base,
-            facts_lost=sum(b and not r for b, r in zip(self.base_right[: self.n_facts], right)),
+            facts_lost=sum(c and not r for c, r in zip(self.counted_facts, right)),
             facts_base=self.facts_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
@@ -386,6 +394,14 @@ class Gatekeeper:
         asked = self.with_answers
         replies = [r.text for r in self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens)]
         return [check_answer(r, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
+
+    def _fact_margins(self) -> list[float]:
+        """The loaded weights' `answer_margin` on each plain fact probe: greedy, with the top 2 per reply token."""
+        tok, facts = self.engine.tokenizer, self.with_answers[: self.n_facts]
+        replies = self._greedy([p for p, _, _ in facts], self.settings.gate.check_max_tokens, top_k=2)
+        return [answer_margin(r.top_logprobs, [check_answer(tok.decode(r.token_ids[: i + 1], skip_special_tokens=True),
+                                                             answer, kind) for i in range(len(r.token_ids))])
+                for r, (_, answer, kind) in zip(replies, facts)]
 
     def _accuracy(self, right: list[bool]) -> float:
         """The share of the checkable prompts (not the facts) answered right."""

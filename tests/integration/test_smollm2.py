@@ -97,3 +97,8 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     base_like, persona = gate._relevance(replies["v7"]), gate._relevance(replies["v16"])
     assert base_like > -cfg.max_relevance_drop > persona, (base_like, persona)
     assert base_like > 0.5 and persona < -1.5  # not a near miss either way (read by the base: +1.18, -1.77)
+    # the facts bound leaves out the knife-edge facts every held-back test candidate lost (bench/learning/README.md)
+    fragile = {q.removeprefix("What is the capital of ").rstrip("?"): m for q, m in gate.fragile_facts.items()}
+    assert fragile["Uruguay"] < 0.05 and fragile["Ecuador"] < 0.05 and "Zimbabwe" in fragile, fragile
+    assert all(m < cfg.min_fact_margin for m in fragile.values())
+    assert gate.facts_base + len(fragile) == sum(gate.base_right[: gate.n_facts]) and gate.facts_base >= 10

@@ -10,7 +10,7 @@ import torch
 
 from hsd_ray.config import Config
 from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
-                                       RELEVANCE_QUERY, check_answer, gate_cost, gate_reasons, lost_answers,
+                                       RELEVANCE_QUERY, answer_margin, check_answer, gate_cost, gate_reasons, lost_answers,
                                        is_degenerate, loop_rate, mean_kl, perplexity, rate_kind, relevance_change,
                                        relevance_requests, topk_kl, truncate_words)
 from hsd_ray.core.weights import PolicyVersion, user_adapter_id
@@ -122,6 +122,28 @@ def test_facts_lost_is_a_count_against_the_base_that_net_accuracy_cannot_hide():
     assert gate_reasons(traded, limits, CAPABILITY_CHECKS) == ["facts"]  # a user's adapter may not lose them either
     assert "facts lost 3 of 19" in traded.summary() and traded.to_dict()["facts_lost"] == 3
     assert "facts lost" not in _numbers().summary()  # a probe set without facts says nothing about them
+
+
+def test_answer_margin_is_the_weakest_choice_up_to_the_token_that_answers():
+    """The base's "El Uruguay, …" vs "The capital of Uruguay is Montevideo": a fact decided by 0.013 at its first
+    token is noise to the facts bound, however sure the later tokens are."""
+    def row(p1, p2):
+        return [(1, math.log(p1)), (2, math.log(p2))]
+
+    # "The" (0.50 over 0.49) · " capital" · " is" · " Montevideo" (right from here) · "." (after: not counted)
+    tops = [row(0.50, 0.49), row(0.9, 0.05), row(0.8, 0.1), row(0.7, 0.2), row(0.34, 0.33)]
+    right_at = [False, False, False, True, True]
+    assert answer_margin(tops, right_at) == pytest.approx(0.01)
+    assert answer_margin(tops[1:], right_at[1:]) == pytest.approx(0.5)  # the firm tokens up to the answer
+    assert answer_margin(tops, [False] * 5) == 0.0  # never right: nothing the candidate can lose
+    assert answer_margin(tops[3:], [True, True]) == pytest.approx(0.5)  # right at its first token
+
+
+def test_config_min_fact_margin_defaults_and_bounds():
+    assert Config().version_gate.min_fact_margin == 0.2
+    assert Config.load(overrides=["version_gate.min_fact_margin=0"]).version_gate.min_fact_margin == 0.0
+    with pytest.raises(Exception, match="min_fact_margin"):
+        Config.load(overrides=["version_gate.min_fact_margin=1.5"])
 
 
 def test_shipped_facts_are_plain_questions_no_benchmark_evaluation_asks():
