@@ -40,6 +40,13 @@ Threshold defaults (config `version_gate`), chosen as follows:
   dev capitals — none of them a probe — lost 1 instead of 7, and the preference gain fell from +6 to +2 points.
   Reported once on test (issue 11's comparison, 4 seeds): gain kept 0.43 → 0.26, test capitals lost 4.5 → 3.5 a run
   (gate off 3.8). It rules out the served catastrophe, not the everyday forgetting.
+  Only facts the base decides by a top-1 probability margin ≥ 0.2 at every reply token up to the answer count
+  (`min_fact_margin`; 12 of the 19): under the `plain` template every held-back candidate of two test max_words
+  seeds and of the dev mixed run failed the facts check alone, on Ecuador (0.007), Uruguay (0.013), Zimbabwe (0.082)
+  or Cuba — answers a single step flips. 0.2 was `bench.learning.first_token`'s line for "fragile" before those runs;
+  reading it at every token up to the answer (not the first only) came after them (Zimbabwe is firm at its first).
+  Chosen on dev (max_words, 60 feedback users, seed 0, rule fixed before the run): ≤ 20 words 0 → 40% against 0 → 20%
+  with every fact counted (v7 held back for Ecuador, Ghana, Iraq), capability +4 and 6 vs 5 answers lost in both.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
 - a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
   to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
