@@ -98,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     cache: dict[tuple, list[str]] = {}
 
     def replies(pref, cond: str) -> tuple[list[str], list[str]]:
-        """(questions, replies) of one (preference, condition) batch; the baseline is shared per prompt kind."""
+        """(questions, replies) of one (preference, condition) batch. A batch is generated once per distinct set of
+        prompts: the baseline is shared per prompt kind, and `hindsight_plain` is the `instruction` condition."""
         evaluated = prompts.heldout(pref.prompt_kind, args.split)
         qs = [(j, s, q) for j, q in enumerate(evaluated) for s in range(args.samples)]
-        key = (pref.prompt_kind, cond) if cond == "baseline" else (pref.name, cond)
+        batch = [render_prompt(engine.tokenizer, conditions(q, pref.complaints, j + s, templates)[cond])
+                 for j, s, q in qs]
+        key = (pref.prompt_kind, tuple(map(tuple, batch)))  # the seed depends on the prompt kind only
         if key not in cache:
-            batch = [render_prompt(engine.tokenizer, conditions(q, pref.complaints, j + s, templates)[cond]) for j, s, q in qs]
             params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                                     seed=args.seed + offset[pref.prompt_kind])
             cache[key] = [g.text for g in engine.generate(batch, params)]

@@ -81,12 +81,12 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
     from bench.learning.preferences import PREFERENCES
 
     rc = main(["--model", "tiny-random", "--engine", "hf", "--samples", "1", "--heldout", "4", "--heldout-yes-no", "2",
-               "--max-tokens", "6", "--out", str(tmp_path)])
+               "--max-tokens", "6", "--templates", "online,offline,plain", "--out", str(tmp_path)])
     assert rc == 0
     result = json.loads((tmp_path / "ceiling-tiny-random-test.json").read_text())
     assert set(result["compliance"]) == set(PREFERENCES)
     for row in result["compliance"].values():
-        assert set(row) == {"baseline", "hindsight_online", "hindsight_offline", "instruction"}
+        assert set(row) == {"baseline", "hindsight_online", "hindsight_offline", "hindsight_plain", "instruction"}
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert set(result["target"]) == set(PREFERENCES) and set(result["yes_no"]) == set(row)
     assert result["n_per_cell"]["yes_no_only"] == 2 and "hindsight_online" in capsys.readouterr().out
@@ -101,6 +101,7 @@ def test_ceiling_runs_and_writes_json(tiny_model_dir, tmp_path, capsys):
             assert len(replies) == 4 and {r["sample"] for r in replies} == {0}
             compliant = sum(PREFERENCES[name].verify(r["text"]) for r in replies)
             assert compliant / 4 == result["compliance"][name][cond]
+        assert by_condition["hindsight_plain"] == by_condition["instruction"]  # the same prompts: one batch
     assert quality.main([str(tmp_path / "ceiling-tiny-random-test.json")]) == 0
     rows = json.loads((tmp_path / "quality-ceiling-tiny-random-test.json").read_text())["runs"]
     assert {r["label"] for r in rows} == {f"{n} {c}" for n in open_prefs for c in result["compliance"][n]}
