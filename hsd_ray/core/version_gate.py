@@ -101,7 +101,7 @@ def answer_margin(top_logprobs: list, right_at: list[bool]) -> float:
     """How firmly a greedy reply decides its right answer: the smallest probability margin of the chosen token over
     the runner-up (`top_logprobs`: per reply token, its top-2 (id, raw log-prob), best first) at any token up to the
     first one after which the reply answers right (`right_at[i]`: the reply cut after token i is right). 0.0 when it
-    never does. The base SmolLM2's Uruguay is 0.013 ("El" over "The"), Ecuador 0.007: any small weight change flips
+    never does. The base SmolLM2's Uruguay is 0.013 ("The" over "El"), Ecuador 0.007: any small weight change flips
     such a fact, so losing it says nothing about a candidate (`python -m bench.learning.first_token`)."""
     end = next((i for i, ok in enumerate(right_at) if ok), None)
     if end is None:
