@@ -136,9 +136,10 @@ class Gatekeeper:
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
-        self.base_right = self._answers()[0]  # the facts and checkable prompts the base gets right: what can be lost
+        # the facts and checkable prompts the base gets right: what can be lost; with the top 2 per token, for margins
+        self.base_right, base_replies = self._answers(top_k=2)
         # the facts the base decides firmly: only these count as lost (a knife-edge one flips with any step)
-        margins = self._fact_margins()
+        margins = self._fact_margins(base_replies[: self.n_facts])
         self.counted_facts = [b and m >= g.min_fact_margin for b, m in zip(self.base_right, margins)]
         self.facts_base = sum(self.counted_facts)
         self.fragile_facts = {self.answer_questions[i]: round(m, 3) for i, m in enumerate(margins)
@@ -165,8 +166,7 @@ class Gatekeeper:
     def stats(self) -> dict:
         return {"accepted_version": self.accepted.version, "ppl_base": self.ppl_base,
                 "accuracy_base": self.accuracy_base, "fragile_facts": self.fragile_facts,
-                "decisions": list(self.decisions),
-                    "alive": self._thread.is_alive(), "last_error": self.last_error}
+                "decisions": list(self.decisions), "alive": self._thread.is_alive(), "last_error": self.last_error}
 
     def stop(self) -> None:
         self._stop.set()
@@ -228,7 +228,7 @@ class Gatekeeper:
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
-            lost=lost_answers(self.answer_questions, self.base_right, right, answered),
+            lost=lost_answers(self.answer_questions, self.base_right, right, [r.text for r in answered]),
         )
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
@@ -395,17 +395,16 @@ class Gatekeeper:
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
 
-    def _answers(self) -> tuple[list[bool], list[str]]:
+    def _answers(self, top_k: int = 0) -> tuple[list[bool], list]:
         """Which fact and checkable prompts (in that order) the loaded weights answer right (strict checker), and
-        their greedy replies."""
+        their greedy replies (engine results: `.text`, and `.top_logprobs` with `top_k`)."""
         asked = self.with_answers
-        replies = [r.text for r in self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens)]
-        return [check_answer(r, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
+        replies = self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens, top_k=top_k)
+        return [check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
 
-    def _fact_margins(self) -> list[float]:
-        """The loaded weights' `answer_margin` on each plain fact probe: greedy, with the top 2 per reply token."""
+    def _fact_margins(self, replies: list) -> list[float]:
+        """`answer_margin` of each plain fact probe's greedy reply (`replies`, generated with the top 2 per token)."""
         tok, facts = self.engine.tokenizer, self.with_answers[: self.n_facts]
-        replies = self._greedy([p for p, _, _ in facts], self.settings.gate.check_max_tokens, top_k=2)
         return [answer_margin(r.top_logprobs, [check_answer(tok.decode(r.token_ids[: i + 1], skip_special_tokens=True),
                                                              answer, kind) for i in range(len(r.token_ids))])
                 for r, (_, answer, kind) in zip(replies, facts)]

@@ -10,9 +10,9 @@ import torch
 
 from hsd_ray.config import Config
 from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
-                                       RELEVANCE_QUERY, answer_margin, check_answer, gate_cost, gate_reasons, lost_answers,
-                                       is_degenerate, loop_rate, mean_kl, perplexity, rate_kind, relevance_change,
-                                       relevance_requests, topk_kl, truncate_words)
+                                       RELEVANCE_QUERY, answer_margin, check_answer, gate_cost, gate_reasons,
+                                       lost_answers, is_degenerate, loop_rate, mean_kl, perplexity, rate_kind,
+                                       relevance_change, relevance_requests, topk_kl, truncate_words)
 from hsd_ray.core.weights import PolicyVersion, user_adapter_id
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
