@@ -16,15 +16,25 @@ import threading
 
 from hsd_ray.core.api_keys import KeyRecord, new_key
 
+# Varied, and disjoint from the version gate's probe set (hsd_ray/data/probes.json; tests/unit/test_demo_users.py):
+# the 8 questions this list once had included two of the gate's probe prompts ("Why is the sky blue?", "How do I boil
+# an egg?") and France's capital, one of its checkable prompts, so `make run` trained on what the gate measures and
+# judged every version partly in-sample.
 QUESTIONS = [
-    "What is the capital of France?",
-    "How do plants make food?",
-    "Give me a tip for sleeping better.",
-    "What is 12 times 7?",
-    "Why is the sky blue?",
-    "Name a good book to read.",
-    "How do I boil an egg?",
-    "What does a CPU do?",
+    "How do plants make food?", "What does a CPU do?", "Name a good book to read.", "What is 12 times 7?",
+    "How do rainbows form?", "What is the difference between weather and climate?",
+    "How does a refrigerator keep food cold?", "Give me an idea for a weekend trip.",
+    "What is a good way to start learning to code?", "Why do cats purr?", "How long should I steep green tea?",
+    "How do vaccines work?", "What makes bread rise?", "Suggest a name for a goldfish.",
+    "How do I remove a coffee stain from a shirt?", "What is the speed of light?",
+    "Why do leaves change colour in autumn?", "How many planets are in the solar system?", "What is a prime number?",
+    "Recommend a board game for four people.", "How do airplanes stay in the air?", "What causes the tides?",
+    "How can I save money on groceries?", "What is the boiling point of water?", "What is a haiku?",
+    "How do I make a paper airplane?", "Why is exercise good for you?", "What do bees make?",
+    "How does the internet work?", "Give me a quick breakfast idea.", "What is the largest ocean?",
+    "How do I tie a tie?", "Why do we have seasons?", "What is a black hole?", "How can I be a better listener?",
+    "What is 45 plus 38?", "How do magnets work?", "Suggest a song for a road trip.",
+    "What is the difference between a virus and a bacterium?", "How do I keep houseplants alive?",
 ]
 COMPLAINTS = [
     "That's way too long. Answer in one short sentence.",
