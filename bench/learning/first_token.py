@@ -16,6 +16,7 @@ training.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections import defaultdict
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.learning.facts import CAPITALS, check_capital
     from bench.learning.prompts import build_prompt_sets
     from hsd_ray.core.prompts import HINDSIGHT_TEMPLATES, hindsight_messages, render_prompt
+    from hsd_ray.core.version_gate import answer_margin
     from hsd_ray.data import load_probes
     from hsd_ray.models import resolve_model
 
@@ -57,13 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         tops = [torch.topk(torch.softmax(scores[0].float(), -1), 2) for scores in out.scores]
         margins = [float(t.values[0] - t.values[1]) for t in tops]
-        # the step at which the capital is first named: every greedy choice up to it decides the answer
-        named = next(i for i in range(len(new_ids)) if check_capital(tok.decode(new_ids[: i + 1]), country))
-        step = min(range(named + 1), key=margins.__getitem__)
+        # every greedy choice up to the token that first names the capital decides the answer; the margin is the
+        # version gate's own (`answer_margin`), the step is only for printing
+        right_at = [check_capital(tok.decode(new_ids[: i + 1]), country) for i in range(len(new_ids))]
+        top2 = [[(int(i), math.log(float(v))) for i, v in zip(t.indices, t.values)] for t in tops]
+        step = min(range(right_at.index(True) + 1), key=margins.__getitem__)
         mark = "*" if country in probed else " "
         known.append((margins[0], float(tops[0].values[0]), f"{mark}{country}", tok.decode([int(tops[0].indices[0])]),
                       tok.decode([int(tops[0].indices[1])])))
-        weakest.append((margins[step], step, f"{mark}{country}", tok.decode(new_ids[: step + 1]),
+        weakest.append((answer_margin(top2, right_at), step, f"{mark}{country}", tok.decode(new_ids[: step + 1]),
                         tok.decode([int(tops[step].indices[1])])))
     known.sort()
     fragile = [k for k in known if k[0] < args.margin]
