@@ -197,8 +197,9 @@ class Learner(GateFollowing):
         self.optimizer, self.scheduler = make_optimizer(self.model, settings.learner)
         self.step_count, self.version, self.published_step = 0, 0, -1
         # the version whose weights the learner holds (the final label): the last it published, or the one an admin
-        # rolled back to, which is lower than `version` (the highest number used, never reused)
-        self.weights_version = 0
+        # rolled back to, which is lower than `version` (the highest number used, never reused), and the step the
+        # weights held were trained to (a rollback goes back to an earlier one; the step counter keeps counting)
+        self.weights_version = self.weights_step = 0
         self.started = self.last_publish = time.time()
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
         self.reference = None
@@ -231,12 +232,14 @@ class Learner(GateFollowing):
             self.scheduler.load_state_dict(state["scheduler"])
             self.step_count, self.version = state["step"], state["version"]
             self.weights_version = state.get("weights_version", self.version)
+            self.weights_step = state.get("weights_step", self.step_count)
         parallel = "ddp" if self.world > 1 else None
         self.model = train.torch.prepare_model(self.model, parallel_strategy=parallel)
         if self.s.gated:  # the starting point counts as accepted (the base, or the checkpoint)
             folder = f"{self.s.snapshots_dir}/rank{self.rank}" if self.s.snapshots_dir else None
             self.snapshots = SnapshotStore(folder)
-            self.guard = VersionGuard(Snapshot(self.version, self.snapshots.save(self._state(), "start"), 0))
+            self.guard = VersionGuard(Snapshot(self.version, self.snapshots.save(self._state(), "start"), 0,
+                                               self.weights_step))
         before = self.version
         if self.rank == 0:
             requeued = self.queue.requeue_training()
@@ -280,7 +283,7 @@ class Learner(GateFollowing):
                                     grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,
                                     reference=self.reference, autocast_bf16=self.s.learner.autocast_bf16,
                                     retain=retain)
-        self.step_count += 1
+        self.step_count = self.weights_step = self.step_count + 1
         self.turns_trained += len(turns)
         # optimizer seconds and steps of this learner process (a resumed one starts at 0): the version gate's cost
         # is measured against them
@@ -321,7 +324,7 @@ class Learner(GateFollowing):
                 self._persist_latest()
             return
         self.version = max(self.version, self.registry.highest_version(BASE_ADAPTER)) + 1
-        self.publisher.submit(export_weights(self.model, self.version, self.step_count), durable=final)
+        self.publisher.submit(export_weights(self.model, self.version, self.weights_step), durable=final)
         self.published_step, self.weights_version = self.step_count, self.version
 
     def checkpoint_if_due(self) -> None:
@@ -366,7 +369,7 @@ class Learner(GateFollowing):
         reference = self.reference.state_dict() if self.reference is not None else None
         return {"model": trainable_state(self.model), "reference": reference, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step_count, "version": self.version,
-                "weights_version": self.weights_version}
+                "weights_version": self.weights_version, "weights_step": self.weights_step}
 
     def _broadcast(self, value):
         return rank0_broadcast(value, self.world)
@@ -410,14 +413,16 @@ class Learner(GateFollowing):
         self.tokenizer.save_pretrained(out)
         # Label what is saved by the version of its weights: under the gate a rejected final candidate leaves the
         # learner on the last accepted ones (make run once wrote "v6" over v5's weights after rejecting v6), and an
-        # admin rollback leaves it on an earlier version until it publishes again. The highest number the learner
-        # used is kept beside it, since it is never reused.
-        version = self.guard.accepted.version if self.guard is not None else self.weights_version
-        (out / "hsd_version.json").write_text(json.dumps({"version": version, "step": self.step_count,
+        # admin rollback leaves it on an earlier version until it publishes again. `step` is the step those weights
+        # were trained to; the steps the learner took and the highest number it used are kept beside them.
+        accepted = self.guard.accepted if self.guard is not None else None
+        version, step = (accepted.version, accepted.step) if accepted else (self.weights_version, self.weights_step)
+        (out / "hsd_version.json").write_text(json.dumps({"version": version, "step": step,
+                                                          "learner_step": self.step_count,
                                                           "highest_version": self.version}))
-        log.info("final weights (v%d%s; step %d) saved to %s", version,
-                 f"; v{self.version}, the highest number used, is not these weights" if version != self.version else "",
-                 self.step_count, out)
+        log.info("final weights (v%d, step %d%s) saved to %s", version, step,
+                 f"; the learner took {self.step_count} steps and used up to v{self.version}"
+                 if (version, step) != (self.version, self.step_count) else "", out)
 
 
 def _retain_set(reference, tokenizer, loss: LossConfig):

@@ -40,6 +40,7 @@ class Snapshot:
     version: int  # 0 = the weights the learner started from
     state: dict | str  # Learner._state() (model (trainable), optimizer, scheduler, step, version), or its file
     turns_trained: int
+    step: int = 0  # the learner step these weights were trained to (a rollback target keeps it: the counter does not)
 
 
 class SnapshotStore:
@@ -117,12 +118,12 @@ class VersionGuard:
 class GateFollowing:
     """The learner's side of the version gate, mixed into `Learner` (loop/learner.py), which provides `rank`,
     `guard`, `snapshots` (a SnapshotStore), `registry`, `queue`, `owns_turns`, `version`, `step_count`,
-    `published_step`, `weights_version`, `turns_trained`, `_state()`, `_load_state(state)`, `_broadcast(value)` and
-    `s.decision_timeout_s`. Every rank calls these together."""
+    `published_step`, `weights_version`, `weights_step`, `turns_trained`, `_state()`, `_load_state(state)`,
+    `_broadcast(value)` and `s.decision_timeout_s`. Every rank calls these together."""
 
     def _snapshot(self) -> Snapshot:
         stored = self.snapshots.save(self._state(), f"v{self.version}-step{self.step_count}")
-        return Snapshot(self.version, stored, self.turns_trained)
+        return Snapshot(self.version, stored, self.turns_trained, self.weights_step)
 
     def _sync_published(self, before: int) -> None:
         """Every rank learns the version rank 0 may just have published, and snapshots the candidate's state."""
@@ -184,6 +185,7 @@ class GateFollowing:
             log.warning("rollback to v%d: the registry now serves another version; ignored", version)
             return
         self._load_weights(ray.get(published.ref))
+        self.weights_step = published.version.step
         if self.guard is not None:
             rejected, self.turns_trained = self.turns_trained - self.guard.accepted.turns_trained, \
                 self.guard.accepted.turns_trained
@@ -191,7 +193,7 @@ class GateFollowing:
                 self._count_rejected(rejected)
             self.guard.pending = None
             self.guard.accepted = Snapshot(version, self.snapshots.save(self._state(), f"v{version}-rollback"),
-                                           self.turns_trained)
+                                           self.turns_trained, self.weights_step)
             self.snapshots.keep_only(self.guard.accepted)
         self.published_step, self.weights_version = self.step_count, version
         if self.rank == 0:
@@ -205,6 +207,7 @@ class GateFollowing:
             return
         self._load_state(self.snapshots.load(target.state))
         rejected, self.turns_trained = self.turns_trained - target.turns_trained, target.turns_trained
+        self.weights_version, self.weights_step = target.version, target.step
         self.published_step = self.step_count  # the accepted weights are out already
         if self.rank == 0:
             self._count_rejected(rejected)

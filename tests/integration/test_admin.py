@@ -112,7 +112,8 @@ def test_a_rollback_without_the_gate_labels_the_final_weights_by_their_version(r
         loop.stop_learner()
         assert loop.learner.error is None, loop.learner.error
     final = tmp_path / "run" / "final"
-    assert json.loads((final / "hsd_version.json").read_text()) == {"version": 1, "step": 2, "highest_version": 2}
+    assert json.loads((final / "hsd_version.json").read_text()) == {"version": 1, "step": 1, "learner_step": 2,
+                                                                "highest_version": 2}
     model, _ = load_model_and_tokenizer(final)
     assert _max_diff(model.state_dict(), published[1]) == 0.0  # and they are v1's weights
 

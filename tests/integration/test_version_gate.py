@@ -93,9 +93,9 @@ def test_broken_candidates_are_rejected_and_the_learner_rolls_back(ray_session, 
         assert _max_diff(tap.seen[2], base) <= LR * 1.001
         final, _ = load_model_and_tokenizer(tmp_path / "run" / "final")
         assert _max_diff(final.state_dict(), base) == 0.0  # what the run saved is the accepted weights
-        # ... and it is labelled as what it is, the base (v0), not the rejected v2 (make run labelled it so)
+        # ... and it is labelled as what it is, the base (v0, step 0), not the rejected v2 (make run labelled it so)
         assert json.loads((tmp_path / "run" / "final" / "hsd_version.json").read_text()) == {
-            "version": 0, "step": 2, "highest_version": 2}
+            "version": 0, "step": 0, "learner_step": 2, "highest_version": 2}
 
         # Accounting: the turns trained into rejected versions are dropped as `rejected`; the sum is exact.
         q = stats["queue"]
