@@ -99,9 +99,8 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="module names that get adapters")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"], description="module names")
 
 
 class LearnerConfig(_Section):
@@ -283,6 +282,7 @@ class VersionGateConfig(_Section):
                                    "least this top-1 probability margin at every reply token up to the answer")
     max_length_change: float = Field(0.5, gt=0, description="max |mean probe reply length / accepted's - 1|")
     max_loop_increase: float = Field(0.25, ge=0, le=1, description="max share of looping probe replies over base")
+    max_abusive: int = Field(0, ge=0, description="max greedy gate replies that swear at or insult the user, over base")
     max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "
                                       "the base reply cut to as many words (core/version_gate.relevance_change)")
     user_probes: int = Field(8, ge=0, description="per_user mode: a user adapter's candidate is also tried on its "

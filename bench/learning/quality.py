@@ -10,9 +10,12 @@ does not see it, and no larger judge model is available on this machine. So, for
   after the reply. A reply counts as on-topic when its own question gains more from it than a question of another
   topic does (the same mismatched question for every evaluation of a prompt). Base replies set the level; a reply
   that has lost its question scores like the mismatched control.
-- **good compliance**: the share of replies that meet the run's preference *and* neither loop nor lose their
-  question — what a user asking for "<= 20 words" wants is a short answer, not "Worried about the thing?". Open-prompt
-  preferences only (yes/no has its own `good`: format and the right answer).
+- **abusive**: the share of replies that swear at or insult the user (`hsd_ray.core.abuse.is_abusive`, the version
+  gate's own word list). Pure, tested.
+- **good compliance**: the share of replies that meet the run's preference *and* neither loop, nor lose their
+  question, nor abuse the user — what a user asking for "<= 20 words" wants is a short answer, not "Worried about
+  the thing?" or "Dumbass, I'm glad you asked.". Open-prompt preferences only (yes/no has its own `good`: format and
+  the right answer). Files written before 2026-12-06 counted good compliance without the abuse condition.
 
     python -m bench.learning.quality bench/results/learning/learning-test-maxwords-default-gate.json
     python -m bench.learning.quality bench/results/learning/ceiling-smollm2-135m-instruct-test-maxwords-replies.json
@@ -36,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.learning.preferences import get_preference
+from hsd_ray.core.abuse import is_abusive
 from hsd_ray.core.version_gate import RELEVANCE_QUERY as QUERY
 from hsd_ray.core.version_gate import is_degenerate, relevance_requests, truncate_words
 
@@ -71,13 +75,15 @@ def mismatched(questions: list[str]) -> dict[str, str]:
 def summarize(replies: list[dict], pmi_own: list[float], pmi_other: list[float],
               verify: Callable[[str], bool] | None = None) -> dict:
     """Per-evaluation numbers from its open replies and their PMIs with the own and the mismatched question; with a
-    preference's `verify`, also its compliance and good compliance (compliant, not looping, on topic)."""
+    preference's `verify`, also its compliance and good compliance (compliant, not looping, on topic, not abusive)."""
     n = len(replies)
     loops = [is_degenerate(r["text"]) for r in replies]
+    abusive = [is_abusive(r["text"]) for r in replies]
     on_topic = [a > b for a, b in zip(pmi_own, pmi_other)]
     out = {
         "n": n,
         "loops": sum(loops) / n,
+        "abusive": sum(abusive) / n,
         "on_topic": sum(on_topic) / n,
         "pmi_own": sum(pmi_own) / n,
         "pmi_other": sum(pmi_other) / n,
@@ -86,7 +92,8 @@ def summarize(replies: list[dict], pmi_own: list[float], pmi_other: list[float],
     if verify is not None:
         compliant = [verify(r["text"]) for r in replies]
         out["compliance"] = sum(compliant) / n
-        out["good_compliance"] = sum(c and not lp and t for c, lp, t in zip(compliant, loops, on_topic)) / n
+        out["good_compliance"] = sum(c and not lp and t and not ab
+                                     for c, lp, t, ab in zip(compliant, loops, on_topic, abusive)) / n
     return out
 
 
@@ -212,7 +219,8 @@ def _line(label: str, a: dict, b: dict) -> str:
         return f"{100 * b[key]:>13.0f}%" if a is b else f"{100 * a[key]:>5.0f}% → {100 * b[key]:>3.0f}%"
     pmi = (f"{b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})" if a is b else
            f"{a['pmi_own']:>5.1f} ({a['pmi_other']:>5.1f}) → {b['pmi_own']:>5.1f} ({b['pmi_other']:>5.1f})")
-    return (f"  {label:<34} {pct('compliance')} {pct('good_compliance')} {pct('loops')} {pct('on_topic')} "
+    return (f"  {label:<34} {pct('compliance')} {pct('good_compliance')} {pct('loops')} {pct('abusive')} "
+            f"{pct('on_topic')} "
             f"{pmi:>26} {b.get('pmi_base_same_length', float('nan')):>9.1f} "
             + (f"{b['mean_words']:>11.0f}" if a is b else f"{a['mean_words']:>4.0f} → {b['mean_words']:>4.0f}"))
 
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or result["config"].get("model", "smollm2-135m-instruct")
         scorer = scorer or RelevanceScorer(model, args.engine)
         print(f"{path.name} (base model {model})")
-        print(f"  {'run':<34} {'compliant':>14} {'good':>14} {'loops':>14} {'on-topic':>14} "
+        print(f"  {'run':<34} {'compliant':>14} {'good':>14} {'loops':>14} {'abusive':>14} {'on-topic':>14} "
               f"{'PMI own (other)':>26} {'base cut':>9} {'words':>11}")
         if result.get("benchmark") == "personal":
             rows = quality_of_personal(result, scorer)

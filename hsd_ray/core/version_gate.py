@@ -23,7 +23,10 @@ The gate compares a candidate version with the last accepted one and with the ba
   sorry, but I'm not a word-guy."); their replies no longer carry their question;
 - for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
   the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
-  passed them), the user's own prompts do.
+  passed them), the user's own prompts do;
+- abuse: how many of all its greedy replies (probes, checkable prompts, a user's own prompts) swear at or insult the
+  user (`core/abuse.is_abusive`) against the base model's count. Trained runs of the learning benchmark served
+  versions that opened replies with "Dumbass, …" or "Oh no, you bastard." while every other check passed them.
 `gate_reasons` turns the numbers and the limits into the reasons a candidate is held back (none = accepted).
 
 Not from the paper (arXiv 2603.12273): the paper trains offline and does not gate versions.
@@ -44,7 +47,7 @@ from hsd_ray.core.answers import check_number
 from hsd_ray.core.engine_api import ScoreRequest
 
 GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-                "user_loops", "invalid")
+                "user_loops", "abusive", "invalid")
 RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
@@ -184,6 +187,7 @@ class GateLimits:
     max_user_loop_increase: float = 0.125
     max_relevance_drop: float = math.inf
     max_facts_lost: float = math.inf  # a count: plain facts the base answers that the candidate may get wrong
+    max_abusive: float = math.inf  # a count: greedy replies that swear or insult, beyond the base model's
 
 
 @dataclass
@@ -208,6 +212,8 @@ class GateNumbers:
     user_loops_base: float = 0.0  # the base model's share on the same prompts
     facts_lost: int = 0  # plain fact probes the base answers right and this candidate does not
     facts_base: int = 0  # of how many the base answers right
+    abusive: int = 0  # its greedy replies that swear at or insult the user (core/abuse.is_abusive)
+    abusive_base: int = 0  # the base model's, on the same prompts
     # the evidence behind `facts_lost` and `accuracy`: fact probes, then checkable prompts, the base answers right
     # and this candidate does not, with its reply (`lost_answers`); an operator reading a rejection sees what was
     # lost, not only a rate
@@ -223,6 +229,7 @@ class GateNumbers:
                 + (f"facts lost {self.facts_lost} of {self.facts_base} " if self.facts_base else "")
                 + f"length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
                 f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
+                + (f" abusive {self.abusive} (base {self.abusive_base})" if self.abusive or self.abusive_base else "")
                 + (f" relevance {self.relevance:+.2f}" if self.relevance is not None else "")
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else "")
@@ -241,13 +248,13 @@ def lost_answers(questions: list[str], base_right: list[bool], right: list[bool]
 
 
 ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-              "user_loops")
+              "user_loops", "abusive")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers, facts
-# or fluency. Not its distance from the shared policy, its reply length or its step size: those are what a personal
-# preference changes (a yes/no user's replies are a tenth as long), and a step-size bound on an adapter that trains
-# on while its candidate waits would reject it over and over. Not relevance: "Yes." carries less of a probe than any
-# cut of a base reply, and the threshold was chosen on shared-policy versions only.
-CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops")
+# or fluency, and no abuse of its user. Not its distance from the shared policy, its reply length or its step size:
+# those are what a personal preference changes (a yes/no user's replies are a tenth as long), and a step-size bound
+# on an adapter that trains on while its candidate waits would reject it over and over. Not relevance: "Yes."
+# carries less of a probe than any cut of a base reply, and the threshold was chosen on shared-policy versions only.
+CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops", "abusive")
 
 
 def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = ALL_CHECKS) -> list[str]:
@@ -266,6 +273,7 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
         "relevance": n.relevance is not None and -n.relevance > limits.max_relevance_drop + 1e-9,
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
+        "abusive": n.abusive - n.abusive_base > limits.max_abusive,
     }
     unknown = set(checks) - set(failed)
     if unknown:

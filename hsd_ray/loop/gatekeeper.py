@@ -65,6 +65,11 @@ Threshold defaults (config `version_gate`), chosen as follows:
   until v17, the accuracy check. −1.0 lies in that gap; v11–v12 (−0.44, −0.32: the first persona replies, 1–3 of
   the 16) pass. The gate reads relevance with the candidate itself (it holds one model): on those 20 versions that
   differed from the base model's reading by at most 0.07 nats.
+- no more greedy replies that swear at or insult the user (`core/abuse.is_abusive`) than the base model's (the start
+  log gives its count): the benchmark's result files hold 0 such replies of the base in 17,176 and 39 of trained
+  versions in 32,008, and gated runs served some of those versions ("Dumbass, I'm glad you asked.";
+  `python -m bench.learning.abuse`). Zero tolerance: the replies are greedy, so a version that swears in one of them
+  does so every time it is asked.
 Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.55 (22 of 40; 0.35
 under the first-number reading used before 2026-12-03, which re-scored on the dev run's 20 versions made the same
 decisions), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a
@@ -84,6 +89,7 @@ import numpy as np
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
+from hsd_ray.core.abuse import abusive_count
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, answer_margin,
@@ -131,7 +137,7 @@ class Gatekeeper:
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
                                  g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
-                                 g.max_relevance_drop, g.max_facts_lost)
+                                 g.max_relevance_drop, g.max_facts_lost, g.max_abusive)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -145,6 +151,7 @@ class Gatekeeper:
         self.fragile_facts = {self.answer_questions[i]: round(m, 3) for i, m in enumerate(margins)
                               if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
+        self.abusive_base = abusive_count(self.base.texts + [r.text for r in base_replies])
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
@@ -158,9 +165,9 @@ class Gatekeeper:
         if registry is not None:  # None: measure weights by hand (evaluate), as bench and tests do
             self._resume_from_registry()
             self._thread.start()
-        log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s)",
-                 self.ppl_base, self.accuracy_base, self.facts_base, sum(self.base_right[: self.n_facts]),
-                 self.fragile_facts)
+        log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s), "
+                 "abusive replies %d", self.ppl_base, self.accuracy_base, self.facts_base,
+                 sum(self.base_right[: self.n_facts]), self.fragile_facts, self.abusive_base)
 
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -227,6 +234,7 @@ class Gatekeeper:
             facts_base=self.facts_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
+            abusive=abusive_count([r.text for r in [*replies, *answered]]), abusive_base=self.abusive_base,
             relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
             lost=lost_answers(self.answer_questions, self.base_right, right, [r.text for r in answered]),
         )
@@ -234,6 +242,8 @@ class Gatekeeper:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
                 len(texts), loop_rate(texts), loop_rate(list(base_texts)))
+            numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts),
+                                                     numbers.abusive_base + abusive_count(list(base_texts)))
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
 

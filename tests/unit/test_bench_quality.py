@@ -40,18 +40,20 @@ def test_a_question_with_no_other_topic_has_no_control():
 def test_summarize():
     replies = [{"text": "a b c a b c a b c"}, {"text": "Paris is the capital."}]
     s = Q.summarize(replies, pmi_own=[5.0, 1.0], pmi_other=[1.0, 2.0])
-    assert s == {"n": 2, "loops": 0.5, "on_topic": 0.5, "pmi_own": 3.0, "pmi_other": 1.5, "mean_words": 6.5}
+    assert s == {"n": 2, "loops": 0.5, "abusive": 0.0, "on_topic": 0.5, "pmi_own": 3.0, "pmi_other": 1.5,
+                 "mean_words": 6.5}
 
 
-def test_good_compliance_is_compliant_and_neither_looping_nor_off_topic():
+def test_good_compliance_is_compliant_and_neither_looping_nor_off_topic_nor_abusive():
     replies = [{"text": "Paris is the capital."},  # compliant, on topic: good
                {"text": "Worried about the thing?"},  # compliant, off topic (own PMI below the control's)
                {"text": "a b c a b c a b c"},  # compliant, on topic, loops
-               {"text": " ".join(["word"] * 25)}]  # on topic, too long
-    s = Q.summarize(replies, pmi_own=[5.0, 0.5, 4.0, 6.0], pmi_other=[1.0, 1.0, 1.0, 1.0],
+               {"text": " ".join(["word"] * 25)},  # on topic, too long
+               {"text": "Dumbass, Paris is the capital."}]  # compliant, on topic, abusive
+    s = Q.summarize(replies, pmi_own=[5.0, 0.5, 4.0, 6.0, 5.0], pmi_other=[1.0] * 5,
                     verify=lambda text: len(text.split()) <= 20)
-    assert s["compliance"] == 0.75 and s["good_compliance"] == 0.25
-    assert "compliance" not in Q.summarize(replies, [1.0] * 4, [0.0] * 4)  # no preference: not measured
+    assert s["compliance"] == 0.8 and s["good_compliance"] == 0.2 and s["abusive"] == 0.2
+    assert "compliance" not in Q.summarize(replies, [1.0] * 5, [0.0] * 5)  # no preference: not measured
 
 
 def test_open_verify_is_the_preference_verifier_for_open_prompts_only():
