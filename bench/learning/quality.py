@@ -15,7 +15,7 @@ does not see it, and no larger judge model is available on this machine. So, for
 - **good compliance**: the share of replies that meet the run's preference *and* neither loop, nor lose their
   question, nor abuse the user — what a user asking for "<= 20 words" wants is a short answer, not "Worried about
   the thing?" or "Dumbass, I'm glad you asked.". Open-prompt preferences only (yes/no has its own `good`: format and
-  the right answer). Files written before 2026-12-06 counted good compliance without the abuse condition.
+  the right answer). Files written before 2026-12-05 counted good compliance without the abuse condition.
 
     python -m bench.learning.quality bench/results/learning/learning-test-maxwords-default-gate.json
     python -m bench.learning.quality bench/results/learning/ceiling-smollm2-135m-instruct-test-maxwords-replies.json
