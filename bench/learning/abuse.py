@@ -19,8 +19,8 @@ from hsd_ray.core.abuse import is_abusive
 
 
 def count_file(result: dict) -> dict:
-    """Replies and flagged replies, base (each run's first evaluation) and trained (the later ones), with the
-    flagged texts of trained versions as (run index, evaluation index, text)."""
+    """Replies and flagged replies, base (each run's first evaluation) and trained (the later ones), with every
+    flagged text as (run index, evaluation index, text); evaluation index 0 is the base's."""
     out = {"base": 0, "base_abusive": 0, "trained": 0, "trained_abusive": 0, "flagged": []}
     for r, run in enumerate(result.get("runs", [])):
         for e, evaluation in enumerate(run.get("evals", [])):

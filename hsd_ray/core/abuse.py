@@ -17,6 +17,7 @@ Pure: `re` only.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # Swearing: abusive in a reply to a user whatever it is aimed at (word forms listed, not stems: "Shitak" is a name)
 _PROFANE = r"""fuck fucks fucked fucker fuckers fucking motherfucker shit shits shitty bullshit bitch bitches bitchy
@@ -51,5 +52,5 @@ def is_abusive(reply: str) -> bool:
                for m in _DUMB_QUESTION.finditer(reply))
 
 
-def abusive_count(replies: list[str]) -> int:
+def abusive_count(replies: Iterable[str]) -> int:
     return sum(map(is_abusive, replies))

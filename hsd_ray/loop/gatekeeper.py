@@ -225,6 +225,7 @@ class Gatekeeper:
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
+        probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
@@ -234,16 +235,16 @@ class Gatekeeper:
             facts_base=self.facts_base,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
-            abusive=abusive_count([r.text for r in [*replies, *answered]]), abusive_base=self.abusive_base,
-            relevance=self._relevance([r.text for r in replies]) if "relevance" in checks else None,
-            lost=lost_answers(self.answer_questions, self.base_right, right, [r.text for r in answered]),
+            abusive=abusive_count(probe_texts + answer_texts), abusive_base=self.abusive_base,
+            relevance=self._relevance(probe_texts) if "relevance" in checks else None,
+            lost=lost_answers(self.answer_questions, self.base_right, right, answer_texts),
         )
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
                 len(texts), loop_rate(texts), loop_rate(list(base_texts)))
             numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts),
-                                                     numbers.abusive_base + abusive_count(list(base_texts)))
+                                                     numbers.abusive_base + abusive_count(base_texts))
         numbers.seconds = time.perf_counter() - t0
         return numbers, replies
 
