@@ -15,8 +15,9 @@ and every user's served adapter version is evaluated on an in-process vLLM engin
   must not move at all; with `personalization.mode=both` it is trained too, and adapters sit on its served version.
 
 Reported per user: own gain = final − base compliance (for yes/no the format AND the right answer, `own_metric`), the
-in-context ceiling gain of that preference on the same split (bench/results/learning/ceiling-<model>-<split>.json,
-online template), distillation efficiency = gain ÷ ceiling gain (the bar: ≥ 0.5), and the noise floor of that
+in-context ceiling gain of that preference on the same split under the run's hindsight template (the first of
+`--ceiling` files that has it; default ceiling-<model>-<split>-<template>.json, then ceiling-<model>-<split>.json),
+distillation efficiency = gain ÷ ceiling gain (the bar: ≥ 0.5), and the noise floor of that
 compliance (binomial 2 s.e. at the evaluation's n).
 JSON and PNG under bench/results/learning/personal-<name>.*
 """
@@ -270,13 +271,29 @@ def summarize(result: dict) -> list[dict]:
     return rows
 
 
-def ceiling_gains(model: str, split: str, users: list[str]) -> dict[str, float]:
-    """In-context ceiling gain per preference (online template − baseline) from the ceiling result of this split."""
-    path = REPO / "bench/results/learning" / f"ceiling-{Path(model).name}-{split}.json"
-    if not path.exists():
-        return {}
-    target = json.loads(path.read_text())["target"]
-    return {u: target[u]["hindsight_online"] - target[u]["baseline"] for u in users if u in target}
+def ceiling_gains(paths: list[Path], users: list[str], template: str) -> dict[str, float]:
+    """In-context ceiling gain per preference: the complaint in the run's hindsight template − baseline (on the
+    preference's target metric), from the first ceiling file that measured that preference under that template.
+    `plain` appends the complaint as written, which is the ceiling's `instruction` condition (the same messages and
+    seeds, identical replies), so files measured before `plain` was a named condition are read through it."""
+    conditions = [f"hindsight_{template}"] + (["instruction"] if template == "plain" else [])
+    gains: dict[str, float] = {}
+    for path in paths:
+        if not path.exists():
+            continue
+        ceiling = json.loads(path.read_text())
+        rows = ceiling.get("target", ceiling.get("compliance", {}))
+        for user in users:
+            cond = next((c for c in conditions if c in rows.get(user, {})), None)
+            if user not in gains and cond is not None:
+                gains[user] = rows[user][cond] - rows[user]["baseline"]
+    return gains
+
+
+def default_ceiling_paths(model: str, split: str, template: str) -> list[Path]:
+    folder = REPO / "bench/results/learning"
+    stem = f"ceiling-{Path(model).name}-{split}"
+    return [folder / f"{stem}-{template}.json", folder / f"{stem}.json"]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -337,6 +354,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-seed", type=int, default=0)
     p.add_argument("--object-store-mb", type=int, default=1024)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--ceiling", action="append", default=[], metavar="CEILING.json",
+                   help="in-context ceiling result(s), the first that measured a preference wins (default: "
+                        "ceiling-<model>-<split>-<template>.json, then ceiling-<model>-<split>.json)")
     p.add_argument("--out", default="bench/results/learning")
     p.add_argument("--name", default=None)
     args, rest = p.parse_known_args(argv)
@@ -361,6 +381,8 @@ def main(argv=None) -> int:
     import ray
     import torch
 
+    from hsd_ray.config import Config
+
     start = time.time()
 
     def log(msg: str) -> None:
@@ -375,7 +397,11 @@ def main(argv=None) -> int:
               "config": {k: v for k, v in vars(args).items() if k != "command"},
               "env": {"ray": ray.__version__, "torch": torch.__version__, "python": platform.python_version(),
                       "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")},
-              "ceiling": ceiling_gains(args.model, args.split, [p.name for p in preferences]), "runs": []}
+              "runs": []}
+    template = Config.load(overrides=list(args.overrides)).hindsight.template
+    ceiling_paths = [Path(c) for c in args.ceiling] or default_ceiling_paths(args.model, args.split, template)
+    result["ceiling"] = ceiling_gains(ceiling_paths, [p.name for p in preferences], template)
+    result["ceiling_source"] = {"template": template, "files": [str(c) for c in ceiling_paths if c.exists()]}
     for seed in args.seeds:
         log(f"== seed {seed}: users {args.users}")
         result["runs"].append(run_one(args, seed, preferences, prompts, log))

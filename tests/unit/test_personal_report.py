@@ -91,3 +91,20 @@ def test_yes_no_lines_say_when_an_adapter_gives_one_answer_to_everything():
                         "to nearly every question") and len(lines) == 2  # 0.875 of 0.925 is over 0.9
     assert R.yes_no_lines([row(0, 0.0, 0.0, 0.0, 0.0)])[0].endswith("yes 0%, no 0%")  # says neither: not "one"
     assert R.yes_no_lines([{"seed": 0, "user": "yes_no_only"}]) == []  # results from before these fields
+
+
+def test_ceiling_gains_follow_the_runs_template_and_the_first_file_that_measured_it(tmp_path):
+    from bench.learning.personal import ceiling_gains
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"target": {
+        "short": {"baseline": 0.05, "hindsight_online": 0.35, "hindsight_plain": 0.50, "instruction": 0.50}}}))
+    # an older file: `plain` was not a named condition yet, only its identical `instruction` cell
+    second.write_text(json.dumps({"target": {
+        "short": {"baseline": 0.0, "hindsight_online": 0.9, "instruction": 0.9},
+        "lists": {"baseline": 0.0125, "hindsight_online": 0.25, "instruction": 0.4625}}}))
+    paths = [tmp_path / "missing.json", first, second]
+    assert ceiling_gains(paths, ["short", "lists", "emoji"], "plain") == pytest.approx({"short": 0.45, "lists": 0.45})
+    assert ceiling_gains(paths, ["short", "lists"], "online") == pytest.approx({"short": 0.30, "lists": 0.2375})
+    # only `plain` reads the instruction cell: another template without its own cell has no ceiling
+    assert ceiling_gains([second], ["lists"], "offline") == {}
