@@ -8,12 +8,13 @@ one-line description. This module imports neither torch, ray nor vllm so it can 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hsd_ray.config_overrides import ConfigError, describe_validation_error, parse_overrides, set_dotted
 
 # Names of the hindsight templates whose texts live in hsd_ray/core/prompts.py (a test keeps the two in step).
 TEMPLATE_NAMES = ("online", "offline", "plain")
@@ -45,7 +46,8 @@ class EngineConfig(_Section):
                                       "largest this config trains, learner.lora.r / personalization.lora.r)")
     vllm_async: bool = Field(True, description="chat replicas run vLLM's async engine (continuous batching, token "
                              "streaming); false = the offline engine behind serve's GenerationBatcher")
-    vllm_max_num_seqs: int = Field(16, ge=1, description="replies the async engine generates at once (vLLM max_num_seqs)")
+    vllm_max_num_seqs: int = Field(16, ge=1,
+                                   description="replies the async engine generates at once (vLLM max_num_seqs)")
 
 
 class HindsightConfig(_Section):
@@ -103,6 +105,16 @@ class LoraConfig(_Section):
                                                                "up_proj", "down_proj"], description="module names")
 
 
+class UserLoraConfig(LoraConfig):
+    """A per-user adapter's shape. Its own class, not LoraConfig with other values, so that overriding one field
+    (`personalization.lora.alpha=8`) keeps these defaults for the rest instead of LoraConfig's."""
+
+    enabled: bool = Field(True, description="ignored: per_user always trains adapters")
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA alpha")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="module names")
+
 class LearnerConfig(_Section):
     """Ray Train learner: optimisation and checkpoints."""
 
@@ -128,10 +140,7 @@ class PersonalizationConfig(_Section):
         "global", description="global = every turn trains the shared policy; per_user = a user's turns train that "
         "user's own LoRA adapter on the frozen shared policy, and their chats are answered by it; both = per_user, "
         "and the turns within the influence limits also train the shared policy, which the adapters sit on")
-    lora: LoraConfig = Field(
-        default_factory=lambda: LoraConfig(enabled=True, r=8, alpha=16,
-                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-        description="the per-user adapter's shape (enabled is ignored: per_user always trains adapters)")
+    lora: UserLoraConfig = Field(default_factory=UserLoraConfig, description="the per-user adapter's shape")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of every user's adapter")
     learner_resident: int = Field(64, ge=1, description="adapters (with optimizer state) the learner keeps in memory; "
                                   "the rest wait on disk under <output_dir>/adapters")
@@ -227,8 +236,10 @@ class QueueConfig(_Section):
     scored_capacity: int = Field(256, ge=1, description="scored turns waiting for the learner (live: oldest dropped; "
                                  "a replay's teachers wait for room)")
     lease_timeout_s: float = Field(60.0, gt=0, description="a lease not completed by then is delivered again")
-    max_attempts: int = Field(3, ge=1, le=100, description="deliveries of a turn to teachers before it is dead-lettered")
-    dead_letter_capacity: int = Field(256, ge=0, description="dead-lettered turns kept for inspection (oldest forgotten)")
+    max_attempts: int = Field(3, ge=1, le=100,
+                              description="deliveries of a turn to teachers before it is dead-lettered")
+    dead_letter_capacity: int = Field(256, ge=0,
+                                      description="dead-lettered turns kept for inspection (oldest forgotten)")
 
 
 class InfluenceConfig(_Section):
@@ -330,11 +341,13 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray (None = all)")
     object_store_bytes: int = Field(2 * 2**30, ge=64 * 2**20, description="object store of an embedded local Ray")
     auth_mode: Literal["token", "disabled"] | None = Field(
-        None, description="Ray token authentication (sets RAY_AUTH_MODE; None = Ray's default, token for a new local Ray)"
+        None, description="Ray token authentication (sets RAY_AUTH_MODE; None = Ray's default, token for a new "
+        "local Ray)"
     )
     dashboard: bool | None = Field(None, description="embedded local Ray starts its dashboard (None = if ray[default])")
     dashboard_host: str = Field("127.0.0.1", description="bind address of the embedded Ray's dashboard")
-    dashboard_port: int | None = Field(None, ge=1, le=65535, description="dashboard port (None = 8265 or the next free)")
+    dashboard_port: int | None = Field(None, ge=1, le=65535,
+                                       description="dashboard port (None = 8265 or the next free)")
 
 
 class JobConfig(_Section):
@@ -437,64 +450,11 @@ class Config(_Section):
             if not isinstance(data, dict):
                 raise ConfigError(f"config file {path} must hold a mapping at the top level")
         for key, value in parse_overrides(overrides or []):
-            _set_dotted(data, key, value)
+            set_dotted(data, key, value)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(_describe(e)) from None
+            raise ConfigError(describe_validation_error(e)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(self.model_dump_json()), sort_keys=False)
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the field."""
-
-
-def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
-    """`['--a.b', '1', 'c.d=x', '--flag']` -> [('a.b', 1), ('c.d', 'x'), ('flag', True)]; values parsed as YAML."""
-    out: list[tuple[str, Any]] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if "=" in arg:
-            key, raw = arg.lstrip("-").split("=", 1)
-            i += 1
-        elif arg.startswith("--"):
-            key = arg[2:]
-            if i + 1 < len(args) and not args[i + 1].startswith("--") and not _KEY_EQ.match(args[i + 1]):
-                raw, i = args[i + 1], i + 2
-            else:
-                raw, i = "true", i + 1
-        else:
-            raise ConfigError(f"cannot parse override {arg!r}: use --section.field VALUE or section.field=VALUE")
-        key = key.replace("-", "_")
-        try:
-            out.append((key, yaml.safe_load(raw) if raw != "" else ""))
-        except yaml.YAMLError:
-            out.append((key, raw))
-    return out
-
-
-_KEY_EQ = re.compile(r"^[A-Za-z_][\w.-]*=")  # "section.field=value" is an override, never a flag's value
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _describe(e: ValidationError) -> str:
-    lines = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
-        lines.append(f"{loc}: {msg}{got}")
-    return "invalid config: " + "; ".join(lines)

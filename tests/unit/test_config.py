@@ -89,6 +89,15 @@ def test_the_engines_lora_rank_is_the_largest_rank_this_config_trains():
     assert "max_lora_rank: 16" in Config.load(overrides=["learner.lora.enabled=true"]).to_yaml()
 
 
+def test_overriding_one_field_of_the_user_adapter_keeps_its_other_defaults():
+    """personalization.lora has defaults of its own (rank 8, attention); setting one of its fields used to rebuild it
+    from the shared learner's LoRA defaults (rank 16, MLP too), silently, and the engine's rank check then failed."""
+    default = Config().personalization.lora
+    lora = Config.load(overrides=["personalization.lora.alpha=8"]).personalization.lora
+    assert (lora.alpha, lora.r, lora.target_modules) == (8, default.r, default.target_modules)
+    assert Config.load(overrides=["personalization.lora.r=4"]).learner.lora == Config().learner.lora
+
+
 def test_config_and_core_agree_on_which_loss_kinds_score_a_top_k():
     """Config sits below core (tests/unit/test_layers.py), so its cross-check spells the rule itself ("topk" in the
     kind's name); the core's scoring decides by TOPK_KINDS. Every kind the config accepts must read the same in both."""

@@ -1,6 +1,7 @@
 """The import layers, checked on the source (every import, also the lazy ones inside functions):
 
-    entry points (signal, chat) → loop (Ray glue) → engines, data → core;   config, models and metrics at the bottom.
+    entry points (signal, chat) → loop (Ray glue) → engines, data → core;   config (+ config_overrides), models and metrics at the
+    bottom.
 
 Core is pure: it imports only core (no config, engines, loop, Ray or vLLM); `if TYPE_CHECKING:` imports are type names
 only and are allowed. No module imports a private name (`_x`) from another package.
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "hsd_ray"
-BOTTOM = {"hsd_ray.config", "hsd_ray.models", "hsd_ray.metrics"}
-# what each layer may import from hsd_ray (by prefix)
+BOTTOM = {"hsd_ray.config", "hsd_ray.config_overrides", "hsd_ray.models", "hsd_ray.metrics"}
+# what each layer may import from hsd_ray (by prefix); config_overrides (config's parser) imports nothing of hsd_ray
 ALLOWED = {
-    "bottom": (),
+    "bottom": ("hsd_ray.config_overrides",),
     "core": ("hsd_ray.core",),
     "engines": ("hsd_ray.core", "hsd_ray.engines", *BOTTOM),
     "data": ("hsd_ray.core", "hsd_ray.data", *BOTTOM),  # shipped data files and what is built from them
