@@ -115,6 +115,7 @@ class UserLoraConfig(LoraConfig):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
                                       description="module names")
 
+
 class LearnerConfig(_Section):
     """Ray Train learner: optimisation and checkpoints."""
 

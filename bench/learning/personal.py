@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bench.learning.preferences import Preference, parse_preferences
 from bench.learning.prompts import EVAL_SPLITS, build_prompt_sets
+from bench.learning.report import ceiling_gain
 from bench.learning.run import BENCH_LOOP, REPO, _write_json, ray_runtime
 from bench.learning.scoring import eval_requests, score_capability, score_compliance
 from bench.util import free_port
@@ -272,21 +273,17 @@ def summarize(result: dict) -> list[dict]:
 
 
 def ceiling_gains(paths: list[Path], users: list[str], template: str) -> dict[str, float]:
-    """In-context ceiling gain per preference: the complaint in the run's hindsight template − baseline (on the
-    preference's target metric), from the first ceiling file that measured that preference under that template.
-    `plain` appends the complaint as written, which is the ceiling's `instruction` condition (the same messages and
-    seeds, identical replies), so files measured before `plain` was a named condition are read through it."""
-    conditions = [f"hindsight_{template}"] + (["instruction"] if template == "plain" else [])
+    """In-context ceiling gain per preference under the run's hindsight template (`report.ceiling_gain`), from the
+    first of `paths` that measured that preference under it."""
     gains: dict[str, float] = {}
     for path in paths:
         if not path.exists():
             continue
         ceiling = json.loads(path.read_text())
-        rows = ceiling.get("target", ceiling.get("compliance", {}))
         for user in users:
-            cond = next((c for c in conditions if c in rows.get(user, {})), None)
-            if user not in gains and cond is not None:
-                gains[user] = rows[user][cond] - rows[user]["baseline"]
+            gain = ceiling_gain(ceiling, user, template)
+            if user not in gains and gain is not None:
+                gains[user] = gain
     return gains
 
 

@@ -294,14 +294,16 @@ def mark(delta: float | None, noise: dict | None, metric: str, scale: float = 10
 
 
 def ceiling_gain(ceiling: dict | None, preference: str, template: str | None) -> float | None:
-    """Ceiling (complaint in the run's hindsight template) minus baseline, on the preference's target metric."""
+    """Ceiling (complaint in the run's hindsight template) minus baseline, on the preference's target metric.
+    `plain` appends the complaint as written, which is the ceiling's `instruction` condition (the same messages and
+    seeds, identical replies), so files measured before `plain` was a named condition are read through it."""
     if not ceiling:
         return None
-    row = ceiling.get("target", ceiling.get("compliance", {})).get(preference)
-    cond = f"hindsight_{template or 'online'}"
-    if not row or cond not in row:
-        return None
-    return row[cond] - row["baseline"]
+    row = ceiling.get("target", ceiling.get("compliance", {})).get(preference) or {}
+    template = template or "online"
+    conditions = [f"hindsight_{template}"] + (["instruction"] if template == "plain" else [])
+    cond = next((c for c in conditions if c in row), None)
+    return None if cond is None else row[cond] - row["baseline"]
 
 
 def efficiency(gain: float | None, ceiling: dict | None, preference: str, template: str | None) -> str:

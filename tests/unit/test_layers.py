@@ -1,7 +1,7 @@
 """The import layers, checked on the source (every import, also the lazy ones inside functions):
 
-    entry points (signal, chat) → loop (Ray glue) → engines, data → core;   config (+ config_overrides), models and metrics at the
-    bottom.
+    entry points (signal, chat) → loop (Ray glue) → engines, data → core;
+    config (+ config_overrides), models and metrics at the bottom.
 
 Core is pure: it imports only core (no config, engines, loop, Ray or vLLM); `if TYPE_CHECKING:` imports are type names
 only and are allowed. No module imports a private name (`_x`) from another package.
