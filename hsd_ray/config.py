@@ -305,6 +305,8 @@ class VersionGateConfig(_Section):
         "adapters too (capability = perplexity, accuracy, facts, loops; all = every check; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
+    facts_max_tokens: int = Field(48, ge=0, description="a fact wrong in its first check_max_tokens is read again "
+                                  "over this many (late, not lost: fact_named_eventually); <= check_max_tokens = off")
     top_k: int = Field(20, ge=1, le=100, description="top-k per position for the KL estimate (<= vllm_max_logprobs)")
     poll_seconds: float = Field(0.2, gt=0, description="how often the gatekeeper looks for a candidate")
     decision_timeout_s: float = Field(600.0, gt=0, description="finish() waits this long for the final decision")

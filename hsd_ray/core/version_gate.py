@@ -10,10 +10,11 @@ The gate compares a candidate version with the last accepted one and with the ba
   an estimate of the full KL, not a bound);
 - perplexity of a reference text; accuracy on checkable prompts under a strict checker (`check_answer`);
 - facts lost: plain fact questions (capitals, no "Answer in one word.") the base answers right and the candidate
-  does not. Net accuracy let a version trade capitals for arithmetic in a shorter format: `make run` served a
-  version that answered 6 of 12 plain capital questions where the base answered 10, at accuracy 0.45 against 0.55,
-  on the bound (README); the benchmark's trained runs lost 1–9 of the base's 22 test capitals while every served
-  version passed (bench/learning/README.md, "What the net capability number hides");
+  does not, in its first sentence or later in a longer reply (`fact_named_eventually`). Net accuracy let a version
+  trade capitals for arithmetic in a shorter format: `make run` served a version that answered 6 of 12 plain capital
+  questions where the base answered 10, at accuracy 0.45 against 0.55, on the bound (README); the benchmark's
+  trained runs lost 1–9 of the base's 22 test capitals while every served version passed (bench/learning/README.md,
+  "What the net capability number hides");
 - the mean reply length on the probe prompts against the accepted version's;
 - the share of probe replies that loop (`is_degenerate`) against the base model's: a learned style can keep
   accuracy, perplexity and KL in bounds while replies repeat themselves (seen in the learning benchmark, README);
@@ -98,6 +99,22 @@ def check_answer(reply: str, answer: str, kind: str) -> bool:
         words = _WORD.findall(sentence)
         return answer.lower() in words[:12]
     raise ValueError(f"unknown checkable kind {kind!r} (expected 'number' or 'named')")
+
+
+def fact_named_eventually(reply: str, answer: str, claim_words: tuple[str, ...] = ("capital", "capitals")) -> bool:
+    """A plain fact read over the whole reply, not its first sentence: right when a sentence names `answer` before
+    any sentence states a claim (one of `claim_words`) without it. `check_answer` reads only the first sentence's
+    first 12 words, so a version that opens with context counted as having forgotten: on the dev split, of the 46
+    capitals listed as lost by per-user adapter candidates held back for facts, 36 had named no capital yet ("Cuba is
+    a sovereign state located in the Caribbean, primarily in the South and"), the style every lists adapter learned;
+    10 named a wrong one ("The capital of Iraq is Mosul."), which stays wrong here however much follows."""
+    for sentence in re.split(r"[.!?\n]", reply.lower()):
+        words = _WORD.findall(sentence)
+        if answer.lower() in words:
+            return True
+        if any(w in words for w in claim_words):
+            return False
+    return False
 
 
 def answer_margin(top_logprobs: list, right_at: list[bool]) -> float:
@@ -212,6 +229,7 @@ class GateNumbers:
     user_loops_base: float = 0.0  # the base model's share on the same prompts
     facts_lost: int = 0  # plain fact probes the base answers right and this candidate does not
     facts_base: int = 0  # of how many the base answers right
+    facts_late: int = 0  # of those, how many it answers only later in a longer reply (not lost; fact_named_eventually)
     abusive: int = 0  # its greedy replies that swear at or insult the user (core/abuse.is_abusive)
     abusive_base: int = 0  # the base model's, on the same prompts
     # the evidence behind `facts_lost` and `accuracy`: fact probes, then checkable prompts, the base answers right
@@ -227,6 +245,7 @@ class GateNumbers:
                 f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
                 f"(base {self.accuracy_base:.3f}) "
                 + (f"facts lost {self.facts_lost} of {self.facts_base} " if self.facts_base else "")
+                + (f"(answered late {self.facts_late}) " if self.facts_late else "")
                 + f"length {self.length:.1f} (accepted {self.length_accepted:.1f}) "
                 f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
                 + (f" abusive {self.abusive} (base {self.abusive_base})" if self.abusive or self.abusive_base else "")

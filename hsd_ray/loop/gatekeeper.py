@@ -14,12 +14,11 @@ they are measured again once it changes. The capability numbers stay the base mo
 
 One engine, no second copy of the model: at start it holds the base weights and caches what the base says — its greedy
 replies to the probe prompts with their top-k, reference-text perplexity, which facts and checkable prompts it answers
-right. The last accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or the
-registry's latest accepted version after a restart). A candidate then costs: two scoring passes (the accepted's and
-the base's replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and
-checkable prompts, probe prompts: these return their top-k, kept as its reference when it is accepted) and, for a
-shared candidate, one short scoring pass for relevance (each probe read after its reply and after the base's cut
-reply).
+right. The last accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or
+the registry's latest after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
+replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and checkable
+prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for missed facts only),
+for a shared candidate a short scoring pass for relevance (each probe after its reply and the base's cut reply).
 
 Threshold defaults (config `version_gate`), chosen as follows:
 - KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
@@ -47,6 +46,8 @@ Threshold defaults (config `version_gate`), chosen as follows:
   reading it at every token up to the answer (not the first only) came after them (Zimbabwe is firm at its first).
   Chosen on dev (max_words, 60 feedback users, seed 0, rule fixed before the run): ≤ 20 words 0 → 40% against 0 → 20%
   with every fact counted (v7 held back for Ecuador, Ghana, Iraq), capability +4 and 6 vs 5 answers lost in both.
+  A fact missed in `check_max_tokens` is asked again for `facts_max_tokens` and is lost only if the longer reply
+  never names it or names a wrong capital first (`fact_named_eventually`): per-user lists adapters open with context.
 - mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
 - a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
   to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
@@ -71,10 +72,9 @@ Threshold defaults (config `version_gate`), chosen as follows:
   `python -m bench.learning.abuse`). Zero tolerance: the replies are greedy, so a version that swears in one of them
   does so every time it is asked.
 Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.55 (22 of 40; 0.35
-under the first-number reading used before 2026-12-03, which re-scored on the dev run's 20 versions made the same
-decisions), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py, 2 idle CPU cores): the base 13 s, a
-candidate 13 s — the HF engine generates each prompt set as left-padded greedy batches (4.5-5.3x faster than one
-prompt at a time); with the relevance check, on a slower day, a candidate 21.7 s of which the check 3.7 s.
+under the first-number reading used before 2026-12-03), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py,
+2 idle CPU cores): a candidate 13 s on the HF engine's left-padded greedy batches (4.5-5.3x faster than one prompt at
+a time); with the relevance check, on a slower day, 21.7 s of which the check 3.7 s.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ from hsd_ray.core.abuse import abusive_count
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, answer_margin,
-                                       check_answer, gate_reasons, lost_answers, loop_rate, mean_kl, perplexity,
-                                       relevance_change, relevance_requests, truncate_words)
+                                       check_answer, fact_named_eventually, gate_reasons, lost_answers, loop_rate,
+                                       mean_kl, perplexity, relevance_change, relevance_requests, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 
@@ -225,6 +225,7 @@ class Gatekeeper:
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
+        right, late = self._read_late_facts(right)
         probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
@@ -232,7 +233,7 @@ class Gatekeeper:
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self._accuracy(right), accuracy_base=self.accuracy_base,
             facts_lost=sum(c and not r for c, r in zip(self.counted_facts, right)),
-            facts_base=self.facts_base,
+            facts_base=self.facts_base, facts_late=late,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             abusive=abusive_count(probe_texts + answer_texts), abusive_base=self.abusive_base,
@@ -412,6 +413,18 @@ class Gatekeeper:
         asked = self.with_answers
         replies = self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens, top_k=top_k)
         return [check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
+
+    def _read_late_facts(self, right: list[bool]) -> tuple[list[bool], int]:
+        """`right` with each counted fact the loaded weights miss in `check_max_tokens` asked again for
+        `facts_max_tokens` and read over the whole reply (`fact_named_eventually`): context before the answer is a
+        style, a wrong capital is not. Also how many were late, not wrong. One small batch, only when one is missed."""
+        n = self.settings.gate.facts_max_tokens
+        missed = [i for i in range(self.n_facts) if self.counted_facts[i] and not right[i]]
+        if not missed or n <= self.settings.gate.check_max_tokens:
+            return right, 0
+        replies = self._greedy([self.with_answers[i][0] for i in missed], n)
+        late = {i for i, r in zip(missed, replies) if fact_named_eventually(r.text, self.with_answers[i][1])}
+        return [ok or i in late for i, ok in enumerate(right)], len(late)
 
     def _fact_margins(self, replies: list) -> list[float]:
         """`answer_margin` of each plain fact probe's greedy reply (`replies`, generated with the top 2 per token)."""

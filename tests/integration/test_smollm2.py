@@ -102,3 +102,8 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     assert fragile["Uruguay"] < 0.05 and fragile["Ecuador"] < 0.05 and "Zimbabwe" in fragile, fragile
     assert all(m < cfg.min_fact_margin for m in fragile.values())
     assert gate.facts_base + len(fragile) == sum(gate.base_right[: gate.n_facts]) and gate.facts_base >= 10
+    # a counted fact missed in the short reading is asked again over facts_max_tokens: the base names it there
+    i = gate.counted_facts.index(True)
+    missed = [ok and j != i for j, ok in enumerate(gate.base_right)]
+    assert gate._read_late_facts(missed) == (gate.base_right, 1)
+    assert gate._read_late_facts(gate.base_right) == (gate.base_right, 0)  # nothing missed: nothing asked again

@@ -10,9 +10,10 @@ import torch
 
 from hsd_ray.config import Config
 from hsd_ray.core.version_gate import (CAPABILITY_CHECKS, RATE_KINDS, GateLimits, GateNumbers, VersionFeedback,
-                                       RELEVANCE_QUERY, answer_margin, check_answer, gate_cost, gate_reasons,
-                                       lost_answers, is_degenerate, loop_rate, mean_kl, perplexity, rate_kind,
-                                       relevance_change, relevance_requests, topk_kl, truncate_words)
+                                       RELEVANCE_QUERY, answer_margin, check_answer, fact_named_eventually,
+                                       gate_cost, gate_reasons, lost_answers, is_degenerate, loop_rate, mean_kl,
+                                       perplexity, rate_kind, relevance_change, relevance_requests, topk_kl,
+                                       truncate_words)
 from hsd_ray.core.weights import PolicyVersion, user_adapter_id
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
@@ -122,6 +123,24 @@ def test_facts_lost_is_a_count_against_the_base_that_net_accuracy_cannot_hide():
     assert gate_reasons(traded, limits, CAPABILITY_CHECKS) == ["facts"]  # a user's adapter may not lose them either
     assert "facts lost 3 of 19" in traded.summary() and traded.to_dict()["facts_lost"] == 3
     assert "facts lost" not in _numbers().summary()  # a probe set without facts says nothing about them
+
+
+def test_a_fact_answered_after_context_is_late_not_lost_and_a_wrong_capital_stays_wrong():
+    """Replies the per-user adapters gave on the dev split: context first is a style; a wrong capital, or a sentence
+    about the capital without the right one, is an answer, whatever follows."""
+    late = "Cuba is a sovereign state located in the Caribbean. Its capital and largest city is Havana."
+    assert not check_answer(late, "Havana", "named") and fact_named_eventually(late, "Havana")
+    assert fact_named_eventually("1. Cuba is an island\n2. Capital: Havana\n3. Sugar", "Havana")
+    assert fact_named_eventually("The capital of Cuba is Havana.", "Havana")
+    assert fact_named_eventually("Havana, Cuba's capital city, is lovely.", "Havana")
+    assert not fact_named_eventually("The capital of Iraq is Mosul. Baghdad is its largest city.", "Baghdad")
+    assert not fact_named_eventually("El Diablo, Cuba's capital. Havana!", "Havana")
+    assert not fact_named_eventually("Cuba is a sovereign state located in the Caribbean, primarily in the", "Havana")
+    assert not fact_named_eventually("Россlа, Россиль", "Moscow") and not fact_named_eventually("", "Moscow")
+    assert not fact_named_eventually("Havanas are cigars.", "Havana")  # a whole word, as check_answer reads it
+    assert fact_named_eventually("Cuba. Main city: Havana.", "havana")  # case-insensitive
+    assert "(answered late 2)" in _numbers(facts_lost=1, facts_base=12, facts_late=2).summary()
+    assert "answered late" not in _numbers(facts_lost=1, facts_base=12).summary()
 
 
 def test_answer_margin_is_the_weakest_choice_up_to_the_token_that_answers():
