@@ -17,8 +17,8 @@ replies to the probe prompts with their top-k, reference-text perplexity, which 
 right. The last accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or
 the registry's latest after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
 replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and checkable
-prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for missed facts only),
-for a shared candidate a short scoring pass for relevance (each probe after its reply and the base's cut reply).
+prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for facts missed in a
+cut reply), for a shared candidate a short scoring pass for relevance (each probe after its and the base's reply).
 
 Threshold defaults (config `version_gate`), chosen as follows:
 - KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
@@ -225,7 +225,7 @@ class Gatekeeper:
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = _probe_stats(replies)
         right, answered = self._answers()
-        right, late = self._read_late_facts(right)
+        right, late = self._read_late_facts(right, answered)
         probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
@@ -414,16 +414,16 @@ class Gatekeeper:
         replies = self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens, top_k=top_k)
         return [check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
 
-    def _read_late_facts(self, right: list[bool]) -> tuple[list[bool], int]:
-        """`right` with each counted fact the loaded weights miss in `check_max_tokens` asked again for
-        `facts_max_tokens` and read over the whole reply (`fact_named_eventually`): context before the answer is a
-        style, a wrong capital is not. Also how many were late, not wrong. One small batch, only when one is missed."""
+    def _read_late_facts(self, right: list[bool], answered: list) -> tuple[list[bool], int]:
+        """`right` with each counted fact missed in `check_max_tokens` read over a whole reply (fact_named_eventually):
+        its reply in `answered` if that ended on its own, else one asked for `facts_max_tokens`; and how many late."""
         n = self.settings.gate.facts_max_tokens
         missed = [i for i in range(self.n_facts) if self.counted_facts[i] and not right[i]]
         if not missed or n <= self.settings.gate.check_max_tokens:
             return right, 0
-        replies = self._greedy([self.with_answers[i][0] for i in missed], n)
-        late = {i for i, r in zip(missed, replies) if fact_named_eventually(r.text, self.with_answers[i][1])}
+        cut = [i for i in missed if not answered[i].finished]  # greedy: a finished reply asked again is the same
+        longer = dict(zip(cut, self._greedy([self.with_answers[i][0] for i in cut], n))) if cut else {}
+        late = {i for i in missed if fact_named_eventually(longer.get(i, answered[i]).text, self.with_answers[i][1])}
         return [ok or i in late for i, ok in enumerate(right)], len(late)
 
     def _fact_margins(self, replies: list) -> list[float]:

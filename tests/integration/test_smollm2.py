@@ -5,6 +5,7 @@ Uses the default model cache on purpose: the conversion (~16 s) happens once per
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import time
@@ -102,8 +103,12 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     assert fragile["Uruguay"] < 0.05 and fragile["Ecuador"] < 0.05 and "Zimbabwe" in fragile, fragile
     assert all(m < cfg.min_fact_margin for m in fragile.values())
     assert gate.facts_base + len(fragile) == sum(gate.base_right[: gate.n_facts]) and gate.facts_base >= 10
-    # a counted fact missed in the short reading is asked again over facts_max_tokens: the base names it there
+    # a counted fact marked missed in the short reading is read over a whole reply: the base names it there
+    right, answered = gate._answers()
     i = gate.counted_facts.index(True)
-    missed = [ok and j != i for j, ok in enumerate(gate.base_right)]
-    assert gate._read_late_facts(missed) == (gate.base_right, 1)
-    assert gate._read_late_facts(gate.base_right) == (gate.base_right, 0)  # nothing missed: nothing asked again
+    missed = [ok and j != i for j, ok in enumerate(right)]
+    assert answered[i].finished  # "The capital of … is …." ends within check_max_tokens: read as it is
+    assert gate._read_late_facts(missed, answered) == (right, 1)
+    cut = [dataclasses.replace(r, finished=False) if j == i else r for j, r in enumerate(answered)]
+    assert gate._read_late_facts(missed, cut) == (right, 1)  # a cut reply is asked again for facts_max_tokens
+    assert gate._read_late_facts(right, answered) == (right, 0)  # nothing missed: nothing asked again
