@@ -279,9 +279,9 @@ class TeacherConfig(_Section):
 
 
 class VersionGateConfig(_Section):
-    """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py; its
-    docstring says how each threshold was chosen). On by default. The learner publishes no new candidate while one is
-    pending, so on a busy CPU the gate stretches the publish cadence instead of being skipped."""
+    """The version gate: a candidate version is served only after it passes these checks (loop/gatekeeper.py;
+    docs/version_gate.md says how each threshold was chosen). On by default. The learner publishes no new candidate
+    while one is pending, so on a busy CPU the gate stretches the publish cadence instead of being skipped."""
 
     enabled: bool = Field(True, description="evaluate every candidate before replicas and teachers may load it")
     probes_path: str | None = Field(None, description="probe set JSON (None = the shipped hsd_ray/data/probes.json)")
@@ -297,6 +297,12 @@ class VersionGateConfig(_Section):
     max_abusive: int = Field(0, ge=0, description="max greedy gate replies that swear at or insult the user, over base")
     max_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | reply), nats, against "
                                       "the base reply cut to as many words (core/version_gate.relevance_change)")
+    sampled_per_probe: int = Field(4, ge=0, description="replies sampled per probe prompt at serve.temperature and "
+                                   "serve.top_p, with the seeds the base's were drawn with (0 = greedy checks only)")
+    max_sampled_loop_increase: float = Field(0.0625, ge=0, le=1, description="max share of looping sampled probe "
+                                             "replies over the base model's")
+    max_sampled_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | sampled reply), "
+                                              "nats, against the base's sampled reply cut to as many words")
     user_probes: int = Field(8, ge=0, description="per_user mode: a user adapter's candidate is also tried on its "
                              "user's latest N prompts (greedy; loops against the base's); 0 = the probe set only")
     max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "

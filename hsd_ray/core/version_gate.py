@@ -25,6 +25,10 @@ The gate compares a candidate version with the last accepted one and with the ba
 - for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
   the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
   passed them), the user's own prompts do;
+- what users see: the same loop share and relevance on replies *sampled* at the serving temperature (k per probe,
+  fixed seeds that the base model's sampled replies were drawn with too). The greedy numbers follow what users see
+  only loosely: over 46 gated benchmark results greedy probe loops tracked sampled loops at r = 0.31, and a served
+  version passed them while a tenth of its sampled replies looped or said nothing ("Molon:", "SmolLM: SmolLM: …");
 - abuse: how many of all its greedy replies (probes, checkable prompts, a user's own prompts) swear at or insult the
   user (`core/abuse.is_abusive`) against the base model's count. Trained runs of the learning benchmark served
   versions that opened replies with "Dumbass, …" or "Oh no, you bastard." while every other check passed them.
@@ -48,7 +52,7 @@ from hsd_ray.core.answers import check_number
 from hsd_ray.core.engine_api import ScoreRequest
 
 GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-                "user_loops", "abusive", "invalid")
+                "sampled_loops", "sampled_relevance", "user_loops", "abusive", "invalid")
 RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
@@ -205,6 +209,8 @@ class GateLimits:
     max_relevance_drop: float = math.inf
     max_facts_lost: float = math.inf  # a count: plain facts the base answers that the candidate may get wrong
     max_abusive: float = math.inf  # a count: greedy replies that swear or insult, beyond the base model's
+    max_sampled_loop_increase: float = math.inf
+    max_sampled_relevance_drop: float = math.inf
 
 
 @dataclass
@@ -232,6 +238,10 @@ class GateNumbers:
     facts_late: int = 0  # of those, how many it answers only later in a longer reply (not lost; fact_named_eventually)
     abusive: int = 0  # its greedy replies that swear at or insult the user (core/abuse.is_abusive)
     abusive_base: int = 0  # the base model's, on the same prompts
+    sampled: int = 0  # how many probe replies it sampled at the serving temperature (0 = not measured)
+    sampled_loops: float = 0.0  # share of them that loop
+    sampled_loops_base: float = 0.0  # the base model's share, drawn with the same seeds
+    sampled_relevance: float | None = None  # relevance_change of the sampled replies against the base's sampled ones
     # the evidence behind `facts_lost` and `accuracy`: fact probes, then checkable prompts, the base answers right
     # and this candidate does not, with its reply (`lost_answers`); an operator reading a rejection sees what was
     # lost, not only a rate
@@ -250,6 +260,9 @@ class GateNumbers:
                 f"loops {self.loops:.2f} (base {self.loops_base:.2f})"
                 + (f" abusive {self.abusive} (base {self.abusive_base})" if self.abusive or self.abusive_base else "")
                 + (f" relevance {self.relevance:+.2f}" if self.relevance is not None else "")
+                + (f" sampled loops {self.sampled_loops:.2f} (base {self.sampled_loops_base:.2f}, {self.sampled})"
+                   if self.sampled else "")
+                + (f" sampled relevance {self.sampled_relevance:+.2f}" if self.sampled_relevance is not None else "")
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else "")
                 + "".join(f" | lost {x['prompt']!r} -> {x['reply'][:60]!r}" for x in self.lost[:2]))
@@ -267,12 +280,13 @@ def lost_answers(questions: list[str], base_right: list[bool], right: list[bool]
 
 
 ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-              "user_loops", "abusive")
+              "sampled_loops", "sampled_relevance", "user_loops", "abusive")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers, facts
 # or fluency, and no abuse of its user. Not its distance from the shared policy, its reply length or its step size:
 # those are what a personal preference changes (a yes/no user's replies are a tenth as long), and a step-size bound
 # on an adapter that trains on while its candidate waits would reject it over and over. Not relevance: "Yes."
 # carries less of a probe than any cut of a base reply, and the threshold was chosen on shared-policy versions only.
+# Not the sampled checks either (their cost per adapter, and their thresholds, were measured on the shared policy).
 CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops", "abusive")
 
 
@@ -291,6 +305,10 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "length": abs(n.length / max(n.length_accepted, 1.0) - 1.0) > limits.max_length_change,
         "loops": n.loops - n.loops_base > limits.max_loop_increase + 1e-9,
         "relevance": n.relevance is not None and -n.relevance > limits.max_relevance_drop + 1e-9,
+        "sampled_loops": n.sampled > 0 and n.sampled_loops - n.sampled_loops_base > limits.max_sampled_loop_increase
+        + 1e-9,
+        "sampled_relevance": n.sampled_relevance is not None
+        and -n.sampled_relevance > limits.max_sampled_relevance_drop + 1e-9,
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
         "abusive": n.abusive - n.abusive_base > limits.max_abusive,
     }

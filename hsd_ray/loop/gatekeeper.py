@@ -20,61 +20,7 @@ replies, for the two KLs), one for the reference text, two greedy generation bat
 prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for facts missed in a
 cut reply), for a shared candidate a short scoring pass for relevance (each probe after its and the base's reply).
 
-Threshold defaults (config `version_gate`), chosen as follows:
-- KL(candidate ‖ accepted) ≤ 0.25 nats/token and KL(candidate ‖ base) ≤ 1.0: one learner version of SmolLM2 at
-  lr 1e-5 moves the top-k distribution by far less than 0.25 (a single step is ~1e-3–1e-2); the collapsed control on
-  main (8-word replies, 2% accuracy) was an order of magnitude further from the base. On tiny-random a version at
-  lr 1e-3 measured ~0.01–0.07 and weights scaled by 3 measured > 3 (tests/integration/test_version_gate.py).
-- perplexity ≤ 1.25 × the base's: a 25% rise of the reference text's perplexity is language damage, not style.
-- accuracy ≥ base − 0.10 (4 of the 40 checkable prompts): greedy evaluation is deterministic per weight set, but
-  between nearly identical weights the score moves by ±6–8 points (bench/learning/README.md), so a tighter bound
-  would reject on noise; the KL and perplexity bounds catch a collapse first.
-- at most 2 plain facts lost (`max_facts_lost`): of the 34 plain capital questions of the probe set the base answers
-  19; a candidate may get at most 2 of those wrong. On the dev split (seed 0, bench/learning/README.md, "Facts the
-  net accuracy hid") a one-step version (KL to the base 0.0002) already lost one ("What is the capital of
-  Uruguay?" → "El Uruguay, está el capital de Uruguay, …": the base's answer is on a knife edge), so 0 would reject
-  on noise; without the bound the run served v3–v8 with 3, 3, 6, 8, 9, 11 lost ("Россlа, Россиль", "El Diablo,
-  Cuba's capital.") at net accuracy 0.45–0.6 against 0.55. 2 is the accuracy bound's tolerance (about 10% of what
-  the base knows). With it the same run served v4 (1 lost) and held back every later candidate (3 lost each): the
-  dev capitals — none of them a probe — lost 1 instead of 7, and the preference gain fell from +6 to +2 points.
-  Reported once on test (issue 11's comparison, 4 seeds): gain kept 0.43 → 0.26, test capitals lost 4.5 → 3.5 a run
-  (gate off 3.8). It rules out the served catastrophe, not the everyday forgetting.
-  Only facts the base decides by a top-1 probability margin ≥ 0.2 at every reply token up to the answer count
-  (`min_fact_margin`; 12 of the 19): under the `plain` template every held-back candidate of two test max_words
-  seeds and of the dev mixed run failed the facts check alone, on Ecuador (0.007), Uruguay (0.013), Zimbabwe (0.082)
-  or Cuba — answers a single step flips. 0.2 was `bench.learning.first_token`'s line for "fragile" before those runs;
-  reading it at every token up to the answer (not the first only) came after them (Zimbabwe is firm at its first).
-  Chosen on dev (max_words, 60 feedback users, seed 0, rule fixed before the run): ≤ 20 words 0 → 40% against 0 → 20%
-  with every fact counted (v7 held back for Ecuador, Ghana, Iraq), capability +4 and 6 vs 5 answers lost in both.
-  A fact missed in `check_max_tokens` is asked again for `facts_max_tokens` and is lost only if the longer reply
-  never names it or names a wrong capital first (`fact_named_eventually`): per-user lists adapters open with context.
-- mean probe reply length within ±50% of the accepted version's: the collapse went from ~40 to ~8 words.
-- a user adapter's candidate comes with its user's latest prompts (`version_gate.user_probes`, 8): its greedy replies
-  to them may loop at most 0.125 (1 of 8) more often than the base model's replies to the same prompts (measured on
-  an all-zero copy of the adapter, which answers exactly as the base; cached per prompt). The shipped probes never
-  invite what a user taught: on the dev split they passed an emoji adapter that answered its user with runs of one
-  emoji (bench/learning/README.md).
-- share of looping greedy probe replies at most 0.25 above the base's (base SmolLM2: 1 of 16, "Boil an egg: Boil an
-  egg: ..."): in the learning benchmark with the gate on (seed 0) every version was accepted until an accuracy
-  rejection, while the served replies started to loop ("The Pyramids of Egypt: The Pyramids of Egypt: ...") and
-  sampled loops rose from 1% to ~12% in earlier runs; 0.25 = 4 more of the 16 probes. Reasoned, not yet measured on
-  candidates that loop.
-- relevance (mean log p(probe | reply) − log p(probe | base reply cut to as many words)) at least −1.0 nats: on the
-  dev split (bench/learning/README.md, "A relevance check in the version gate") an ungated mixed-traffic run's
-  versions v1–v10 read like the base and scored −0.14..+1.18; v13–v19 had drifted into a chatty persona ("I'm a
-  little guy named SmolLAM", "I'm a friend. I'm a friend.") and scored −1.5..−2.2 while passing the loop check and,
-  until v17, the accuracy check. −1.0 lies in that gap; v11–v12 (−0.44, −0.32: the first persona replies, 1–3 of
-  the 16) pass. The gate reads relevance with the candidate itself (it holds one model): on those 20 versions that
-  differed from the base model's reading by at most 0.07 nats.
-- no more greedy replies that swear at or insult the user (`core/abuse.is_abusive`) than the base model's (the start
-  log gives its count): the benchmark's result files hold 0 such replies of the base in 17,176 and 39 of trained
-  versions in 32,008, and gated runs served some of those versions ("Dumbass, I'm glad you asked.";
-  `python -m bench.learning.abuse`). Zero tolerance: the replies are greedy, so a version that swears in one of them
-  does so every time it is asked.
-Measured on the SmolLM2-135M-Instruct base: reference perplexity 21.8, checkable accuracy 0.55 (22 of 40; 0.35
-under the first-number reading used before 2026-12-03), mean probe reply 40 tokens (of 48). Cost (bench/bench_gate.py,
-2 idle CPU cores): a candidate 13 s on the HF engine's left-padded greedy batches (4.5-5.3x faster than one prompt at
-a time); with the relevance check, on a slower day, 21.7 s of which the check 3.7 s.
+Each threshold default (config `version_gate`) and how it was chosen: docs/version_gate.md.
 """
 
 from __future__ import annotations
@@ -114,6 +60,8 @@ class GatekeeperSettings:
     enable_lora: bool
     adapter_id: str = BASE_ADAPTER
     user_checks: tuple[str, ...] = CAPABILITY_CHECKS  # what a per-user adapter's candidate is held to
+    temperature: float = 0.7  # what serving samples with (serve.temperature, serve.top_p): the sampled checks' draws
+    top_p: float = 0.9
 
 
 @dataclass
@@ -137,7 +85,8 @@ class Gatekeeper:
         self.settings, self.registry, g = settings, registry, settings.gate
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
                                  g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
-                                 g.max_relevance_drop, g.max_facts_lost, g.max_abusive)
+                                 g.max_relevance_drop, g.max_facts_lost, g.max_abusive,
+                                 g.max_sampled_loop_increase, g.max_sampled_relevance_drop)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -151,7 +100,8 @@ class Gatekeeper:
         self.fragile_facts = {self.answer_questions[i]: round(m, 3) for i, m in enumerate(margins)
                               if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
-        self.abusive_base = abusive_count(self.base.texts + [r.text for r in base_replies])
+        self.sampled_base = self._sampled()  # the base's sampled probe replies: the sampled checks' yardstick
+        self.abusive_base = abusive_count(self.base.texts + [r.text for r in base_replies] + self.sampled_base)
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
@@ -166,8 +116,9 @@ class Gatekeeper:
             self._resume_from_registry()
             self._thread.start()
         log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s), "
-                 "abusive replies %d", self.ppl_base, self.accuracy_base, self.facts_base,
-                 sum(self.base_right[: self.n_facts]), self.fragile_facts, self.abusive_base)
+                 "abusive replies %d, sampled probe replies that loop %.3f of %d", self.ppl_base, self.accuracy_base,
+                 self.facts_base, sum(self.base_right[: self.n_facts]), self.fragile_facts, self.abusive_base,
+                 loop_rate(self.sampled_base), len(self.sampled_base))
 
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -240,6 +191,8 @@ class Gatekeeper:
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
             lost=lost_answers(self.answer_questions, self.base_right, right, answer_texts),
         )
+        if "sampled_loops" in checks or "sampled_relevance" in checks:
+            self._read_sampled(numbers)
         if user_prompts:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
@@ -396,11 +349,39 @@ class Gatekeeper:
                           [_topk_arrays(r.top_logprobs, k) for _, r in kept], *_probe_stats(replies),
                           [r.text for r in replies])
 
-    def _relevance(self, texts: list[str]) -> float:
-        """`relevance_change` of the probe replies `texts`, read by the loaded weights (the candidate: the gate holds
-        no second model; on the dev split its reading matched the base model's within 0.07 nats: docstring above)."""
-        cut = [truncate_words(b, len(t.split())) for t, b in zip(texts, self.base.texts)]
-        own, base = list(zip(texts, self.probe_texts)), list(zip(cut, self.probe_texts))
+    def _sampled(self) -> list[str]:
+        """The loaded weights' replies to each probe prompt, `sampled_per_probe` times, at the serving temperature.
+        The seeds are fixed (prompt i of the batch draws with seed i): the candidate draws with the base's random
+        numbers, so a candidate that answers like the base scores as the base did, not as a fresh sample would."""
+        g = self.settings.gate
+        if not g.sampled_per_probe:
+            return []
+        prompts = [p for p in self.probe_prompts for _ in range(g.sampled_per_probe)]
+        params = SamplingParams(max_tokens=g.probe_max_tokens, temperature=self.settings.temperature,
+                                top_p=self.settings.top_p, seed=0)
+        return [r.text for r in self.engine.generate(prompts, params)]
+
+    def _read_sampled(self, numbers: GateNumbers) -> None:
+        """The sampled checks' numbers into `numbers`: loops and relevance of the candidate's sampled probe replies
+        against the base's, and their abuse added to the greedy replies' count."""
+        texts = self._sampled()
+        if not texts:
+            return
+        questions = [q for q in self.probe_texts for _ in range(self.settings.gate.sampled_per_probe)]
+        numbers.sampled, numbers.sampled_loops = len(texts), loop_rate(texts)
+        numbers.sampled_loops_base = loop_rate(self.sampled_base)
+        numbers.sampled_relevance = self._relevance(texts, self.sampled_base, questions)
+        numbers.abusive += abusive_count(texts)
+
+    def _relevance(self, texts: list[str], yardstick: list[str] | None = None,
+                   questions: list[str] | None = None) -> float:
+        """`relevance_change` of the replies `texts` to `questions` (default: the greedy probe replies) against the
+        `yardstick` replies cut to as many words (default: the base's greedy probe replies), read by the loaded
+        weights (the candidate: the gate holds no second model; on the dev split its reading matched the base
+        model's within 0.07 nats: docs/version_gate.md)."""
+        yardstick, questions = yardstick or self.base.texts, questions or self.probe_texts
+        cut = [truncate_words(b, len(t.split())) for t, b in zip(texts, yardstick)]
+        own, base = list(zip(texts, questions)), list(zip(cut, questions))
         logp = [float(s.logp_T.sum()) for s in self.engine.score(relevance_requests(self.engine.tokenizer, own + base))]
         return relevance_change(logp[: len(own)], logp[len(own):])
 
@@ -491,7 +472,8 @@ def start_gatekeeper(cfg, registry):
         return None
     settings = GatekeeperSettings(str(resolve_model(cfg.model)), cfg.engine, g,
                                   cfg.learner.lora.enabled or cfg.gates_user_adapters,
-                                  user_checks=ALL_CHECKS if g.user_adapters == "all" else CAPABILITY_CHECKS)
+                                  user_checks=ALL_CHECKS if g.user_adapters == "all" else CAPABILITY_CHECKS,
+                                  temperature=cfg.serve.temperature, top_p=cfg.serve.top_p)
     return (
         ray.remote(Gatekeeper)
         .options(name=GATEKEEPER_ACTOR_NAME, namespace=NAMESPACE, num_cpus=g.cpus, num_gpus=g.gpus,

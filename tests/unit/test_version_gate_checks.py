@@ -233,6 +233,28 @@ def test_gate_reasons_user_prompt_loops():
     assert "user loops" not in _numbers().summary() and held.to_dict()["user_prompts"] == 8
 
 
+def test_gate_reasons_sampled_replies():
+    """The sampled checks (what users see at the serving temperature) bound the shared policy's loops against the
+    base's sampled replies (default 0.0625: 4 more of 64) and relevance against the base's sampled replies cut
+    (default 1 nat); unmeasured (sampled 0, relevance None) is never a reason, and per-user adapters are not held
+    to them under the capability checks."""
+    g = Config().version_gate
+    limits = GateLimits(**{**LIMITS.__dict__, "max_sampled_loop_increase": g.max_sampled_loop_increase,
+                           "max_sampled_relevance_drop": g.max_sampled_relevance_drop})
+    assert (g.sampled_per_probe, limits.max_sampled_loop_increase, limits.max_sampled_relevance_drop) == (4, 0.0625, 1.0)
+    assert gate_reasons(_numbers(sampled=64, sampled_loops=6 / 64, sampled_loops_base=2 / 64), limits) == []
+    looping = _numbers(sampled=64, sampled_loops=7 / 64, sampled_loops_base=2 / 64)
+    assert gate_reasons(looping, limits) == ["sampled_loops"]
+    assert gate_reasons(looping, limits, CAPABILITY_CHECKS) == []
+    assert gate_reasons(_numbers(sampled=0, sampled_loops=1.0), limits) == []
+    assert gate_reasons(_numbers(sampled=64, sampled_relevance=-1.0), limits) == []
+    assert gate_reasons(_numbers(sampled=64, sampled_relevance=-1.2), limits) == ["sampled_relevance"]
+    assert gate_reasons(_numbers(sampled=64, sampled_relevance=-9.0, sampled_loops=1.0), LIMITS) == []  # unbounded
+    assert "sampled loops 0.11 (base 0.03, 64) sampled relevance -0.50" in _numbers(
+        sampled=64, sampled_loops=7 / 64, sampled_loops_base=2 / 64, sampled_relevance=-0.5).summary()
+    assert "sampled" not in _numbers().summary()
+
+
 def test_loop_detector_on_what_the_benchmark_served():
     looping = ["The Pyramids of Egypt: The Pyramids of Egypt: The pyramids of the Pharaohs. The pyramids of the "
                "Pharaohs. The Great Pyramid of Giza. The Great Pyramid of Giza.",
