@@ -42,6 +42,8 @@ def served_row(result: dict) -> dict | None:
         return None
     n = served["numbers"]
     return {"version": served["version"], "gate_loops": n["loops"], "gate_loops_base": n["loops_base"],
+            # the sampled check's (since 2026-12-06): its probe replies drawn at the serving temperature; None before
+            "gate_sampled_loops": n["sampled_loops"] if n.get("sampled") else None,
             "sampled_loops": _open_loops(last), "sampled_loops_base": _open_loops(evals[0]),
             "gate_accuracy": n["accuracy"], "capability": last["capability"]["accuracy"],
             "capability_base": evals[0]["capability"]["accuracy"]}
@@ -67,15 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         print("no gated result with a served version", file=sys.stderr)
         return 1
     print(f"{'result':60s} {'served':>6s}  {'greedy loops (base)':>19s}  {'sampled loops (base)':>20s}  "
-          f"{'gate acc':>8s}  {'capability (base)':>17s}")
+          f"{'gate acc':>8s}  {'capability (base)':>17s}  {'gate sampled loops':>18s}")
     for name, r in rows:
         print(f"{name[:60]:60s} {'v' + str(r['version']):>6s}  {r['gate_loops']:>10.2f} ({r['gate_loops_base']:.2f})  "
               f"{r['sampled_loops']:>11.2f} ({r['sampled_loops_base']:.2f})  {r['gate_accuracy']:>8.3f}  "
-              f"{r['capability']:>10.3f} ({r['capability_base']:.3f})")
+              f"{r['capability']:>10.3f} ({r['capability_base']:.3f})  "
+              + ("" if r["gate_sampled_loops"] is None else f"{r['gate_sampled_loops']:>18.3f}"))
     for label, x, y in (("greedy probe loops ~ sampled open-reply loops", "gate_loops", "sampled_loops"),
+                        ("sampled probe loops ~ sampled open-reply loops", "gate_sampled_loops", "sampled_loops"),
                         ("gate accuracy (40 prompts) ~ capability (200)", "gate_accuracy", "capability")):
-        r = pearson([row[x] for _, row in rows], [row[y] for _, row in rows])
-        print(f"{label}: r = {'n/a' if r is None else f'{r:.2f}'} over {len(rows)} served versions")
+        pairs = [(row[x], row[y]) for _, row in rows if row[x] is not None]
+        r = pearson([a for a, _ in pairs], [b for _, b in pairs])
+        print(f"{label}: r = {'n/a' if r is None else f'{r:.2f}'} over {len(pairs)} served versions")
     return 0
 
 

@@ -25,10 +25,10 @@ The gate compares a candidate version with the last accepted one and with the ba
 - for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
   the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
   passed them), the user's own prompts do;
-- what users see: the same loop share and relevance on replies *sampled* at the serving temperature (k per probe,
-  fixed seeds that the base model's sampled replies were drawn with too). The greedy numbers follow what users see
-  only loosely: over 46 gated benchmark results greedy probe loops tracked sampled loops at r = 0.31, and a served
-  version passed them while a tenth of its sampled replies looped or said nothing ("Molon:", "SmolLM: SmolLM: …");
+- opt-in, what users see: the same loop share and relevance on replies *sampled* at the serving temperature (k
+  per probe, fixed seeds that the base model's sampled replies were drawn with too). The greedy numbers follow what
+  users see only loosely (over 46 gated benchmark results greedy probe loops tracked sampled loops at r = 0.31); on
+  dev the sampled check cost more than it caught (docs/version_gate.md), so it is off by default;
 - abuse: how many of all its greedy replies (probes, checkable prompts, a user's own prompts) swear at or insult the
   user (`core/abuse.is_abusive`) against the base model's count. Trained runs of the learning benchmark served
   versions that opened replies with "Dumbass, …" or "Oh no, you bastard." while every other check passed them.

@@ -18,7 +18,9 @@ right. The last accepted version's greedy replies and top-k are cached when it i
 the registry's latest after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
 replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and checkable
 prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for facts missed in a
-cut reply), for a shared candidate a short scoring pass for relevance (each probe after its and the base's reply).
+cut reply), for a shared candidate a short scoring pass for relevance (each probe after its and the base's reply),
+and `sampled_per_probe` replies per probe sampled at the serving temperature with the base's seeds, with their own
+relevance pass (the greedy replies show what users get only loosely).
 
 Each threshold default (config `version_gate`) and how it was chosen: docs/version_gate.md.
 """

@@ -39,3 +39,34 @@ def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir, k
     gate.engine.load_weights(export_weights(model, version=1, step=1))
     moved, _ = gate.evaluate()
     assert moved.kl_accepted > 100 * max(numbers.kl_accepted, 1e-7)
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_sampled_checks_draw_with_the_base_seeds(tiny_model_dir, kind):
+    """`version_gate.sampled_per_probe`: the candidate's replies are sampled with the seeds the base's were, so the
+    base against itself reads exactly the base (same texts, relevance 0), and moved weights read differently."""
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.core.policy import export_weights
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+    from hsd_ray.models import load_model_and_tokenizer
+
+    cfg = VersionGateConfig(probe_max_tokens=12, check_max_tokens=4, sampled_per_probe=2)
+    gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind=kind), cfg, False), None)
+    assert len(gate.sampled_base) == 2 * len(gate.probe_prompts)
+    assert gate._sampled() == gate.sampled_base  # seeded: drawn again, the same replies
+    assert len(set(gate.sampled_base[0::2]) | set(gate.sampled_base[1::2])) > len(gate.probe_prompts)  # 2 per probe
+    numbers, _ = gate.evaluate()
+    assert numbers.sampled == len(gate.sampled_base) and numbers.sampled_relevance == 0.0
+    assert numbers.sampled_loops == numbers.sampled_loops_base
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gate.engine.load_weights(export_weights(model, version=1, step=1))
+    assert gate._sampled() != gate.sampled_base
+    moved, _ = gate.evaluate()
+    assert moved.sampled_relevance != 0.0 and "sampled loops" in moved.summary()
+    off, _ = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind=kind),
+                                           cfg.model_copy(update={"sampled_per_probe": 0}), False), None).evaluate()
+    assert off.sampled == 0 and off.sampled_relevance is None

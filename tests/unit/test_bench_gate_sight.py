@@ -26,8 +26,12 @@ def test_the_served_version_is_the_accepted_one_the_last_evaluation_names():
                 {"version": 4, "state": "rejected", "numbers": numbers},
                 {"version": 5, "state": "accepted", "numbers": numbers}]
     row = served_row(_result(versions, 5))
-    assert row == {"version": 5, "gate_loops": 0.25, "gate_loops_base": 0.0625, "sampled_loops": 0.5,
-                   "sampled_loops_base": 0.0, "gate_accuracy": 0.45, "capability": 0.3, "capability_base": 0.2}
+    assert row == {"version": 5, "gate_loops": 0.25, "gate_loops_base": 0.0625, "gate_sampled_loops": None,
+                   "sampled_loops": 0.5, "sampled_loops_base": 0.0, "gate_accuracy": 0.45, "capability": 0.3,
+                   "capability_base": 0.2}  # gated before the sampled check: no sampled gate number
+    sampled = {**numbers, "sampled": 64, "sampled_loops": 0.125}
+    row = served_row(_result([{"version": 5, "state": "accepted", "numbers": sampled}], 5))
+    assert row["gate_sampled_loops"] == 0.125
     assert served_row(_result(versions, 3))["gate_loops"] == 0.0  # an earlier accepted version served at the end
     assert served_row(_result(versions, 4)) is None  # a rejected version is never the served one
     assert served_row(_result([], 5)) is None  # gate off: no decisions, nothing to compare
