@@ -10,13 +10,24 @@ import torch
 pytestmark = pytest.mark.integration
 
 
+def _load_moved_weights(gate, model_dir) -> None:
+    """The tiny model plus seeded Gaussian noise, as version 1, into the gate's engine: a candidate that moved."""
+    from hsd_ray.core.policy import export_weights
+    from hsd_ray.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(str(model_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gate.engine.load_weights(export_weights(model, version=1, step=1))
+
+
 @pytest.mark.parametrize("kind", ["hf", "vllm"])
 def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir, kind):
     from hsd_ray.config import EngineConfig, VersionGateConfig
     from hsd_ray.core.version_gate import mean_kl
-    from hsd_ray.core.policy import export_weights
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
-    from hsd_ray.models import load_model_and_tokenizer
 
     gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind=kind),
                                          VersionGateConfig(probe_max_tokens=12, check_max_tokens=4), False), None)
@@ -31,12 +42,7 @@ def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir, k
 
     numbers, _ = gate.evaluate()  # the base against itself: nothing moved
     assert numbers.kl_accepted < 1e-5 and numbers.kl_base < 1e-5
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    gate.engine.load_weights(export_weights(model, version=1, step=1))
+    _load_moved_weights(gate, tiny_model_dir)
     moved, _ = gate.evaluate()
     assert moved.kl_accepted > 100 * max(numbers.kl_accepted, 1e-7)
 
@@ -46,9 +52,7 @@ def test_sampled_checks_draw_with_the_base_seeds(tiny_model_dir, kind):
     """`version_gate.sampled_per_probe`: the candidate's replies are sampled with the seeds the base's were, so the
     base against itself reads exactly the base (same texts, relevance 0), and moved weights read differently."""
     from hsd_ray.config import EngineConfig, VersionGateConfig
-    from hsd_ray.core.policy import export_weights
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
-    from hsd_ray.models import load_model_and_tokenizer
 
     cfg = VersionGateConfig(probe_max_tokens=12, check_max_tokens=4, sampled_per_probe=2)
     gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind=kind), cfg, False), None)
@@ -58,12 +62,7 @@ def test_sampled_checks_draw_with_the_base_seeds(tiny_model_dir, kind):
     numbers, _ = gate.evaluate()
     assert numbers.sampled == len(gate.sampled_base) and numbers.sampled_relevance == 0.0
     assert numbers.sampled_loops == numbers.sampled_loops_base
-    model, _ = load_model_and_tokenizer(str(tiny_model_dir))
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    gate.engine.load_weights(export_weights(model, version=1, step=1))
+    _load_moved_weights(gate, tiny_model_dir)
     assert gate._sampled() != gate.sampled_base
     moved, _ = gate.evaluate()
     assert moved.sampled_relevance != 0.0 and "sampled loops" in moved.summary()
