@@ -299,7 +299,7 @@ class VersionGateConfig(_Section):
                                       "the base reply cut to as many words (core/version_gate.relevance_change)")
     sampled_per_probe: int = Field(0, ge=0, description="replies sampled per probe prompt at serve.temperature and "
                                    "serve.top_p, with the seeds the base's were drawn with (0 = greedy checks only; "
-                                   "4 on dev halved the gain and tripled the gate's time: docs/version_gate.md)")
+                                   "4 on dev: 2.7x the gate's time, loops not lower: docs/version_gate.md)")
     max_sampled_loop_increase: float = Field(0.0625, ge=0, le=1, description="max share of looping sampled probe "
                                              "replies over the base model's")
     max_sampled_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | sampled reply), "
