@@ -103,7 +103,9 @@ class Gatekeeper:
                               if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
         self.sampled_base = self._sampled()  # the base's sampled probe replies: the sampled checks' yardstick
-        self.abusive_base = abusive_count(self.base.texts + [r.text for r in base_replies] + self.sampled_base)
+        self.sampled_loops_base = loop_rate(self.sampled_base)
+        self.sampled_abusive_base = abusive_count(self.sampled_base)
+        self.abusive_base = abusive_count(self.base.texts + [r.text for r in base_replies])
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
@@ -120,7 +122,7 @@ class Gatekeeper:
         log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s), "
                  "abusive replies %d, sampled probe replies that loop %.3f of %d", self.ppl_base, self.accuracy_base,
                  self.facts_base, sum(self.base_right[: self.n_facts]), self.fragile_facts, self.abusive_base,
-                 loop_rate(self.sampled_base), len(self.sampled_base))
+                 self.sampled_loops_base, len(self.sampled_base))
 
     # ---- actor methods ----------------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -365,15 +367,17 @@ class Gatekeeper:
 
     def _read_sampled(self, numbers: GateNumbers) -> None:
         """The sampled checks' numbers into `numbers`: loops and relevance of the candidate's sampled probe replies
-        against the base's, and their abuse added to the greedy replies' count."""
+        against the base's, and their abuse (and the base's on its sampled replies) added to the greedy replies'
+        counts: a candidate not asked for sampled replies (a per-user adapter's) is not measured against them."""
         texts = self._sampled()
         if not texts:
             return
         questions = [q for q in self.probe_texts for _ in range(self.settings.gate.sampled_per_probe)]
         numbers.sampled, numbers.sampled_loops = len(texts), loop_rate(texts)
-        numbers.sampled_loops_base = loop_rate(self.sampled_base)
+        numbers.sampled_loops_base = self.sampled_loops_base
         numbers.sampled_relevance = self._relevance(texts, self.sampled_base, questions)
-        numbers.abusive += abusive_count(texts)
+        numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts),
+                                                 numbers.abusive_base + self.sampled_abusive_base)
 
     def _relevance(self, texts: list[str], yardstick: list[str] | None = None,
                    questions: list[str] | None = None) -> float:
