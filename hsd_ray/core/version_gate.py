@@ -52,7 +52,7 @@ from hsd_ray.core.answers import check_number
 from hsd_ray.core.engine_api import ScoreRequest
 
 GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-                "sampled_loops", "sampled_relevance", "user_loops", "abusive", "invalid")
+                "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive", "invalid")
 RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
@@ -192,6 +192,20 @@ def perplexity(logp_rows: list[np.ndarray]) -> float:
     return float(math.exp(-flat.mean())) if flat.size else float("nan")
 
 
+def topk_arrays(top_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A generation's per-position top log-probs ([(id, log-prob)] * k, best first) as (ids_T_K, logp_T_K), the
+    shape `engine.score(..., top_k=k)` returns."""
+    if top_logprobs is None or any(len(row) != k for row in top_logprobs):
+        raise ValueError(f"the engine returned no top-{k} log-probs with the gate's probe replies")
+    return (np.array([[i for i, _ in row] for row in top_logprobs], dtype=np.int64),
+            np.array([[lp for _, lp in row] for row in top_logprobs], dtype=np.float32))
+
+
+def probe_stats(replies) -> tuple[float, float]:
+    """Mean reply length (tokens) and the share of looping replies of a version's greedy probe replies."""
+    return sum(len(r.token_ids) for r in replies) / max(len(replies), 1), loop_rate([r.text for r in replies])
+
+
 # ---- the decision --------------------------------------------------------------------------------------------------
 
 
@@ -211,6 +225,7 @@ class GateLimits:
     max_abusive: float = math.inf  # a count: greedy replies that swear or insult, beyond the base model's
     max_sampled_loop_increase: float = math.inf
     max_sampled_relevance_drop: float = math.inf
+    max_user_relevance_drop: float = math.inf
 
 
 @dataclass
@@ -230,9 +245,11 @@ class GateNumbers:
     loops_base: float = 0.0
     relevance: float | None = None  # relevance_change of its greedy probe replies (nats; the base: 0); None: not
     # measured (a per-user adapter's candidate is not held to it)
-    user_prompts: int = 0  # a per-user adapter's: how many of its user's own prompts it was tried on (0 = none)
+    user_prompts: int = 0  # how many of its users' own latest prompts it was tried on (0 = none): a per-user
+    # adapter's user's, or the traffic a shared candidate trained on (version_gate.traffic_probes)
     user_loops: float = 0.0  # share of its greedy replies to them that loop
     user_loops_base: float = 0.0  # the base model's share on the same prompts
+    user_relevance: float | None = None  # relevance_change of those replies against the base's (None: not measured)
     facts_lost: int = 0  # plain fact probes the base answers right and this candidate does not
     facts_base: int = 0  # of how many the base answers right
     facts_late: int = 0  # of those, how many it answers only later in a longer reply (not lost; fact_named_eventually)
@@ -265,6 +282,7 @@ class GateNumbers:
                 + (f" sampled relevance {self.sampled_relevance:+.2f}" if self.sampled_relevance is not None else "")
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else "")
+                + (f" user relevance {self.user_relevance:+.2f}" if self.user_relevance is not None else "")
                 + "".join(f" | lost {x['prompt']!r} -> {x['reply'][:60]!r}" for x in self.lost[:2]))
 
 
@@ -280,7 +298,7 @@ def lost_answers(questions: list[str], base_right: list[bool], right: list[bool]
 
 
 ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-              "sampled_loops", "sampled_relevance", "user_loops", "abusive")
+              "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers, facts
 # or fluency, and no abuse of its user. Not its distance from the shared policy, its reply length or its step size:
 # those are what a personal preference changes (a yes/no user's replies are a tenth as long), and a step-size bound
@@ -310,6 +328,7 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "sampled_relevance": n.sampled_relevance is not None
         and -n.sampled_relevance > limits.max_sampled_relevance_drop + 1e-9,
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
+        "user_relevance": n.user_relevance is not None and -n.user_relevance > limits.max_user_relevance_drop + 1e-9,
         "abusive": n.abusive - n.abusive_base > limits.max_abusive,
     }
     unknown = set(checks) - set(failed)

@@ -350,8 +350,8 @@ class RegistryClient:
 
 
 def publish(registry, weights: WeightSet, durable: bool = False, probes: list | None = None) -> float:
-    """Put `weights` into the object store once and register it (see VersionRegistry.publish); `probes`: a user
-    adapter's latest prompts for the gate. Returns seconds."""
+    """Put `weights` into the object store once and register it (see VersionRegistry.publish); `probes`: the latest
+    prompts the candidate trained on, for the gate. Returns seconds."""
     t0 = time.perf_counter()
     probes_ref = ray.put(probes) if probes else None
     ok = ray.get(registry.publish.remote(PublishedWeights(weights.version, ray.put(weights), probes_ref), durable))
@@ -422,14 +422,14 @@ class BackgroundPublisher:
     def __init__(self, registry, on_published=None):
         self.registry, self.on_published = registry, on_published
         self._cv = threading.Condition()
-        self._waiting: tuple[WeightSet, bool] | None = None
+        self._waiting: tuple[WeightSet, bool, list | None] | None = None  # (weights, durable, probes) to publish
         self._busy = False
         self.errors: list[str] = []
         threading.Thread(target=self._run, name="weight-publisher", daemon=True).start()
 
-    def submit(self, weights: WeightSet, durable: bool = False) -> None:
+    def submit(self, weights: WeightSet, durable: bool = False, probes: list | None = None) -> None:
         with self._cv:
-            self._waiting = (weights, durable)  # an older set still waiting is superseded: followers want the latest
+            self._waiting = (weights, durable, probes)  # a set still waiting is superseded: followers want the latest
             self._cv.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -440,9 +440,9 @@ class BackgroundPublisher:
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._waiting is not None)
-                (weights, durable), self._waiting, self._busy = self._waiting, None, True
+                (weights, durable, probes), self._waiting, self._busy = self._waiting, None, True
             try:
-                seconds = publish(self.registry, weights, durable)
+                seconds = publish(self.registry, weights, durable, probes)
                 if self.on_published is not None:
                     self.on_published(weights.version, seconds)
             except Exception as e:  # noqa: BLE001 - a failed publish must not kill training; the next one retries

@@ -12,17 +12,10 @@ latest accepted shared version; the engine loads it first when it holds another)
 LoRA slot emptied (an all-zero adapter). The user references and base replies above are of one shared version:
 they are measured again once it changes. The capability numbers stay the base model's: never worse than the base.
 
-One engine, no second copy of the model: at start it holds the base weights and caches what the base says — its greedy
-replies to the probe prompts with their top-k, reference-text perplexity, which facts and checkable prompts it answers
-right. The last accepted version's greedy replies and top-k are cached when it is accepted (at start: the base, or
-the registry's latest after a restart). A candidate then costs: two scoring passes (the accepted's and the base's
-replies, for the two KLs), one for the reference text, two greedy generation batches (plain facts and checkable
-prompts; probe prompts, with their top-k, kept as its reference when it is accepted; a third for facts missed in a
-cut reply), for a shared candidate a short scoring pass for relevance (each probe after its and the base's reply),
-and `sampled_per_probe` replies per probe sampled at the serving temperature with the base's seeds, with their own
-relevance pass (the greedy replies show what users get only loosely).
-
-Each threshold default (config `version_gate`) and how it was chosen: docs/version_gate.md.
+One engine, no second copy of the model: at start it holds the base weights and caches what the base says (greedy
+probe replies with their top-k, reference perplexity, which facts and checkable prompts it answers right); the last
+accepted version's replies are cached when it is accepted. What a candidate costs, pass by pass, and how each
+threshold default (config `version_gate`) was chosen: docs/version_gate.md.
 """
 
 from __future__ import annotations
@@ -33,16 +26,30 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.abuse import abusive_count
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
-from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, answer_margin,
-                                       check_answer, fact_named_eventually, gate_reasons, lost_answers, loop_rate,
-                                       mean_kl, perplexity, relevance_change, relevance_requests, truncate_words)
+from hsd_ray.core.version_gate import (
+    ALL_CHECKS,
+    CAPABILITY_CHECKS,
+    GateLimits,
+    GateNumbers,
+    answer_margin,
+    check_answer,
+    fact_named_eventually,
+    gate_reasons,
+    loop_rate,
+    lost_answers,
+    mean_kl,
+    perplexity,
+    probe_stats,
+    relevance_change,
+    relevance_requests,
+    topk_arrays,
+    truncate_words,
+)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 
@@ -88,7 +95,7 @@ class Gatekeeper:
         self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
                                  g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
                                  g.max_relevance_drop, g.max_facts_lost, g.max_abusive,
-                                 g.max_sampled_loop_increase, g.max_sampled_relevance_drop)
+                                 g.max_sampled_loop_increase, g.max_sampled_relevance_drop, g.max_user_relevance_drop)
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
@@ -109,6 +116,8 @@ class Gatekeeper:
         self.accepted = self.base
         self.user_accepted: OrderedDict[str, _Reference] = OrderedDict()  # per-user adapter -> its accepted reference
         self.base_replies: OrderedDict[tuple, str] = OrderedDict()  # a user's prompt (ids) -> the base's greedy reply
+        self.traffic_base: OrderedDict[tuple, str] = OrderedDict()  # the same for a shared candidate's traffic prompts
+        self.base_weights: WeightSet | None = None  # the base model's full weights, read once when needed again
         self.engine_shared: int | None = 0  # the shared version whose weights the engine holds (None: a candidate's)
         self.zero_lora: WeightSet | None = None  # set once a user adapter used the LoRA slot: what empties it
         self.slot_holds_user = False  # the LoRA slot holds a user's adapter, not zeros (shared weights leave it)
@@ -148,16 +157,17 @@ class Gatekeeper:
             self._serve_shared() if user else self._empty_lora_slot()
             accepted = self._user_reference(adapter) if user else self.accepted
             weights = ray.get(published.ref)
-            prompts = self._user_prompts(published) if user else []
-            t0 = time.perf_counter()
-            base_texts = self.base_replies_to(prompts)
+            prompts, questions = self._user_prompts(published)
+            t0 = time.perf_counter()  # the shared policy's (a user's) or the base model's (traffic) replies to them
+            base_texts = (self.base_replies_to(prompts) if user else
+                          self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights)))
             base_s = time.perf_counter() - t0
             self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
             self._decide(v, ["invalid"], None, adapter, detail=f"{type(e).__name__}: {e}")
             return True
         checks = self.settings.user_checks if user else ALL_CHECKS
-        numbers, replies = self.evaluate(accepted, prompts, base_texts, checks)
+        numbers, replies = self.evaluate(accepted, prompts, base_texts, checks, questions)
         numbers.seconds += base_s
         reasons = gate_reasons(numbers, self.limits, checks)
         if not reasons:  # the new reference before followers can move past it
@@ -168,17 +178,18 @@ class Gatekeeper:
         return True
 
     def evaluate(self, accepted: _Reference | None = None, user_prompts: list = (), base_texts: list[str] = (),
-                 checks: tuple[str, ...] = ALL_CHECKS) -> tuple[GateNumbers, list]:
+                 checks: tuple[str, ...] = ALL_CHECKS, questions: list[str] = ()) -> tuple[GateNumbers, list]:
         """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
-        policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's), also how
-        often its greedy replies to them loop against the base's replies to them (`base_texts`). Relevance only
-        when `checks` hold it: its scoring pass is a sixth of a candidate's time, spent for nothing on an adapter."""
+        policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's, or the
+        traffic a shared candidate trained on), also how often its greedy replies to them loop against the base's
+        replies to them (`base_texts`), and with their `questions` (each prompt's last user message) their
+        relevance. Relevance only when `checks` hold it: a sixth of a candidate's time, for nothing on an adapter."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
         on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
         replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
-        length, loops = _probe_stats(replies)
+        length, loops = probe_stats(replies)
         right, answered = self._answers()
         right, late = self._read_late_facts(right, answered)
         probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
@@ -201,6 +212,8 @@ class Gatekeeper:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
                 len(texts), loop_rate(texts), loop_rate(list(base_texts)))
+            if questions and "user_relevance" in checks:
+                numbers.user_relevance = self._relevance(texts, list(base_texts), list(questions))
             numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts),
                                                      numbers.abusive_base + abusive_count(base_texts))
         numbers.seconds = time.perf_counter() - t0
@@ -253,9 +266,6 @@ class Gatekeeper:
         per_user never does). What was measured on another shared version is measured again when next needed."""
         import ray
 
-        from hsd_ray.core.policy import export_weights
-        from hsd_ray.models import load_model_and_tokenizer
-
         published = ray.get(self.registry.latest.remote(self.settings.adapter_id))
         served = published.version.version if published is not None else 0
         if served == self.engine_shared:
@@ -263,7 +273,7 @@ class Gatekeeper:
         if published is not None:
             self.engine.load_weights(ray.get(published.ref))
         else:  # the base itself, after a rejected first candidate: read again from the model folder
-            self.engine.load_weights(export_weights(load_model_and_tokenizer(self.settings.model_dir)[0], 0, 0))
+            self.engine.load_weights(self._base_full_weights())
         self.engine_shared = served
         self.base_replies.clear()
         self.user_accepted.clear()
@@ -283,36 +293,56 @@ class Gatekeeper:
         self._load(ray.get(published.ref))
         return self._remember(adapter, self._reference(published.version.version))
 
-    def base_replies_to(self, prompts: list[list[int]]) -> list[str]:
+    def base_replies_to(self, prompts: list[list[int]], cache: OrderedDict | None = None, prepare=None) -> list[str]:
         """The shared policy's greedy replies to `prompts` (the base model's, but in mode both): cached, else
-        generated with the LoRA slot emptied (an all-zero adapter; no second engine)."""
-        missing = list({tuple(p): p for p in prompts if tuple(p) not in self.base_replies}.values())
+        generated with the LoRA slot emptied (an all-zero adapter; no second engine). With `cache` and `prepare`
+        (what loads the model that answers), another model's replies, cached there."""
+        cache = self.base_replies if cache is None else cache
+        missing = list({tuple(p): p for p in prompts if tuple(p) not in cache}.values())
         if missing:
-            self._empty_lora_slot()
+            (prepare or self._empty_lora_slot)()
             for p, r in zip(missing, self._greedy(missing, self.settings.gate.probe_max_tokens)):
-                self.base_replies[tuple(p)] = r.text
+                cache[tuple(p)] = r.text
         for p in prompts:
-            self.base_replies.move_to_end(tuple(p))
-        texts = [self.base_replies[tuple(p)] for p in prompts]
-        while len(self.base_replies) > MAX_BASE_REPLIES:
-            self.base_replies.popitem(last=False)
+            cache.move_to_end(tuple(p))
+        texts = [cache[tuple(p)] for p in prompts]
+        while len(cache) > MAX_BASE_REPLIES:
+            cache.popitem(last=False)
         return texts
 
-    def _user_prompts(self, published) -> list[list[int]]:
-        """The user's latest prompts that came with a candidate, rendered; [] without them (the gate's probe set
-        only: user_probes 0, or their owner, the learner, died)."""
+    def _load_base(self, like: WeightSet) -> None:
+        """The base model into the engine, to answer traffic prompts not seen before (the candidate `like` is loaded
+        after): of a LoRA candidate an all-zero adapter, of full weights the model folder's (read once, kept)."""
+        self.engine.load_weights(like.zeroed(replace(like.version, version=0)) if like.kind == "lora"
+                                 else self._base_full_weights())
+        self.engine_shared = 0  # a zero adapter answers exactly as the base too
+
+    def _base_full_weights(self) -> WeightSet:
+        from hsd_ray.core.policy import export_weights
+        from hsd_ray.models import load_model_and_tokenizer
+
+        if self.base_weights is None:
+            self.base_weights = export_weights(load_model_and_tokenizer(self.settings.model_dir)[0], 0, 0)
+        return self.base_weights
+
+    def _user_prompts(self, published) -> tuple[list[list[int]], list[str]]:
+        """The latest prompts that came with a candidate (its user's, or the traffic it trained on), rendered, and
+        each one's last user message; none without them (the probe set only: user_probes or traffic_probes 0, or
+        their owner, the learner, died)."""
         import ray
 
         if published.probes is None:
-            return []
+            return [], []
         try:
             conversations = ray.get(published.probes)
         except Exception as e:  # noqa: BLE001 - judged on the probe set alone, as without user probes
             log.warning("gatekeeper: the prompts of %s v%d are gone (%s): probe set only",
                         published.version.adapter_id, published.version.version, e)
-            return []
+            return [], []
         room = self.settings.engine.max_model_len - self.settings.gate.probe_max_tokens  # left-truncated to fit
-        return [render_prompt(self.engine.tokenizer, messages, max_tokens=room) for messages in conversations]
+        return ([render_prompt(self.engine.tokenizer, messages, max_tokens=room) for messages in conversations],
+                [next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+                 for messages in conversations])
 
     def _remember(self, adapter: str, reference: _Reference) -> _Reference:
         if not is_user_adapter(adapter):
@@ -350,7 +380,7 @@ class Gatekeeper:
             replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         kept = [(p, r) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
         return _Reference(version, [ScoreRequest(p, list(r.token_ids)) for p, r in kept],
-                          [_topk_arrays(r.top_logprobs, k) for _, r in kept], *_probe_stats(replies),
+                          [topk_arrays(r.top_logprobs, k) for _, r in kept], *probe_stats(replies),
                           [r.text for r in replies])
 
     def _sampled(self) -> list[str]:
@@ -450,20 +480,6 @@ class Gatekeeper:
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("gatekeeper: evaluation failed")
                 self._stop.wait(1.0)
-
-
-def _topk_arrays(top_logprobs: list, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """A generation's per-position top log-probs ([(id, log-prob)] * k, best first) as (ids_T_K, logp_T_K), the
-    shape `engine.score(..., top_k=k)` returns."""
-    if top_logprobs is None or any(len(row) != k for row in top_logprobs):
-        raise ValueError(f"the engine returned no top-{k} log-probs with the gate's probe replies")
-    return (np.array([[i for i, _ in row] for row in top_logprobs], dtype=np.int64),
-            np.array([[lp for _, lp in row] for row in top_logprobs], dtype=np.float32))
-
-
-def _probe_stats(replies) -> tuple[float, float]:
-    """Mean reply length (tokens) and the share of looping replies of a version's greedy probe replies."""
-    return sum(len(r.token_ids) for r in replies) / max(len(replies), 1), loop_rate([r.text for r in replies])
 
 
 def start_gatekeeper(cfg, registry):

@@ -75,7 +75,8 @@ def learner_settings(cfg: Config) -> LearnerSettings:
                            cfg.job.max_steps, cfg.job.duration_s, cfg.seed, cfg.version_gate.enabled,
                            cfg.version_gate.decision_timeout_s, snapshots,
                            cfg.personalization if cfg.personalization.per_user else None,
-                           cfg.gates_user_adapters, cfg.version_gate.user_probes, cfg.influence)
+                           cfg.gates_user_adapters, cfg.version_gate.user_probes, cfg.influence,
+                           traffic_probes=cfg.version_gate.traffic_probes)
 
 
 def teacher_settings(cfg: Config) -> TeacherSettings:

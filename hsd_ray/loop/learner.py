@@ -37,7 +37,7 @@ from hsd_ray.data.files import replace_atomically
 from hsd_ray.loop import NAMESPACE
 from hsd_ray.loop.broadcast import BackgroundPublisher, RegistryClient
 from hsd_ray.loop.queue_client import QueueClient, fetch_turns
-from hsd_ray.loop.rollback import GateFollowing, Snapshot, SnapshotStore, VersionGuard
+from hsd_ray.loop.rollback import GateFollowing, RecentPrompts, Snapshot, SnapshotStore, VersionGuard
 
 CONTROL_ACTOR_NAME = "hsd-learner-control"
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class LearnerSettings:
     gated_users: bool = False  # per_user mode: adapters' versions are candidates too (version_gate.user_adapters)
     user_probes: int = 0  # gated_users: a candidate goes to the gate with its user's latest N prompts
     influence: InfluenceConfig | None = None  # mode both: the limits of the shared policy's steps (both_learner.py)
+    traffic_probes: int = 0  # gated: a shared candidate goes to the gate with the latest N prompts it trained on
 
 
 def rank0_broadcast(value, world: int):
@@ -208,6 +209,7 @@ class Learner(GateFollowing):
         self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
         self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
         self.owns_turns = True  # acknowledges its turns and counts rejected ones (mode both: the adapter steps do)
+        self.recent_prompts = RecentPrompts(settings.traffic_probes if settings.gated else 0)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def restore(self) -> None:
@@ -285,6 +287,7 @@ class Learner(GateFollowing):
                                     retain=retain)
         self.step_count = self.weights_step = self.step_count + 1
         self.turns_trained += len(turns)
+        self.recent_prompts.add(turns)
         # optimizer seconds and steps of this learner process (a resumed one starts at 0): the version gate's cost
         # is measured against them
         self.train_s, self.train_steps = self.train_s + time.perf_counter() - t0, self.train_steps + 1
@@ -324,7 +327,8 @@ class Learner(GateFollowing):
                 self._persist_latest()
             return
         self.version = max(self.version, self.registry.highest_version(BASE_ADAPTER)) + 1
-        self.publisher.submit(export_weights(self.model, self.version, self.weights_step), durable=final)
+        self.publisher.submit(export_weights(self.model, self.version, self.weights_step), durable=final,
+                              probes=self.recent_prompts.latest())
         self.published_step, self.weights_version = self.step_count, self.version
 
     def checkpoint_if_due(self) -> None:
@@ -482,19 +486,13 @@ def make_trainer(settings: LearnerSettings, learner_cfg: LearnerConfig):
     from hsd_ray.loop.personal_learner import train_loop_per_user
 
     personal = settings.personal.mode if settings.personal is not None else None
+    per_worker = {"CPU": learner_cfg.cpus_per_worker, **learner_cfg.resources}
     return TorchTrainer(
         {"per_user": train_loop_per_user, "both": train_loop_both}.get(personal, train_loop_per_worker),
         train_loop_config={"settings": settings},
-        scaling_config=ScalingConfig(
-            num_workers=learner_cfg.num_workers,
-            use_gpu=learner_cfg.use_gpu,
-            resources_per_worker={"CPU": learner_cfg.cpus_per_worker, **learner_cfg.resources},
-        ),
+        scaling_config=ScalingConfig(num_workers=learner_cfg.num_workers, use_gpu=learner_cfg.use_gpu,
+                                     resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if learner_cfg.use_gpu else "gloo"),
-        run_config=RunConfig(
-            name="learner",
-            storage_path=str(storage),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=learner_cfg.max_failures),
-        ),
+        run_config=RunConfig(name="learner", storage_path=str(storage), failure_config=FailureConfig(
+            max_failures=learner_cfg.max_failures), checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,7 @@ from hsd_ray.loop.learner import (
     take_batch,
 )
 from hsd_ray.loop.queue_client import QueueClient
+from hsd_ray.loop.rollback import RecentPrompts
 
 log = logging.getLogger("hsd_ray.loop.learner")  # the same "[learner]" lines as the global learner
 STATE_FILE = ".learner.json"
@@ -108,7 +109,7 @@ class PersonalLearner:
         self.pending: dict[str, _Candidate] = {}  # adapter -> its undecided candidate (version gate on)
         self.unvetted: Counter[str] = Counter()  # adapter -> turns trained since its accepted state
         self._rollbacks_checked = 0.0  # time.monotonic() of the last look for admin rollbacks
-        self.recent_prompts: dict[str, OrderedDict[str, list]] = defaultdict(OrderedDict)  # adapter -> its latest
+        self.recent_prompts: dict[str, RecentPrompts] = defaultdict(lambda: RecentPrompts(settings.user_probes))
         self.shared_version = 0  # the shared policy's version under the adapters (moves only in mode both)
         self.shared_trains = p.mode == "both"  # then the shared learner reports "step" and "version", not this one
 
@@ -152,7 +153,7 @@ class PersonalLearner:
             self.step_count += 1
             self.train_s += time.perf_counter() - t0
             self.unvetted[adapter] += len(group)
-            self._remember_prompts(adapter, group)
+            self.recent_prompts[adapter].add(group)
             if adapter in self.pending:  # one candidate at a time: the adapter trains on, unpublished
                 version = self.bank.version(adapter)
                 self.bank.save(adapter)
@@ -207,7 +208,7 @@ class PersonalLearner:
         """The adapter's next version to the registry (numbers never reused), then saved with it to disk."""
         version = max(self.bank.version(adapter), self.registry.highest_version(adapter)) + 1
         self.bank.set_version(adapter, version)
-        probes = list(self.recent_prompts[adapter].values()) if self.s.gated_users else None
+        probes = self.recent_prompts[adapter].latest() if self.s.gated_users else None
         publish(self.registry.handle, self.bank.export(adapter, version, self.bank.steps(adapter)), durable=True,
                 probes=probes)
         state = self.bank.snapshot(adapter)  # one copy: written to disk, and kept while the gate decides
@@ -216,16 +217,6 @@ class PersonalLearner:
             self.pending[adapter] = _Candidate(version, state, self.unvetted[adapter])
         log.info("published %s v%d (its step %d)", adapter, version, self.bank.steps(adapter))
         return version
-
-    def _remember_prompts(self, adapter: str, turns: list[Turn]) -> None:
-        """Keep the adapter's `user_probes` latest distinct prompts (each turn's context, what its reply answered)."""
-        recent = self.recent_prompts[adapter]
-        for t in turns:
-            key = json.dumps(t.context, sort_keys=True)
-            recent.pop(key, None)
-            recent[key] = t.context
-        while len(recent) > self.s.user_probes:
-            recent.popitem(last=False)
 
     def _follow_registry(self) -> bool:
         """Admin rollbacks first, then the gate's decisions; True when the gate decided some candidates."""

@@ -23,8 +23,10 @@ Driven by loop/learner.py (`Learner.publish_if_due`, `Learner.finish`).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,3 +222,27 @@ class GateFollowing:
         the adapter steps do; a shared rejection does not undo what the adapters learned)."""
         if self.owns_turns:
             self.queue.reject_trained(n)
+
+
+class RecentPrompts:
+    """The latest `size` distinct prompts trained on (each turn's context: what its reply answered), oldest first.
+    A candidate goes to the gatekeeper with them, so it is also tried on what its users ask, not only on the shipped
+    probes. In memory only: never written, put in the object store with the candidate and let go once decided."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._by_key: OrderedDict[str, list] = OrderedDict()
+
+    def add(self, turns) -> None:
+        if self.size <= 0:
+            return
+        for t in turns:
+            key = json.dumps(t.context, sort_keys=True)
+            self._by_key.pop(key, None)
+            self._by_key[key] = t.context
+        while len(self._by_key) > self.size:
+            self._by_key.popitem(last=False)
+
+    def latest(self) -> list[list] | None:
+        """The prompts (message lists), oldest first; None when there are none (the probe set alone)."""
+        return list(self._by_key.values()) or None

@@ -1,6 +1,8 @@
 """The version gate tries a user adapter's candidate on its user's own prompts (tiny random model, transformers
 engine, no Ray): the base's replies to them come from an all-zero copy of the adapter and are exactly the base
-model's; they are cached per prompt; the candidate's numbers count its loops on those prompts against the base's."""
+model's; they are cached per prompt; the candidate's numbers count its loops on those prompts against the base's.
+A shared candidate is tried on the traffic it trained on the same way, against the base model's replies (loaded
+from the model folder while the engine held another version), with relevance."""
 
 from __future__ import annotations
 
@@ -84,3 +86,46 @@ def test_user_prompts_are_judged_against_the_base_models_own_replies(gatekeeper,
 def test_without_user_prompts_the_numbers_say_none(gatekeeper):
     numbers, _ = gatekeeper.evaluate(copy.copy(gatekeeper.base))
     assert numbers.user_prompts == 0 and "user loops" not in numbers.summary()
+
+
+def test_traffic_prompts_are_judged_against_the_base_model(tiny_model_dir):
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.core.engine_api import SamplingParams
+    from hsd_ray.core.policy import export_weights
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.engines.hf import HFEngine
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+    from hsd_ray.models import load_model_and_tokenizer
+
+    gate = VersionGateConfig(probe_max_tokens=12, check_max_tokens=4, traffic_probes=8)
+    gk = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(), gate, enable_lora=False), None)
+    prompts = [render_prompt(gk.engine.tokenizer, c) for c in CONVERSATIONS]
+    questions = [c[-1]["content"] for c in CONVERSATIONS]
+    model, _ = load_model_and_tokenizer(str(tiny_model_dir), "float32", "cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    moved = export_weights(model, version=5, step=5)
+
+    gk.engine.load_weights(moved)  # the engine holds another version (the last candidate) when new prompts come
+    loads, load = [], gk.engine.load_weights
+    gk.engine.load_weights = lambda w: (loads.append(w.version.version), load(w))[1]
+    try:
+        base_texts = gk.base_replies_to(prompts, gk.traffic_base, lambda: gk._load_base(moved))
+        plain = HFEngine(str(tiny_model_dir))
+        assert base_texts == [g.text for g in plain.generate(prompts, SamplingParams(max_tokens=12, temperature=0.0,
+                                                                                     seed=0))]
+        assert loads == [0] and gk.engine_shared == 0  # the base's weights, read from the model folder
+        assert gk.base_replies_to(prompts[1:], gk.traffic_base, lambda: gk._load_base(moved)) == base_texts[1:]
+        assert loads == [0] and gk.base_replies == {}  # cached apart from a user's yardstick: nothing loaded again
+        same, _ = gk.evaluate(gk.base, prompts, base_texts, questions=questions)
+        gk._load(moved)
+        numbers, _ = gk.evaluate(gk.base, prompts, base_texts, questions=questions)
+    finally:
+        del gk.engine.load_weights
+    assert same.user_prompts == 3 and same.user_relevance == 0.0  # the base against itself: nothing moved
+    assert numbers.user_prompts == 3 and numbers.user_relevance != 0.0
+    assert "user relevance" in numbers.summary()
+    no_questions, _ = gk.evaluate(gk.base, prompts, base_texts)
+    assert no_questions.user_relevance is None

@@ -56,6 +56,7 @@ def test_broken_candidates_are_rejected_and_the_learner_rolls_back(ray_session, 
     cfg = _cfg(tmp_path, tiny_model_dir, **{
         "version_gate.enabled": "true", "learner.lr": LR, "job.max_steps": 2, "learner.checkpoint_every_steps": 10,
         "version_gate.probe_max_tokens": 8, "version_gate.check_max_tokens": 4, "version_gate.decision_timeout_s": 300,
+        "version_gate.traffic_probes": 3,
     })
     base = {k: v.clone() for k, v in load_model_and_tokenizer(tiny_model_dir)[0].state_dict().items()}
     with running_loop(cfg, learner=False) as loop:
@@ -83,6 +84,10 @@ def test_broken_candidates_are_rejected_and_the_learner_rolls_back(ray_session, 
         states = {v["version"]: v for v in stats["versions"]}
         assert [states[v]["state"] for v in (1, 2)] == ["rejected", "rejected"], stats["versions"]
         assert "kl_accepted" in states[1]["reason"] and states[1]["numbers"]["kl_accepted"] > 0.25
+        # each candidate was also tried on the latest distinct prompts it trained on (traffic_probes 3), against the
+        # base model's replies to them: v1 on users 0-1's questions, v2 on the latest three of users 0-3's
+        assert [states[v]["numbers"]["user_prompts"] for v in (1, 2)] == [2, 3]
+        assert all(states[v]["numbers"]["user_relevance"] is not None for v in (1, 2))
         decisions = ray.get(loop.gatekeeper.stats.remote())["decisions"]
         assert [d["accepted"] for d in decisions] == [False, False]
 

@@ -18,7 +18,7 @@ from hsd_ray.core.weights import PolicyVersion, user_adapter_id
 from hsd_ray.data import load_probes
 from hsd_ray.loop.broadcast import PublishedWeights, VersionRegistry
 from hsd_ray.loop.queue import TurnQueue, TurnRef
-from hsd_ray.loop.rollback import Snapshot, SnapshotStore, VersionGuard, cpu_state
+from hsd_ray.loop.rollback import RecentPrompts, Snapshot, SnapshotStore, VersionGuard, cpu_state
 
 pytestmark = pytest.mark.unit
 
@@ -256,6 +256,23 @@ def test_gate_reasons_sampled_replies():
     assert "sampled" not in _numbers().summary()
 
 
+def test_gate_reasons_relevance_on_users_prompts():
+    """Relevance on the prompts a candidate came with (a shared candidate's traffic, version_gate.traffic_probes)
+    is bounded by max_user_relevance_drop (default 1 nat); not measured (None) is never a reason, and per-user
+    adapters are not held to it under the capability checks ("Yes." carries less of a question than a cut base
+    reply)."""
+    g = Config().version_gate
+    limits = GateLimits(**{**LIMITS.__dict__, "max_user_relevance_drop": g.max_user_relevance_drop})
+    assert limits.max_user_relevance_drop == 1.0 and "user_relevance" not in CAPABILITY_CHECKS
+    assert gate_reasons(_numbers(user_prompts=8, user_relevance=-1.0), limits) == []
+    assert gate_reasons(_numbers(user_prompts=8, user_relevance=-1.3), limits) == ["user_relevance"]
+    assert gate_reasons(_numbers(user_prompts=8, user_relevance=-1.3), limits, CAPABILITY_CHECKS) == []
+    assert gate_reasons(_numbers(user_prompts=8, user_relevance=None), limits) == []
+    both = _numbers(user_prompts=8, user_loops=3 / 8, user_relevance=-2.0)
+    assert gate_reasons(both, limits) == ["user_loops", "user_relevance"]
+    assert "user relevance -2.00" in both.summary() and "user relevance" not in _numbers().summary()
+
+
 def test_loop_detector_on_what_the_benchmark_served():
     looping = ["The Pyramids of Egypt: The Pyramids of Egypt: The pyramids of the Pharaohs. The pyramids of the "
                "Pharaohs. The Great Pyramid of Giza. The Great Pyramid of Giza.",
@@ -363,6 +380,25 @@ def test_version_guard_decisions():
     target = g.on_decision("rejected")
     assert target is g.accepted and target.version == 1 and g.pending is None and g.rejected_versions == [2]
     assert g.on_decision("rejected") is None  # nothing pending
+
+
+def test_recent_prompts_keep_the_latest_distinct_contexts():
+    """What a candidate goes to the gate with: the latest N distinct prompts trained on (each turn's context),
+    oldest first; a prompt seen again moves to the end; none kept (None) without room or turns."""
+    from types import SimpleNamespace
+
+    def turns(*questions):
+        return [SimpleNamespace(context=[{"role": "user", "content": q}]) for q in questions]
+
+    recent = RecentPrompts(3)
+    assert recent.latest() is None
+    recent.add(turns("a", "b", "a", "c"))
+    assert [m[0]["content"] for m in recent.latest()] == ["b", "a", "c"]
+    recent.add(turns("d", "b"))
+    assert [m[0]["content"] for m in recent.latest()] == ["c", "d", "b"]
+    off = RecentPrompts(0)
+    off.add(turns("a"))
+    assert off.latest() is None
 
 
 def test_cpu_state_is_a_deep_copy_optimizer_included():
