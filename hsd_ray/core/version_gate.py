@@ -24,7 +24,8 @@ The gate compares a candidate version with the last accepted one and with the ba
   sorry, but I'm not a word-guy."); their replies no longer carry their question;
 - for a per-user adapter, the same share on that user's own latest prompts against the base model's replies to them:
   the shipped probes never invite what a user taught (an emoji adapter that answers its user with "🚀🚀🚀🚀🚀…"
-  passed them), the user's own prompts do;
+  passed them), the user's own prompts do; opt-in, a shared candidate's loops and relevance on the latest prompts
+  it trained on (its users' traffic), against the base model's replies to them;
 - opt-in, what users see: the same loop share and relevance on replies *sampled* at the serving temperature (k
   per probe, fixed seeds that the base model's sampled replies were drawn with too). The greedy numbers follow what
   users see only loosely (over 46 gated benchmark results greedy probe loops tracked sampled loops at r = 0.31); on

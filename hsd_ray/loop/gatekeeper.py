@@ -159,8 +159,13 @@ class Gatekeeper:
             weights = ray.get(published.ref)
             prompts, questions = self._user_prompts(published)
             t0 = time.perf_counter()  # the shared policy's (a user's) or the base model's (traffic) replies to them
-            base_texts = (self.base_replies_to(prompts) if user else
-                          self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights)))
+            if user:
+                base_texts = self.base_replies_to(prompts)
+            elif prompts and self.settings.gate.sampled_per_probe:  # sampled, with the seeds the candidate will use
+                self._load_base(weights)
+                base_texts = self._sampled(prompts)
+            else:
+                base_texts = self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights))
             base_s = time.perf_counter() - t0
             self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
@@ -206,9 +211,12 @@ class Gatekeeper:
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
             lost=lost_answers(self.answer_questions, self.base_right, right, answer_texts),
         )
+        # a shared candidate's traffic is read sampled where the sampled checks are on (instead of the probes)
+        sampled_traffic = bool(user_prompts) and bool(questions) and self.settings.gate.sampled_per_probe > 0 and (
+            "sampled_loops" in checks)
         if "sampled_loops" in checks or "sampled_relevance" in checks:
-            self._read_sampled(numbers)
-        if user_prompts:
+            self._read_sampled(numbers, *((user_prompts, questions, base_texts) if sampled_traffic else ()))
+        if user_prompts and not sampled_traffic:
             texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
                 len(texts), loop_rate(texts), loop_rate(list(base_texts)))
@@ -383,31 +391,36 @@ class Gatekeeper:
                           [topk_arrays(r.top_logprobs, k) for _, r in kept], *probe_stats(replies),
                           [r.text for r in replies])
 
-    def _sampled(self) -> list[str]:
-        """The loaded weights' replies to each probe prompt, `sampled_per_probe` times, at the serving temperature.
-        The seeds are fixed (prompt i of the batch draws with seed i): the candidate draws with the base's random
-        numbers, so a candidate that answers like the base scores as the base did, not as a fresh sample would."""
+    def _sampled(self, prompts: list | None = None) -> list[str]:
+        """The loaded weights' replies to each probe prompt (or each of `prompts`), `sampled_per_probe` times, at the
+        serving temperature. The seeds are fixed (prompt i of the batch draws with seed i): the candidate draws with
+        the base's random numbers, so a candidate that answers like the base scores as the base did, not as a fresh
+        sample would."""
         g = self.settings.gate
         if not g.sampled_per_probe:
             return []
-        prompts = [p for p in self.probe_prompts for _ in range(g.sampled_per_probe)]
+        prompts = [p for p in (prompts or self.probe_prompts) for _ in range(g.sampled_per_probe)]
         params = SamplingParams(max_tokens=g.probe_max_tokens, temperature=self.settings.temperature,
                                 top_p=self.settings.top_p, seed=0)
         return [r.text for r in self.engine.generate(prompts, params)]
 
-    def _read_sampled(self, numbers: GateNumbers) -> None:
+    def _read_sampled(self, numbers: GateNumbers, prompts: list | None = None, questions: list[str] = (),
+                      base: list[str] | None = None) -> None:
         """The sampled checks' numbers into `numbers`: loops and relevance of the candidate's sampled probe replies
-        against the base's, and their abuse (and the base's on its sampled replies) added to the greedy replies'
-        counts: a candidate not asked for sampled replies (a per-user adapter's) is not measured against them."""
-        texts = self._sampled()
+        (or replies to a shared candidate's traffic `prompts` with their `questions`, against the base's `base`,
+        drawn with the same seeds) against the base's, and their abuse (and the base's on its sampled replies)
+        added to the greedy replies' counts: a candidate not asked for sampled replies (a per-user adapter's) is
+        not measured against them."""
+        texts, k = self._sampled(prompts), self.settings.gate.sampled_per_probe
         if not texts:
             return
-        questions = [q for q in self.probe_texts for _ in range(self.settings.gate.sampled_per_probe)]
+        questions = [q for q in (questions or self.probe_texts) for _ in range(k)]
+        base = self.sampled_base if base is None else base
         numbers.sampled, numbers.sampled_loops = len(texts), loop_rate(texts)
-        numbers.sampled_loops_base = self.sampled_loops_base
-        numbers.sampled_relevance = self._relevance(texts, self.sampled_base, questions)
-        numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts),
-                                                 numbers.abusive_base + self.sampled_abusive_base)
+        numbers.sampled_loops_base = loop_rate(base) if prompts else self.sampled_loops_base
+        numbers.sampled_relevance = self._relevance(texts, base, questions)
+        numbers.abusive, numbers.abusive_base = (numbers.abusive + abusive_count(texts), numbers.abusive_base
+                                                 + (abusive_count(base) if prompts else self.sampled_abusive_base))
 
     def _relevance(self, texts: list[str], yardstick: list[str] | None = None,
                    questions: list[str] | None = None) -> float:

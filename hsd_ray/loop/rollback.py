@@ -225,24 +225,33 @@ class GateFollowing:
 
 
 class RecentPrompts:
-    """The latest `size` distinct prompts trained on (each turn's context: what its reply answered), oldest first.
+    """The latest `size` distinct prompts trained on (each turn's context: what its reply answered; with `openings`,
+    the conversation's opening request: its messages up to the first user message), oldest first.
     A candidate goes to the gatekeeper with them, so it is also tried on what its users ask, not only on the shipped
     probes. In memory only: never written, put in the object store with the candidate and let go once decided."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, openings: bool = False):
+        self.size, self.openings = size, openings
         self._by_key: OrderedDict[str, list] = OrderedDict()
 
     def add(self, turns) -> None:
         if self.size <= 0:
             return
         for t in turns:
-            key = json.dumps(t.context, sort_keys=True)
+            prompt = _opening(t.context) if self.openings else t.context
+            key = json.dumps(prompt, sort_keys=True)
             self._by_key.pop(key, None)
-            self._by_key[key] = t.context
+            self._by_key[key] = prompt
         while len(self._by_key) > self.size:
             self._by_key.popitem(last=False)
 
     def latest(self) -> list[list] | None:
         """The prompts (message lists), oldest first; None when there are none (the probe set alone)."""
         return list(self._by_key.values()) or None
+
+
+def _opening(context: list) -> list:
+    """The messages up to and including the first user message: what the user first asked, without the replies and
+    follow-ups after it (a complaint is not a request that a reply could be relevant to)."""
+    first = next((i for i, m in enumerate(context) if m["role"] == "user"), len(context) - 1)
+    return context[: first + 1]

@@ -399,6 +399,11 @@ def test_recent_prompts_keep_the_latest_distinct_contexts():
     off = RecentPrompts(0)
     off.add(turns("a"))
     assert off.latest() is None
+    follow_up = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+                 {"role": "assistant", "content": "A."}, {"role": "user", "content": "No, use a list."}]
+    openings = RecentPrompts(3, openings=True)
+    openings.add([SimpleNamespace(context=follow_up), *turns("a")])
+    assert openings.latest() == [follow_up[:2], [{"role": "user", "content": "a"}]]
 
 
 def test_cpu_state_is_a_deep_copy_optimizer_included():
