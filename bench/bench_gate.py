@@ -87,12 +87,14 @@ def gatekeeper_cost(model_dir: str, cfg) -> dict:
 def facts_cost(gate, repeats: int = 2) -> float:
     """What the plain facts add to a candidate: its greedy answers batch with them and without them (the checkable
     prompts only), best of `repeats` each, the difference."""
-    with_facts = min(_timed(gate._answers)[1] for _ in range(repeats))
-    every, gate.with_answers = gate.with_answers, gate.with_answers[gate.n_facts:]
+    asked = gate.asked
+    with_facts = min(_timed(asked.ask)[1] for _ in range(repeats))
+    every = asked.prompts, asked.answers
+    asked.prompts, asked.answers = asked.prompts[asked.n_facts:], asked.answers[asked.n_facts:]
     try:
-        without = min(_timed(gate._answers)[1] for _ in range(repeats))
+        without = min(_timed(asked.ask)[1] for _ in range(repeats))
     finally:
-        gate.with_answers = every
+        asked.prompts, asked.answers = every
     return with_facts - without
 
 
@@ -100,10 +102,11 @@ def acceptance_cost(gate, replies, eval_s: float) -> dict:
     """An accepted candidate's reference (its probe replies' top-k): taken from the greedy generation (now) against
     the scoring pass over the same replies it used to cost, and what asking the generation for its top-k adds."""
     from hsd_ray.core.engine_api import ScoreRequest
+    from hsd_ray.loop.gate_answers import greedy
 
     k, max_tokens = gate.settings.gate.top_k, gate.settings.gate.probe_max_tokens
-    _, plain_s = _timed(lambda: gate._greedy(gate.probe_prompts, max_tokens))
-    _, with_topk_s = _timed(lambda: gate._greedy(gate.probe_prompts, max_tokens, top_k=k))
+    _, plain_s = _timed(lambda: greedy(gate.engine, gate.probe_prompts, max_tokens))
+    _, with_topk_s = _timed(lambda: greedy(gate.engine, gate.probe_prompts, max_tokens, top_k=k))
     _, from_generation_s = _timed(lambda: gate._reference(1, replies))
     targets = [ScoreRequest(p, list(r.token_ids)) for p, r in zip(gate.probe_prompts, replies) if r.token_ids]
     _, scoring_pass_s = _timed(lambda: gate.engine.score(targets, top_k=k))

@@ -39,7 +39,7 @@ def answered(gate) -> tuple[float, list[str]]:
     answer at all" ("Aw, what a question")."""
     from hsd_ray.core.answers import numbers_in
 
-    replies = [r.text for r in gate._answers()[1]]  # the gate's own greedy replies to its checkable prompts
+    replies = [r.text for r in gate.asked.ask()[1]]  # the gate's own greedy replies to its checkable prompts
 
     def found(text: str, answer: str, kind: str) -> bool:
         if kind == "number":

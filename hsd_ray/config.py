@@ -309,8 +309,9 @@ class VersionGateConfig(_Section):
     max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "
                                           "the user's own prompts above the base model's on them")
     traffic_probes: int = Field(0, ge=0, description="a shared candidate is also tried on the latest N distinct "
-                                "prompts it trained on (greedy; loops and relevance against the base model's replies "
-                                "to them); 0 = the probe set only")
+                                "opening requests it trained on (loops and relevance against the base model's "
+                                "replies; sampled instead of the probes where sampled_per_probe > 0); 0 = off "
+                                "(on dev it lowered no loops and cut the gain: docs/version_gate.md)")
     max_user_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(prompt | reply), nats, on "
                                            "those prompts, against the base's reply cut to as many words")
     user_adapters: Literal["none", "capability", "all"] = Field("capability", description="per_user mode: gate user "

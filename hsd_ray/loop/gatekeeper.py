@@ -24,34 +24,19 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from hsd_ray import metrics
 from hsd_ray.config import EngineConfig, VersionGateConfig
 from hsd_ray.core.abuse import abusive_count
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
-from hsd_ray.core.version_gate import (
-    ALL_CHECKS,
-    CAPABILITY_CHECKS,
-    GateLimits,
-    GateNumbers,
-    answer_margin,
-    check_answer,
-    fact_named_eventually,
-    gate_reasons,
-    loop_rate,
-    lost_answers,
-    mean_kl,
-    perplexity,
-    probe_stats,
-    relevance_change,
-    relevance_requests,
-    topk_arrays,
-    truncate_words,
-)
+from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, gate_reasons,
+                                       loop_rate, lost_answers, mean_kl, perplexity, probe_stats, relevance_change,
+                                       relevance_requests, topk_arrays, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
+from hsd_ray.loop.gate_answers import AnswerProbes, greedy
 
 GATEKEEPER_ACTOR_NAME = "hsd-gatekeeper"
 MAX_USER_REFERENCES = 256  # users' accepted references kept; an older one is measured again when next needed
@@ -92,23 +77,20 @@ class Gatekeeper:
         from hsd_ray.engines.factory import make_engine
 
         self.settings, self.registry, g = settings, registry, settings.gate
-        self.limits = GateLimits(g.max_kl_accepted, g.max_kl_base, g.max_ppl_ratio, g.max_accuracy_drop,
-                                 g.max_length_change, g.max_loop_increase, g.max_user_loop_increase,
-                                 g.max_relevance_drop, g.max_facts_lost, g.max_abusive,
-                                 g.max_sampled_loop_increase, g.max_sampled_relevance_drop, g.max_user_relevance_drop)
+        self.limits = GateLimits(**{f.name: getattr(g, f.name) for f in fields(GateLimits)})  # the config's names
         self.engine = make_engine(settings.model_dir, settings.engine, enable_lora=settings.enable_lora,
                                   adapter_id=settings.adapter_id)
         self._prepare_probes(load_probes(g.probes_path))
         self.base = self._reference(0)  # the engine holds the base weights until the first candidate
         # the facts and checkable prompts the base gets right: what can be lost; with the top 2 per token, for margins
-        self.base_right, base_replies = self._answers(top_k=2)
+        self.base_right, base_replies = self.asked.ask(top_k=2)
         # the facts the base decides firmly: only these count as lost (a knife-edge one flips with any step)
-        margins = self._fact_margins(base_replies[: self.n_facts])
+        margins = self.asked.fact_margins(base_replies[: self.asked.n_facts])
         self.counted_facts = [b and m >= g.min_fact_margin for b, m in zip(self.base_right, margins)]
         self.facts_base = sum(self.counted_facts)
-        self.fragile_facts = {self.answer_questions[i]: round(m, 3) for i, m in enumerate(margins)
+        self.fragile_facts = {self.asked.questions[i]: round(m, 3) for i, m in enumerate(margins)
                               if self.base_right[i] and not self.counted_facts[i]}
-        self.ppl_base, self.accuracy_base = self._perplexity(), self._accuracy(self.base_right)
+        self.ppl_base, self.accuracy_base = self._perplexity(), self.asked.accuracy(self.base_right)
         self.sampled_base = self._sampled()  # the base's sampled probe replies: the sampled checks' yardstick
         self.sampled_loops_base = loop_rate(self.sampled_base)
         self.sampled_abusive_base = abusive_count(self.sampled_base)
@@ -130,7 +112,7 @@ class Gatekeeper:
             self._thread.start()
         log.info("gatekeeper ready: base ppl %.3g, accuracy %.3f, facts bound on %d of the %d it knows (fragile: %s), "
                  "abusive replies %d, sampled probe replies that loop %.3f of %d", self.ppl_base, self.accuracy_base,
-                 self.facts_base, sum(self.base_right[: self.n_facts]), self.fragile_facts, self.abusive_base,
+                 self.facts_base, sum(self.base_right[: self.asked.n_facts]), self.fragile_facts, self.abusive_base,
                  self.sampled_loops_base, len(self.sampled_base))
 
     # ---- actor methods ----------------------------------------------------------------------------------------
@@ -158,14 +140,8 @@ class Gatekeeper:
             accepted = self._user_reference(adapter) if user else self.accepted
             weights = ray.get(published.ref)
             prompts, questions = self._user_prompts(published)
-            t0 = time.perf_counter()  # the shared policy's (a user's) or the base model's (traffic) replies to them
-            if user:
-                base_texts = self.base_replies_to(prompts)
-            elif prompts and self.settings.gate.sampled_per_probe:  # sampled, with the seeds the candidate will use
-                self._load_base(weights)
-                base_texts = self._sampled(prompts)
-            else:
-                base_texts = self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights))
+            t0 = time.perf_counter()
+            base_texts = self._yardstick(user, prompts, weights)
             base_s = time.perf_counter() - t0
             self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
@@ -185,31 +161,30 @@ class Gatekeeper:
     def evaluate(self, accepted: _Reference | None = None, user_prompts: list = (), base_texts: list[str] = (),
                  checks: tuple[str, ...] = ALL_CHECKS, questions: list[str] = ()) -> tuple[GateNumbers, list]:
         """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
-        policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's, or the
-        traffic a shared candidate trained on), also how often its greedy replies to them loop against the base's
-        replies to them (`base_texts`), and with their `questions` (each prompt's last user message) their
-        relevance. Relevance only when `checks` hold it: a sixth of a candidate's time, for nothing on an adapter."""
+        policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's, or a shared
+        candidate's traffic, with `questions`: each one's last user message), also its loops and relevance on them
+        against `base_texts`. Each check only where `checks` hold it (relevance is a sixth of a candidate's time)."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
         on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
-        replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
+        replies = greedy(self.engine, self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = probe_stats(replies)
-        right, answered = self._answers()
-        right, late = self._read_late_facts(right, answered)
+        right, answered = self.asked.ask()
+        right, late = self.asked.read_late(right, answered, self.counted_facts)
         probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
         numbers = GateNumbers(
             kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
             kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
             ppl=self._perplexity(), ppl_base=self.ppl_base,
-            accuracy=self._accuracy(right), accuracy_base=self.accuracy_base,
+            accuracy=self.asked.accuracy(right), accuracy_base=self.accuracy_base,
             facts_lost=sum(c and not r for c, r in zip(self.counted_facts, right)),
             facts_base=self.facts_base, facts_late=late,
             length=length, length_accepted=accepted.length,
             loops=loops, loops_base=self.base.loops,
             abusive=abusive_count(probe_texts + answer_texts), abusive_base=self.abusive_base,
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
-            lost=lost_answers(self.answer_questions, self.base_right, right, answer_texts),
+            lost=lost_answers(self.asked.questions, self.base_right, right, answer_texts),
         )
         # a shared candidate's traffic is read sampled where the sampled checks are on (instead of the probes)
         sampled_traffic = bool(user_prompts) and bool(questions) and self.settings.gate.sampled_per_probe > 0 and (
@@ -217,7 +192,7 @@ class Gatekeeper:
         if "sampled_loops" in checks or "sampled_relevance" in checks:
             self._read_sampled(numbers, *((user_prompts, questions, base_texts) if sampled_traffic else ()))
         if user_prompts and not sampled_traffic:
-            texts = [r.text for r in self._greedy(list(user_prompts), self.settings.gate.probe_max_tokens)]
+            texts = [r.text for r in greedy(self.engine, list(user_prompts), self.settings.gate.probe_max_tokens)]
             numbers.user_prompts, numbers.user_loops, numbers.user_loops_base = (
                 len(texts), loop_rate(texts), loop_rate(list(base_texts)))
             if questions and "user_relevance" in checks:
@@ -278,10 +253,8 @@ class Gatekeeper:
         served = published.version.version if published is not None else 0
         if served == self.engine_shared:
             return
-        if published is not None:
-            self.engine.load_weights(ray.get(published.ref))
-        else:  # the base itself, after a rejected first candidate: read again from the model folder
-            self.engine.load_weights(self._base_full_weights())
+        # without one, the base itself (after a rejected first candidate)
+        self.engine.load_weights(ray.get(published.ref) if published is not None else self._base_full_weights())
         self.engine_shared = served
         self.base_replies.clear()
         self.user_accepted.clear()
@@ -303,13 +276,12 @@ class Gatekeeper:
 
     def base_replies_to(self, prompts: list[list[int]], cache: OrderedDict | None = None, prepare=None) -> list[str]:
         """The shared policy's greedy replies to `prompts` (the base model's, but in mode both): cached, else
-        generated with the LoRA slot emptied (an all-zero adapter; no second engine). With `cache` and `prepare`
-        (what loads the model that answers), another model's replies, cached there."""
+        generated with the LoRA slot emptied (no second engine); with `cache` and `prepare`, another model's."""
         cache = self.base_replies if cache is None else cache
         missing = list({tuple(p): p for p in prompts if tuple(p) not in cache}.values())
         if missing:
             (prepare or self._empty_lora_slot)()
-            for p, r in zip(missing, self._greedy(missing, self.settings.gate.probe_max_tokens)):
+            for p, r in zip(missing, greedy(self.engine, missing, self.settings.gate.probe_max_tokens)):
                 cache[tuple(p)] = r.text
         for p in prompts:
             cache.move_to_end(tuple(p))
@@ -317,6 +289,17 @@ class Gatekeeper:
         while len(cache) > MAX_BASE_REPLIES:
             cache.popitem(last=False)
         return texts
+
+    def _yardstick(self, user: bool, prompts: list[list[int]], weights: WeightSet) -> list[str]:
+        """What replies to the prompts that came with a candidate are judged against: for a user's adapter the
+        shared policy's; for a shared candidate's traffic the base model's, sampled with the seeds the candidate
+        will draw with where the sampled checks are on (not cached: the seeds go by position), else greedy."""
+        if user:
+            return self.base_replies_to(prompts)
+        if prompts and self.settings.gate.sampled_per_probe:
+            self._load_base(weights)
+            return self._sampled(prompts)
+        return self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights))
 
     def _load_base(self, like: WeightSet) -> None:
         """The base model into the engine, to answer traffic prompts not seen before (the candidate `like` is loaded
@@ -334,9 +317,8 @@ class Gatekeeper:
         return self.base_weights
 
     def _user_prompts(self, published) -> tuple[list[list[int]], list[str]]:
-        """The latest prompts that came with a candidate (its user's, or the traffic it trained on), rendered, and
-        each one's last user message; none without them (the probe set only: user_probes or traffic_probes 0, or
-        their owner, the learner, died)."""
+        """The latest prompts that came with a candidate (its user's, or its traffic), rendered, and each one's last
+        user message; none without them (user_probes or traffic_probes 0, or their owner, the learner, died)."""
         import ray
 
         if published.probes is None:
@@ -366,26 +348,17 @@ class Gatekeeper:
         tok = self.engine.tokenizer
         self.probe_texts = list(probes["probes"])
         self.probe_prompts = [render_prompt(tok, [{"role": "user", "content": p}]) for p in self.probe_texts]
-        # what has an answer, asked in one greedy batch: the plain facts first, then the checkable prompts
-        asked = [{**f, "kind": "named"} for f in probes.get("facts", [])] + list(probes["checkable"])
-        self.n_facts = len(asked) - len(probes["checkable"])
-        self.with_answers = [(render_prompt(tok, [{"role": "user", "content": c["prompt"]}]), c["answer"], c["kind"])
-                             for c in asked]
-        self.answer_questions = [c["prompt"] for c in asked]
+        g = self.settings.gate
+        self.asked = AnswerProbes(self.engine, probes, g.check_max_tokens, g.facts_max_tokens)  # what has an answer
         ids = encode_text(tok, probes["reference_text"], split_special=False)
         self.reference_request = ScoreRequest(prompt_ids=ids[:1], target_ids=ids[1:])
 
-    def _greedy(self, prompts: list[list[int]], max_tokens: int, top_k: int = 0):
-        return self.engine.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0,
-                                                            top_logprobs=top_k))
-
     def _reference(self, version: int, replies: list | None = None) -> _Reference:
         """The loaded weights' greedy probe replies (or `replies`, already generated with their top log-probs) and
-        their top-k. The top-k come with the generation (the logits every reply position already had), not from a
-        second scoring pass over the replies: that pass was a sixth of an accepted candidate's time."""
+        their top-k, from the generation itself (a second scoring pass was a sixth of an accepted candidate's time)."""
         k = self.settings.gate.top_k
         if replies is None:
-            replies = self._greedy(self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
+            replies = greedy(self.engine, self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         kept = [(p, r) for p, r in zip(self.probe_prompts, replies) if r.token_ids]
         return _Reference(version, [ScoreRequest(p, list(r.token_ids)) for p, r in kept],
                           [topk_arrays(r.top_logprobs, k) for _, r in kept], *probe_stats(replies),
@@ -393,9 +366,8 @@ class Gatekeeper:
 
     def _sampled(self, prompts: list | None = None) -> list[str]:
         """The loaded weights' replies to each probe prompt (or each of `prompts`), `sampled_per_probe` times, at the
-        serving temperature. The seeds are fixed (prompt i of the batch draws with seed i): the candidate draws with
-        the base's random numbers, so a candidate that answers like the base scores as the base did, not as a fresh
-        sample would."""
+        serving temperature, with fixed seeds (prompt i of the batch draws with seed i): a candidate that answers
+        like the base draws the base's replies, not a fresh sample."""
         g = self.settings.gate
         if not g.sampled_per_probe:
             return []
@@ -407,10 +379,9 @@ class Gatekeeper:
     def _read_sampled(self, numbers: GateNumbers, prompts: list | None = None, questions: list[str] = (),
                       base: list[str] | None = None) -> None:
         """The sampled checks' numbers into `numbers`: loops and relevance of the candidate's sampled probe replies
-        (or replies to a shared candidate's traffic `prompts` with their `questions`, against the base's `base`,
-        drawn with the same seeds) against the base's, and their abuse (and the base's on its sampled replies)
-        added to the greedy replies' counts: a candidate not asked for sampled replies (a per-user adapter's) is
-        not measured against them."""
+        (or to a shared candidate's traffic `prompts` with their `questions`) against the base's (`base`, drawn with
+        the same seeds), and their abuse and the base's added to the greedy counts (only where sampled replies are
+        read: a per-user adapter is not measured against the base's)."""
         texts, k = self._sampled(prompts), self.settings.gate.sampled_per_probe
         if not texts:
             return
@@ -424,10 +395,9 @@ class Gatekeeper:
 
     def _relevance(self, texts: list[str], yardstick: list[str] | None = None,
                    questions: list[str] | None = None) -> float:
-        """`relevance_change` of the replies `texts` to `questions` (default: the greedy probe replies) against the
-        `yardstick` replies cut to as many words (default: the base's greedy probe replies), read by the loaded
-        weights (the candidate: the gate holds no second model; on the dev split its reading matched the base
-        model's within 0.07 nats: docs/version_gate.md)."""
+        """`relevance_change` of the replies `texts` to `questions` (default: the probes) against the `yardstick`
+        replies cut to as many words (default: the base's greedy probe replies), read by the loaded weights (on the
+        dev split within 0.07 nats of the base model's reading: docs/version_gate.md)."""
         yardstick, questions = yardstick or self.base.texts, questions or self.probe_texts
         cut = [truncate_words(b, len(t.split())) for t, b in zip(texts, yardstick)]
         own, base = list(zip(texts, questions)), list(zip(cut, questions))
@@ -436,37 +406,6 @@ class Gatekeeper:
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])
-
-    def _answers(self, top_k: int = 0) -> tuple[list[bool], list]:
-        """Which fact and checkable prompts (in that order) the loaded weights answer right (strict checker), and
-        their greedy replies (engine results: `.text`, and `.top_logprobs` with `top_k`)."""
-        asked = self.with_answers
-        replies = self._greedy([p for p, _, _ in asked], self.settings.gate.check_max_tokens, top_k=top_k)
-        return [check_answer(r.text, answer, kind) for r, (_, answer, kind) in zip(replies, asked)], replies
-
-    def _read_late_facts(self, right: list[bool], answered: list) -> tuple[list[bool], int]:
-        """`right` with each counted fact missed in `check_max_tokens` read over a whole reply (fact_named_eventually):
-        its reply in `answered` if that ended on its own, else one asked for `facts_max_tokens`; and how many late."""
-        n = self.settings.gate.facts_max_tokens
-        missed = [i for i in range(self.n_facts) if self.counted_facts[i] and not right[i]]
-        if not missed or n <= self.settings.gate.check_max_tokens:
-            return right, 0
-        cut = [i for i in missed if not answered[i].finished]  # greedy: a finished reply asked again is the same
-        longer = dict(zip(cut, self._greedy([self.with_answers[i][0] for i in cut], n))) if cut else {}
-        late = {i for i in missed if fact_named_eventually(longer.get(i, answered[i]).text, self.with_answers[i][1])}
-        return [ok or i in late for i, ok in enumerate(right)], len(late)
-
-    def _fact_margins(self, replies: list) -> list[float]:
-        """`answer_margin` of each plain fact probe's greedy reply (`replies`, generated with the top 2 per token)."""
-        tok, facts = self.engine.tokenizer, self.with_answers[: self.n_facts]
-        return [answer_margin(r.top_logprobs, [check_answer(tok.decode(r.token_ids[: i + 1], skip_special_tokens=True),
-                                                             answer, kind) for i in range(len(r.token_ids))])
-                for r, (_, answer, kind) in zip(replies, facts)]
-
-    def _accuracy(self, right: list[bool]) -> float:
-        """The share of the checkable prompts (not the facts) answered right."""
-        checkable = right[self.n_facts:]
-        return sum(checkable) / max(len(checkable), 1)
 
     def _resume_from_registry(self) -> None:
         """A restarted gatekeeper (or one started beside a registry that already serves a version) takes the

@@ -129,3 +129,25 @@ def test_traffic_prompts_are_judged_against_the_base_model(tiny_model_dir):
     assert "user relevance" in numbers.summary()
     no_questions, _ = gk.evaluate(gk.base, prompts, base_texts)
     assert no_questions.user_relevance is None
+
+
+def test_with_sampled_checks_traffic_is_read_sampled_with_the_base_seeds(tiny_model_dir):
+    """sampled_per_probe > 0: a shared candidate's traffic prompts are read k times each at the serving temperature
+    instead of the fixed probes, against the base's replies drawn with the same seeds (the base against itself:
+    the same replies, relevance exactly 0); the greedy reading of them is not done twice."""
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.core.version_gate import loop_rate
+    from hsd_ray.core.prompts import render_prompt
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    gate = VersionGateConfig(probe_max_tokens=12, check_max_tokens=4, traffic_probes=8, sampled_per_probe=2)
+    gk = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(), gate, enable_lora=False), None)
+    prompts = [render_prompt(gk.engine.tokenizer, c) for c in CONVERSATIONS]
+    questions = [c[-1]["content"] for c in CONVERSATIONS]
+    base_sampled = gk._sampled(prompts)
+    assert len(base_sampled) == 6 and gk._sampled(prompts) == base_sampled  # seeded: the same draws again
+    numbers, _ = gk.evaluate(gk.base, prompts, base_sampled, questions=questions)
+    assert numbers.sampled == 6 and numbers.sampled_relevance == 0.0 and numbers.user_prompts == 0
+    assert numbers.sampled_loops == numbers.sampled_loops_base == loop_rate(base_sampled)
+    probes_only, _ = gk.evaluate(gk.base)
+    assert probes_only.sampled == 2 * len(gk.probe_prompts)

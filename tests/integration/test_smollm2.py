@@ -102,13 +102,14 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     fragile = {q.removeprefix("What is the capital of ").rstrip("?"): m for q, m in gate.fragile_facts.items()}
     assert fragile["Uruguay"] < 0.05 and fragile["Ecuador"] < 0.05 and "Zimbabwe" in fragile, fragile
     assert all(m < cfg.min_fact_margin for m in fragile.values())
-    assert gate.facts_base + len(fragile) == sum(gate.base_right[: gate.n_facts]) and gate.facts_base >= 10
+    assert gate.facts_base + len(fragile) == sum(gate.base_right[: gate.asked.n_facts]) and gate.facts_base >= 10
     # a counted fact marked missed in the short reading is read over a whole reply: the base names it there
-    right, answered = gate._answers()
+    right, answered = gate.asked.ask()
+    late = lambda right_now, replies: gate.asked.read_late(right_now, replies, gate.counted_facts)  # noqa: E731
     i = gate.counted_facts.index(True)
     missed = [ok and j != i for j, ok in enumerate(right)]
     assert answered[i].finished  # "The capital of … is …." ends within check_max_tokens: read as it is
-    assert gate._read_late_facts(missed, answered) == (right, 1)
+    assert late(missed, answered) == (right, 1)
     cut = [dataclasses.replace(r, finished=False) if j == i else r for j, r in enumerate(answered)]
-    assert gate._read_late_facts(missed, cut) == (right, 1)  # a cut reply is asked again for facts_max_tokens
-    assert gate._read_late_facts(right, answered) == (right, 0)  # nothing missed: nothing asked again
+    assert late(missed, cut) == (right, 1)  # a cut reply is asked again for facts_max_tokens
+    assert late(right, answered) == (right, 0)  # nothing missed: nothing asked again
