@@ -148,7 +148,8 @@ class Gatekeeper:
             self._decide(v, ["invalid"], None, adapter, detail=f"{type(e).__name__}: {e}")
             return True
         checks = self.settings.user_checks if user else ALL_CHECKS
-        numbers, replies = self.evaluate(accepted, prompts, base_texts, checks, questions)
+        sampled = not user and bool(prompts) and self.settings.gate.sampled_per_probe > 0  # as _yardstick drew them
+        numbers, replies = self.evaluate(accepted, prompts, base_texts, checks, questions, sampled)
         numbers.seconds += base_s
         reasons = gate_reasons(numbers, self.limits, checks)
         if not reasons:  # the new reference before followers can move past it
@@ -159,11 +160,13 @@ class Gatekeeper:
         return True
 
     def evaluate(self, accepted: _Reference | None = None, user_prompts: list = (), base_texts: list[str] = (),
-                 checks: tuple[str, ...] = ALL_CHECKS, questions: list[str] = ()) -> tuple[GateNumbers, list]:
+                 checks: tuple[str, ...] = ALL_CHECKS, questions: list[str] = (),
+                 sampled: bool = False) -> tuple[GateNumbers, list]:
         """The loaded weights' numbers against the cached base and `accepted` references (default: the shared
         policy's last accepted version), and its probe replies. With `user_prompts` (a user adapter's, or a shared
         candidate's traffic, with `questions`: each one's last user message), also its loops and relevance on them
-        against `base_texts`. Each check only where `checks` hold it (relevance is a sixth of a candidate's time)."""
+        against `base_texts`: greedy, or `sampled` (`base_texts` were, with the same seeds) by the sampled checks
+        instead of the probes. Each check only where `checks` hold it (relevance is a sixth of a candidate's time)."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         on_accepted = self.engine.score(accepted.targets, top_k=k)
@@ -186,9 +189,7 @@ class Gatekeeper:
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
             lost=lost_answers(self.asked.questions, self.base_right, right, answer_texts),
         )
-        # a shared candidate's traffic is read sampled where the sampled checks are on (instead of the probes)
-        sampled_traffic = bool(user_prompts) and bool(questions) and self.settings.gate.sampled_per_probe > 0 and (
-            "sampled_loops" in checks)
+        sampled_traffic = sampled and bool(user_prompts) and bool(questions)
         if "sampled_loops" in checks or "sampled_relevance" in checks:
             self._read_sampled(numbers, *((user_prompts, questions, base_texts) if sampled_traffic else ()))
         if user_prompts and not sampled_traffic:

@@ -146,8 +146,11 @@ def test_with_sampled_checks_traffic_is_read_sampled_with_the_base_seeds(tiny_mo
     questions = [c[-1]["content"] for c in CONVERSATIONS]
     base_sampled = gk._sampled(prompts)
     assert len(base_sampled) == 6 and gk._sampled(prompts) == base_sampled  # seeded: the same draws again
-    numbers, _ = gk.evaluate(gk.base, prompts, base_sampled, questions=questions)
+    numbers, _ = gk.evaluate(gk.base, prompts, base_sampled, questions=questions, sampled=True)
     assert numbers.sampled == 6 and numbers.sampled_relevance == 0.0 and numbers.user_prompts == 0
     assert numbers.sampled_loops == numbers.sampled_loops_base == loop_rate(base_sampled)
     probes_only, _ = gk.evaluate(gk.base)
     assert probes_only.sampled == 2 * len(gk.probe_prompts)
+    greedy_read, _ = gk.evaluate(gk.base, prompts, gk.base_replies_to(prompts, gk.traffic_base, lambda: None),
+                                 questions=questions)  # greedy yardstick (a user's, or traffic without sampling)
+    assert greedy_read.user_prompts == 3 and greedy_read.sampled == 2 * len(gk.probe_prompts)
