@@ -17,6 +17,9 @@ them on disk by default (`version_gate.snapshots: disk`, one file per snapshot u
 an EMA reference policy (loss.reference=ema) keeps what it absorbed. A Ray Train checkpoint is still written from
 the current weights, so a learner restarted between a candidate and its rejection resumes past the accepted point.
 
+Also what a candidate goes to the gate with besides its weights: `RecentPrompts`, the latest distinct requests it
+trained on (version_gate.traffic_probes, user_probes), so that the gate can try it on what its users ask.
+
 Driven by loop/learner.py (`Learner.publish_if_due`, `Learner.finish`).
 """
 
