@@ -141,14 +141,13 @@ class Gatekeeper:
             weights = ray.get(published.ref)
             prompts, questions = self._user_prompts(published)
             t0 = time.perf_counter()
-            base_texts = self._yardstick(user, prompts, weights)
+            base_texts, sampled = self._yardstick(user, prompts, weights)
             base_s = time.perf_counter() - t0
             self._load(weights)
         except Exception as e:  # noqa: BLE001 - unfetchable or unloadable weights are never served
             self._decide(v, ["invalid"], None, adapter, detail=f"{type(e).__name__}: {e}")
             return True
         checks = self.settings.user_checks if user else ALL_CHECKS
-        sampled = not user and bool(prompts) and self.settings.gate.sampled_per_probe > 0  # as _yardstick drew them
         numbers, replies = self.evaluate(accepted, prompts, base_texts, checks, questions, sampled)
         numbers.seconds += base_s
         reasons = gate_reasons(numbers, self.limits, checks)
@@ -291,16 +290,17 @@ class Gatekeeper:
             cache.popitem(last=False)
         return texts
 
-    def _yardstick(self, user: bool, prompts: list[list[int]], weights: WeightSet) -> list[str]:
-        """What replies to the prompts that came with a candidate are judged against: for a user's adapter the
-        shared policy's; for a shared candidate's traffic the base model's, sampled with the seeds the candidate
-        will draw with where the sampled checks are on (not cached: the seeds go by position), else greedy."""
+    def _yardstick(self, user: bool, prompts: list[list[int]], weights: WeightSet) -> tuple[list[str], bool]:
+        """What replies to the prompts that came with a candidate are judged against, and whether they were sampled:
+        for a user's adapter the shared policy's; for a shared candidate's traffic the base model's, sampled with the
+        seeds the candidate will draw with where the sampled checks are on (not cached: the seeds go by position),
+        else greedy."""
         if user:
-            return self.base_replies_to(prompts)
+            return self.base_replies_to(prompts), False
         if prompts and self.settings.gate.sampled_per_probe:
             self._load_base(weights)
-            return self._sampled(prompts)
-        return self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights))
+            return self._sampled(prompts), True
+        return self.base_replies_to(prompts, self.traffic_base, lambda: self._load_base(weights)), False
 
     def _load_base(self, like: WeightSet) -> None:
         """The base model into the engine, to answer traffic prompts not seen before (the candidate `like` is loaded

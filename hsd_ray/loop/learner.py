@@ -209,7 +209,8 @@ class Learner(GateFollowing):
         self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
         self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
         self.owns_turns = True  # acknowledges its turns and counts rejected ones (mode both: the adapter steps do)
-        self.recent_prompts = RecentPrompts(settings.traffic_probes if settings.gated else 0, openings=True)
+        self.recent_prompts = RecentPrompts(settings.traffic_probes if settings.gated and self.rank == 0 else 0,
+                                            openings=True)  # rank 0 publishes: only it keeps them
 
     # ---- lifecycle --------------------------------------------------------------------------------------------
     def restore(self) -> None:
