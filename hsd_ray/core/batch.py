@@ -113,8 +113,11 @@ class HindsightBatch:
 
         def stack(arrays: list[np.ndarray], fill: float, dtype) -> torch.Tensor:
             out = torch.full((len(arrays), T, *arrays[0].shape[1:]), fill, dtype=dtype)
+            # Copy through numpy: the arrays are read-only views into Ray's object store, and torch.as_tensor on
+            # them warns about non-writable memory on every run's first batch.
+            view = out.numpy()
             for b, a in enumerate(arrays):
-                out[b, T - len(a) :] = torch.as_tensor(a, dtype=dtype)
+                view[b, T - len(a) :] = a
             return out
 
         has_topk = all(s.teacher_topk_ids_T_K is not None for s in scores)
