@@ -79,6 +79,9 @@ class LossConfig(_Section):
                                                                "baseline; student = paper, reference_followup = "
                                                                "contrastive (ours)")
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
+    head_tokens: int = Field(0, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
+                             "loss instead, so a lowered opener gives its mass to what the follow-up raised, not to "
+                             "the student's tail (0 = off; bench/learning/README.md, \"A shifted head\")")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
     top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
     divergence: Literal["reverse_kl", "forward_kl", "jsd"] = Field("reverse_kl", description="top-k loss divergence")
@@ -92,6 +95,22 @@ class LossConfig(_Section):
                                "reference's greedy replies to the retain prompts (core/retain.py; 0 = off)")
     retain_per_step: int = Field(4, ge=1, description="retain replies replayed per learner step")
     retain_path: str | None = Field(None, description="retain prompts JSON (None = shipped hsd_ray/data/retain.json)")
+
+    @model_validator(mode="after")
+    def _head_needs_sampled_token(self) -> "LossConfig":
+        if self.head_tokens and self.kind != "sampled_token":
+            raise ValueError(f"loss.head_tokens applies to loss.kind=sampled_token, not {self.kind}")
+        return self
+
+    @property
+    def scores_topk(self) -> bool:
+        """The teacher returns its top-k per reply token (the top-k losses, or a shifted head)."""
+        return self.kind in ("topk", "shifted_topk") or self.head_tokens > 0
+
+    @property
+    def scores_baseline_topk(self) -> bool:
+        """The baseline's log-probs at the teacher's top-k are scored too (the shifted target)."""
+        return self.kind == "shifted_topk" or self.head_tokens > 0
 
 
 class LoraConfig(_Section):
@@ -411,7 +430,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         """Combinations that would fail at run time (every teacher batch, or a rank's empty batch), named here."""
-        if "topk" in self.loss.kind and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
+        if self.loss.scores_topk and self.engine.kind == "vllm" and self.loss.top_k > self.engine.vllm_max_logprobs:
             raise ValueError(f"loss.top_k ({self.loss.top_k}) must be <= engine.vllm_max_logprobs "
                              f"({self.engine.vllm_max_logprobs}) with loss.kind={self.loss.kind} and engine.kind=vllm")
         if self.learner.batch_turns < self.learner.num_workers:

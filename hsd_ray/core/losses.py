@@ -22,6 +22,8 @@ Deviations from the paper / reference code:
   bucket, not the student's top-k (k = 50..100) as in SDPO; see its docstring for the approximation.
 - `shifted_topk_loss` (ours) distils the ratio teacher / baseline over the teacher's top-k onto the student, not the
   teacher itself: only what the follow-up changed moves the policy.
+- `sampled_token_loss_shifted_head` (ours) takes that shifted target at the reply's first tokens only and the
+  sampled-token loss elsewhere (why: its docstring).
 - `kl_penalty` (KL to a frozen reference) is not in the paper (beta = 0 there); offered because drift was measured here.
   Its value estimates KL(pi_theta || pi_ref) (k3); used as a loss on samples from pi_theta its gradient is an unbiased
   estimate of grad KL(pi_ref || pi_theta) (as in GRPO) -- both are zero at, and pull towards, pi_ref.
@@ -319,6 +321,19 @@ def shifted_topk_loss(
     student per token), tokens.
     """
     m_B_T = _bool(mask_B_T)
+    div_B_T, tv_B_T = _shifted_divergence(student_logits_B_T_V, topk_ids_B_T_K, teacher_topk_logp_B_T_K,
+                                          baseline_topk_logp_B_T_K, m_B_T, scale)
+    loss = masked_sequence_mean(div_B_T, m_B_T, seq_weight_B)
+    metrics = {"shift_div": float(loss.detach()), "shift_tv": _token_mean(tv_B_T, m_B_T), "tokens": float(m_B_T.sum())}
+    return loss, metrics
+
+
+def _shifted_divergence(
+    student_logits_B_T_V: torch.Tensor, topk_ids_B_T_K: torch.Tensor, teacher_topk_logp_B_T_K: torch.Tensor,
+    baseline_topk_logp_B_T_K: torch.Tensor, m_B_T: torch.Tensor, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token KL(q || p_s) of `shifted_topk_loss` (differentiable) and the total variation between q and p_s
+    (detached); values at positions outside the bool mask `m_B_T` are finite and never read."""
     ids_B_T_K, t_B_T_K, b_B_T_K = _sanitised_topk(student_logits_B_T_V, topk_ids_B_T_K, m_B_T,
                                                   teacher_topk_logp_B_T_K, baseline_topk_logp_B_T_K)
     ls_B_T_K1 = bucket_logprobs(student_logits_B_T_V, ids_B_T_K)
@@ -326,12 +341,57 @@ def shifted_topk_loss(
         shift_B_T_K1 = (teacher_bucket_logprobs(t_B_T_K) - teacher_bucket_logprobs(b_B_T_K)).to(ls_B_T_K1.dtype)
         lq_B_T_K1 = torch.log_softmax(ls_B_T_K1.detach() + scale * shift_B_T_K1, dim=-1)
         q_B_T_K1 = lq_B_T_K1.exp()
-    div_B_T = (q_B_T_K1 * (lq_B_T_K1 - ls_B_T_K1)).sum(-1)
-    loss = masked_sequence_mean(div_B_T, m_B_T, seq_weight_B)
-    with torch.no_grad():
         tv_B_T = 0.5 * (q_B_T_K1 - ls_B_T_K1.exp()).abs().sum(-1)
-        metrics = {"shift_div": float(loss.detach()), "shift_tv": _token_mean(tv_B_T, m_B_T),
-                   "tokens": float(m_B_T.sum())}
+    return (q_B_T_K1 * (lq_B_T_K1 - ls_B_T_K1)).sum(-1), tv_B_T
+
+
+def head_mask(mask_B_T: torch.Tensor, n: int) -> torch.Tensor:
+    """The first `n` valid tokens of each row (bool): the complement of `loss_mask(mask, n)` within the mask."""
+    m_B_T = _bool(mask_B_T)
+    return m_B_T & ~_bool(loss_mask(m_B_T, n))
+
+
+def sampled_token_loss_shifted_head(
+    student_logits_B_T_V: torch.Tensor,
+    student_logp_B_T: torch.Tensor,
+    A_B_T: torch.Tensor,
+    topk_ids_B_T_K: torch.Tensor,
+    teacher_topk_logp_B_T_K: torch.Tensor,
+    baseline_topk_logp_B_T_K: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    head_B_T: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    weights_B_T: torch.Tensor | None = None,
+    seq_weight_B: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The sampled-token loss, except at the `head_B_T` positions (the reply's first tokens), which take the
+    `shifted_topk_loss` divergence. Every valid token weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
+
+    Why (ours; measured in docs/learning.md): a complaint's advantage is largest, and negative, at the reply's first
+    token (the usual opener the teacher would not have written). Pushing a sampled token down raises every other
+    token in proportion to the student's own probability, so repeated steps hand the opener's mass to the student's
+    tail (stray letters, quotes, its own name) instead of to what the complaint asked for. At the head the target is
+    q ∝ p_s · p_teacher / p_baseline over the teacher's top-k: the mass goes where the follow-up raised it.
+    `A_B_T` should be zero (and centred) outside the head, as `advantages(..., mask & ~head)` gives.
+    Metrics: those of `sampled_token_loss` on the rest, shift_tv on the head, head_tokens.
+    """
+    m_B_T = _bool(mask_B_T)
+    h_B_T = _bool(head_B_T) & m_B_T
+    rest_B_T = m_B_T & ~h_B_T
+    logp_B_T = _wide(student_logp_B_T)
+    div_B_T, tv_B_T = _shifted_divergence(student_logits_B_T_V, topk_ids_B_T_K, teacher_topk_logp_B_T_K,
+                                          baseline_topk_logp_B_T_K, h_B_T, scale)
+    zero = torch.zeros((), dtype=logp_B_T.dtype, device=logp_B_T.device)
+    coef_B_T = _wide(A_B_T.detach()) if weights_B_T is None else _wide(A_B_T.detach()) * _wide(weights_B_T.detach())
+    coef_B_T = torch.where(rest_B_T, coef_B_T.to(logp_B_T.dtype), zero)
+    per_token_B_T = torch.where(h_B_T, div_B_T.to(logp_B_T.dtype), -coef_B_T * logp_B_T)
+    loss = masked_sequence_mean(per_token_B_T, m_B_T, seq_weight_B)
+    a_B_T = A_B_T.detach()
+    metrics = {"loss": float(loss.detach()), "adv_mean": _token_mean(a_B_T, rest_B_T),
+               "adv_abs_mean": _token_mean(a_B_T.abs(), rest_B_T),
+               "adv_pos_frac": _token_mean((a_B_T > 0).double(), rest_B_T), "tokens": float(m_B_T.sum()),
+               "shift_tv": _token_mean(tv_B_T, h_B_T), "head_tokens": float(h_B_T.sum())}
     return loss, metrics
 
 

@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # the core reads config attributes only; it does not need pyd
     from hsd_ray.config import HindsightConfig, LossConfig
 
 
-TOPK_KINDS = ("topk", "shifted_topk")  # loss kinds that need the teacher's top-k
-
 
 def logprobs_at(ids_T_K: np.ndarray, other_ids_T_K: np.ndarray, other_logp_T_K: np.ndarray) -> np.ndarray:
     """Another context's log-probs of `ids_T_K`, read from its own top-k (`other_ids_T_K`, `other_logp_T_K`): where an
@@ -57,7 +55,7 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
         examples = _with_teacher_replies(engine, examples, min(hcfg.teacher_reply_tokens, hcfg.max_reply_tokens))
     requests = [ScoreRequest(e.teacher_prompt_ids, e.target_ids) for e in examples]
     requests += [ScoreRequest(e.baseline_prompt_ids, e.target_ids) for e in examples]
-    top_k = lcfg.top_k if lcfg.kind in TOPK_KINDS else 0
+    top_k = lcfg.top_k if lcfg.scores_topk else 0
     scored = engine.score(requests, top_k=top_k)
     version = engine.version.version
     for i, (t, e) in enumerate(zip(turns, examples)):
@@ -70,7 +68,7 @@ def score_turns(engine: Engine, turns: list[Turn], hcfg: HindsightConfig, lcfg: 
             teacher_topk_ids_T_K=teacher.topk_ids_T_K,
             teacher_topk_logp_T_K=teacher.topk_logp_T_K,
             baseline_topk_logp_T_K=logprobs_at(teacher.topk_ids_T_K, baseline.topk_ids_T_K, baseline.topk_logp_T_K)
-            if lcfg.kind == "shifted_topk" else None,
+            if lcfg.scores_baseline_topk else None,
             teacher_version=version,
             teacher_prompt_tokens=len(e.teacher_prompt_ids),
             baseline_prompt_tokens=len(e.baseline_prompt_ids),

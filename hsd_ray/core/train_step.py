@@ -34,16 +34,24 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     mask_B_T = losses.loss_mask(packed.target_mask_B_T, cfg.ignore_first_k)
     metrics: dict[str, float] = {}
     if cfg.kind == "sampled_token":
-        A_B_T = losses.advantages(
-            batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device), mask_B_T, center=cfg.center_advantages
-        )
+        head_B_T = losses.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
+        A_B_T = losses.advantages(batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device),
+                                  mask_B_T.bool() & ~head_B_T, center=cfg.center_advantages)
         weights = None
         if cfg.importance_cap > 0 and batch.served_logp_B_T is not None:
             served = batch.served_logp_B_T.to(device)
             served = torch.where(torch.isnan(served), logp_B_T.detach(), served)  # unknown → weight 1
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
-        loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights, batch.feedback_weight_B)
+        if cfg.head_tokens > 0:
+            if batch.baseline_topk_logp_B_T_K is None:
+                raise ValueError("loss.head_tokens needs the teacher's and the baseline's top-k scores")
+            loss, m = losses.sampled_token_loss_shifted_head(
+                logits_B_T_V, logp_B_T, A_B_T, batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
+                batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, head_B_T, scale=cfg.shift_scale,
+                weights_B_T=weights, seq_weight_B=batch.feedback_weight_B)
+        else:
+            loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights, batch.feedback_weight_B)
     elif cfg.kind == "shifted_topk":
         if batch.baseline_topk_logp_B_T_K is None:
             raise ValueError("loss.kind=shifted_topk needs the teacher's and the baseline's top-k scores")

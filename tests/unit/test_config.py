@@ -98,17 +98,19 @@ def test_overriding_one_field_of_the_user_adapter_keeps_its_other_defaults():
     assert Config.load(overrides=["personalization.lora.r=4"]).learner.lora == Config().learner.lora
 
 
-def test_config_and_core_agree_on_which_loss_kinds_score_a_top_k():
-    """Config sits below core (tests/unit/test_layers.py), so its cross-check spells the rule itself ("topk" in the
-    kind's name); the core's scoring decides by TOPK_KINDS. Every kind the config accepts must read the same in both."""
+def test_every_loss_that_scores_a_top_k_is_held_to_vllms_logprob_limit():
+    """`LossConfig.scores_topk` is the one rule the teacher's scoring and the config's vLLM check both read."""
     from typing import get_args
 
     from hsd_ray.config import LossConfig
-    from hsd_ray.core.scoring import TOPK_KINDS
 
     kinds = get_args(LossConfig.model_fields["kind"].annotation)
-    assert {k for k in kinds if "topk" in k} == set(TOPK_KINDS) and len(kinds) > len(TOPK_KINDS)
-    for kind in TOPK_KINDS:  # each is held to vLLM's logprob limit
+    cases = [[f"loss.kind={k}"] for k in kinds] + [["loss.kind=sampled_token", "loss.head_tokens=1"]]
+    scoring = [c for c in cases if Config.load(overrides=c).loss.scores_topk]
+    assert sorted(map(tuple, scoring)) == [("loss.kind=sampled_token", "loss.head_tokens=1"),
+                                           ("loss.kind=shifted_topk",), ("loss.kind=topk",)]
+    for overrides in scoring:
         with pytest.raises(ConfigError, match="vllm_max_logprobs"):
-            Config.load(overrides=[f"loss.kind={kind}", "engine.kind=vllm", "loss.top_k=50",
-                                   "engine.vllm_max_logprobs=20"])
+            Config.load(overrides=[*overrides, "engine.kind=vllm", "loss.top_k=50", "engine.vllm_max_logprobs=20"])
+    with pytest.raises(ConfigError, match="head_tokens"):
+        Config.load(overrides=["loss.kind=topk", "loss.head_tokens=1"])

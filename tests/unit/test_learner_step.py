@@ -55,12 +55,14 @@ def _exact_kl(model, batch, teacher_logits):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("kind", ["sampled_token", "topk", "shifted_topk"])
-def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, kind):
+@pytest.mark.parametrize("loss", [["loss.kind=sampled_token"], ["loss.kind=topk"], ["loss.kind=shifted_topk"],
+                                  ["loss.kind=sampled_token", "loss.head_tokens=2"]],
+                         ids=["sampled_token", "topk", "shifted_topk", "shifted_head"])
+def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
     """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
     trained, then steps. The exact mean KL(student ‖ hindsight teacher) over the reply tokens must fall."""
     cfg = Config.load(overrides=[
-        f"loss.kind={kind}", "loss.baseline=student", "loss.center_advantages=false", "loss.top_k=100",
+        *loss, "loss.baseline=student", "loss.center_advantages=false", "loss.top_k=100",
         "loss.kl_coef=0", "hindsight.template=online", f"learner.lr={3e-3 if lora else 1e-3}", "learner.warmup_steps=0", "learner.lora.r=8",
     ])
     torch.manual_seed(0)
