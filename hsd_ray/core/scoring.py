@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # the core reads config attributes only; it does not need pyd
     from hsd_ray.config import HindsightConfig, LossConfig
 
 
-
 def logprobs_at(ids_T_K: np.ndarray, other_ids_T_K: np.ndarray, other_logp_T_K: np.ndarray) -> np.ndarray:
     """Another context's log-probs of `ids_T_K`, read from its own top-k (`other_ids_T_K`, `other_logp_T_K`): where an
     id is outside that top-k, the top-k's smallest log-prob at that position (an upper bound: the engines return top-k
