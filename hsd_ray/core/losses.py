@@ -174,17 +174,25 @@ def sampled_token_loss(
     Metrics (over valid tokens): adv_mean, adv_abs_mean, adv_pos_frac, tokens, loss, and weight_mean when weighted.
     """
     m_B_T = _bool(mask_B_T)
+    terms_B_T, metrics = _sampled_token_terms(student_logp_B_T, A_B_T, m_B_T, weights_B_T)
+    loss = masked_sequence_mean(terms_B_T, m_B_T, seq_weight_B)
+    return loss, {"loss": float(loss.detach()), **metrics}
+
+
+def _sampled_token_terms(
+    student_logp_B_T: torch.Tensor, A_B_T: torch.Tensor, m_B_T: torch.Tensor, weights_B_T: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token -A_i w_i log pi(y_i), zero outside the bool mask `m_B_T`, and the advantage metrics over it
+    (adv_mean, adv_abs_mean, adv_pos_frac, tokens, and weight_mean when weighted)."""
     logp_B_T = _wide(student_logp_B_T)
     coef_B_T = _wide(A_B_T.detach())
     if weights_B_T is not None:
         coef_B_T = coef_B_T * _wide(weights_B_T.detach())
     # Zero the coefficient at padding before it meets logp, so garbage there cannot reach the gradient.
     coef_B_T = torch.where(m_B_T, coef_B_T, torch.zeros((), dtype=coef_B_T.dtype, device=coef_B_T.device))
-    loss = -masked_sequence_mean(coef_B_T.to(logp_B_T.dtype) * logp_B_T, m_B_T, seq_weight_B)
     with torch.no_grad():
         a_B_T = A_B_T.detach()
         metrics = {
-            "loss": float(loss.detach()),
             "adv_mean": _token_mean(a_B_T, m_B_T),
             "adv_abs_mean": _token_mean(a_B_T.abs(), m_B_T),
             "adv_pos_frac": _token_mean((a_B_T > 0).double(), m_B_T),
@@ -192,7 +200,7 @@ def sampled_token_loss(
         }
         if weights_B_T is not None:
             metrics["weight_mean"] = _token_mean(weights_B_T.detach(), m_B_T)
-    return loss, metrics
+    return -coef_B_T.to(logp_B_T.dtype) * logp_B_T, metrics
 
 
 def bucket_logprobs(logp_B_T_V: torch.Tensor, ids_B_T_K: torch.Tensor) -> torch.Tensor:
@@ -368,31 +376,23 @@ def sampled_token_loss_shifted_head(
     """The sampled-token loss, except at the `head_B_T` positions (the reply's first tokens), which take the
     `shifted_topk_loss` divergence. Every valid token weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
 
-    Why (ours; measured in docs/learning.md): a complaint's advantage is largest, and negative, at the reply's first
-    token (the usual opener the teacher would not have written). Pushing a sampled token down raises every other
-    token in proportion to the student's own probability, so repeated steps hand the opener's mass to the student's
-    tail (stray letters, quotes, its own name) instead of to what the complaint asked for. At the head the target is
-    q ∝ p_s · p_teacher / p_baseline over the teacher's top-k: the mass goes where the follow-up raised it.
+    Why (ours; measured in bench/learning/README.md, "A shifted head"): a complaint's advantage is largest, and
+    negative, at the reply's first token (the usual opener the teacher would not have written). Pushing a sampled
+    token down raises every other token in proportion to the student's own probability, so repeated steps hand the
+    opener's mass to the student's tail (stray letters, quotes, its own name) instead of to what the complaint asked
+    for. At the head the target is q ∝ p_s · p_teacher / p_baseline over the teacher's top-k: the mass goes where
+    the follow-up raised it.
     `A_B_T` should be zero (and centred) outside the head, as `advantages(..., mask & ~head)` gives.
-    Metrics: those of `sampled_token_loss` on the rest, shift_tv on the head, head_tokens.
+    Metrics: those of `sampled_token_loss` on the rest (tokens: all valid ones), shift_tv on the head, head_tokens.
     """
     m_B_T = _bool(mask_B_T)
     h_B_T = _bool(head_B_T) & m_B_T
-    rest_B_T = m_B_T & ~h_B_T
-    logp_B_T = _wide(student_logp_B_T)
+    terms_B_T, metrics = _sampled_token_terms(student_logp_B_T, A_B_T, m_B_T & ~h_B_T, weights_B_T)
     div_B_T, tv_B_T = _shifted_divergence(student_logits_B_T_V, topk_ids_B_T_K, teacher_topk_logp_B_T_K,
                                           baseline_topk_logp_B_T_K, h_B_T, scale)
-    zero = torch.zeros((), dtype=logp_B_T.dtype, device=logp_B_T.device)
-    coef_B_T = _wide(A_B_T.detach()) if weights_B_T is None else _wide(A_B_T.detach()) * _wide(weights_B_T.detach())
-    coef_B_T = torch.where(rest_B_T, coef_B_T.to(logp_B_T.dtype), zero)
-    per_token_B_T = torch.where(h_B_T, div_B_T.to(logp_B_T.dtype), -coef_B_T * logp_B_T)
-    loss = masked_sequence_mean(per_token_B_T, m_B_T, seq_weight_B)
-    a_B_T = A_B_T.detach()
-    metrics = {"loss": float(loss.detach()), "adv_mean": _token_mean(a_B_T, rest_B_T),
-               "adv_abs_mean": _token_mean(a_B_T.abs(), rest_B_T),
-               "adv_pos_frac": _token_mean((a_B_T > 0).double(), rest_B_T), "tokens": float(m_B_T.sum()),
-               "shift_tv": _token_mean(tv_B_T, h_B_T), "head_tokens": float(h_B_T.sum())}
-    return loss, metrics
+    loss = masked_sequence_mean(torch.where(h_B_T, div_B_T.to(terms_B_T.dtype), terms_B_T), m_B_T, seq_weight_B)
+    return loss, {**metrics, "loss": float(loss.detach()), "tokens": float(m_B_T.sum()),
+                  "shift_tv": _token_mean(tv_B_T, h_B_T), "head_tokens": float(h_B_T.sum())}
 
 
 def kl_penalty(
