@@ -82,6 +82,8 @@ class LossConfig(_Section):
     head_tokens: int = Field(0, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
                              "loss instead, so a lowered opener gives its mass to what the follow-up raised, not to "
                              "the student's tail (0 = off; bench/learning/README.md, \"A shifted head\")")
+    repeat_unlikelihood: float = Field(0.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
+                                       "4-gram of their own reply (losses.repetition_unlikelihood; 0 = off)")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
     top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
     divergence: Literal["reverse_kl", "forward_kl", "jsd"] = Field("reverse_kl", description="top-k loss divergence")

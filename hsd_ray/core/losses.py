@@ -24,6 +24,8 @@ Deviations from the paper / reference code:
   teacher itself: only what the follow-up changed moves the policy.
 - `sampled_token_loss_shifted_head` (ours) takes that shifted target at the reply's first tokens only and the
   sampled-token loss elsewhere (why: its docstring).
+- `repetition_unlikelihood` (not in the paper; Welleck et al. 2019) lowers tokens that repeat an n-gram of their own
+  reply.
 - `kl_penalty` (KL to a frozen reference) is not in the paper (beta = 0 there); offered because drift was measured here.
   Its value estimates KL(pi_theta || pi_ref) (k3); used as a loss on samples from pi_theta its gradient is an unbiased
   estimate of grad KL(pi_ref || pi_theta) (as in GRPO) -- both are zero at, and pull towards, pi_ref.
@@ -393,6 +395,45 @@ def sampled_token_loss_shifted_head(
     loss = masked_sequence_mean(torch.where(h_B_T, div_B_T.to(terms_B_T.dtype), terms_B_T), m_B_T, seq_weight_B)
     return loss, {**metrics, "loss": float(loss.detach()), "tokens": float(m_B_T.sum()),
                   "shift_tv": _token_mean(tv_B_T, h_B_T), "head_tokens": float(h_B_T.sum())}
+
+
+REPEAT_NGRAM = 4  # token n-gram: "1. Use a bike's brakes." twice repeats 4-grams; an item's "\n\n2. The" does not
+
+
+def repeated_ngram_mask(ids_B_T: torch.Tensor, mask_B_T: torch.Tensor, n: int = REPEAT_NGRAM) -> torch.Tensor:
+    """Bool mask of the valid tokens that complete a token n-gram already complete earlier in the same row (all n
+    tokens valid both times). The first occurrence is never marked, only what repeats it."""
+    m_B_T = _bool(mask_B_T)
+    out_B_T = torch.zeros_like(m_B_T)
+    ids, valid = ids_B_T.tolist(), m_B_T.tolist()
+    for b, (row, ok) in enumerate(zip(ids, valid)):
+        seen: set[tuple[int, ...]] = set()
+        for t in range(n - 1, len(row)):
+            if not all(ok[t - n + 1:t + 1]):
+                continue
+            gram = tuple(row[t - n + 1:t + 1])
+            if gram in seen:
+                out_B_T[b, t] = True
+            seen.add(gram)
+    return out_B_T
+
+
+def repetition_unlikelihood(
+    student_logp_B_T: torch.Tensor, repeated_B_T: torch.Tensor, mask_B_T: torch.Tensor,
+    seq_weight_B: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Unlikelihood of repeating (Welleck et al. 2019, "Neural Text Generation with Unlikelihood Training", its
+    sequence-level n-gram form): -log(1 - pi_theta(y_i)) at the tokens that repeat an n-gram of their own reply,
+    0 elsewhere, averaged like every loss here (1/|y| per row). Why (ours): every trained run's served version loops
+    several times as often as the base (bench/learning/README.md, "A shifted head"), and nothing in the hindsight
+    signal tells the student not to repeat itself. Metrics: repeat_frac (share of valid tokens), repeat_ul."""
+    m_B_T = _bool(mask_B_T)
+    r_B_T = _bool(repeated_B_T) & m_B_T
+    logp_B_T = _wide(student_logp_B_T).clamp(max=math.log1p(-1e-6))  # p < 1, so log(1 - p) stays finite
+    zero = torch.zeros((), dtype=logp_B_T.dtype, device=logp_B_T.device)
+    ul_B_T = torch.where(r_B_T, -torch.log(-torch.expm1(logp_B_T)), zero)
+    loss = masked_sequence_mean(ul_B_T, m_B_T, seq_weight_B)
+    return loss, {"repeat_ul": float(loss.detach()), "repeat_frac": _token_mean(r_B_T.double(), m_B_T)}
 
 
 def kl_penalty(

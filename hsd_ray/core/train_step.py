@@ -72,6 +72,11 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             seq_weight_B=batch.feedback_weight_B,
         )
     metrics.update(m)
+    if cfg.repeat_unlikelihood > 0:
+        repeated_B_T = losses.repeated_ngram_mask(packed.target_ids_B_T, mask_B_T).to(device)
+        ul, um = losses.repetition_unlikelihood(logp_B_T, repeated_B_T, mask_B_T, batch.feedback_weight_B)
+        loss = loss + cfg.repeat_unlikelihood * ul
+        metrics.update(um)
     if cfg.kl_coef > 0:
         if reference is None:
             raise ValueError("loss.kl_coef > 0 needs a reference policy")

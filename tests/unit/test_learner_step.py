@@ -166,3 +166,26 @@ def test_zeroed_weight_set_keeps_names_shapes_and_lora_config_under_the_new_vers
     assert zero.version == PolicyVersion("base", 0) and zero.kind == "lora" and zero.lora_config == {"r": 2}
     assert {k: tuple(t.shape) for k, t in zero.tensors.items()} == {"x.lora_A.weight": (2, 3), "x.lora_B.weight": (3, 2)}
     assert all(not t.any() for t in zero.tensors.values()) and lora.tensors["x.lora_A.weight"].all()  # a copy
+
+
+def test_repeat_unlikelihood_adds_its_weighted_term_on_replies_that_repeat(engine):
+    """`loss.repeat_unlikelihood` w adds w · repetition_unlikelihood to the loss, read on the reply's own repeated
+    4-grams: present in a reply that loops, absent from one that does not."""
+    from hsd_ray.core.train_step import compute_loss
+
+    looping = Turn(context=[{"role": "user", "content": "Give me tips."}],
+                   reply="1. Use a bike's brakes.\n2. Use a bike's brakes.\n3. Use a bike's brakes.", followup="Ok.")
+    off = Config.load(overrides=["loss.kl_coef=0"])
+    on = Config.load(overrides=["loss.kl_coef=0", "loss.repeat_unlikelihood=2"])
+    batch = HindsightBatch.collate(score_turns(engine, [looping, *_turns()], off.hindsight, off.loss),
+                                   engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        base, _ = compute_loss(engine.model, batch, off.loss)
+        both, m = compute_loss(engine.model, batch, on.loss)
+    assert m["repeat_frac"] > 0.1 and m["repeat_ul"] > 0
+    assert float(both) == pytest.approx(float(base) + 2 * m["repeat_ul"], rel=1e-5)
+    plain = HindsightBatch.collate(score_turns(engine, _turns(), off.hindsight, off.loss),
+                                  engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        _, m = compute_loss(engine.model, plain, on.loss)
+    assert m["repeat_frac"] == 0.0 and m["repeat_ul"] == 0.0
