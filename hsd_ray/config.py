@@ -76,13 +76,11 @@ class LossConfig(_Section):
     kind: Literal["sampled_token", "topk", "shifted_topk"] = Field("sampled_token", description="sampled_token = "
         "paper's advantage loss; topk = top-k divergence + tail; shifted_topk = losses.shifted_topk_loss")
     baseline: Literal["student", "reference_followup"] = Field("reference_followup", description="A_i = teacher - "
-                                                               "baseline; student = paper, reference_followup = "
-                                                               "contrastive (ours)")
+        "baseline; student = paper, reference_followup = contrastive (ours)")
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
-    head_tokens: int = Field(0, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
-                             "loss instead, so a lowered opener gives its mass to what the follow-up raised, not to "
-                             "the student's tail (0 = off; bench/learning/README.md, \"A shifted head\")")
-    repeat_unlikelihood: float = Field(0.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
+    head_tokens: int = Field(1, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
+        "loss, so a lowered opener's mass goes where the follow-up raised it (0 = off; bench/learning/README.md)")
+    repeat_unlikelihood: float = Field(1.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
                                        "4-gram of their own reply (losses.repetition_unlikelihood; 0 = off)")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
     top_k: int = Field(20, ge=1, le=100, description="teacher top-k kept per token (<= vLLM max_logprobs)")
@@ -100,19 +98,24 @@ class LossConfig(_Section):
 
     @model_validator(mode="after")
     def _head_needs_sampled_token(self) -> "LossConfig":
-        if self.head_tokens and self.kind != "sampled_token":
+        if self.head_tokens and self.kind != "sampled_token" and "head_tokens" in self.model_fields_set:
             raise ValueError(f"loss.head_tokens applies to loss.kind=sampled_token, not {self.kind}")
         return self
 
     @property
     def scores_topk(self) -> bool:
         """The teacher returns its top-k per reply token (the top-k losses, or a shifted head)."""
-        return self.kind in ("topk", "shifted_topk") or self.head_tokens > 0
+        return self.kind in ("topk", "shifted_topk") or self.shifted_head
 
     @property
     def scores_baseline_topk(self) -> bool:
         """The baseline's log-probs at the teacher's top-k are scored too (the shifted target)."""
-        return self.kind == "shifted_topk" or self.head_tokens > 0
+        return self.kind == "shifted_topk" or self.shifted_head
+
+    @property
+    def shifted_head(self) -> bool:
+        """The sampled-token loss with a shifted head; the other kinds leave the default head_tokens unused."""
+        return self.kind == "sampled_token" and self.head_tokens > 0
 
 
 class LoraConfig(_Section):

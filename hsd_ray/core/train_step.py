@@ -43,7 +43,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             served = torch.where(torch.isnan(served), logp_B_T.detach(), served)  # unknown → weight 1
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
-        if cfg.head_tokens > 0:
+        if cfg.shifted_head:
             if batch.baseline_topk_logp_B_T_K is None:
                 raise ValueError("loss.head_tokens needs the teacher's and the baseline's top-k scores")
             loss, m = losses.sampled_token_loss_shifted_head(

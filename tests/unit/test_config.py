@@ -105,12 +105,21 @@ def test_every_loss_that_scores_a_top_k_is_held_to_vllms_logprob_limit():
     from hsd_ray.config import LossConfig
 
     kinds = get_args(LossConfig.model_fields["kind"].annotation)
-    cases = [[f"loss.kind={k}"] for k in kinds] + [["loss.kind=sampled_token", "loss.head_tokens=1"]]
+    cases = [[f"loss.kind={k}"] for k in kinds] + [["loss.kind=sampled_token", "loss.head_tokens=0"]]
     scoring = [c for c in cases if Config.load(overrides=c).loss.scores_topk]
-    assert sorted(map(tuple, scoring)) == [("loss.kind=sampled_token", "loss.head_tokens=1"),
+    assert sorted(map(tuple, scoring)) == [("loss.kind=sampled_token",),  # its default shifted head
                                            ("loss.kind=shifted_topk",), ("loss.kind=topk",)]
     for overrides in scoring:
         with pytest.raises(ConfigError, match="vllm_max_logprobs"):
             Config.load(overrides=[*overrides, "engine.kind=vllm", "loss.top_k=50", "engine.vllm_max_logprobs=20"])
+    baseline_topk = [c for c in cases if Config.load(overrides=c).loss.scores_baseline_topk]
+    assert sorted(map(tuple, baseline_topk)) == [("loss.kind=sampled_token",), ("loss.kind=shifted_topk",)]
+
+
+def test_a_head_is_refused_only_where_it_was_asked_for_with_another_loss():
+    """The default head belongs to the default loss: another kind leaves it unused; setting it there is an error."""
+    topk = Config.load(overrides=["loss.kind=topk"]).loss
+    assert topk.head_tokens == 1 and not topk.shifted_head and not topk.scores_baseline_topk
     with pytest.raises(ConfigError, match="head_tokens"):
         Config.load(overrides=["loss.kind=topk", "loss.head_tokens=1"])
+    assert Config.load(overrides=["loss.kind=topk", "loss.head_tokens=0"]).loss.kind == "topk"

@@ -55,8 +55,8 @@ def _exact_kl(model, batch, teacher_logits):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("loss", [["loss.kind=sampled_token"], ["loss.kind=topk"], ["loss.kind=shifted_topk"],
-                                  ["loss.kind=sampled_token", "loss.head_tokens=2"]],
+@pytest.mark.parametrize("loss", [["loss.kind=sampled_token", "loss.head_tokens=0"], ["loss.kind=topk"],
+                                  ["loss.kind=shifted_topk"], ["loss.kind=sampled_token", "loss.head_tokens=2"]],
                          ids=["sampled_token", "topk", "shifted_topk", "shifted_head"])
 def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
     """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
@@ -175,7 +175,7 @@ def test_repeat_unlikelihood_adds_its_weighted_term_on_replies_that_repeat(engin
 
     looping = Turn(context=[{"role": "user", "content": "Give me tips."}],
                    reply="1. Use a bike's brakes.\n2. Use a bike's brakes.\n3. Use a bike's brakes.", followup="Ok.")
-    off = Config.load(overrides=["loss.kl_coef=0"])
+    off = Config.load(overrides=["loss.kl_coef=0", "loss.repeat_unlikelihood=0"])
     on = Config.load(overrides=["loss.kl_coef=0", "loss.repeat_unlikelihood=2"])
     batch = HindsightBatch.collate(score_turns(engine, [looping, *_turns()], off.hindsight, off.loss),
                                    engine.tokenizer.pad_token_id)

@@ -64,7 +64,8 @@ def test_it_lowers_the_repeat_and_leaves_a_reply_without_one_alone():
     assert float(loss) == 0.0 and not logits.grad.any()
 
 
-def test_config_default_is_off_and_negative_weights_are_refused():
-    assert Config.load().loss.repeat_unlikelihood == 0.0
+def test_config_default_is_on_and_negative_weights_are_refused():
+    """On since 2026-12-06, chosen on dev with the shifted head (bench/learning/README.md, "Not repeating itself")."""
+    assert Config.load().loss.repeat_unlikelihood == 1.0
     with pytest.raises(Exception, match="repeat_unlikelihood"):
         Config.load(overrides=["loss.repeat_unlikelihood=-1"])
