@@ -61,7 +61,7 @@ def test_it_lowers_the_repeat_and_leaves_a_reply_without_one_alone():
     logits.grad = None
     loss, _ = losses.repetition_unlikelihood(losses.token_logprobs(logits, target), ~mask, mask)
     loss.backward()
-    assert float(loss) == 0.0 and not logits.grad.any()
+    assert float(loss.detach()) == 0.0 and not logits.grad.any()
 
 
 def test_config_default_is_on_and_negative_weights_are_refused():
