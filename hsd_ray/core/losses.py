@@ -404,18 +404,18 @@ def repeated_ngram_mask(ids_B_T: torch.Tensor, mask_B_T: torch.Tensor, n: int = 
     """Bool mask of the valid tokens that complete a token n-gram already complete earlier in the same row (all n
     tokens valid both times). The first occurrence is never marked, only what repeats it."""
     m_B_T = _bool(mask_B_T)
-    out_B_T = torch.zeros_like(m_B_T)
-    ids, valid = ids_B_T.tolist(), m_B_T.tolist()
-    for b, (row, ok) in enumerate(zip(ids, valid)):
+    rows = []
+    for row, ok in zip(ids_B_T.tolist(), m_B_T.tolist()):  # one host copy; the mask is built there, sent once
         seen: set[tuple[int, ...]] = set()
+        marks = [False] * len(row)
         for t in range(n - 1, len(row)):
             if not all(ok[t - n + 1:t + 1]):
                 continue
             gram = tuple(row[t - n + 1:t + 1])
-            if gram in seen:
-                out_B_T[b, t] = True
+            marks[t] = gram in seen
             seen.add(gram)
-    return out_B_T
+        rows.append(marks)
+    return torch.tensor(rows, dtype=torch.bool, device=m_B_T.device).reshape(m_B_T.shape)
 
 
 def repetition_unlikelihood(

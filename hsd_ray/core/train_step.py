@@ -73,7 +73,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
         )
     metrics.update(m)
     if cfg.repeat_unlikelihood > 0:
-        repeated_B_T = losses.repeated_ngram_mask(packed.target_ids_B_T, mask_B_T).to(device)
+        repeated_B_T = losses.repeated_ngram_mask(packed.target_ids_B_T, mask_B_T)  # on the mask's device
         ul, um = losses.repetition_unlikelihood(logp_B_T, repeated_B_T, mask_B_T, batch.feedback_weight_B)
         loss = loss + cfg.repeat_unlikelihood * ul
         metrics.update(um)
