@@ -1,8 +1,8 @@
 """One typed configuration for every entry point (train_job.py, serve_app.py, benchmarks, CLIs).
 
-Loaded from YAML (`Config.load(path)`) and overridden from the command line with dotted keys
-(`--learner.lr 1e-5` or `learner.lr=1e-5`). Every field has a default, bounds where they apply and a
-one-line description. This module imports neither torch, ray nor vllm so it can be used anywhere.
+Loaded from YAML (`Config.load(path)`) and overridden from the command line with dotted keys (`--learner.lr 1e-5`
+or `learner.lr=1e-5`). Every field has a default, bounds where they apply and a one-line description. This module
+imports neither torch, ray nor vllm so it can be used anywhere.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ class EngineConfig(_Section):
                                       "largest this config trains, learner.lora.r / personalization.lora.r)")
     vllm_async: bool = Field(True, description="chat replicas run vLLM's async engine (continuous batching, token "
                              "streaming); false = the offline engine behind serve's GenerationBatcher")
-    vllm_max_num_seqs: int = Field(16, ge=1,
-                                   description="replies the async engine generates at once (vLLM max_num_seqs)")
+    vllm_max_num_seqs: int = Field(16, ge=1, description="replies the async engine generates at once (max_num_seqs)")
 
 
 class HindsightConfig(_Section):
@@ -80,6 +79,8 @@ class LossConfig(_Section):
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
     head_tokens: int = Field(1, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
         "loss, so a lowered opener's mass goes where the follow-up raised it (0 = off; bench/learning/README.md)")
+    shift_peak_ratio: float = Field(0.0, ge=0, description="sampled_token: the reply tokens whose |centred A| is >= "
+        "this many times the reply's mean |A| take the shifted target too (0 = off; losses.advantage_peaks)")
     repeat_unlikelihood: float = Field(1.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
                                        "4-gram of their own reply (losses.repetition_unlikelihood; 0 = off)")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
@@ -97,9 +98,10 @@ class LossConfig(_Section):
     retain_path: str | None = Field(None, description="retain prompts JSON (None = shipped hsd_ray/data/retain.json)")
 
     @model_validator(mode="after")
-    def _head_needs_sampled_token(self) -> "LossConfig":
-        if self.head_tokens and self.kind != "sampled_token" and "head_tokens" in self.model_fields_set:
-            raise ValueError(f"loss.head_tokens applies to loss.kind=sampled_token, not {self.kind}")
+    def _shift_needs_sampled_token(self) -> "LossConfig":
+        for name in ("head_tokens", "shift_peak_ratio"):  # the defaults may stay set under the other kinds
+            if getattr(self, name) and self.kind != "sampled_token" and name in self.model_fields_set:
+                raise ValueError(f"loss.{name} applies to loss.kind=sampled_token, not {self.kind}")
         return self
 
     @property
@@ -114,8 +116,8 @@ class LossConfig(_Section):
 
     @property
     def shifted_head(self) -> bool:
-        """The sampled-token loss with a shifted head; the other kinds leave the default head_tokens unused."""
-        return self.kind == "sampled_token" and self.head_tokens > 0
+        """The sampled-token loss with shifted positions (head or peaks); other kinds leave the defaults unused."""
+        return self.kind == "sampled_token" and (self.head_tokens > 0 or self.shift_peak_ratio > 0)
 
 
 class LoraConfig(_Section):
@@ -380,14 +382,11 @@ class RayConfig(_Section):
     address: str | None = Field(None, description="cluster address; None = the submitting cluster or a local one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of an embedded local Ray (None = all)")
     object_store_bytes: int = Field(2 * 2**30, ge=64 * 2**20, description="object store of an embedded local Ray")
-    auth_mode: Literal["token", "disabled"] | None = Field(
-        None, description="Ray token authentication (sets RAY_AUTH_MODE; None = Ray's default, token for a new "
-        "local Ray)"
-    )
+    auth_mode: Literal["token", "disabled"] | None = Field(None, description="Ray token authentication (sets "
+                                                          "RAY_AUTH_MODE; None = Ray's: token for a new local Ray)")
     dashboard: bool | None = Field(None, description="embedded local Ray starts its dashboard (None = if ray[default])")
     dashboard_host: str = Field("127.0.0.1", description="bind address of the embedded Ray's dashboard")
-    dashboard_port: int | None = Field(None, ge=1, le=65535,
-                                       description="dashboard port (None = 8265 or the next free)")
+    dashboard_port: int | None = Field(None, ge=1, le=65535, description="dashboard port (None: 8265 or next free)")
 
 
 class JobConfig(_Section):

@@ -35,6 +35,11 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     metrics: dict[str, float] = {}
     if cfg.kind == "sampled_token":
         head_B_T = losses.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
+        if cfg.shift_peak_ratio > 0:  # the shifted target also where A peaks (losses.advantage_peaks)
+            peaks_B_T = losses.advantage_peaks(batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device),
+                                               mask_B_T, cfg.shift_peak_ratio)
+            metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
+            head_B_T = head_B_T | peaks_B_T
         A_B_T = losses.advantages(batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device),
                                   mask_B_T.bool() & ~head_B_T, center=cfg.center_advantages)
         weights = None
@@ -45,7 +50,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
         if cfg.shifted_head:
             if batch.baseline_topk_logp_B_T_K is None:
-                raise ValueError("loss.head_tokens needs the teacher's and the baseline's top-k scores")
+                raise ValueError("loss.head_tokens / shift_peak_ratio need the teacher's and baseline's top-k scores")
             loss, m = losses.sampled_token_loss_shifted_head(
                 logits_B_T_V, logp_B_T, A_B_T, batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
                 batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, head_B_T, scale=cfg.shift_scale,

@@ -123,3 +123,7 @@ def test_a_head_is_refused_only_where_it_was_asked_for_with_another_loss():
     with pytest.raises(ConfigError, match="head_tokens"):
         Config.load(overrides=["loss.kind=topk", "loss.head_tokens=1"])
     assert Config.load(overrides=["loss.kind=topk", "loss.head_tokens=0"]).loss.kind == "topk"
+    with pytest.raises(ConfigError, match="shift_peak_ratio"):
+        Config.load(overrides=["loss.kind=topk", "loss.head_tokens=0", "loss.shift_peak_ratio=4"])
+    peaks_only = Config.load(overrides=["loss.head_tokens=0", "loss.shift_peak_ratio=4"]).loss
+    assert peaks_only.shifted_head and peaks_only.scores_baseline_topk

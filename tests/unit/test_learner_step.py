@@ -56,8 +56,9 @@ def _exact_kl(model, batch, teacher_logits):
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("loss", [["loss.kind=sampled_token", "loss.head_tokens=0"], ["loss.kind=topk"],
-                                  ["loss.kind=shifted_topk"], ["loss.kind=sampled_token", "loss.head_tokens=2"]],
-                         ids=["sampled_token", "topk", "shifted_topk", "shifted_head"])
+                                  ["loss.kind=shifted_topk"], ["loss.kind=sampled_token", "loss.head_tokens=2"],
+                                  ["loss.kind=sampled_token", "loss.head_tokens=0", "loss.shift_peak_ratio=2"]],
+                         ids=["sampled_token", "topk", "shifted_topk", "shifted_head", "shifted_peaks"])
 def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
     """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
     trained, then steps. The exact mean KL(student ‖ hindsight teacher) over the reply tokens must fall."""
@@ -80,6 +81,8 @@ def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
         kls.append(_exact_kl(model, batch, _teacher_logits(scorer, turns, cfg)))
         m = learner_step(model, optimizer, batch, cfg.loss, grad_clip=10.0, scheduler=scheduler)
         assert torch.isfinite(torch.tensor(m["loss"])) and m["tokens"] == batch.num_tokens
+        if cfg.loss.shift_peak_ratio:  # the peaks take the shifted target: counted beside the (absent) head
+            assert 0 < m["peak_tokens"] == m["head_tokens"] < m["tokens"]
     assert kls[-1] < 0.5 * kls[0], kls
     if lora:  # only the adapter moved: base weights untouched
         base = dict(engine.model.named_parameters())

@@ -15,6 +15,19 @@ def test_head_mask_marks_each_rows_first_valid_tokens():
     assert not losses.head_mask(mask, 0).any()
 
 
+def test_advantage_peaks_are_the_tokens_far_above_the_rows_mean_centred_advantage():
+    """Row 0: A - baseline = [0, 0, 0, 0, 4] centres to [-.8, -.8, -.8, -.8, 3.2], mean |c| 1.28: at ratio 2 only
+    the last token (3.2 >= 2.56), at 3 none (3.84). Row 1 is flat (no peak whatever the ratio); row 2's padded
+    position is never one. Sign does not matter: a peak pushed down is a peak."""
+    teacher = torch.tensor([[0.0, 0, 0, 0, 4], [1.0, 1, 1, 1, 1], [0.0, 0, -4, 0, 9]])
+    baseline = torch.zeros(3, 5)
+    mask = torch.tensor([[True] * 5, [True] * 5, [True, True, True, True, False]])
+    peaks = losses.advantage_peaks(teacher, baseline, mask, 2.0)
+    assert peaks.tolist() == [[False, False, False, False, True], [False] * 5, [False, False, True, False, False]]
+    assert not losses.advantage_peaks(teacher, baseline, mask, 3.0)[0].any()
+    assert not losses.advantage_peaks(teacher, baseline, mask, 0.0).any()
+
+
 def _case(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(2, 4, 9, generator=g, requires_grad=True)
