@@ -102,3 +102,41 @@ def test_a_lowered_opener_gives_its_mass_to_what_the_follow_up_raised_not_to_the
     # shifted: the list mark gains, the tail barely moves
     assert shifted[1] - p0[1] > 5 * abs(shifted[2:].sum() - p0[2:].sum())
     assert shifted[1] > pushed[1]
+
+
+def _last_token_after_steps(peaks: bool, steps: int = 5) -> torch.Tensor:
+    """A five-token reply, V = 5: at the last position the sampled continuation (id 0, p .69), the end of the reply
+    (id 1, p .03) and three stray tokens. Told "keep it short", the teacher puts .9 on the end there (the baseline
+    .05) and .05 on the continuation (the baseline .6); the earlier tokens score the same under both."""
+    logits = torch.zeros(1, 5, 5)
+    logits[0, 4] = torch.tensor([3.0, 0.0, 1.0, 1.0, 1.0])
+    logits.requires_grad_(True)
+    target, mask = torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool)
+    ids = torch.tensor([[[0, 1]] * 5])
+    teacher = torch.log(torch.tensor([[[0.5, 0.1]] * 4 + [[0.05, 0.9]]]))
+    baseline = torch.log(torch.tensor([[[0.5, 0.1]] * 4 + [[0.6, 0.05]]]))
+    shifted = losses.advantage_peaks(teacher[..., 0], baseline[..., 0], mask, 2.0) if peaks else torch.zeros_like(mask)
+    A = losses.advantages(teacher[..., 0], baseline[..., 0], mask & ~shifted, center=True)
+    opt = torch.optim.SGD([logits], lr=5.0)  # each token weighs 1/5 of the row: the head test's step at one token
+    for _ in range(steps):
+        opt.zero_grad()
+        logp = losses.token_logprobs(logits, target)
+        loss, _ = losses.sampled_token_loss_shifted_head(logits, logp, A, ids, teacher, baseline, mask, shifted)
+        loss.backward()
+        opt.step()
+    return torch.softmax(logits.detach(), -1)[0, 4]
+
+
+def test_at_a_peak_the_end_of_reply_gains_the_mass_the_continuation_loses():
+    """The reason for `shift_peak_ratio`: the last token's advantage (log .05/.6) is the row's peak (|c| 1.99 against
+    a mean of 0.80); pushed down, its mass goes to the stray tokens (five steps: end .03 → .02, strays .28 → .98),
+    shifted it goes to the end of the reply (end .03 → .75, strays .28 → .16)."""
+    p0 = torch.softmax(torch.tensor([3.0, 0.0, 1.0, 1.0, 1.0]), -1)
+    assert losses.advantage_peaks(torch.log(torch.tensor([[0.5] * 4 + [0.05]])),
+                                  torch.log(torch.tensor([[0.5] * 4 + [0.6]])), torch.ones(1, 5, dtype=torch.bool),
+                                  2.0).tolist() == [[False] * 4 + [True]]
+    pushed, shifted = _last_token_after_steps(False), _last_token_after_steps(True)
+    assert pushed[0] < p0[0] and shifted[0] < p0[0]
+    assert pushed[2:].sum() - p0[2:].sum() > pushed[1] - p0[1]
+    assert shifted[1] - p0[1] > 5 * abs(shifted[2:].sum() - p0[2:].sum())
+    assert shifted[1] > 2 * pushed[1]
