@@ -396,7 +396,8 @@ def sampled_token_loss_shifted_head(
     seq_weight_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The sampled-token loss, except at the `head_B_T` positions (the reply's first tokens, and with
-    `advantage_peaks` the tokens where A peaks), which take the `shifted_topk_loss` divergence. Every valid token weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
+    `advantage_peaks` the tokens where A peaks), which take the `shifted_topk_loss` divergence. Every valid token
+    weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
 
     Why (ours; measured in bench/learning/README.md, "A shifted head"): a complaint's advantage is largest, and
     negative, at the reply's first token (the usual opener the teacher would not have written). Pushing a sampled

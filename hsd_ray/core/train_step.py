@@ -34,14 +34,14 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     mask_B_T = losses.loss_mask(packed.target_mask_B_T, cfg.ignore_first_k)
     metrics: dict[str, float] = {}
     if cfg.kind == "sampled_token":
+        teacher_B_T, baseline_B_T = batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device)
         head_B_T = losses.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
         if cfg.shift_peak_ratio > 0:  # the shifted target also where A peaks (losses.advantage_peaks)
-            peaks_B_T = losses.advantage_peaks(batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device),
-                                               mask_B_T, cfg.shift_peak_ratio)
+            peaks_B_T = losses.advantage_peaks(teacher_B_T, baseline_B_T, mask_B_T, cfg.shift_peak_ratio)
             metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
             head_B_T = head_B_T | peaks_B_T
-        A_B_T = losses.advantages(batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device),
-                                  mask_B_T.bool() & ~head_B_T, center=cfg.center_advantages)
+        A_B_T = losses.advantages(teacher_B_T, baseline_B_T, mask_B_T.bool() & ~head_B_T,
+                                  center=cfg.center_advantages)
         weights = None
         if cfg.importance_cap > 0 and batch.served_logp_B_T is not None:
             served = batch.served_logp_B_T.to(device)
