@@ -79,8 +79,8 @@ class LossConfig(_Section):
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
     head_tokens: int = Field(1, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
         "loss, so a lowered opener's mass goes where the follow-up raised it (0 = off; bench/learning/README.md)")
-    shift_peak_ratio: float = Field(0.0, ge=0, description="sampled_token: the reply tokens whose |centred A| is >= "
-        "this many times the reply's mean |A| take the shifted target too (0 = off; losses.advantage_peaks)")
+    shift_peak_ratio: float = Field(0.0, ge=0, description="also shift where |centred A| >= this × its mean (0 = off)")
+    shift_peaks_to: Literal["any", "end"] = Field("any", description="end = only peaks where the stop token rises most")
     repeat_unlikelihood: float = Field(1.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
                                        "4-gram of their own reply (losses.repetition_unlikelihood; 0 = off)")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
@@ -102,6 +102,8 @@ class LossConfig(_Section):
         for name in ("head_tokens", "shift_peak_ratio"):  # the defaults may stay set under the other kinds
             if getattr(self, name) and self.kind != "sampled_token" and name in self.model_fields_set:
                 raise ValueError(f"loss.{name} applies to loss.kind=sampled_token, not {self.kind}")
+        if self.shift_peaks_to == "end" and not self.shift_peak_ratio:
+            raise ValueError("loss.shift_peaks_to=end selects among the peaks: set loss.shift_peak_ratio > 0")
         return self
 
     @property
@@ -476,7 +478,6 @@ class Config(_Section):
             raise ValueError(f"{mode} runs one learner worker (learner.num_workers is {self.learner.num_workers}): "
                              "the shared steps' DDP and the per-user shards are not built together")
 
-    # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "Config":
         """YAML file (optional) + dotted overrides; raises ConfigError naming the bad field."""

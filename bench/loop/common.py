@@ -184,7 +184,7 @@ class LearnerProbe:
         from hsd_ray.core.train_step import learner_step
 
         def one(turns):
-            batch = HindsightBatch.collate(turns, self.tokenizer.pad_token_id)
+            batch = HindsightBatch.collate(turns, self.tokenizer.pad_token_id, (self.tokenizer.eos_token_id,))
             m = learner_step(self.model, self.optimizer, batch, self.cfg.loss, grad_clip=self.cfg.learner.grad_clip,
                              scheduler=self.scheduler, reference=self.reference,
                              autocast_bf16=self.cfg.learner.autocast_bf16)

@@ -90,6 +90,7 @@ class HindsightBatch:
     teacher_versions: list[int]
     replied_at: list[float]
     baseline_topk_logp_B_T_K: torch.Tensor | None = None  # the baseline's log-prob of the teacher's top-k ids
+    stop_ids: tuple[int, ...] = ()  # the ids that end a reply (the tokenizer's EOS): loss.shift_peaks_to=end
 
     @property
     def mask_B_T(self) -> torch.Tensor:
@@ -100,7 +101,7 @@ class HindsightBatch:
         return int(self.mask_B_T.sum())
 
     @classmethod
-    def collate(cls, turns: list[Turn], pad_id: int) -> "HindsightBatch":
+    def collate(cls, turns: list[Turn], pad_id: int, stop_ids: tuple[int, ...] = ()) -> "HindsightBatch":
         """Turns that carry `scores` (and `student_prompt_ids`) → one batch."""
         missing = [t.turn_id for t in turns if t.scores is None]
         if missing:
@@ -137,6 +138,7 @@ class HindsightBatch:
             policy_versions=[t.policy_version for t in turns],
             teacher_versions=[s.teacher_version for s in scores],
             replied_at=[t.replied_at for t in turns],
+            stop_ids=tuple(stop_ids),
         )
 
 

@@ -355,32 +355,6 @@ def _shifted_divergence(
     return (q_B_T_K1 * (lq_B_T_K1 - ls_B_T_K1)).sum(-1), tv_B_T
 
 
-def head_mask(mask_B_T: torch.Tensor, n: int) -> torch.Tensor:
-    """The first `n` valid tokens of each row (bool): the complement of `loss_mask(mask, n)` within the mask."""
-    m_B_T = _bool(mask_B_T)
-    return m_B_T & ~_bool(loss_mask(m_B_T, n))
-
-
-def advantage_peaks(
-    teacher_logp_B_T: torch.Tensor, baseline_logp_B_T: torch.Tensor, mask_B_T: torch.Tensor, ratio: float
-) -> torch.Tensor:
-    """Bool mask of the valid tokens whose centred advantage |A - row mean| is at least `ratio` times the row's mean
-    |A - row mean| (none where ratio <= 0 or the row's A is flat).
-
-    Why (ours; bench/learning/README.md, "Shifting where the signal peaks"): a complaint's advantage is concentrated
-    on a few tokens, and those are where the follow-up names what it wants instead: on the base model's replies to
-    "keep it under 20 words" the teacher puts 0.85-0.9 on <|im_end|> at the worst of them (3-5 nats over the
-    baseline), under "use a list" it raises "1" and "\n". The sampled-token loss can only push the sampled token down
-    there; the shifted target (`sampled_token_loss_shifted_head`) sends the mass to what the teacher raised."""
-    m_B_T = _bool(mask_B_T)
-    if ratio <= 0:
-        return torch.zeros_like(m_B_T)
-    c_B_T = advantages(teacher_logp_B_T, baseline_logp_B_T, m_B_T, center=True).abs()
-    n_B = m_B_T.sum(-1, keepdim=True).clamp_min(1).to(c_B_T.dtype)
-    mean_B = c_B_T.sum(-1, keepdim=True) / n_B
-    return m_B_T & (mean_B > 0) & (c_B_T >= ratio * mean_B)
-
-
 def sampled_token_loss_shifted_head(
     student_logits_B_T_V: torch.Tensor,
     student_logp_B_T: torch.Tensor,
@@ -396,8 +370,8 @@ def sampled_token_loss_shifted_head(
     seq_weight_B: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The sampled-token loss, except at the `head_B_T` positions (the reply's first tokens, and with
-    `advantage_peaks` the tokens where A peaks), which take the `shifted_topk_loss` divergence. Every valid token
-    weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
+    `shift_positions.advantage_peaks` the tokens where A peaks), which take the `shifted_topk_loss` divergence.
+    Every valid token weighs 1/|y| in its row's mean, as in `sampled_token_loss`.
 
     Why (ours; measured in bench/learning/README.md, "A shifted head"): a complaint's advantage is largest, and
     negative, at the reply's first token (the usual opener the teacher would not have written). Pushing a sampled

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from hsd_ray.core import losses
+from hsd_ray.core import losses, shift_positions
 from hsd_ray.core.batch import HindsightBatch, PackedSequences, reply_logits
 from hsd_ray.core.retain import retain_loss
 
@@ -35,11 +35,7 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     metrics: dict[str, float] = {}
     if cfg.kind == "sampled_token":
         teacher_B_T, baseline_B_T = batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device)
-        head_B_T = losses.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
-        if cfg.shift_peak_ratio > 0:  # the shifted target also where A peaks (losses.advantage_peaks)
-            peaks_B_T = losses.advantage_peaks(teacher_B_T, baseline_B_T, mask_B_T, cfg.shift_peak_ratio)
-            metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
-            head_B_T = head_B_T | peaks_B_T
+        head_B_T = _shifted_positions(batch, cfg, mask_B_T, teacher_B_T, baseline_B_T, metrics)
         A_B_T = losses.advantages(teacher_B_T, baseline_B_T, mask_B_T.bool() & ~head_B_T,
                                   center=cfg.center_advantages)
         weights = None
@@ -49,8 +45,6 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
         if cfg.shifted_head:
-            if batch.baseline_topk_logp_B_T_K is None:
-                raise ValueError("loss.head_tokens / shift_peak_ratio need the teacher's and baseline's top-k scores")
             loss, m = losses.sampled_token_loss_shifted_head(
                 logits_B_T_V, logp_B_T, A_B_T, batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
                 batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, head_B_T, scale=cfg.shift_scale,
@@ -95,6 +89,30 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     metrics["kl_teacher_sampled"] = float((logp_B_T.detach() - batch.teacher_logp_B_T.to(device))[valid].mean())
     metrics["loss"] = float(loss.detach())
     return loss, metrics
+
+
+def _shifted_positions(batch: HindsightBatch, cfg: LossConfig, mask_B_T: torch.Tensor, teacher_B_T: torch.Tensor,
+                       baseline_B_T: torch.Tensor, metrics: dict) -> torch.Tensor:
+    """The reply tokens that take the shifted target (core/shift_positions.py): the head, and with
+    `shift_peak_ratio` the advantage peaks (with `shift_peaks_to=end` only those where the follow-up raises the
+    stop token most). All False when neither is set; counts the peaks outside the head in `metrics`."""
+    head_B_T = shift_positions.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
+    if not cfg.shifted_head:
+        return head_B_T
+    if batch.baseline_topk_logp_B_T_K is None:
+        raise ValueError("loss.head_tokens / shift_peak_ratio need the teacher's and baseline's top-k scores")
+    if cfg.shift_peak_ratio > 0:
+        peaks_B_T = shift_positions.advantage_peaks(teacher_B_T, baseline_B_T, mask_B_T, cfg.shift_peak_ratio)
+        if cfg.shift_peaks_to == "end":
+            if not batch.stop_ids:
+                raise ValueError("loss.shift_peaks_to=end needs the batch's stop ids (HindsightBatch.collate)")
+            device = mask_B_T.device
+            peaks_B_T = peaks_B_T & shift_positions.raised_most_is(
+                batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
+                batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, batch.stop_ids)
+        metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
+        head_B_T = head_B_T | peaks_B_T
+    return head_B_T
 
 
 def learner_step(

@@ -280,7 +280,8 @@ class Learner(GateFollowing):
         from hsd_ray.core.train_step import learner_step
 
         t0 = time.perf_counter()
-        batch = HindsightBatch.collate(turns[self.rank :: self.world], self.tokenizer.pad_token_id)
+        tok = self.tokenizer
+        batch = HindsightBatch.collate(turns[self.rank :: self.world], tok.pad_token_id, (tok.eos_token_id,))
         retain = self.retain.draw(self.step_count, self.s.loss.retain_per_step, self.s.seed) if self.retain else None
         step_metrics = learner_step(self.model, self.optimizer, batch, self.s.loss,
                                     grad_clip=self.s.learner.grad_clip, scheduler=self.scheduler,

@@ -147,7 +147,8 @@ class PersonalLearner:
         out = {}
         for adapter, group in by_adapter.items():
             t0 = time.perf_counter()
-            batch = HindsightBatch.collate(group, self.tokenizer.pad_token_id)
+            tok = self.tokenizer
+            batch = HindsightBatch.collate(group, tok.pad_token_id, (tok.eos_token_id,))
             metrics = self.bank.step(adapter, batch, self.s.loss, grad_clip=self.s.learner.grad_clip,
                                      reference=self.reference)
             self.step_count += 1

@@ -127,3 +127,6 @@ def test_a_head_is_refused_only_where_it_was_asked_for_with_another_loss():
         Config.load(overrides=["loss.kind=topk", "loss.head_tokens=0", "loss.shift_peak_ratio=4"])
     peaks_only = Config.load(overrides=["loss.head_tokens=0", "loss.shift_peak_ratio=4"]).loss
     assert peaks_only.shifted_head and peaks_only.scores_baseline_topk
+    with pytest.raises(ConfigError, match="shift_peak_ratio > 0"):  # `end` selects among the peaks: none without them
+        Config.load(overrides=["loss.shift_peaks_to=end"])
+    assert Config.load(overrides=["loss.shift_peak_ratio=4", "loss.shift_peaks_to=end"]).loss.shift_peaks_to == "end"

@@ -192,3 +192,30 @@ def test_repeat_unlikelihood_adds_its_weighted_term_on_replies_that_repeat(engin
     with torch.no_grad():
         _, m = compute_loss(engine.model, plain, on.loss)
     assert m["repeat_frac"] == 0.0 and m["repeat_ul"] == 0.0
+
+
+def test_shift_peaks_to_end_keeps_only_the_peaks_where_a_stop_id_rises_most(engine):
+    """`loss.shift_peaks_to=end` shifts the advantage peaks at which the batch's stop ids rise most over the baseline
+    and no other; given every id that rises most at a peak as its stop ids it shifts them all, and a batch collated
+    without stop ids is refused rather than trained without its peaks."""
+    from hsd_ray.core import shift_positions
+    from hsd_ray.core.train_step import compute_loss
+
+    peaks_cfg = ["loss.head_tokens=0", "loss.shift_peak_ratio=1.5", "loss.kl_coef=0"]
+    any_peak, at_end = (Config.load(overrides=[*peaks_cfg, f"loss.shift_peaks_to={to}"]).loss for to in ("any", "end"))
+    turns = score_turns(engine, _turns(), Config.load(overrides=peaks_cfg).hindsight, any_peak)
+    pad, eos = engine.tokenizer.pad_token_id, engine.tokenizer.eos_token_id
+    batch = HindsightBatch.collate(turns, pad, (eos,))
+    mask = batch.mask_B_T.bool()
+    peaks = shift_positions.advantage_peaks(batch.teacher_logp_B_T, batch.baseline_logp_B_T, mask, 1.5)
+    topk = (batch.topk_ids_B_T_K, batch.topk_logp_B_T_K, batch.baseline_topk_logp_B_T_K)
+    risen = topk[0].gather(-1, (topk[1] - topk[2]).argmax(-1, keepdim=True)).squeeze(-1)[peaks]
+    assert len(set(risen.tolist())) > 1  # the peaks raise different ids: the filter has something to choose
+    with torch.no_grad():
+        n_any = compute_loss(engine.model, batch, any_peak)[1]["peak_tokens"]
+        n_end = compute_loss(engine.model, batch, at_end)[1]["peak_tokens"]
+        every = HindsightBatch.collate(turns, pad, tuple(set(risen.tolist())))
+        assert compute_loss(engine.model, every, at_end)[1]["peak_tokens"] == n_any == int(peaks.sum()) > 0
+    assert n_end == int((peaks & shift_positions.raised_most_is(*topk, mask, (eos,))).sum()) < n_any
+    with pytest.raises(ValueError, match="stop ids"):
+        compute_loss(engine.model, HindsightBatch.collate(turns, pad), at_end)

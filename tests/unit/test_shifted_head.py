@@ -1,18 +1,19 @@
-"""The sampled-token loss with a shifted head (losses.sampled_token_loss_shifted_head, `loss.head_tokens`)."""
+"""The sampled-token loss with a shifted head (losses.sampled_token_loss_shifted_head, `loss.head_tokens`) and the
+positions that take it (core/shift_positions.py)."""
 
 import pytest
 import torch
 
-from hsd_ray.core import losses
+from hsd_ray.core import losses, shift_positions
 
 pytestmark = pytest.mark.unit
 
 
 def test_head_mask_marks_each_rows_first_valid_tokens():
     mask = torch.tensor([[False, True, True, True], [True, True, True, True], [False, False, False, True]])
-    assert losses.head_mask(mask, 2).tolist() == [[False, True, True, False], [True, True, False, False],
-                                                  [False, False, False, True]]
-    assert not losses.head_mask(mask, 0).any()
+    assert shift_positions.head_mask(mask, 2).tolist() == [[False, True, True, False], [True, True, False, False],
+                                                           [False, False, False, True]]
+    assert not shift_positions.head_mask(mask, 0).any()
 
 
 def test_advantage_peaks_are_the_tokens_far_above_the_rows_mean_centred_advantage():
@@ -22,10 +23,24 @@ def test_advantage_peaks_are_the_tokens_far_above_the_rows_mean_centred_advantag
     teacher = torch.tensor([[0.0, 0, 0, 0, 4], [1.0, 1, 1, 1, 1], [0.0, 0, -4, 0, 9]])
     baseline = torch.zeros(3, 5)
     mask = torch.tensor([[True] * 5, [True] * 5, [True, True, True, True, False]])
-    peaks = losses.advantage_peaks(teacher, baseline, mask, 2.0)
+    peaks = shift_positions.advantage_peaks(teacher, baseline, mask, 2.0)
     assert peaks.tolist() == [[False, False, False, False, True], [False] * 5, [False, False, True, False, False]]
-    assert not losses.advantage_peaks(teacher, baseline, mask, 3.0)[0].any()
-    assert not losses.advantage_peaks(teacher, baseline, mask, 0.0).any()
+    assert not shift_positions.advantage_peaks(teacher, baseline, mask, 3.0)[0].any()
+    assert not shift_positions.advantage_peaks(teacher, baseline, mask, 0.0).any()
+
+
+def test_raised_most_is_where_the_follow_up_raises_one_of_the_ids_most_over_the_baseline():
+    """Top-k ids [5, 2, 7] at four positions, stop id 2. Position 0: 2 rises most (log .6/.1 against .3/.3 and
+    .1/.6): kept. Position 1: 7 rises most though 5 stays the teacher's top token: not kept. Position 2: the baseline
+    gives 2 no mass at all (-inf, clamped): it rises most. Position 3 is padding: never kept."""
+    ids = torch.tensor([[[5, 2, 7]] * 4])
+    teacher = torch.log(torch.tensor([[[0.3, 0.6, 0.1], [0.5, 0.1, 0.4], [0.5, 0.2, 0.3], [0.1, 0.8, 0.1]]]))
+    baseline = torch.log(torch.tensor([[[0.3, 0.1, 0.6], [0.5, 0.1, 0.1], [0.6, 0.0, 0.4], [0.8, 0.1, 0.1]]]))
+    mask = torch.tensor([[True, True, True, False]])
+    assert shift_positions.raised_most_is(ids, teacher, baseline, mask, (2,)).tolist() == [[True, False, True, False]]
+    assert shift_positions.raised_most_is(ids, teacher, baseline, mask, (7, 2)).tolist() == [[True, True, True, False]]
+    assert not shift_positions.raised_most_is(ids, teacher, baseline, mask, ()).any()
+    assert not shift_positions.raised_most_is(ids, teacher, baseline, mask, (5,)).any()
 
 
 def _case(seed: int = 0):
@@ -44,7 +59,7 @@ def test_value_is_the_shifted_divergence_at_the_head_and_the_sampled_term_elsewh
     """Every valid token weighs 1/|y| in its row: row 0 = (div at t=1 − A₂ logp₂ − A₃ logp₃) / 3, row 1 likewise
     over 4 tokens with t=0 the head; the batch mean weighs each row by its feedback weight."""
     logits, targets, ids, teacher, baseline, A, mask = _case()
-    head = losses.head_mask(mask, 1)
+    head = shift_positions.head_mask(mask, 1)
     logp = losses.token_logprobs(logits, targets)
     weight = torch.tensor([1.0, 0.5])
     loss, m = losses.sampled_token_loss_shifted_head(logits, logp, A, ids, teacher, baseline, mask, head,
@@ -65,7 +80,7 @@ def test_without_a_head_it_is_the_sampled_token_loss():
     logits, targets, ids, teacher, baseline, A, mask = _case(1)
     logp = losses.token_logprobs(logits, targets)
     hybrid, _ = losses.sampled_token_loss_shifted_head(logits, logp, A, ids, teacher, baseline, mask,
-                                                       losses.head_mask(mask, 0))
+                                                       shift_positions.head_mask(mask, 0))
     plain, _ = losses.sampled_token_loss(logp, A, mask)
     assert float(hybrid.detach()) == pytest.approx(float(plain.detach()), rel=1e-6)
 
@@ -115,7 +130,9 @@ def _last_token_after_steps(peaks: bool, steps: int = 5) -> torch.Tensor:
     ids = torch.tensor([[[0, 1]] * 5])
     teacher = torch.log(torch.tensor([[[0.5, 0.1]] * 4 + [[0.05, 0.9]]]))
     baseline = torch.log(torch.tensor([[[0.5, 0.1]] * 4 + [[0.6, 0.05]]]))
-    shifted = losses.advantage_peaks(teacher[..., 0], baseline[..., 0], mask, 2.0) if peaks else torch.zeros_like(mask)
+    shifted = shift_positions.advantage_peaks(teacher[..., 0], baseline[..., 0], mask, 2.0)
+    if not peaks:
+        shifted = torch.zeros_like(mask)
     A = losses.advantages(teacher[..., 0], baseline[..., 0], mask & ~shifted, center=True)
     opt = torch.optim.SGD([logits], lr=5.0)  # each token weighs 1/5 of the row: the head test's step at one token
     for _ in range(steps):
@@ -132,9 +149,9 @@ def test_at_a_peak_the_end_of_reply_gains_the_mass_the_continuation_loses():
     a mean of 0.80); pushed down, its mass goes to the stray tokens (five steps: end .03 → .02, strays .28 → .98),
     shifted it goes to the end of the reply (end .03 → .75, strays .28 → .16)."""
     p0 = torch.softmax(torch.tensor([3.0, 0.0, 1.0, 1.0, 1.0]), -1)
-    assert losses.advantage_peaks(torch.log(torch.tensor([[0.5] * 4 + [0.05]])),
-                                  torch.log(torch.tensor([[0.5] * 4 + [0.6]])), torch.ones(1, 5, dtype=torch.bool),
-                                  2.0).tolist() == [[False] * 4 + [True]]
+    assert shift_positions.advantage_peaks(torch.log(torch.tensor([[0.5] * 4 + [0.05]])),
+                                           torch.log(torch.tensor([[0.5] * 4 + [0.6]])),
+                                           torch.ones(1, 5, dtype=torch.bool), 2.0).tolist() == [[False] * 4 + [True]]
     pushed, shifted = _last_token_after_steps(False), _last_token_after_steps(True)
     assert pushed[0] < p0[0] and shifted[0] < p0[0]
     assert pushed[2:].sum() - p0[2:].sum() > pushed[1] - p0[1]
