@@ -187,7 +187,8 @@ def run(args) -> dict:
     scoring = bench_scoring(engine, turns, hcfg, lcfg, args.device, args.score_repeats)
 
     step_turns = turns[: args.step_turns]  # the first turns: lengths drawn like the rest
-    batch = HindsightBatch.collate(score_turns(engine, step_turns, hcfg, lcfg), engine.tokenizer.pad_token_id)
+    tok = engine.tokenizer
+    batch = HindsightBatch.collate(score_turns(engine, step_turns, hcfg, lcfg), tok.pad_token_id, (tok.eos_token_id,))
     del engine
     learner = bench_learner(model_dir, batch, lcfg, lora_r=args.lora_r, device=args.device, steps=args.steps)
     full, lora = learner["full"], learner["lora"]

@@ -132,7 +132,9 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | No
     engine = HFEngine(model_dir, device=cfg.engine.device)  # the learner's fp32 master weights, on the gate's device
     n_turns = batch_turns or cfg.learner.batch_turns
     turns = synthetic_turns(engine.tokenizer, n_turns, 16, cfg.serve.max_tokens, seed=0)
-    batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+    tok = engine.tokenizer
+    batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss),
+                                   tok.pad_token_id, (tok.eos_token_id,))
     model, lcfg = engine.model, cfg.learner
     reference = resume_policy(model, None, kl_on=cfg.loss.kl_coef > 0, kind=cfg.loss.reference)
     optimizer, scheduler = make_optimizer(model, lcfg)

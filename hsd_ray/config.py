@@ -79,8 +79,8 @@ class LossConfig(_Section):
     ignore_first_k: int = Field(0, ge=0, description="reply tokens at the start that get no loss")
     head_tokens: int = Field(1, ge=0, description="sampled_token: the reply's first N tokens take the shifted top-k "
         "loss, so a lowered opener's mass goes where the follow-up raised it (0 = off; bench/learning/README.md)")
-    shift_peak_ratio: float = Field(0.0, ge=0, description="also shift where |centred A| >= this × its mean (0 = off)")
-    shift_peaks_to: Literal["any", "end"] = Field("any", description="end = only peaks where the stop token rises most")
+    shift_peak_ratio: float = Field(4.0, ge=0, description="also shift where |centred A| >= this × its mean (0 = off)")
+    shift_peaks_to: Literal["any", "end"] = Field("end", description="end = only peaks where the stop token rises most")
     repeat_unlikelihood: float = Field(1.0, ge=0, description="weight of -log(1 - p) at reply tokens that repeat a "
                                        "4-gram of their own reply (losses.repetition_unlikelihood; 0 = off)")
     center_advantages: bool = Field(True, description="mean-centre A_i within each sequence (online variant)")
@@ -102,7 +102,7 @@ class LossConfig(_Section):
         for name in ("head_tokens", "shift_peak_ratio"):  # the defaults may stay set under the other kinds
             if getattr(self, name) and self.kind != "sampled_token" and name in self.model_fields_set:
                 raise ValueError(f"loss.{name} applies to loss.kind=sampled_token, not {self.kind}")
-        if self.shift_peaks_to == "end" and not self.shift_peak_ratio:
+        if self.shift_peaks_to == "end" and not self.shift_peak_ratio and "shift_peaks_to" in self.model_fields_set:
             raise ValueError("loss.shift_peaks_to=end selects among the peaks: set loss.shift_peak_ratio > 0")
         return self
 

@@ -101,8 +101,9 @@ class HindsightBatch:
         return int(self.mask_B_T.sum())
 
     @classmethod
-    def collate(cls, turns: list[Turn], pad_id: int, stop_ids: tuple[int, ...] = ()) -> "HindsightBatch":
-        """Turns that carry `scores` (and `student_prompt_ids`) → one batch."""
+    def collate(cls, turns: list[Turn], pad_id: int, stop_ids: tuple[int, ...]) -> "HindsightBatch":
+        """Turns that carry `scores` (and `student_prompt_ids`) → one batch. `stop_ids`: the ids that end a reply
+        (the tokenizer's EOS; the default loss's `shift_peaks_to=end` needs them), () where nothing selects on them."""
         missing = [t.turn_id for t in turns if t.scores is None]
         if missing:
             raise ValueError(f"turns without teacher scores cannot be trained on: {missing[:3]}")

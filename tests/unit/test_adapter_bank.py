@@ -33,7 +33,9 @@ def _cfg() -> Config:
 
 def _batch(engine, cfg, reply="Blue is a color that many people like.", followup="One word please."):
     turns = [Turn(context=[{"role": "user", "content": "Name a color."}], reply=reply, followup=followup)]
-    return HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+    tok = engine.tokenizer
+    return HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss),
+                                  tok.pad_token_id, (tok.eos_token_id,))
 
 
 def _bank(engine, cfg, root, max_resident=8) -> AdapterBank:

@@ -105,15 +105,19 @@ def test_every_loss_that_scores_a_top_k_is_held_to_vllms_logprob_limit():
     from hsd_ray.config import LossConfig
 
     kinds = get_args(LossConfig.model_fields["kind"].annotation)
-    cases = [[f"loss.kind={k}"] for k in kinds] + [["loss.kind=sampled_token", "loss.head_tokens=0"]]
+    plain = ["loss.kind=sampled_token", "loss.head_tokens=0", "loss.shift_peak_ratio=0"]
+    cases = [[f"loss.kind={k}"] for k in kinds] + [plain, plain[:2]]  # plain[:2]: the default peaks still shift
     scoring = [c for c in cases if Config.load(overrides=c).loss.scores_topk]
     assert sorted(map(tuple, scoring)) == [("loss.kind=sampled_token",),  # its default shifted head
+                                           ("loss.kind=sampled_token", "loss.head_tokens=0"),
                                            ("loss.kind=shifted_topk",), ("loss.kind=topk",)]
     for overrides in scoring:
         with pytest.raises(ConfigError, match="vllm_max_logprobs"):
             Config.load(overrides=[*overrides, "engine.kind=vllm", "loss.top_k=50", "engine.vllm_max_logprobs=20"])
     baseline_topk = [c for c in cases if Config.load(overrides=c).loss.scores_baseline_topk]
-    assert sorted(map(tuple, baseline_topk)) == [("loss.kind=sampled_token",), ("loss.kind=shifted_topk",)]
+    assert sorted(map(tuple, baseline_topk)) == [("loss.kind=sampled_token",),
+                                                 ("loss.kind=sampled_token", "loss.head_tokens=0"),
+                                                 ("loss.kind=shifted_topk",)]
 
 
 def test_a_head_is_refused_only_where_it_was_asked_for_with_another_loss():
@@ -128,5 +132,7 @@ def test_a_head_is_refused_only_where_it_was_asked_for_with_another_loss():
     peaks_only = Config.load(overrides=["loss.head_tokens=0", "loss.shift_peak_ratio=4"]).loss
     assert peaks_only.shifted_head and peaks_only.scores_baseline_topk
     with pytest.raises(ConfigError, match="shift_peak_ratio > 0"):  # `end` selects among the peaks: none without them
-        Config.load(overrides=["loss.shift_peaks_to=end"])
-    assert Config.load(overrides=["loss.shift_peak_ratio=4", "loss.shift_peaks_to=end"]).loss.shift_peaks_to == "end"
+        Config.load(overrides=["loss.shift_peak_ratio=0", "loss.shift_peaks_to=end"])
+    default = Config.load().loss  # chosen on dev (bench/learning/README.md, "Ending where the follow-up asks")
+    assert (default.head_tokens, default.shift_peak_ratio, default.shift_peaks_to) == (1, 4.0, "end")
+    assert not Config.load(overrides=["loss.shift_peak_ratio=0"]).loss.shift_peak_ratio  # off without naming `end`

@@ -38,7 +38,7 @@ def test_collate_right_aligns_read_only_arrays_without_a_warning():
     turns = [_turn([5, 6], [7, 8, 9], [-1.0, -2.0, -3.0], [-1.5, -2.5, -3.5]), _turn([5], [4], [-0.5], [-0.75])]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch.as_tensor on read-only numpy memory warns; collate must not
-        batch = HindsightBatch.collate(turns, pad_id=0)
+        batch = HindsightBatch.collate(turns, pad_id=0, stop_ids=())
     assert batch.mask_B_T.tolist() == [[True, True, True], [False, False, True]]
     assert batch.teacher_logp_B_T.dtype == torch.float32
     assert batch.teacher_logp_B_T.tolist() == [[-1.0, -2.0, -3.0], [0.0, 0.0, -0.5]]

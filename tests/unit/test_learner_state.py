@@ -91,12 +91,12 @@ def _scored(logprobs):
 
 
 def test_importance_weights_are_per_turn():
-    batch = HindsightBatch.collate([_scored([-0.5, -0.25]), _scored(None)], pad_id=0)
+    batch = HindsightBatch.collate([_scored([-0.5, -0.25]), _scored(None)], pad_id=0, stop_ids=())
     served = batch.served_logp_B_T
     assert served is not None and served.shape == (2, 3)
     assert served[0, :2].tolist() == [-0.5, -0.25] and torch.isnan(served[0, 2])  # the appended EOS: weight 1
     assert torch.isnan(served[1]).all()  # the turn without logprobs: weight 1, the other keeps its weights
-    assert HindsightBatch.collate([_scored(None)], pad_id=0).served_logp_B_T is None
+    assert HindsightBatch.collate([_scored(None)], pad_id=0, stop_ids=()).served_logp_B_T is None
 
 
 def test_eos_only_for_a_real_end_of_sequence(tiny_model_dir):

@@ -55,9 +55,11 @@ def _exact_kl(model, batch, teacher_logits):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("loss", [["loss.kind=sampled_token", "loss.head_tokens=0"], ["loss.kind=topk"],
-                                  ["loss.kind=shifted_topk"], ["loss.kind=sampled_token", "loss.head_tokens=2"],
-                                  ["loss.kind=sampled_token", "loss.head_tokens=0", "loss.shift_peak_ratio=2"]],
+@pytest.mark.parametrize("loss", [["loss.kind=sampled_token", "loss.head_tokens=0", "loss.shift_peak_ratio=0"],
+                                  ["loss.kind=topk"], ["loss.kind=shifted_topk"],
+                                  ["loss.kind=sampled_token", "loss.head_tokens=2", "loss.shift_peak_ratio=0"],
+                                  ["loss.kind=sampled_token", "loss.head_tokens=0", "loss.shift_peak_ratio=2",
+                                   "loss.shift_peaks_to=any"]],
                          ids=["sampled_token", "topk", "shifted_topk", "shifted_head", "shifted_peaks"])
 def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
     """As in the paper the teacher is the *current* policy: each step re-scores the turns with the weights being
@@ -77,11 +79,11 @@ def test_self_distillation_lowers_kl_to_hindsight_teacher(engine, lora, loss):
     for _ in range(9):
         model.eval()
         turns = score_turns(scorer, _turns(), cfg.hindsight, cfg.loss)
-        batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id)
+        batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
         kls.append(_exact_kl(model, batch, _teacher_logits(scorer, turns, cfg)))
         m = learner_step(model, optimizer, batch, cfg.loss, grad_clip=10.0, scheduler=scheduler)
         assert torch.isfinite(torch.tensor(m["loss"])) and m["tokens"] == batch.num_tokens
-        if cfg.loss.shift_peak_ratio:  # the peaks take the shifted target: counted beside the (absent) head
+        if cfg.loss.shifted_head and cfg.loss.shift_peak_ratio:  # the peaks shift: counted beside the (absent) head
             assert 0 < m["peak_tokens"] == m["head_tokens"] < m["tokens"]
     assert kls[-1] < 0.5 * kls[0], kls
     if lora:  # only the adapter moved: base weights untouched
@@ -95,7 +97,7 @@ def test_kl_penalty_anchors_to_initial_policy(engine):
     cfg = Config.load(overrides=["loss.baseline=student", "loss.center_advantages=false", "learner.lr=2e-3",
                                  "learner.warmup_steps=0"])
     turns = score_turns(engine, _turns(), cfg.hindsight, cfg.loss)
-    batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id)
+    batch = HindsightBatch.collate(turns, engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     drift = {}
     for coef in (0.0, 5.0):
         torch.manual_seed(0)
@@ -181,14 +183,14 @@ def test_repeat_unlikelihood_adds_its_weighted_term_on_replies_that_repeat(engin
     off = Config.load(overrides=["loss.kl_coef=0", "loss.repeat_unlikelihood=0"])
     on = Config.load(overrides=["loss.kl_coef=0", "loss.repeat_unlikelihood=2"])
     batch = HindsightBatch.collate(score_turns(engine, [looping, *_turns()], off.hindsight, off.loss),
-                                   engine.tokenizer.pad_token_id)
+                                   engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     with torch.no_grad():
         base, _ = compute_loss(engine.model, batch, off.loss)
         both, m = compute_loss(engine.model, batch, on.loss)
     assert m["repeat_frac"] > 0.1 and m["repeat_ul"] > 0
     assert float(both) == pytest.approx(float(base) + 2 * m["repeat_ul"], rel=1e-5)
     plain = HindsightBatch.collate(score_turns(engine, _turns(), off.hindsight, off.loss),
-                                  engine.tokenizer.pad_token_id)
+                                  engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     with torch.no_grad():
         _, m = compute_loss(engine.model, plain, on.loss)
     assert m["repeat_frac"] == 0.0 and m["repeat_ul"] == 0.0
@@ -218,4 +220,4 @@ def test_shift_peaks_to_end_keeps_only_the_peaks_where_a_stop_id_rises_most(engi
         assert compute_loss(engine.model, every, at_end)[1]["peak_tokens"] == n_any == int(peaks.sum()) > 0
     assert n_end == int((peaks & shift_positions.raised_most_is(*topk, mask, (eos,))).sum()) < n_any
     with pytest.raises(ValueError, match="stop ids"):
-        compute_loss(engine.model, HindsightBatch.collate(turns, pad), at_end)
+        compute_loss(engine.model, HindsightBatch.collate(turns, pad, ()), at_end)

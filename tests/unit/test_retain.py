@@ -133,7 +133,9 @@ def _drift(engine, retain_coef: float) -> float:
                                                             "Who wrote Hamlet?"], max_new_tokens=8)
     optimizer, scheduler = make_optimizer(model, cfg.learner)
     turns = [Turn(context=[{"role": "user", "content": q}], reply=r, followup=o) for q, r, o in TURNS]
-    batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss), engine.tokenizer.pad_token_id)
+    tok = engine.tokenizer
+    batch = HindsightBatch.collate(score_turns(engine, turns, cfg.hindsight, cfg.loss),
+                                   tok.pad_token_id, (tok.eos_token_id,))
     for step in range(6):
         m = learner_step(model, optimizer, batch, cfg.loss, grad_clip=10.0, scheduler=scheduler, reference=reference,
                          retain=retain.draw(step, 4))

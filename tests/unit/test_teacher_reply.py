@@ -68,12 +68,12 @@ def test_target_is_the_teachers_greedy_reply_scored_in_both_contexts(engine):
 def test_served_logprobs_do_not_weigh_a_teacher_written_reply(engine):
     cfg = _cfg(12)
     scored = score_turns(engine, _turns(), cfg.hindsight, cfg.loss)
-    batch = HindsightBatch.collate(scored, engine.tokenizer.pad_token_id)
+    batch = HindsightBatch.collate(scored, engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     assert batch.served_logp_B_T is None  # no turn's serving-time log-probs belong to its scored target
     off = Config.load(overrides=["hindsight.template=online"])
     served = score_turns(engine, _turns(), off.hindsight, off.loss)
     assert all(t.scores.served_reply for t in served)
-    served_batch = HindsightBatch.collate(served, engine.tokenizer.pad_token_id)
+    served_batch = HindsightBatch.collate(served, engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     assert served_batch.served_logp_B_T is not None and float(served_batch.served_logp_B_T.nansum()) < 0
 
 
@@ -109,7 +109,7 @@ def _gain_on_teacher_replies(engine, teacher_tokens: int) -> float:
     optimizer, scheduler = make_optimizer(model, cfg.learner)
     before = _student_logp_of(model, engine, targets)
     batch = HindsightBatch.collate(score_turns(engine, _turns(False), cfg.hindsight, cfg.loss),
-                                   engine.tokenizer.pad_token_id)
+                                   engine.tokenizer.pad_token_id, (engine.tokenizer.eos_token_id,))
     for _ in range(5):
         learner_step(model, optimizer, batch, cfg.loss, grad_clip=10.0, scheduler=scheduler)
     return _student_logp_of(model, engine, targets) - before
