@@ -35,7 +35,8 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     metrics: dict[str, float] = {}
     if cfg.kind == "sampled_token":
         teacher_B_T, baseline_B_T = batch.teacher_logp_B_T.to(device), batch.baseline_logp_B_T.to(device)
-        head_B_T = _shifted_positions(batch, cfg, mask_B_T, teacher_B_T, baseline_B_T, metrics)
+        shift_topk = _shift_topk(batch, device) if cfg.shifted_head else None  # (ids, teacher, baseline)
+        head_B_T = _shifted_positions(cfg, mask_B_T, teacher_B_T, baseline_B_T, shift_topk, batch.stop_ids, metrics)
         A_B_T = losses.advantages(teacher_B_T, baseline_B_T, mask_B_T.bool() & ~head_B_T,
                                   center=cfg.center_advantages)
         weights = None
@@ -44,10 +45,9 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
             served = torch.where(torch.isnan(served), logp_B_T.detach(), served)  # unknown → weight 1
             weights = losses.importance_weights(logp_B_T.detach(), served, cfg.importance_cap)
             metrics["is_weight_mean"] = float(weights[mask_B_T.bool()].mean()) if mask_B_T.any() else 1.0
-        if cfg.shifted_head:
+        if shift_topk is not None:
             loss, m = losses.sampled_token_loss_shifted_head(
-                logits_B_T_V, logp_B_T, A_B_T, batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
-                batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, head_B_T, scale=cfg.shift_scale,
+                logits_B_T_V, logp_B_T, A_B_T, *shift_topk, mask_B_T, head_B_T, scale=cfg.shift_scale,
                 weights_B_T=weights, seq_weight_B=batch.feedback_weight_B)
         else:
             loss, m = losses.sampled_token_loss(logp_B_T, A_B_T, mask_B_T, weights, batch.feedback_weight_B)
@@ -91,28 +91,30 @@ def compute_loss(model, batch: HindsightBatch, cfg: LossConfig, reference=None) 
     return loss, metrics
 
 
-def _shifted_positions(batch: HindsightBatch, cfg: LossConfig, mask_B_T: torch.Tensor, teacher_B_T: torch.Tensor,
-                       baseline_B_T: torch.Tensor, metrics: dict) -> torch.Tensor:
-    """The reply tokens that take the shifted target (core/shift_positions.py): the head, and with
-    `shift_peak_ratio` the advantage peaks (with `shift_peaks_to=end` only those where the follow-up raises the
-    stop token most). All False when neither is set; counts the peaks outside the head in `metrics`."""
-    head_B_T = shift_positions.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
-    if not cfg.shifted_head:
-        return head_B_T
+def _shift_topk(batch: HindsightBatch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-k ids and log-probs and the baseline's log-probs at them, on `device` once for both the
+    shifted positions and the shifted target."""
     if batch.baseline_topk_logp_B_T_K is None:
         raise ValueError("loss.head_tokens / shift_peak_ratio need the teacher's and baseline's top-k scores")
-    if cfg.shift_peak_ratio > 0:
-        peaks_B_T = shift_positions.advantage_peaks(teacher_B_T, baseline_B_T, mask_B_T, cfg.shift_peak_ratio)
-        if cfg.shift_peaks_to == "end":
-            if not batch.stop_ids:
-                raise ValueError("loss.shift_peaks_to=end needs the batch's stop ids (HindsightBatch.collate)")
-            device = mask_B_T.device
-            peaks_B_T = peaks_B_T & shift_positions.raised_most_is(
-                batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
-                batch.baseline_topk_logp_B_T_K.to(device), mask_B_T, batch.stop_ids)
-        metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
-        head_B_T = head_B_T | peaks_B_T
-    return head_B_T
+    return (batch.topk_ids_B_T_K.to(device), batch.topk_logp_B_T_K.to(device),
+            batch.baseline_topk_logp_B_T_K.to(device))
+
+
+def _shifted_positions(cfg: LossConfig, mask_B_T: torch.Tensor, teacher_B_T: torch.Tensor, baseline_B_T: torch.Tensor,
+                       shift_topk: tuple | None, stop_ids: tuple[int, ...], metrics: dict) -> torch.Tensor:
+    """The reply tokens that take the shifted target (core/shift_positions.py): the head, and with
+    `shift_peak_ratio` the advantage peaks (with `shift_peaks_to=end` only those where the follow-up raises a stop
+    id most). All False without a shifted head (`shift_topk` None); counts the peaks outside the head in `metrics`."""
+    head_B_T = shift_positions.head_mask(mask_B_T, cfg.head_tokens)  # all False when head_tokens is 0
+    if shift_topk is None or cfg.shift_peak_ratio <= 0:
+        return head_B_T
+    peaks_B_T = shift_positions.advantage_peaks(teacher_B_T, baseline_B_T, mask_B_T, cfg.shift_peak_ratio)
+    if cfg.shift_peaks_to == "end":
+        if not stop_ids:
+            raise ValueError("loss.shift_peaks_to=end needs the batch's stop ids (HindsightBatch.collate)")
+        peaks_B_T = peaks_B_T & shift_positions.raised_most_is(*shift_topk, mask_B_T, stop_ids)
+    metrics["peak_tokens"] = float((peaks_B_T & ~head_B_T).sum())
+    return head_B_T | peaks_B_T
 
 
 def learner_step(
