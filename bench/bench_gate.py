@@ -9,7 +9,8 @@
     measure the base model at start, and `evaluate()` of a candidate (the base weights plus small Gaussian noise, a
     stand-in for one learner version: the cost does not depend on what the weights learned, only on reply lengths),
     and the shares of it the relevance check and the plain facts take (timed once more on their own; the facts as
-    the answers batch with them against without them).
+    the answers batch with them against without them), and a per-user adapter's candidate (CAPABILITY_CHECKS,
+    which skip the two KL scoring passes) against the same checks with those passes, alternating.
 (c) One learner optimizer step on a batch of `learner.batch_turns` synthetic scored turns (core.train_step, the same
     function the Ray Train learner calls), so the gate's time per version can be put against the learner's time
     per version at the default cadence (`broadcast.every_steps` steps per version). In a live loop the job reports
@@ -78,10 +79,28 @@ def gatekeeper_cost(model_dir: str, cfg) -> dict:
     (numbers, replies), eval_s = _timed(gate.evaluate)
     _, relevance_s = _timed(lambda: gate._relevance([r.text for r in replies]))  # already inside evaluate: its share
     facts_s = facts_cost(gate)
+    adapter = adapter_candidate_cost(gate)
     return {"base_measurement_s": round(start_s, 2), "candidate_evaluate_s": round(eval_s, 2),
             "relevance_check_s": round(relevance_s, 2), "relevance_share": round(relevance_s / eval_s, 3),
             "facts_check_s": round(facts_s, 2), "facts_share": round(facts_s / eval_s, 3),
-            "acceptance": acceptance_cost(gate, replies, eval_s), "candidate": numbers.to_dict()}
+            "acceptance": acceptance_cost(gate, replies, eval_s), "adapter_candidate": adapter,
+            "candidate": numbers.to_dict()}
+
+
+def adapter_candidate_cost(gate, repeats: int = 2) -> dict:
+    """A per-user adapter's candidate is judged on CAPABILITY_CHECKS, which hold no KL: `evaluate` skips the two KL
+    scoring passes for it. Timed side by side on the loaded candidate, alternating: those checks against the same
+    checks plus the two KLs (what it cost before), mean of `repeats` each."""
+    from hsd_ray.core.version_gate import CAPABILITY_CHECKS
+
+    with_kl = (*CAPABILITY_CHECKS, "kl_accepted", "kl_base")
+    skip_s, kl_s = [], []
+    for _ in range(repeats):
+        kl_s.append(_timed(lambda: gate.evaluate(checks=with_kl))[1])
+        skip_s.append(_timed(lambda: gate.evaluate(checks=CAPABILITY_CHECKS))[1])
+    before, after = sum(kl_s) / repeats, sum(skip_s) / repeats
+    return {"with_kl_passes_s": round(before, 2), "without_s": round(after, 2), "speedup": round(before / after, 3),
+            "runs": {"with_kl_passes_s": [round(x, 2) for x in kl_s], "without_s": [round(x, 2) for x in skip_s]}}
 
 
 def facts_cost(gate, repeats: int = 2) -> float:

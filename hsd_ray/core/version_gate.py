@@ -233,8 +233,8 @@ class GateLimits:
 class GateNumbers:
     """One candidate's measures. `*_base` and `length_accepted` are the references it is judged against."""
 
-    kl_accepted: float
-    kl_base: float
+    kl_accepted: float | None  # None: not measured (a per-user adapter's candidate is not held to it: two scoring
+    kl_base: float | None  # passes fewer, gatekeeper.evaluate)
     ppl: float
     ppl_base: float
     accuracy: float
@@ -269,8 +269,9 @@ class GateNumbers:
         return {k: (round(v, 5) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
 
     def summary(self) -> str:
-        return (f"KL(cand‖accepted) {self.kl_accepted:.4f} KL(cand‖base) {self.kl_base:.4f} "
-                f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
+        return ((f"KL(cand‖accepted) {self.kl_accepted:.4f} " if self.kl_accepted is not None else "")
+                + (f"KL(cand‖base) {self.kl_base:.4f} " if self.kl_base is not None else "")
+                + f"ppl {self.ppl:.3g} (base {self.ppl_base:.3g}) accuracy {self.accuracy:.3f} "
                 f"(base {self.accuracy_base:.3f}) "
                 + (f"facts lost {self.facts_lost} of {self.facts_base} " if self.facts_base else "")
                 + (f"(answered late {self.facts_late}) " if self.facts_late else "")
@@ -311,13 +312,14 @@ CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops", "
 
 def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = ALL_CHECKS) -> list[str]:
     """Why the candidate is held back ([] = accept), among `checks`. A NaN number is a reason of its own
-    ("invalid")."""
+    ("invalid"), and so is a KL that `checks` hold the candidate to but was not measured."""
     numbers = (n.kl_accepted, n.kl_base, n.ppl, n.ppl_base, n.accuracy, n.accuracy_base, n.length, n.length_accepted)
-    if any(math.isnan(x) for x in numbers):
+    if any(x is not None and math.isnan(x) for x in numbers) or any(
+            getattr(n, name) is None for name in ("kl_accepted", "kl_base") if name in checks):
         return ["invalid"]
     failed = {
-        "kl_accepted": n.kl_accepted > limits.max_kl_accepted,
-        "kl_base": n.kl_base > limits.max_kl_base,
+        "kl_accepted": n.kl_accepted is not None and n.kl_accepted > limits.max_kl_accepted,
+        "kl_base": n.kl_base is not None and n.kl_base > limits.max_kl_base,
         "perplexity": n.ppl > limits.max_ppl_ratio * n.ppl_base,
         "accuracy": n.accuracy_base - n.accuracy > limits.max_accuracy_drop + 1e-9,
         "facts": n.facts_lost > limits.max_facts_lost,

@@ -168,16 +168,17 @@ class Gatekeeper:
         instead of the probes. Each check only where `checks` hold it (relevance is a sixth of a candidate's time)."""
         t0 = time.perf_counter()
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
-        on_accepted = self.engine.score(accepted.targets, top_k=k)
-        on_base = on_accepted if accepted is self.base else self.engine.score(self.base.targets, top_k=k)
+        # a scoring pass each, only where the candidate is judged on it (not a per-user adapter's: CAPABILITY_CHECKS)
+        kl_accepted = self._kl(accepted) if "kl_accepted" in checks else None
+        kl_base = (kl_accepted if accepted is self.base and kl_accepted is not None
+                   else self._kl(self.base) if "kl_base" in checks else None)
         replies = greedy(self.engine, self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = probe_stats(replies)
         right, answered = self.asked.ask()
         right, late = self.asked.read_late(right, answered, self.counted_facts)
         probe_texts, answer_texts = [r.text for r in replies], [r.text for r in answered]
         numbers = GateNumbers(
-            kl_accepted=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_accepted], accepted.topk),
-            kl_base=mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in on_base], self.base.topk),
+            kl_accepted=kl_accepted, kl_base=kl_base,
             ppl=self._perplexity(), ppl_base=self.ppl_base,
             accuracy=self.asked.accuracy(right), accuracy_base=self.accuracy_base,
             facts_lost=sum(c and not r for c, r in zip(self.counted_facts, right)),
@@ -404,6 +405,11 @@ class Gatekeeper:
         own, base = list(zip(texts, questions)), list(zip(cut, questions))
         logp = [float(s.logp_T.sum()) for s in self.engine.score(relevance_requests(self.engine.tokenizer, own + base))]
         return relevance_change(logp[: len(own)], logp[len(own):])
+
+    def _kl(self, reference: _Reference) -> float:
+        """Mean per-token KL(loaded weights ‖ `reference`'s version) on that version's greedy probe replies."""
+        scored = self.engine.score(reference.targets, top_k=self.settings.gate.top_k)
+        return mean_kl([(s.topk_ids_T_K, s.topk_logp_T_K) for s in scored], reference.topk)
 
     def _perplexity(self) -> float:
         return perplexity([self.engine.score([self.reference_request])[0].logp_T])

@@ -47,6 +47,28 @@ def test_reference_top_k_from_generation_equals_a_scoring_pass(tiny_model_dir, k
     assert moved.kl_accepted > 100 * max(numbers.kl_accepted, 1e-7)
 
 
+def test_a_per_user_adapters_checks_skip_the_kl_passes_and_read_the_rest_alike(tiny_model_dir):
+    """Judged on CAPABILITY_CHECKS (a per-user adapter's candidate), evaluate measures no KL and every other number as
+    it does under all the checks."""
+    from dataclasses import replace
+
+    from hsd_ray.config import EngineConfig, VersionGateConfig
+    from hsd_ray.core.version_gate import CAPABILITY_CHECKS, gate_reasons
+    from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
+
+    gate = Gatekeeper(GatekeeperSettings(str(tiny_model_dir), EngineConfig(kind="hf"),
+                                         VersionGateConfig(probe_max_tokens=12, check_max_tokens=4), False), None)
+    _load_moved_weights(gate, tiny_model_dir)
+    every, every_replies = gate.evaluate()
+    capability, replies = gate.evaluate(checks=CAPABILITY_CHECKS)
+    assert capability.kl_accepted is None and capability.kl_base is None and every.kl_accepted > 0
+    assert [r.token_ids for r in replies] == [r.token_ids for r in every_replies]
+    measured_alike = replace(every, kl_accepted=None, kl_base=None, relevance=None, seconds=0.0)
+    assert replace(capability, seconds=0.0) == measured_alike
+    assert gate_reasons(capability, gate.limits, CAPABILITY_CHECKS) == gate_reasons(every, gate.limits,
+                                                                                    CAPABILITY_CHECKS)
+
+
 @pytest.mark.parametrize("kind", ["hf", "vllm"])
 def test_sampled_checks_draw_with_the_base_seeds(tiny_model_dir, kind):
     """`version_gate.sampled_per_probe`: the candidate's replies are sampled with the seeds the base's were, so the

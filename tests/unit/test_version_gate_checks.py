@@ -109,6 +109,19 @@ def test_gate_reasons_each_threshold():
     assert gate_reasons(_numbers(kl_accepted=float("nan")), LIMITS, CAPABILITY_CHECKS) == ["invalid"]
     with pytest.raises(ValueError, match="unknown gate checks"):
         gate_reasons(_numbers(), LIMITS, ("kl", "perplexity"))
+
+
+def test_a_kl_not_measured_passes_only_where_it_is_not_a_check():
+    """A per-user adapter's candidate skips the two KL scoring passes (gatekeeper.evaluate): None there is no
+    reason; a KL the checks hold a candidate to and that was not measured is invalid, never a pass."""
+    unmeasured = _numbers(kl_accepted=None, kl_base=None)
+    assert gate_reasons(unmeasured, LIMITS, CAPABILITY_CHECKS) == []
+    assert gate_reasons(_numbers(kl_accepted=None, ppl=30.0), LIMITS, CAPABILITY_CHECKS) == ["perplexity"]
+    assert gate_reasons(unmeasured, LIMITS) == ["invalid"]
+    assert gate_reasons(_numbers(kl_base=None), LIMITS, ("kl_base", "perplexity")) == ["invalid"]
+    assert gate_reasons(_numbers(kl_base=None), LIMITS, ("kl_accepted", "perplexity")) == []
+    assert "KL" not in unmeasured.summary() and unmeasured.to_dict()["kl_accepted"] is None
+    assert "KL(cand‖base) 0.1000" in _numbers(kl_accepted=None).summary()
     assert "loops 0.38 (base 0.06)" in _numbers(loops=0.375, loops_base=0.0625).summary()
 
 
