@@ -170,8 +170,9 @@ class Gatekeeper:
         k, accepted = self.settings.gate.top_k, accepted or self.accepted
         # a scoring pass each, only where the candidate is judged on it (not a per-user adapter's: CAPABILITY_CHECKS)
         kl_accepted = self._kl(accepted) if "kl_accepted" in checks else None
-        kl_base = (kl_accepted if accepted is self.base and kl_accepted is not None
-                   else self._kl(self.base) if "kl_base" in checks else None)
+        kl_base = None
+        if "kl_base" in checks:  # against the base itself: the pass above already measured it
+            kl_base = kl_accepted if accepted is self.base and kl_accepted is not None else self._kl(self.base)
         replies = greedy(self.engine, self.probe_prompts, self.settings.gate.probe_max_tokens, top_k=k)
         length, loops = probe_stats(replies)
         right, answered = self.asked.ask()
