@@ -53,7 +53,7 @@ def _one_slot(engine, sets: list, lengths: list[tuple[list, int]]) -> dict:
 
 
 def _one_at_a_time(engine, adapters: list[str], lengths: list[tuple[list, int]]) -> dict:
-    """Each adapter's replies, one engine call per adapter and length (as the gatekeeper judges one candidate)."""
+    """Each adapter's replies from an engine holding all of them (no loads), one call per adapter and length."""
     from hsd_ray.core.engine_api import SamplingParams
 
     return {a: [[g.token_ids for g in engine.generate(prompts, SamplingParams(max_tokens=n, temperature=0.0,
