@@ -26,7 +26,6 @@ of the learner.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -171,7 +170,7 @@ def learner_step_cost(model_dir: str, cfg, steps: int = 3, batch_turns: int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.util import model_folder
+    from bench.util import model_folder, write_result
     from hsd_ray.config import Config
     from hsd_ray.engines.hf import HFEngine
 
@@ -204,11 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                                   for n in args.batch_turns.split(",") if n
                                   for cost in [learner_step_cost(model_dir, cfg, batch_turns=int(n))]]
     result["env"]["loadavg_end"] = os.getloadavg()[0]
-    print(json.dumps(result, indent=1))
-    out = Path(args.out) / f"bench_gate-{Path(cfg.model).name}{'-' + args.tag if args.tag else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    tag = f"-{args.tag}" if args.tag else ""
+    write_result(result, Path(args.out) / f"bench_gate-{Path(cfg.model).name}{tag}.json")
     return 0
 
 

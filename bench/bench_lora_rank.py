@@ -16,7 +16,6 @@ Results print and go to `bench/results/bench_lora_rank-<model>.json`. SmolLM2-13
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.util import random_user_adapters
+    from bench.util import random_user_adapters, write_result
     from hsd_ray.config import Config
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
     from hsd_ray.models import resolve_model
@@ -71,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "gate_numbers": {str(r): n for r, n in numbers.items()},
         "env": {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count()},
     }
-    print(json.dumps(result, indent=1))
-    out = Path(args.out) / f"bench_lora_rank-{Path(args.model).name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(result, Path(args.out) / f"bench_lora_rank-{Path(args.model).name}.json")
     os._exit(0)  # two in-process vLLM engines: skip their slow, noisy teardown
 
 

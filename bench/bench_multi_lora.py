@@ -82,7 +82,7 @@ def _all_in_one_call(engine, adapters: list[str], lengths: list[tuple[list, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.util import random_user_adapters
+    from bench.util import random_user_adapters, write_result
     from hsd_ray.config import Config
     from hsd_ray.core.prompts import render_prompt
     from hsd_ray.data import load_probes
@@ -133,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "env": {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
                 "loadavg": os.getloadavg()},
     }
-    print(json.dumps(result, indent=1))
-    out = Path(args.out) / f"bench_multi_lora-{Path(args.model).name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
+    write_result(result, Path(args.out) / f"bench_multi_lora-{Path(args.model).name}.json")
     os._exit(0)  # two in-process vLLM engines: skip their slow, noisy teardown
 
 

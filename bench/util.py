@@ -15,6 +15,16 @@ def cuda_sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def write_result(result: dict, out: Path) -> None:
+    """A benchmark's result: printed as JSON, then written to `out` (its folder made if missing)."""
+    import json
+
+    print(json.dumps(result, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now (for a Serve HTTP proxy)."""
     with socket.socket() as s:
