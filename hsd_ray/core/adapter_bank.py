@@ -36,7 +36,7 @@ from hsd_ray.core.weights import PolicyVersion, WeightSet, validate_tensors
 
 if TYPE_CHECKING:
     from hsd_ray.config import LoraConfig, LossConfig
-    from hsd_ray.core.batch import HindsightBatch
+    from hsd_ray.core.batch import HindsightBatch, PackedSequences
 
 ADAPTERS_DIR = "adapters"  # under job.output_dir: one folder per user adapter
 VERSION_FILE = "hsd_version.json"  # in an adapter's folder: its version and step count
@@ -74,12 +74,14 @@ class AdapterBank:
 
     # ---- what the learner calls -------------------------------------------------------------------------------
     def step(self, adapter_id: str, batch: HindsightBatch, loss: LossConfig, *, grad_clip: float,
-             reference=None) -> dict:
-        """One optimizer step of `adapter_id` (created from zero, or loaded from disk, if not resident)."""
+             reference=None, retain: PackedSequences | None = None) -> dict:
+        """One optimizer step of `adapter_id` (created from zero, or loaded from disk, if not resident); `retain`:
+        replayed reference replies for the retain anchor (loss.retain_coef > 0)."""
         from hsd_ray.core.train_step import learner_step
 
         state = self._activate(adapter_id)
-        metrics = learner_step(self.model, state["optimizer"], batch, loss, grad_clip=grad_clip, reference=reference)
+        metrics = learner_step(self.model, state["optimizer"], batch, loss, grad_clip=grad_clip, reference=reference,
+                               retain=retain)
         state["steps"] += 1
         return metrics
 

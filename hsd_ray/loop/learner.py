@@ -203,8 +203,7 @@ class Learner(GateFollowing):
         self.weights_version = self.weights_step = 0
         self.started = self.last_publish = time.time()
         self.publisher = BackgroundPublisher(self.registry.handle, self._on_published) if self.rank == 0 else None
-        self.reference = None
-        self.retain = None  # core.retain.RetainSet when loss.retain_coef > 0 (built from the reference in restore)
+        self.reference, self.retain = None, None  # retain: a core.retain.RetainSet when loss.retain_coef > 0 (restore)
         self.guard: VersionGuard | None = None
         self.turns_trained, self.train_s, self.train_steps = 0, 0.0, 0
         self._reported_position: tuple[int, int] | None = None  # (version, published_step) last told to control
@@ -228,7 +227,7 @@ class Learner(GateFollowing):
         self.reference = resume_policy(self.model, state, kl_on=loss.kl_coef > 0 or loss.retain_coef > 0,
                                        kind=loss.reference, ema_rate=loss.ema_rate)
         if loss.retain_coef > 0:  # generated once, on rank 0: every rank replays the same replies
-            self.retain = rank0_broadcast(_retain_set(self.reference, self.tokenizer, loss) if self.rank == 0 else None,
+            self.retain = rank0_broadcast(retain_set(self.reference, self.tokenizer, loss) if self.rank == 0 else None,
                                           self.world)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -431,7 +430,8 @@ class Learner(GateFollowing):
                  if (version, step) != (self.version, self.step_count) else "", out)
 
 
-def _retain_set(reference, tokenizer, loss: LossConfig):
+def retain_set(reference, tokenizer, loss: LossConfig):
+    """The retain anchor's replies (core/retain.py): the reference's greedy answers to the retain prompts."""
     from hsd_ray.core.retain import build_retain_set
     from hsd_ray.data import load_retain_prompts
 

@@ -13,7 +13,8 @@ The queue hands out batches round-robin over users (core/influence.round_robin),
 starve the others; the batch is then grouped by adapter and each group is one optimizer step of that adapter alone,
 with that adapter's own AdamW state. The hindsight teacher is the shared policy shown the follow-up (the teachers
 follow the shared policy, which does not change in this mode); the KL anchor is the shared policy too (the adapter
-switched off).
+switched off), and so is the retain anchor's reference (`loss.retain_coef`, core/retain.py: the shared policy's
+greedy replies to the retain prompts, generated once when the learner starts, replayed beside every adapter step).
 
 Every step publishes the adapter's next version to the registry and saves it — peft format plus optimizer state —
 under `<output_dir>/adapters/<adapter_id>/`. That folder is the checkpoint: a restarted learner (worker failure, or
@@ -59,6 +60,7 @@ from hsd_ray.loop.learner import (
     LearnerSettings,
     _log_to_stdout,
     _record_metrics,
+    retain_set,
     stop_due,
     take_batch,
 )
@@ -102,7 +104,9 @@ class PersonalLearner:
         self.root = Path(settings.output_dir) / ADAPTERS_DIR
         self.bank = AdapterBank(model, p.lora, lr=p.lr, weight_decay=settings.learner.weight_decay, root=self.root,
                                 max_resident=p.learner_resident)
-        self.reference = ReferencePolicy(self.bank.model, "initial") if settings.loss.kl_coef > 0 else None
+        loss = settings.loss  # the reference (each adapter off) anchors both the KL and the retain anchor
+        self.reference = ReferencePolicy(self.bank.model, "initial") if loss.kl_coef or loss.retain_coef else None
+        self.retain = retain_set(self.reference, self.tokenizer, loss) if loss.retain_coef > 0 else None
         self.step_count, self.turns_trained, self.train_s = self._load_state(), 0, 0.0
         self.started = time.time()
         self._deletions_seen = 0.0  # registry deletion times up to here have been acted on
@@ -149,8 +153,9 @@ class PersonalLearner:
             t0 = time.perf_counter()
             tok = self.tokenizer
             batch = HindsightBatch.collate(group, tok.pad_token_id, (tok.eos_token_id,))
+            retain = self.retain and self.retain.draw(self.step_count, self.s.loss.retain_per_step, self.s.seed)
             metrics = self.bank.step(adapter, batch, self.s.loss, grad_clip=self.s.learner.grad_clip,
-                                     reference=self.reference)
+                                     reference=self.reference, retain=retain)
             self.step_count += 1
             self.train_s += time.perf_counter() - t0
             self.unvetted[adapter] += len(group)

@@ -331,3 +331,30 @@ def test_mode_both_has_users_adapters_and_trains_the_shared_policy():
     both = Config.load(overrides=["personalization.mode=both"])
     assert both.personalization.per_user and both.gates_user_adapters
     assert not Config.load().personalization.per_user
+
+
+def _adapter_drift(engine, tmp_path, retain_coef: float) -> float:
+    """KL(shared policy ‖ an adapter) on the retain replies after 6 of its steps on a follow-up's turn."""
+    from hsd_ray.core.retain import build_retain_set, retain_loss
+
+    cfg = Config.load(overrides=["personalization.mode=per_user", "personalization.lr=3e-3", "loss.kl_coef=0",
+                                 "loss.baseline=student", f"loss.retain_coef={retain_coef}"])
+    torch.manual_seed(0)
+    bank = _bank(engine, cfg, tmp_path / str(retain_coef))
+    reference = ReferencePolicy(bank.model, "initial")  # the adapter switched off: the shared policy
+    retain = build_retain_set(reference, engine.tokenizer, ["Name a fruit.", "What is 47 + 38?", "Spell cat.",
+                                                            "Who wrote Hamlet?"], max_new_tokens=8)
+    batch = _batch(engine, cfg, followup="Too long. One word only.")
+    for step in range(6):
+        m = bank.step(ALICE, batch, cfg.loss, grad_clip=10.0, reference=reference, retain=retain.draw(step, 4))
+        assert ("kl_retain" in m) == (retain_coef > 0)
+    bank._activate(ALICE)
+    with torch.no_grad():
+        return float(retain_loss(bank.model, reference, retain.draw(0, 4))[0])
+
+
+def test_the_retain_anchor_holds_an_adapters_retain_replies(engine, tmp_path):
+    """loss.retain_coef in per_user mode: the anchor's reference is the shared policy under the adapter."""
+    free, anchored = _adapter_drift(engine, tmp_path, 0.0), _adapter_drift(engine, tmp_path, 10.0)
+    assert free > 1e-4
+    assert anchored < 0.5 * free, (free, anchored)
