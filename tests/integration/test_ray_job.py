@@ -54,8 +54,8 @@ def test_ray_job_submit_replays_logged_conversations(tiny_model_dir, tmp_path):
                 break
             time.sleep(1)
         cmd = [
-            ray, "job", "submit", "--address", address, "--working-dir", str(ROOT),
-            "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git"]}), "--",
+            # no excludes: the README's command, so .gitignore and .rayignore alone must keep the upload small
+            ray, "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
             "python", "train_job.py", "--source", str(source), "--max-steps", "2",
             f"model={tiny_model_dir}", "engine.kind=hf", "learner.batch_turns=2", "learner.cpus_per_worker=1",
             f"job.output_dir={out}", "job.log_every_s=2",
