@@ -328,10 +328,8 @@ class VersionGateConfig(_Section):
     sampled_per_probe: int = Field(0, ge=0, description="replies sampled per probe prompt at serve.temperature and "
                                    "serve.top_p, with the seeds the base's were drawn with (0 = greedy checks only; "
                                    "4 on dev: 2.7x the gate's time, loops not lower: docs/version_gate.md)")
-    max_sampled_loop_increase: float = Field(0.0625, ge=0, le=1, description="max share of looping sampled probe "
-                                             "replies over the base model's")
-    max_sampled_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(probe | sampled reply), "
-                                              "nats, against the base's sampled reply cut to as many words")
+    max_sampled_loop_increase: float = Field(0.0625, ge=0, le=1, description="max looping sampled replies over base's")
+    max_sampled_relevance_drop: float = Field(1.0, gt=0, description="max_relevance_drop for the sampled replies")
     user_probes: int = Field(8, ge=0, description="per_user mode: a user adapter's candidate is also tried on its "
                              "user's latest N prompts (greedy; loops against the base's); 0 = the probe set only")
     max_user_loop_increase: float = Field(0.125, ge=0, le=1, description="max share of looping greedy replies to "
@@ -342,8 +340,10 @@ class VersionGateConfig(_Section):
                                 "(on dev it lowered no loops and cut the gain: docs/version_gate.md)")
     max_user_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(prompt | reply), nats, on "
                                            "those prompts, against the base's reply cut to as many words")
+    max_one_answer_share: float = Field(0.85, gt=0, le=1, description="max share of a candidate's yes/no verdicts "
+        "(probes.json `yes_no`, half true) that are one answer, unless the base's are too (1 = off)")
     user_adapters: Literal["none", "capability", "all"] = Field("capability", description="per_user mode: gate user "
-        "adapters too (capability = perplexity, accuracy, facts, loops; all = every check; none = served as trained)")
+        "adapters too (capability: core/version_gate.CAPABILITY_CHECKS; all = every check; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
     check_max_tokens: int = Field(16, ge=1, description="greedy reply length on the checkable prompts (tokens)")
     facts_max_tokens: int = Field(48, ge=0, description="a fact wrong in its first check_max_tokens is read again "

@@ -32,7 +32,11 @@ The gate compares a candidate version with the last accepted one and with the ba
   dev the sampled check cost more than it caught (docs/version_gate.md), so it is off by default;
 - abuse: how many of all its greedy replies (probes, checkable prompts, a user's own prompts) swear at or insult the
   user (`core/abuse.is_abusive`) against the base model's count. Trained runs of the learning benchmark served
-  versions that opened replies with "Dumbass, …" or "Oh no, you bastard." while every other check passed them.
+  versions that opened replies with "Dumbass, …" or "Oh no, you bastard." while every other check passed them;
+- one answer: on balanced yes/no questions (half true), the share of its verdicts (`first_verdict`) that are its
+  most common one. A constant "No" is right half the time on such a set, and was served: the per-user benchmark's
+  yes/no adapters answered 90–98% of their user's questions "No" and every other check passed them (accuracy asks
+  for numbers and names; bench/learning/README.md, "Per-user adapters at lr 5e-4: three seeds").
 `gate_reasons` turns the numbers and the limits into the reasons a candidate is held back (none = accepted).
 
 Not from the paper (arXiv 2603.12273): the paper trains offline and does not gate versions.
@@ -53,11 +57,13 @@ from hsd_ray.core.answers import check_number
 from hsd_ray.core.engine_api import ScoreRequest
 
 GATE_REASONS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-                "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive", "invalid")
+                "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive", "one_answer",
+                "invalid")
 RELEVANCE_QUERY = "\n\nThe question this answers: "  # read after a reply: how likely is the probe as its question
 RATE_KINDS = ("complaint", "positive", "none")
 _COMPLAINT_KINDS = ("correction", "complaint", "rephrase", "clarification", "unknown")
 _WORD = re.compile(r"[a-z0-9]+")
+_VERDICT = re.compile(r"\b(yes|no)\b")
 _LOOP_WORD = re.compile(r"[a-z0-9']+")
 _LIST_MARKER = re.compile(r"^\s*(?:[-*+•]|\d{1,3}[.)])\s*")
 SYMBOL_RUN = 5  # three emojis in a row are a style ("🎉🎉🎉"); five of one kind were only ever a loop in the dev runs
@@ -120,6 +126,27 @@ def fact_named_eventually(reply: str, answer: str, claim_words: tuple[str, ...] 
         if any(w in words for w in claim_words):
             return False
     return False
+
+
+def first_verdict(reply: str) -> str | None:
+    """The yes/no a reply answers with: the first standalone "yes" or "no" of its first sentence, lowercased ("No, a
+    square has eight sides." and "The answer to this question is yes, …" both answer); None when that sentence has
+    neither. Not the first one anywhere: a long reply's later "there is no …" is not a verdict."""
+    sentence = re.split(r"[.!?\n]", reply.strip().lower(), maxsplit=1)[0]
+    m = _VERDICT.search(sentence)
+    return m.group(1) if m else None
+
+
+def one_answer_share(verdicts: list[str | None]) -> tuple[int, float]:
+    """How many replies gave a verdict, and the share of those that gave the most common one (0.0 with none)."""
+    given = [v for v in verdicts if v is not None]
+    return len(given), (max(Counter(given).values()) / len(given) if given else 0.0)
+
+
+def answers_one_way(verdicts: int, share: float, asked: int, max_share: float) -> bool:
+    """A version gives one answer to nearly every yes/no question: a verdict on at least half of the `asked`, and its
+    most common verdict on more than `max_share` of those."""
+    return asked > 0 and 2 * verdicts >= asked and share > max_share + 1e-9
 
 
 def answer_margin(top_logprobs: list, right_at: list[bool]) -> float:
@@ -227,6 +254,7 @@ class GateLimits:
     max_sampled_loop_increase: float = math.inf
     max_sampled_relevance_drop: float = math.inf
     max_user_relevance_drop: float = math.inf
+    max_one_answer_share: float = math.inf  # of a version's yes/no verdicts, the most its commonest may take
 
 
 @dataclass
@@ -256,6 +284,11 @@ class GateNumbers:
     facts_late: int = 0  # of those, how many it answers only later in a longer reply (not lost; fact_named_eventually)
     abusive: int = 0  # its greedy replies that swear at or insult the user (core/abuse.is_abusive)
     abusive_base: int = 0  # the base model's, on the same prompts
+    yes_no: int = 0  # balanced yes/no questions asked (0 = not measured)
+    verdicts: int = 0  # of those, how many its reply answered yes or no (first_verdict)
+    one_answer: float = 0.0  # the share of its verdicts that are its most common one
+    verdicts_base: int = 0  # the same of the base model
+    one_answer_base: float = 0.0
     sampled: int = 0  # how many probe replies it sampled at the serving temperature (0 = not measured)
     sampled_loops: float = 0.0  # share of them that loop
     sampled_loops_base: float = 0.0  # the base model's share, drawn with the same seeds
@@ -285,6 +318,8 @@ class GateNumbers:
                 + (f" user loops {self.user_loops:.2f} (base {self.user_loops_base:.2f}, {self.user_prompts} of the "
                    "user's prompts)" if self.user_prompts else "")
                 + (f" user relevance {self.user_relevance:+.2f}" if self.user_relevance is not None else "")
+                + (f" one answer {self.one_answer:.2f} of {self.verdicts} verdicts on {self.yes_no} yes/no (base "
+                   f"{self.one_answer_base:.2f} of {self.verdicts_base})" if self.yes_no else "")
                 + "".join(f" | lost {x['prompt']!r} -> {x['reply'][:60]!r}" for x in self.lost[:2]))
 
 
@@ -300,14 +335,15 @@ def lost_answers(questions: list[str], base_right: list[bool], right: list[bool]
 
 
 ALL_CHECKS = ("kl_accepted", "kl_base", "perplexity", "accuracy", "facts", "length", "loops", "relevance",
-              "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive")
+              "sampled_loops", "sampled_relevance", "user_loops", "user_relevance", "abusive", "one_answer")
 # What a per-user adapter is held to (version_gate.user_adapters=capability): no damage to language, answers, facts
 # or fluency, and no abuse of its user. Not its distance from the shared policy, its reply length or its step size:
 # those are what a personal preference changes (a yes/no user's replies are a tenth as long), and a step-size bound
 # on an adapter that trains on while its candidate waits would reject it over and over. Not relevance: "Yes."
 # carries less of a probe than any cut of a base reply, and the threshold was chosen on shared-policy versions only.
 # Not the sampled checks either (their cost per adapter, and their thresholds, were measured on the shared policy).
-CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops", "abusive")
+# One answer to every yes/no question is: a yes/no user wants a word, not the same word whatever the question.
+CAPABILITY_CHECKS = ("perplexity", "accuracy", "facts", "loops", "user_loops", "abusive", "one_answer")
 
 
 def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = ALL_CHECKS) -> list[str]:
@@ -333,6 +369,9 @@ def gate_reasons(n: GateNumbers, limits: GateLimits, checks: tuple[str, ...] = A
         "user_loops": n.user_prompts > 0 and n.user_loops - n.user_loops_base > limits.max_user_loop_increase + 1e-9,
         "user_relevance": n.user_relevance is not None and -n.user_relevance > limits.max_user_relevance_drop + 1e-9,
         "abusive": n.abusive - n.abusive_base > limits.max_abusive,
+        # held to the base only where the base does not answer one way itself (then a candidate's is no worse)
+        "one_answer": answers_one_way(n.verdicts, n.one_answer, n.yes_no, limits.max_one_answer_share)
+        and not answers_one_way(n.verdicts_base, n.one_answer_base, n.yes_no, limits.max_one_answer_share),
     }
     unknown = set(checks) - set(failed)
     if unknown:

@@ -1,13 +1,14 @@
 """The version gate's questions with a known answer: the probe set's plain facts (capitals, no format instruction)
 and checkable prompts, asked in one greedy batch, facts first, of whatever weights the gatekeeper's engine holds
-(loop/gatekeeper.py), and read with the strict checker (core/version_gate.check_answer). The gatekeeper decides
-what a lost answer means; this module only asks and reads."""
+(loop/gatekeeper.py), and read with the strict checker (core/version_gate.check_answer); and its balanced yes/no
+questions, read for the verdict each reply gives (core/version_gate.first_verdict). The gatekeeper decides what a
+lost answer or a one-way verdict means; this module only asks and reads."""
 
 from __future__ import annotations
 
 from hsd_ray.core.engine_api import SamplingParams
 from hsd_ray.core.prompts import render_prompt
-from hsd_ray.core.version_gate import answer_margin, check_answer, fact_named_eventually
+from hsd_ray.core.version_gate import answer_margin, check_answer, fact_named_eventually, first_verdict
 
 
 def greedy(engine, prompts: list[list[int]], max_tokens: int, top_k: int = 0):
@@ -25,12 +26,20 @@ class AnswerProbes:
         self.prompts = [render_prompt(engine.tokenizer, [{"role": "user", "content": c["prompt"]}]) for c in asked]
         self.answers = [(c["answer"], c["kind"]) for c in asked]
         self.questions = [c["prompt"] for c in asked]
+        self.yes_no = [render_prompt(engine.tokenizer, [{"role": "user", "content": q["prompt"]}])
+                       for q in probes.get("yes_no", [])]
 
     def ask(self, top_k: int = 0) -> tuple[list[bool], list]:
         """Which facts and checkable prompts (in that order) the loaded weights answer right, and their greedy
         replies (engine results: `.text`, and `.top_logprobs` with `top_k`)."""
         replies = greedy(self.engine, self.prompts, self.check_max_tokens, top_k=top_k)
         return [check_answer(r.text, answer, kind) for r, (answer, kind) in zip(replies, self.answers)], replies
+
+    def verdicts(self) -> list[str | None]:
+        """The yes/no each greedy reply to the yes/no questions gives ("yes", "no" or None), in probe order."""
+        if not self.yes_no:
+            return []
+        return [first_verdict(r.text) for r in greedy(self.engine, self.yes_no, self.check_max_tokens)]
 
     def read_late(self, right: list[bool], answered: list, counted: list[bool]) -> tuple[list[bool], int]:
         """`right` with each `counted` fact missed in `check_max_tokens` read over a whole reply

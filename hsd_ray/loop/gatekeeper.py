@@ -32,8 +32,8 @@ from hsd_ray.core.abuse import abusive_count
 from hsd_ray.core.engine_api import SamplingParams, ScoreRequest
 from hsd_ray.core.prompts import encode_text, render_prompt
 from hsd_ray.core.version_gate import (ALL_CHECKS, CAPABILITY_CHECKS, GateLimits, GateNumbers, gate_reasons,
-                                       loop_rate, lost_answers, mean_kl, perplexity, probe_stats, relevance_change,
-                                       relevance_requests, topk_arrays, truncate_words)
+                                       loop_rate, lost_answers, mean_kl, one_answer_share, perplexity, probe_stats,
+                                       relevance_change, relevance_requests, topk_arrays, truncate_words)
 from hsd_ray.core.weights import BASE_ADAPTER, WeightSet, is_user_adapter
 from hsd_ray.data import load_probes
 from hsd_ray.loop.gate_answers import AnswerProbes, greedy
@@ -91,6 +91,7 @@ class Gatekeeper:
         self.fragile_facts = {self.asked.questions[i]: round(m, 3) for i, m in enumerate(margins)
                               if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self.asked.accuracy(self.base_right)
+        self.verdicts_base = one_answer_share(self.asked.verdicts())  # (verdicts given, the commonest one's share)
         self.sampled_base = self._sampled()  # the base's sampled probe replies: the sampled checks' yardstick
         self.sampled_loops_base = loop_rate(self.sampled_base)
         self.sampled_abusive_base = abusive_count(self.sampled_base)
@@ -190,6 +191,10 @@ class Gatekeeper:
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
             lost=lost_answers(self.asked.questions, self.base_right, right, answer_texts),
         )
+        if "one_answer" in checks and self.asked.yes_no:
+            numbers.yes_no = len(self.asked.yes_no)
+            numbers.verdicts_base, numbers.one_answer_base = self.verdicts_base
+            numbers.verdicts, numbers.one_answer = one_answer_share(self.asked.verdicts())
         sampled_traffic = sampled and bool(user_prompts) and bool(questions)
         if "sampled_loops" in checks or "sampled_relevance" in checks:
             self._read_sampled(numbers, *((user_prompts, questions, base_texts) if sampled_traffic else ()))
