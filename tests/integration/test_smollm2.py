@@ -87,7 +87,7 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     import json
 
     from hsd_ray.config import Config, EngineConfig
-    from hsd_ray.core.version_gate import CAPABILITY_CHECKS, gate_reasons
+    from hsd_ray.core.version_gate import CAPABILITY_CHECKS, answers_one_way, gate_reasons
     from hsd_ray.loop.gatekeeper import Gatekeeper, GatekeeperSettings
 
     result = Path(__file__).resolve().parents[2] / "bench/results/probe_relevance-dev-maxwords-mixed-150-vgoff-s0.json"
@@ -114,10 +114,11 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     cut = [dataclasses.replace(r, finished=False) if j == i else r for j, r in enumerate(answered)]
     assert late(missed, cut) == (right, 1)  # a cut reply is asked again for facts_max_tokens
     assert late(right, answered) == (right, 0)  # nothing missed: nothing asked again
-    # the one-answer check is live on this model: the base gives a verdict to more than half of the balanced yes/no
-    # probes, not all one way (14, 10 "no" ones: "No, a square has eight sides."), so a constant "No" is held back
+    # the one-answer check is live on this model: the base does not answer the balanced yes/no probes one way itself
+    # (14 verdicts of 24, 10 "no": "No, a square has eight sides."), so a constant "No" to all of them is held back
     verdicts, share = gate.verdicts_base
-    assert 2 * verdicts >= len(gate.asked.yes_no) == 24 and share <= cfg.max_one_answer_share, gate.verdicts_base
+    assert len(gate.asked.yes_no) == 24 and not answers_one_way(verdicts, share, 24, cfg.max_one_answer_share)
+    assert answers_one_way(24, 1.0, 24, cfg.max_one_answer_share) and 10 <= verdicts <= 18, gate.verdicts_base
     itself, _ = gate.evaluate(checks=CAPABILITY_CHECKS)
     assert (itself.verdicts, itself.one_answer) == gate.verdicts_base and gate_reasons(itself, gate.limits,
                                                                                        CAPABILITY_CHECKS) == []

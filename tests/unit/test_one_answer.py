@@ -42,21 +42,26 @@ def test_one_answer_share_counts_verdicts_and_the_commonest_ones_share():
 
 
 def test_a_constant_no_is_held_back_by_capability_and_by_every_check():
-    constant_no = _numbers(verdicts=24, one_answer=23 / 24, **BASE)  # what the dev yes/no adapters were served
+    # the dev yes/no adapter (seed 1, step 6): a verdict to 23 of the 24 questions, every one "No"
+    constant_no = _numbers(verdicts=23, one_answer=1.0, **BASE)
     assert gate_reasons(constant_no, LIMITS, CAPABILITY_CHECKS) == ["one_answer"]
     assert gate_reasons(constant_no, LIMITS, ALL_CHECKS) == ["one_answer"]
-    assert "one answer 0.96 of 24 verdicts on 24 yes/no (base 0.71 of 14)" in constant_no.summary()
+    assert "one answer 1.00 of 23 verdicts on 24 yes/no (base 0.71 of 14)" in constant_no.summary()
+    assert gate_reasons(_numbers(verdicts=21, one_answer=0.9, **BASE), LIMITS, CAPABILITY_CHECKS) == ["one_answer"]
 
 
 def test_what_one_answer_does_not_hold_back():
-    # 60% one way: a version that knows the answers, on a balanced set, gives both
+    # the dev adapters for other preferences after 1-3 steps: the base's few "yes" tipped, as many verdicts as the
+    # base gives (14-16 of 24, all "No"); an earlier bound ("a verdict on at least half") held back 12 of 15 of them
+    for verdicts in (14, 16, 18):
+        assert gate_reasons(_numbers(verdicts=verdicts, one_answer=1.0, **BASE), LIMITS, CAPABILITY_CHECKS) == []
+    # both answers: a version that knows the answers, on a balanced set, gives both
     assert gate_reasons(_numbers(verdicts=24, one_answer=0.6, **BASE), LIMITS, CAPABILITY_CHECKS) == []
-    # on the bound (0.85 of 20 verdicts = 17 "No") is not over it
-    assert gate_reasons(_numbers(verdicts=20, one_answer=0.85, **BASE), LIMITS, CAPABILITY_CHECKS) == []
-    # verdicts on fewer than half of the questions: a long-answer style that says "No" now and then
-    assert gate_reasons(_numbers(verdicts=11, one_answer=1.0, **BASE), LIMITS, CAPABILITY_CHECKS) == []
+    # on the bounds (20 of 24 is not more than 0.85 of them; 0.85 is not more than 0.85) is not over them
+    assert gate_reasons(_numbers(verdicts=20, one_answer=1.0, **BASE), LIMITS, CAPABILITY_CHECKS) == []
+    assert gate_reasons(_numbers(verdicts=24, one_answer=0.85, **BASE), LIMITS, CAPABILITY_CHECKS) == []
     # the base answers one way itself: a candidate that does is no worse than what it would replace
-    one_way_base = dict(yes_no=24, verdicts_base=20, one_answer_base=0.95)
+    one_way_base = dict(yes_no=24, verdicts_base=22, one_answer_base=0.95)
     assert gate_reasons(_numbers(verdicts=24, one_answer=1.0, **one_way_base), LIMITS, CAPABILITY_CHECKS) == []
     # not measured (a probe set without `yes_no`, or the check not asked for)
     assert gate_reasons(_numbers(verdicts=24, one_answer=1.0), LIMITS, CAPABILITY_CHECKS) == []
