@@ -147,7 +147,7 @@ def answers_one_way(verdicts: int, share: float, asked: int, max_share: float) -
     """A version gives one answer to nearly every yes/no question: a verdict on more than `max_share` of the `asked`,
     and its most common verdict on more than `max_share` of those. Not "on at least half": the base SmolLM2 gives
     14 verdicts of 24, 10 of them "No", and its few "yes" are knife-edge; on dev, adapters for other preferences
-    tipped them to 14–16 "No" of 14–16 after 1–3 steps, and that bound held back 12 of 15 candidates
+    tipped them to 14–16 "No" of 14–16 after 1–3 steps, and that bound held back 10 of 15 candidates
     (bench/learning/README.md, "A gate check that sees a constant answer")."""
     return asked > 0 and verdicts > max_share * asked + 1e-9 and share > max_share + 1e-9
 
