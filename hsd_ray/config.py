@@ -340,8 +340,8 @@ class VersionGateConfig(_Section):
                                 "(on dev it lowered no loops and cut the gain: docs/version_gate.md)")
     max_user_relevance_drop: float = Field(1.0, gt=0, description="max mean drop of log p(prompt | reply), nats, on "
                                            "those prompts, against the base's reply cut to as many words")
-    max_one_answer_share: float = Field(0.85, gt=0, le=1, description="held back: verdicts on more than this share "
-        "of the yes/no probes (probes.json `yes_no`, half true), this share of them one answer, base not so (1 = off)")
+    max_one_answer_share: float = Field(1.0, gt=0, le=1, description="held back: verdicts on more than this share of "
+        "the yes/no probes, this share of them one answer, base not so (1 = off: make run's v2-v4 at 0.85)")
     user_adapters: Literal["none", "capability", "all"] = Field("capability", description="per_user mode: gate user "
         "adapters too (capability: core/version_gate.CAPABILITY_CHECKS; all = every check; none = served as trained)")
     probe_max_tokens: int = Field(48, ge=1, description="greedy reply length on the probe prompts (tokens)")
