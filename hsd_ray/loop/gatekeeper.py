@@ -91,7 +91,9 @@ class Gatekeeper:
         self.fragile_facts = {self.asked.questions[i]: round(m, 3) for i, m in enumerate(margins)
                               if self.base_right[i] and not self.counted_facts[i]}
         self.ppl_base, self.accuracy_base = self._perplexity(), self.asked.accuracy(self.base_right)
-        self.verdicts_base = one_answer_share(self.asked.verdicts())  # (verdicts given, the commonest one's share)
+        # (verdicts given, the commonest one's share); asked only where the check can hold anything back (< 1)
+        self.ask_verdicts = bool(self.asked.yes_no) and g.max_one_answer_share < 1
+        self.verdicts_base = one_answer_share(self.asked.verdicts()) if self.ask_verdicts else (0, 0.0)
         self.sampled_base = self._sampled()  # the base's sampled probe replies: the sampled checks' yardstick
         self.sampled_loops_base = loop_rate(self.sampled_base)
         self.sampled_abusive_base = abusive_count(self.sampled_base)
@@ -191,7 +193,7 @@ class Gatekeeper:
             relevance=self._relevance(probe_texts) if "relevance" in checks else None,
             lost=lost_answers(self.asked.questions, self.base_right, right, answer_texts),
         )
-        if "one_answer" in checks and self.asked.yes_no:
+        if "one_answer" in checks and self.ask_verdicts:
             numbers.yes_no = len(self.asked.yes_no)
             numbers.verdicts_base, numbers.one_answer_base = self.verdicts_base
             numbers.verdicts, numbers.one_answer = one_answer_share(self.asked.verdicts())

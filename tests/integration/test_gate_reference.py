@@ -62,6 +62,8 @@ def test_a_per_user_adapters_checks_skip_the_kl_passes_and_read_the_rest_alike(t
     every, every_replies = gate.evaluate()
     capability, replies = gate.evaluate(checks=CAPABILITY_CHECKS)
     assert capability.kl_accepted is None and capability.kl_base is None and every.kl_accepted > 0
+    # one_answer off (max_one_answer_share 1, the default): its yes/no probes are not asked, at start or per candidate
+    assert gate.verdicts_base == (0, 0.0) and capability.yes_no == every.yes_no == 0
     assert [r.token_ids for r in replies] == [r.token_ids for r in every_replies]
     measured_alike = replace(every, kl_accepted=None, kl_base=None, relevance=None, seconds=0.0)
     assert replace(capability, seconds=0.0) == measured_alike

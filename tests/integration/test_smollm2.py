@@ -92,7 +92,7 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
 
     result = Path(__file__).resolve().parents[2] / "bench/results/probe_relevance-dev-maxwords-mixed-150-vgoff-s0.json"
     replies = {row["name"].split()[-1]: row["replies"] for row in json.loads(result.read_text())["rows"]}
-    cfg = Config().version_gate
+    cfg = Config.load(None, ["version_gate.max_one_answer_share=0.85"]).version_gate  # the opt-in one-answer check
     gate = Gatekeeper(GatekeeperSettings(str(smollm2), EngineConfig(kind="hf"), cfg, enable_lora=False), None)
     assert gate.base.texts == replies["base"]  # greedy and deterministic: the run's base replies are the gate's
     assert gate._relevance(gate.base.texts) == 0.0
@@ -117,8 +117,8 @@ def test_gate_relevance_tells_a_persona_version_from_a_base_like_one(smollm2: Pa
     # the one-answer check is live on this model: the base does not answer the balanced yes/no probes one way itself
     # (14 verdicts of 24, 10 "no": "No, a square has eight sides."), so a constant "No" to all of them is held back
     verdicts, share = gate.verdicts_base
-    assert len(gate.asked.yes_no) == 24 and not answers_one_way(verdicts, share, 24, 0.85)  # the opt-in bound
-    assert answers_one_way(24, 1.0, 24, 0.85) and 10 <= verdicts <= 18, gate.verdicts_base
+    assert len(gate.asked.yes_no) == 24 and not answers_one_way(verdicts, share, 24, cfg.max_one_answer_share)
+    assert answers_one_way(24, 1.0, 24, cfg.max_one_answer_share) and 10 <= verdicts <= 18, gate.verdicts_base
     itself, _ = gate.evaluate(checks=CAPABILITY_CHECKS)
     assert (itself.verdicts, itself.one_answer) == gate.verdicts_base and gate_reasons(itself, gate.limits,
                                                                                        CAPABILITY_CHECKS) == []
